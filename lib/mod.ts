@@ -1,0 +1,41 @@
+/**
+ * convnext-tfjs: ConvNeXt ("A ConvNet for the 2020s", Liu et al. 2022) for Deno and
+ * TensorFlow.js.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { createConvNeXt, selectBackend } from "./mod.ts";
+ * await selectBackend();
+ * const model = createConvNeXt("convnext_tiny");
+ * const logits = model.predict(tf.zeros([1, 224, 224, 3])) as tf.Tensor;
+ * ```
+ *
+ * @module
+ */
+export {
+  ARCHITECTURE_NAMES,
+  type ArchitectureName,
+  ARCHITECTURES,
+  type ArchitectureSpec,
+  type HierarchicalSpec,
+  isArchitectureName,
+  type IsotropicSpec,
+} from "./model/variants.ts";
+export {
+  CLASSIFIER_ACTIVATIONS,
+  type ConvNeXtOptions,
+  createConvNeXt,
+  resolveArchitecture,
+  type ResolvedArchitecture,
+} from "./model/convnext.ts";
+export { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./model/layers.ts";
+export { createFeatureExtractor, type FeatureOptions, stageOutputNames } from "./model/features.ts";
+export { type LoadedModel, loadSavedModel, saveModel, type SaveOptions } from "./model/io.ts";
+export {
+  activeBackend,
+  BACKEND_REQUESTS,
+  type BackendName,
+  type BackendRequest,
+  selectBackend,
+} from "./backend.ts";

@@ -1,0 +1,368 @@
+/**
+ * The ConvNeXt family as TF.js Layers models, faithful to the official PyTorch code
+ * (facebookresearch/ConvNeXt `models/convnext.py` and `models/convnext_isotropic.py`).
+ *
+ * Layer names are deterministic so that weights map by name, never by position:
+ *
+ * - hierarchical: `stem_conv`, `stem_norm`; `stages_{i}_downsample_norm`,
+ *   `stages_{i}_downsample_conv` (i = 1..3); per block `stages_{i}_block_{j}_dwconv`,
+ *   `_norm`, `_pwconv1` (Dense + exact GELU), `_pwconv2`, `_layer_scale`, `_drop_path`,
+ *   and `stages_{i}_block_{j}` (the residual add: the block's output);
+ * - isotropic: `stem_conv` (16x16/16, no norm), blocks `blocks_{j}_*` and `blocks_{j}`;
+ * - head: `head_pool`, `head_norm`, `head_fc`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./layers.ts";
+import {
+  ARCHITECTURE_NAMES,
+  type ArchitectureName,
+  ARCHITECTURES,
+  type ArchitectureSpec,
+  isArchitectureName,
+} from "./variants.ts";
+
+/** Activations accepted for the classifier output. */
+export const CLASSIFIER_ACTIVATIONS = ["linear", "softmax", "sigmoid"] as const;
+
+/** Options of {@link createConvNeXt}, named as Keras applications users expect. */
+export interface ConvNeXtOptions {
+  /** Input shape `[height, width, channels]`; `null` sizes accept any image size. Default `[null, null, 3]`. */
+  inputShape?: [number | null, number | null, number];
+  /** Include the classification head (pool, norm, dense). Default true. */
+  includeTop?: boolean;
+  /**
+   * With `includeTop: false`: `"avg"` gives the official embedding (global average pool then
+   * `head_norm`, as `forward_features`), `"max"` a global max pool, none the last feature map.
+   */
+  pooling?: "avg" | "max" | null;
+  /** Classes of the head. Default 1000 (21841 for the 22k checkpoints). */
+  numClasses?: number;
+  /** Activation of the head; default none (`"linear"`): logits, like the official code. */
+  classifierActivation?: (typeof CLASSIFIER_ACTIVATIONS)[number] | null;
+  /** Stochastic depth rate, linear from 0 over all blocks to this value. Default 0. */
+  dropPathRate?: number;
+  /** Initial layer-scale value; 0 disables layer scale. Default: the architecture's (1e-6, iso small/base 0). */
+  layerScaleInit?: number;
+  /** Factor on the head's initial weights and biases. Default 1. */
+  headInitScale?: number;
+  /**
+   * Random initialization as the official code (truncated normal std 0.02). Pass false when
+   * weights are loaded right after: every kernel then starts at zero, which is much faster
+   * for the large models. Default true.
+   */
+  randomInit?: boolean;
+  /** Seed for the random initialization, for reproducible models. */
+  seed?: number;
+  /** Model name. Default: the architecture name. */
+  name?: string;
+}
+
+/** A resolved architecture: its name (when official) and its spec. */
+export interface ResolvedArchitecture {
+  /** Official name, or `"convnext_custom"` for a spec object. */
+  name: string;
+  /** The architecture's shape. */
+  spec: ArchitectureSpec;
+}
+
+/**
+ * Resolve an architecture name or spec, validating it.
+ *
+ * @throws Error listing the valid names for an unknown architecture.
+ */
+export function resolveArchitecture(
+  architecture: ArchitectureName | ArchitectureSpec | string,
+): ResolvedArchitecture {
+  if (typeof architecture === "string") {
+    if (!isArchitectureName(architecture)) {
+      throw new Error(
+        `createConvNeXt: unknown architecture "${architecture}"; expected one of: ${
+          ARCHITECTURE_NAMES.join(", ")
+        }`,
+      );
+    }
+    return { name: architecture, spec: ARCHITECTURES[architecture] };
+  }
+  const spec = architecture;
+  const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
+  if (spec?.kind === "hierarchical") {
+    if (
+      spec.depths?.length !== 4 || spec.dims?.length !== 4 || !spec.depths.every(positiveInt) ||
+      !spec.dims.every(positiveInt)
+    ) {
+      throw new Error(
+        `createConvNeXt: a hierarchical spec needs 4 positive integer depths and dims, got depths ${
+          JSON.stringify(spec.depths)
+        } dims ${JSON.stringify(spec.dims)}`,
+      );
+    }
+  } else if (spec?.kind === "isotropic") {
+    if (!positiveInt(spec.depth) || !positiveInt(spec.dim)) {
+      throw new Error(
+        `createConvNeXt: an isotropic spec needs positive integer depth and dim, got ${spec.depth}/${spec.dim}`,
+      );
+    }
+  } else {
+    throw new Error(
+      `createConvNeXt: architecture must be a name (${
+        ARCHITECTURE_NAMES.join(", ")
+      }) or a spec with kind "hierarchical" or "isotropic"`,
+    );
+  }
+  if (!(Number.isFinite(spec.layerScaleInit) && spec.layerScaleInit >= 0)) {
+    throw new Error(`createConvNeXt: spec.layerScaleInit must be >= 0, got ${spec.layerScaleInit}`);
+  }
+  return { name: "convnext_custom", spec };
+}
+
+interface Resolved {
+  inputShape: [number | null, number | null, number];
+  includeTop: boolean;
+  pooling: "avg" | "max" | null;
+  numClasses: number;
+  classifierActivation: (typeof CLASSIFIER_ACTIVATIONS)[number];
+  dropPathRate: number;
+  layerScaleInit: number;
+  headInitScale: number;
+  randomInit: boolean;
+  seed?: number;
+  name: string;
+}
+
+function validateOptions(arch: ResolvedArchitecture, options: ConvNeXtOptions): Resolved {
+  const fail = (what: string) => {
+    throw new Error(`createConvNeXt(${arch.name}): ${what}`);
+  };
+  const inputShape = options.inputShape ?? [null, null, 3];
+  // Smallest input that survives all strides: 32 (4 * 2 * 2 * 2) or 16 (isotropic patchify).
+  const minSize = arch.spec.kind === "hierarchical" ? 32 : 16;
+  if (
+    !Array.isArray(inputShape) || inputShape.length !== 3 ||
+    !inputShape.slice(0, 2).every((s) => s === null || (Number.isInteger(s) && s >= minSize)) ||
+    !(Number.isInteger(inputShape[2]) && inputShape[2] > 0)
+  ) {
+    fail(
+      `inputShape must be [height, width, channels] with sizes null or integers >= ${minSize}, got ${
+        JSON.stringify(inputShape)
+      }`,
+    );
+  }
+  const includeTop = options.includeTop ?? true;
+  if (typeof includeTop !== "boolean") fail(`includeTop must be a boolean, got ${includeTop}`);
+  const pooling = options.pooling ?? null;
+  if (pooling !== null && pooling !== "avg" && pooling !== "max") {
+    fail(`pooling must be "avg", "max" or null, got ${JSON.stringify(pooling)}`);
+  }
+  if (includeTop && pooling !== null) {
+    fail(`pooling applies only with includeTop: false (the head pools already)`);
+  }
+  const numClasses = options.numClasses ?? 1000;
+  if (!(Number.isInteger(numClasses) && numClasses > 0)) {
+    fail(`numClasses must be a positive integer, got ${numClasses}`);
+  }
+  const classifierActivation = options.classifierActivation ?? "linear";
+  if (!CLASSIFIER_ACTIVATIONS.includes(classifierActivation)) {
+    fail(
+      `classifierActivation must be one of ${
+        CLASSIFIER_ACTIVATIONS.join(", ")
+      } or null, got ${classifierActivation}`,
+    );
+  }
+  const dropPathRate = options.dropPathRate ?? 0;
+  if (!(dropPathRate >= 0 && dropPathRate < 1)) {
+    fail(`dropPathRate must be in [0, 1), got ${dropPathRate}`);
+  }
+  const layerScaleInit = options.layerScaleInit ?? arch.spec.layerScaleInit;
+  if (!(Number.isFinite(layerScaleInit) && layerScaleInit >= 0)) {
+    fail(`layerScaleInit must be a number >= 0 (0 disables layer scale), got ${layerScaleInit}`);
+  }
+  const headInitScale = options.headInitScale ?? 1;
+  if (!(Number.isFinite(headInitScale) && headInitScale > 0)) {
+    fail(`headInitScale must be a positive number, got ${headInitScale}`);
+  }
+  const randomInit = options.randomInit ?? true;
+  if (options.seed !== undefined && !Number.isInteger(options.seed)) {
+    fail(`seed must be an integer, got ${options.seed}`);
+  }
+  return {
+    inputShape,
+    includeTop,
+    pooling,
+    numClasses,
+    classifierActivation,
+    dropPathRate,
+    layerScaleInit,
+    headInitScale,
+    randomInit,
+    seed: options.seed,
+    name: options.name ?? arch.name,
+  };
+}
+
+type Sym = tf.SymbolicTensor;
+const apply = (layer: tf.layers.Layer, x: Sym | Sym[]) => layer.apply(x) as Sym;
+
+/** Builds kernels' initializers: timm's trunc_normal_(std=.02), optionally scaled. */
+function kernelInits(opts: Resolved) {
+  let counter = 0;
+  return (scale = 1) => {
+    if (!opts.randomInit) return tf.initializers.zeros();
+    const seed = opts.seed === undefined ? undefined : opts.seed + counter++;
+    return new TruncatedNormal({
+      stddev: 0.02 * scale,
+      minval: -2 * scale,
+      maxval: 2 * scale,
+      seed,
+    }) as unknown as ReturnType<typeof tf.initializers.zeros>;
+  };
+}
+
+function block(
+  x: Sym,
+  prefix: string,
+  dim: number,
+  dropRate: number,
+  opts: Resolved,
+  init: ReturnType<typeof kernelInits>,
+): Sym {
+  let y = apply(
+    tf.layers.depthwiseConv2d({
+      kernelSize: 7,
+      padding: "same",
+      useBias: true,
+      depthwiseInitializer: init(),
+      name: `${prefix}_dwconv`,
+    }),
+    x,
+  );
+  y = apply(new LayerNorm({ epsilon: 1e-6, name: `${prefix}_norm` }), y);
+  // Dense on a 4-D tensor acts on the channel axis: the official pointwise nn.Linear.
+  y = apply(
+    tf.layers.dense({
+      units: 4 * dim,
+      activation: "gelu", // exact erf GELU, as nn.GELU() (not gelu_new's tanh approximation)
+      kernelInitializer: init(),
+      name: `${prefix}_pwconv1`,
+    }),
+    y,
+  );
+  y = apply(
+    tf.layers.dense({ units: dim, kernelInitializer: init(), name: `${prefix}_pwconv2` }),
+    y,
+  );
+  if (opts.layerScaleInit > 0) {
+    y = apply(new LayerScale({ initValue: opts.layerScaleInit, name: `${prefix}_layer_scale` }), y);
+  }
+  if (dropRate > 0) {
+    y = apply(new StochasticDepth({ rate: dropRate, name: `${prefix}_drop_path` }), y);
+  }
+  return apply(tf.layers.add({ name: prefix }), [x, y]);
+}
+
+function dropRates(total: number, rate: number): number[] {
+  // torch.linspace(0, rate, total)
+  return Array.from({ length: total }, (_, i) => total === 1 ? 0 : (rate * i) / (total - 1));
+}
+
+/**
+ * Build a ConvNeXt as a `tf.LayersModel`: `summary()`, `fit()`, save/load and any layer's
+ * output (`model.getLayer("stages_2_block_5")`) work as for any Layers model.
+ *
+ * @param architecture an official name (`"convnext_tiny"`, ... `"convnext_iso_large"`) or an
+ *   {@link ArchitectureSpec} for custom sizes.
+ * @param options Keras-applications-style options; see {@link ConvNeXtOptions}.
+ * @throws Error with a one-line message for any invalid argument, before building anything.
+ *
+ * @example
+ * ```ts
+ * import { createConvNeXt } from "./convnext.ts";
+ * const model = createConvNeXt("convnext_tiny");
+ * model.summary();
+ * const backbone = createConvNeXt("convnext_small", { includeTop: false, pooling: "avg" });
+ * ```
+ */
+export function createConvNeXt(
+  architecture: ArchitectureName | ArchitectureSpec | string,
+  options: ConvNeXtOptions = {},
+): tf.LayersModel {
+  const arch = resolveArchitecture(architecture);
+  const opts = validateOptions(arch, options);
+  const init = kernelInits(opts);
+  const spec = arch.spec;
+  const input = tf.input({ shape: opts.inputShape, name: "input" });
+
+  let x: Sym;
+  if (spec.kind === "hierarchical") {
+    const total = spec.depths.reduce((a, b) => a + b, 0);
+    const rates = dropRates(total, opts.dropPathRate);
+    x = apply(
+      tf.layers.conv2d({
+        filters: spec.dims[0],
+        kernelSize: 4,
+        strides: 4,
+        padding: "valid",
+        kernelInitializer: init(),
+        name: "stem_conv",
+      }),
+      input,
+    );
+    x = apply(new LayerNorm({ epsilon: 1e-6, name: "stem_norm" }), x);
+    let k = 0;
+    for (let i = 0; i < 4; i++) {
+      if (i > 0) {
+        x = apply(new LayerNorm({ epsilon: 1e-6, name: `stages_${i}_downsample_norm` }), x);
+        x = apply(
+          tf.layers.conv2d({
+            filters: spec.dims[i],
+            kernelSize: 2,
+            strides: 2,
+            padding: "valid",
+            kernelInitializer: init(),
+            name: `stages_${i}_downsample_conv`,
+          }),
+          x,
+        );
+      }
+      for (let j = 0; j < spec.depths[i]; j++) {
+        x = block(x, `stages_${i}_block_${j}`, spec.dims[i], rates[k++], opts, init);
+      }
+    }
+  } else {
+    const rates = dropRates(spec.depth, opts.dropPathRate);
+    x = apply(
+      tf.layers.conv2d({
+        filters: spec.dim,
+        kernelSize: 16,
+        strides: 16,
+        padding: "valid",
+        kernelInitializer: init(),
+        name: "stem_conv",
+      }),
+      input,
+    );
+    for (let j = 0; j < spec.depth; j++) {
+      x = block(x, `blocks_${j}`, spec.dim, rates[j], opts, init);
+    }
+  }
+
+  if (opts.includeTop || opts.pooling === "avg") {
+    x = apply(tf.layers.globalAveragePooling2d({ name: "head_pool" }), x);
+    x = apply(new LayerNorm({ epsilon: 1e-6, name: "head_norm" }), x);
+  } else if (opts.pooling === "max") {
+    x = apply(tf.layers.globalMaxPooling2d({ name: "head_pool" }), x);
+  }
+  if (opts.includeTop) {
+    x = apply(
+      tf.layers.dense({
+        units: opts.numClasses,
+        activation: opts.classifierActivation,
+        kernelInitializer: init(opts.headInitScale),
+        name: "head_fc",
+      }),
+      x,
+    );
+  }
+  return tf.model({ inputs: input, outputs: x, name: opts.name });
+}

@@ -1,0 +1,84 @@
+/**
+ * Feature extraction from a ConvNeXt classification model, sharing its layers (and so
+ * its weights): the four stage feature maps and the pooled, normed embedding.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+
+/** Which outputs {@link createFeatureExtractor} returns. */
+export interface FeatureOptions {
+  /** Include the four stage outputs (default true). */
+  stages?: boolean;
+  /** Include the pooled, normed embedding `head_norm` (default true when the model has it). */
+  embedding?: boolean;
+}
+
+/**
+ * Names of the layers whose outputs are the four "stage" feature maps.
+ *
+ * Hierarchical models: the last block of each stage (`stages_{i}_block_{last}`), strides
+ * 4, 8, 16 and 32. Isotropic models have a single stage; their four outputs are the blocks
+ * ending each quarter of the depth (all at stride 16), as is usual for plain backbones.
+ *
+ * @throws Error when the model does not have ConvNeXt's layer names.
+ */
+export function stageOutputNames(model: tf.LayersModel): string[] {
+  const names = model.layers.map((l) => l.name);
+  const blockOutput = /^stages_(\d)_block_(\d+)$/;
+  const last = new Map<number, string>();
+  for (const name of names) {
+    const m = blockOutput.exec(name);
+    if (m) last.set(Number(m[1]), name); // layers are in topological order
+  }
+  if (last.size === 4) return [0, 1, 2, 3].map((i) => last.get(i)!);
+  const blocks = names.filter((n) => /^blocks_\d+$/.test(n));
+  if (blocks.length > 0) {
+    const quarter = blocks.length / 4;
+    return [1, 2, 3, 4].map((q) => blocks[Math.max(0, Math.round(q * quarter) - 1)]);
+  }
+  throw new Error(
+    `stageOutputNames: model "${model.name}" has no ConvNeXt stage layers (stages_{i}_block_{j} or blocks_{j})`,
+  );
+}
+
+/**
+ * Build a model that outputs the stage feature maps and/or the embedding of `model`,
+ * without copying weights: it reuses the same layers.
+ *
+ * Outputs, in order: stage 0..3 feature maps (NHWC), then the embedding `[batch, C]`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { createConvNeXt } from "./convnext.ts";
+ * import { createFeatureExtractor } from "./features.ts";
+ * const model = createConvNeXt("convnext_tiny");
+ * const features = createFeatureExtractor(model);
+ * const [s0, s1, s2, s3, embedding] = features.predict(tf.zeros([1, 224, 224, 3])) as tf.Tensor[];
+ * ```
+ */
+export function createFeatureExtractor(
+  model: tf.LayersModel,
+  options: FeatureOptions = {},
+): tf.LayersModel {
+  const outputs: tf.SymbolicTensor[] = [];
+  if (options.stages ?? true) {
+    for (const name of stageOutputNames(model)) {
+      outputs.push(model.getLayer(name).output as tf.SymbolicTensor);
+    }
+  }
+  const hasNorm = model.layers.some((l) => l.name === "head_norm");
+  if (options.embedding === true && !hasNorm) {
+    throw new Error(
+      `createFeatureExtractor: model "${model.name}" has no head_norm layer (build it with includeTop or pooling: "avg")`,
+    );
+  }
+  if (options.embedding ?? hasNorm) {
+    outputs.push(model.getLayer("head_norm").output as tf.SymbolicTensor);
+  }
+  if (outputs.length === 0) {
+    throw new Error("createFeatureExtractor: no outputs requested (stages and embedding are off)");
+  }
+  return tf.model({ inputs: model.inputs, outputs, name: `${model.name}_features` });
+}

@@ -1,0 +1,182 @@
+/**
+ * Save and load TF.js Layers models on disk from Deno, in the standard TF.js layers
+ * format (`model.json` + binary weight shards), without tfjs-node's `file://` handler.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { dirname, join } from "node:path";
+// Importing the custom layers registers them, so saved ConvNeXt models deserialize.
+import "./layers.ts";
+
+/** Weight shards are split at this size (whole shards load into one buffer each). */
+const SHARD_BYTES = 64 * 1024 * 1024;
+
+/** Options of {@link saveModel}. */
+export interface SaveOptions {
+  /** Extra JSON stored as `userDefinedMetadata` in model.json (e.g. classes, preprocessing). */
+  metadata?: Record<string, unknown>;
+  /** Replace an existing directory. Default false: an existing directory is an error. */
+  overwrite?: boolean;
+}
+
+function weightChunks(data: ArrayBuffer | ArrayBuffer[]): Uint8Array[] {
+  return (Array.isArray(data) ? data : [data]).map((b) => new Uint8Array(b));
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/**
+ * Write `model` to `dir` as `model.json` plus `group1-shardKofN.bin` files.
+ *
+ * The directory is written under a temporary name next to it and renamed into place, so
+ * an interrupted save never leaves a half-written model behind.
+ *
+ * @example
+ * ```ts
+ * import { createConvNeXt } from "./convnext.ts";
+ * import { saveModel } from "./io.ts";
+ * await saveModel(createConvNeXt("convnext_tiny"), "./out/tiny");
+ * ```
+ */
+export async function saveModel(
+  model: tf.LayersModel,
+  dir: string,
+  options: SaveOptions = {},
+): Promise<void> {
+  if (!options.overwrite && await exists(dir)) {
+    throw new Error(`saveModel: ${dir} already exists (pass { overwrite: true } to replace it)`);
+  }
+  await Deno.mkdir(dirname(dir), { recursive: true });
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(tmp);
+  try {
+    await model.save(tf.io.withSaveHandler(async (artifacts) => {
+      const data = weightChunks(artifacts.weightData ?? new ArrayBuffer(0));
+      const total = data.reduce((n, c) => n + c.byteLength, 0);
+      const shardCount = Math.max(1, Math.ceil(total / SHARD_BYTES));
+      const paths = Array.from(
+        { length: shardCount },
+        (_, i) => `group1-shard${i + 1}of${shardCount}.bin`,
+      );
+      // Stream the (possibly several) weight buffers into fixed-size shard files.
+      let chunk = 0, offset = 0;
+      for (let s = 0; s < shardCount; s++) {
+        const file = await Deno.open(join(tmp, paths[s]), { write: true, createNew: true });
+        try {
+          let left = Math.min(SHARD_BYTES, total - s * SHARD_BYTES);
+          while (left > 0) {
+            const piece = data[chunk].subarray(offset, offset + left);
+            for (let w = 0; w < piece.length;) w += await file.write(piece.subarray(w));
+            left -= piece.length;
+            offset += piece.length;
+            if (offset === data[chunk].length) {
+              chunk++;
+              offset = 0;
+            }
+          }
+        } finally {
+          file.close();
+        }
+      }
+      const modelJson = {
+        format: "layers-model",
+        generatedBy: `TensorFlow.js tfjs-layers v${tf.version_layers}`,
+        convertedBy: "convnext-tfjs",
+        modelTopology: artifacts.modelTopology,
+        trainingConfig: artifacts.trainingConfig,
+        weightsManifest: [{ paths, weights: artifacts.weightSpecs ?? [] }],
+        userDefinedMetadata: options.metadata,
+      };
+      await Deno.writeTextFile(join(tmp, "model.json"), JSON.stringify(modelJson));
+      return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
+    }));
+    if (await exists(dir)) {
+      // Move the old copy aside first so that a crash between the renames loses nothing.
+      const old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.rename(dir, old);
+      await Deno.rename(tmp, dir);
+      await Deno.remove(old, { recursive: true });
+    } else {
+      await Deno.rename(tmp, dir);
+    }
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** A model loaded from disk and its `userDefinedMetadata`. */
+export interface LoadedModel {
+  /** The model. */
+  model: tf.LayersModel;
+  /** Metadata saved with {@link saveModel}, if any. */
+  metadata?: Record<string, unknown>;
+}
+
+/**
+ * Load a model written by {@link saveModel} (or by the TF.js converter / tfjs-node) from a
+ * directory or its `model.json` path.
+ *
+ * @example
+ * ```ts
+ * import { loadSavedModel } from "./io.ts";
+ * const { model } = await loadSavedModel("./out/tiny");
+ * ```
+ */
+export async function loadSavedModel(path: string): Promise<LoadedModel> {
+  const jsonPath = path.endsWith(".json") ? path : join(path, "model.json");
+  let text: string;
+  try {
+    text = await Deno.readTextFile(jsonPath);
+  } catch (e) {
+    throw new Error(
+      `loadSavedModel: cannot read ${jsonPath}: ${(e as Error).message.split("\n")[0]}`,
+    );
+  }
+  let json: {
+    modelTopology?: object;
+    weightsManifest?: { paths: string[]; weights: tf.io.WeightsManifestEntry[] }[];
+    trainingConfig?: tf.io.TrainingConfig;
+    userDefinedMetadata?: Record<string, unknown>;
+  };
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`loadSavedModel: ${jsonPath} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!json.modelTopology || !Array.isArray(json.weightsManifest)) {
+    throw new Error(
+      `loadSavedModel: ${jsonPath} is not a TF.js layers model (expected modelTopology and weightsManifest)`,
+    );
+  }
+  const base = dirname(jsonPath);
+  const weightSpecs: tf.io.WeightsManifestEntry[] = [];
+  const buffers: ArrayBuffer[] = [];
+  for (const group of json.weightsManifest) {
+    weightSpecs.push(...group.weights);
+    for (const p of group.paths) {
+      const bytes = await Deno.readFile(join(base, p)).catch((e) => {
+        throw new Error(
+          `loadSavedModel: missing weight shard ${join(base, p)}: ${(e as Error).message}`,
+        );
+      });
+      buffers.push(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    }
+  }
+  const model = await tf.loadLayersModel(tf.io.fromMemory({
+    modelTopology: json.modelTopology,
+    weightSpecs,
+    weightData: buffers.length === 1 ? buffers[0] : buffers,
+    trainingConfig: json.trainingConfig,
+  }));
+  return { model, metadata: json.userDefinedMetadata };
+}

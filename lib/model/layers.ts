@@ -1,0 +1,284 @@
+/**
+ * Custom TF.js layers and initializers that ConvNeXt needs and TF.js lacks (or
+ * implements in a way that costs too much): a channels-last LayerNorm without
+ * `tf.tile`, per-channel layer scale, stochastic depth, and timm's truncated
+ * normal initializer.
+ *
+ * Every class is registered with `tf.serialization.registerClass`, so a saved
+ * model lists them in `summary()` and loads back once this module is imported.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+
+type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
+type Kwargs = Record<string, unknown>;
+
+function single(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+  return Array.isArray(inputs) ? inputs[0] : inputs;
+}
+
+/** Options of {@link LayerNorm}. */
+export interface LayerNormArgs extends LayerArgs {
+  /** Added to the variance; the official ConvNeXt uses 1e-6 everywhere (TF.js defaults to 1e-3). */
+  epsilon?: number;
+}
+
+/**
+ * Layer normalization over the last (channel) axis, as PyTorch's `nn.LayerNorm(C)`
+ * on channels-last tensors: biased variance, `(x - mean) / sqrt(var + eps) * gamma + beta`.
+ *
+ * Why not `tf.layers.layerNormalization`: it tiles mean, variance, gamma and beta to
+ * the input's shape, and the gradient of those tiles ran about 18,000 Slice and Add
+ * kernels per step on a small ConvNeXt. Broadcasting does the same job for free.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { LayerNorm } from "./layers.ts";
+ * const y = new LayerNorm({ epsilon: 1e-6 }).apply(tf.ones([1, 2, 2, 8])) as tf.Tensor;
+ * ```
+ */
+export class LayerNorm extends tf.layers.Layer {
+  /** Serialization name. */
+  static className = "ConvNeXtLayerNorm";
+  /** Variance epsilon. */
+  readonly epsilon: number;
+  private gamma?: tf.LayerVariable;
+  private beta?: tf.LayerVariable;
+
+  constructor(args: LayerNormArgs = {}) {
+    super(args);
+    this.epsilon = args.epsilon ?? 1e-6;
+    this.supportsMasking = true;
+  }
+
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const channels = shape[shape.length - 1];
+    if (channels == null) {
+      throw new Error(`${this.name}: the channel (last) dimension must be known, got ${shape}`);
+    }
+    this.gamma = this.addWeight("gamma", [channels], "float32", tf.initializers.ones());
+    this.beta = this.addWeight("beta", [channels], "float32", tf.initializers.zeros());
+    this.built = true;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
+    return tf.tidy(() => {
+      const x = single(inputs);
+      const { mean, variance } = tf.moments(x, -1, true);
+      const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.epsilon)));
+      return tf.add(tf.mul(normed, this.gamma!.read()), this.beta!.read());
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), epsilon: this.epsilon };
+  }
+}
+
+/** Options of {@link LayerScale}. */
+export interface LayerScaleArgs extends LayerArgs {
+  /** Initial value of every channel's scale (official default 1e-6). */
+  initValue: number;
+}
+
+/**
+ * Per-channel learnable scale (`x * gamma`), the official blocks' `gamma` parameter.
+ *
+ * @example
+ * ```ts
+ * import { LayerScale } from "./layers.ts";
+ * const scale = new LayerScale({ initValue: 1e-6, name: "stages_0_block_0_layer_scale" });
+ * ```
+ */
+export class LayerScale extends tf.layers.Layer {
+  /** Serialization name. */
+  static className = "LayerScale";
+  /** Initial value of gamma. */
+  readonly initValue: number;
+  private gamma?: tf.LayerVariable;
+
+  constructor(args: LayerScaleArgs) {
+    super(args);
+    this.initValue = args.initValue;
+  }
+
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const channels = shape[shape.length - 1];
+    if (channels == null) {
+      throw new Error(`${this.name}: the channel (last) dimension must be known, got ${shape}`);
+    }
+    this.gamma = this.addWeight(
+      "gamma",
+      [channels],
+      "float32",
+      tf.initializers.constant({ value: this.initValue }),
+    );
+    this.built = true;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
+    return tf.tidy(() => tf.mul(single(inputs), this.gamma!.read()));
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), initValue: this.initValue };
+  }
+}
+
+/** Options of {@link StochasticDepth}. */
+export interface StochasticDepthArgs extends LayerArgs {
+  /** Probability of dropping the whole residual branch of a sample during training. */
+  rate: number;
+}
+
+/**
+ * Stochastic depth ("drop path", timm's `DropPath`): in training, zeroes the residual
+ * branch of each sample with probability `rate` and scales survivors by `1 / (1 - rate)`;
+ * identity at inference.
+ *
+ * @example
+ * ```ts
+ * import { StochasticDepth } from "./layers.ts";
+ * const dropPath = new StochasticDepth({ rate: 0.1 });
+ * ```
+ */
+export class StochasticDepth extends tf.layers.Layer {
+  /** Serialization name. */
+  static className = "StochasticDepth";
+  /** Drop probability. */
+  readonly rate: number;
+
+  constructor(args: StochasticDepthArgs) {
+    super(args);
+    if (!(args.rate >= 0 && args.rate < 1)) {
+      throw new Error(`StochasticDepth: rate must be in [0, 1), got ${args.rate}`);
+    }
+    this.rate = args.rate;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[], kwargs: Kwargs): tf.Tensor {
+    const x = single(inputs);
+    if (!kwargs["training"] || this.rate === 0) return tf.clone(x);
+    return tf.tidy(() => {
+      const keep = 1 - this.rate;
+      const maskShape = [x.shape[0], ...x.shape.slice(1).map(() => 1)];
+      // floor(keep + U[0,1)) is 1 with probability `keep`, as in timm's drop_path.
+      const mask = tf.floor(tf.add(tf.randomUniform(maskShape, 0, 1), keep));
+      return tf.mul(tf.div(x, keep), mask);
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), rate: this.rate };
+  }
+}
+
+/** Options of {@link TruncatedNormal}. */
+export interface TruncatedNormalArgs {
+  /** Mean of the normal distribution. */
+  mean?: number;
+  /** Standard deviation of the normal distribution. */
+  stddev?: number;
+  /** Lower bound, absolute (not in standard deviations). */
+  minval?: number;
+  /** Upper bound, absolute. */
+  maxval?: number;
+  /** Random seed. */
+  seed?: number;
+}
+
+type InitializerLike = ReturnType<typeof tf.initializers.zeros>;
+// TF.js does not export its Initializer base class; take it from an instance.
+const InitializerBase = Object.getPrototypeOf(
+  Object.getPrototypeOf(tf.initializers.zeros()),
+).constructor as new () => InitializerLike;
+
+/**
+ * timm's `trunc_normal_(std=0.02)`: a normal distribution cut at ABSOLUTE bounds
+ * (default -2 and 2), i.e. practically untruncated at std 0.02. TF.js's
+ * `truncatedNormal` cuts at two standard deviations, which is a different distribution.
+ *
+ * @example
+ * ```ts
+ * import { TruncatedNormal } from "./layers.ts";
+ * const init = new TruncatedNormal({ stddev: 0.02 });
+ * const w = init.apply([3, 3]);
+ * ```
+ */
+export class TruncatedNormal extends InitializerBase {
+  /** Serialization name. */
+  static className = "TimmTruncatedNormal";
+  /** Mean. */
+  readonly mean: number;
+  /** Standard deviation. */
+  readonly stddev: number;
+  /** Absolute lower bound. */
+  readonly minval: number;
+  /** Absolute upper bound. */
+  readonly maxval: number;
+  /** Seed, if any. */
+  readonly seed?: number;
+
+  constructor(args: TruncatedNormalArgs = {}) {
+    super();
+    this.mean = args.mean ?? 0;
+    this.stddev = args.stddev ?? 0.02;
+    this.minval = args.minval ?? -2;
+    this.maxval = args.maxval ?? 2;
+    this.seed = args.seed;
+    if (!(this.minval < this.maxval)) {
+      throw new Error(`TruncatedNormal: minval ${this.minval} must be below maxval ${this.maxval}`);
+    }
+  }
+
+  override apply(shape: tf.Shape, dtype?: tf.DataType): tf.Tensor {
+    return tf.tidy(() => {
+      const dims = shape as number[];
+      let x = tf.randomNormal(dims, this.mean, this.stddev, "float32", this.seed);
+      // Redraw the (rare) samples outside the bounds; after a few rounds, clip what is left.
+      for (let round = 0; round < 8; round++) {
+        const outside = tf.logicalOr(tf.less(x, this.minval), tf.greater(x, this.maxval));
+        if (!tf.any(outside).dataSync()[0]) break;
+        const seed = this.seed === undefined ? undefined : this.seed + round + 1;
+        x = tf.where(outside, tf.randomNormal(dims, this.mean, this.stddev, "float32", seed), x);
+      }
+      return tf.cast(tf.clipByValue(x, this.minval, this.maxval), dtype ?? "float32");
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    const config: tf.serialization.ConfigDict = {
+      mean: this.mean,
+      stddev: this.stddev,
+      minval: this.minval,
+      maxval: this.maxval,
+    };
+    if (this.seed !== undefined) config.seed = this.seed;
+    return config;
+  }
+}
+
+tf.serialization.registerClass(LayerNorm);
+tf.serialization.registerClass(LayerScale);
+tf.serialization.registerClass(StochasticDepth);
+tf.serialization.registerClass(
+  TruncatedNormal as unknown as tf.serialization.SerializableConstructor<
+    tf.serialization.Serializable
+  >,
+);

@@ -1,0 +1,193 @@
+/**
+ * `deno task bench`: forward-pass speed of ConvNeXt models on the active backend.
+ *
+ *   deno task bench [--arch convnext_tiny[,..]] [--batch 1,8] [--size 224] [--backend auto]
+ *                   [--warmup 1] [--iters 3] [--json]
+ *
+ * Each architecture/backend runs in its own subprocess, so peak memory (the process's
+ * VmHWM) belongs to that measurement alone.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
+import { createConvNeXt } from "../lib/model/convnext.ts";
+import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
+
+/** One measurement, as printed with --json. */
+export interface BenchResult {
+  architecture: string;
+  backend: string;
+  path: "stock" | "optimized";
+  batch: number;
+  size: number;
+  msPerImage: number;
+  imagesPerSecond: number;
+  peakRssMB: number;
+}
+
+function die(message: string): never {
+  console.error(`bench: ${message}`);
+  Deno.exit(2);
+}
+
+function list(value: string, what: string): number[] {
+  const items = value.split(",").map((v) => Number(v.trim()));
+  if (!items.every((n) => Number.isInteger(n) && n > 0)) {
+    die(`--${what} expects positive integers separated by commas, got "${value}"`);
+  }
+  return items;
+}
+
+function peakRssMB(): number {
+  try {
+    // VmHWM: the process's peak resident set size, in kB (Linux).
+    const line = Deno.readTextFileSync("/proc/self/status").split("\n").find((l) =>
+      l.startsWith("VmHWM:")
+    );
+    if (line) return Math.round(Number(line.split(/\s+/)[1]) / 1024);
+  } catch { /* not Linux: fall back to the current RSS */ }
+  return Math.round(Deno.memoryUsage().rss / 2 ** 20);
+}
+
+async function measure(
+  arch: string,
+  backend: BackendRequest,
+  batches: number[],
+  size: number,
+  warmup: number,
+  iters: number,
+): Promise<BenchResult[]> {
+  const active = await selectBackend(backend);
+  const model = createConvNeXt(arch, { inputShape: [size, size, 3], seed: 0 });
+  const results: BenchResult[] = [];
+  for (const batch of batches) {
+    const x = tf.randomNormal([batch, size, size, 3], 0, 1, "float32", 1);
+    const run = async () => {
+      const y = model.predict(x) as tf.Tensor;
+      await y.data(); // wait for the backend to finish, as a user reading the logits would
+      y.dispose();
+    };
+    for (let i = 0; i < warmup; i++) await run();
+    const start = performance.now();
+    for (let i = 0; i < iters; i++) await run();
+    const ms = (performance.now() - start) / iters / batch;
+    x.dispose();
+    results.push({
+      architecture: arch,
+      backend: active,
+      path: "stock",
+      batch,
+      size,
+      msPerImage: Math.round(ms * 10) / 10,
+      imagesPerSecond: Math.round((1000 / ms) * 100) / 100,
+      peakRssMB: peakRssMB(),
+    });
+  }
+  model.dispose();
+  return results;
+}
+
+function table(rows: BenchResult[]): string {
+  const head = [
+    "architecture",
+    "backend",
+    "path",
+    "batch",
+    "size",
+    "ms/image",
+    "images/s",
+    "peak RSS MB",
+  ];
+  const body = rows.map((r) => [
+    r.architecture,
+    r.backend,
+    r.path,
+    String(r.batch),
+    String(r.size),
+    r.msPerImage.toFixed(1),
+    r.imagesPerSecond.toFixed(2),
+    String(r.peakRssMB),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ");
+  return [fmt(head), widths.map((w) => "-".repeat(w)).join("  "), ...body.map(fmt)].join("\n");
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      arch: { type: "string", default: "convnext_tiny" },
+      batch: { type: "string", default: "1,8" },
+      size: { type: "string", default: "224" },
+      backend: { type: "string", default: "auto" },
+      warmup: { type: "string", default: "1" },
+      iters: { type: "string", default: "3" },
+      json: { type: "boolean", default: false },
+      child: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(
+      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|wasm|cpu] [--warmup N] [--iters N] [--json]",
+    );
+    Deno.exit(0);
+  }
+  const archs = values.arch.split(",").map((a) => a.trim());
+  for (const a of archs) {
+    if (!isArchitectureName(a)) {
+      die(`--arch: unknown architecture "${a}"; expected one of: ${ARCHITECTURE_NAMES.join(", ")}`);
+    }
+  }
+  if (!(BACKEND_REQUESTS as readonly string[]).includes(values.backend)) {
+    die(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${values.backend}"`);
+  }
+  const batches = list(values.batch, "batch");
+  const [size] = list(values.size, "size");
+  const [warmup] = values.warmup === "0" ? [0] : list(values.warmup, "warmup");
+  const [iters] = list(values.iters, "iters");
+
+  if (values.child) {
+    const rows = await measure(
+      archs[0],
+      values.backend as BackendRequest,
+      batches,
+      size,
+      warmup,
+      iters,
+    );
+    for (const r of rows) console.log(JSON.stringify(r));
+    Deno.exit(0);
+  }
+  const rows: BenchResult[] = [];
+  for (const arch of archs) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        fileURLToPath(import.meta.url),
+        "--child",
+        `--arch=${arch}`,
+        `--batch=${values.batch}`,
+        `--size=${size}`,
+        `--backend=${values.backend}`,
+        `--warmup=${warmup}`,
+        `--iters=${iters}`,
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    if (!out.success) die(`measuring ${arch} failed (exit ${out.code})`);
+    for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+      if (!line.startsWith("{")) continue;
+      const r = JSON.parse(line) as BenchResult;
+      rows.push(r);
+      if (values.json) console.log(JSON.stringify(r));
+    }
+  }
+  if (!values.json) console.log(table(rows));
+}

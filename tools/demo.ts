@@ -1,0 +1,48 @@
+/**
+ * `deno task demo`: build a ConvNeXt, print its summary and run one forward pass.
+ *
+ *   deno task demo [ARCHITECTURE] [--size 224]
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { parseArgs } from "node:util";
+import { createConvNeXt, selectBackend } from "../lib/mod.ts";
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  allowPositionals: true,
+  options: { size: { type: "string", default: "224" } },
+});
+const arch = positionals[0] ?? "convnext_tiny";
+const size = Number(values.size);
+if (!Number.isInteger(size) || size < 32) {
+  console.error(`demo: --size expects an integer >= 32, got "${values.size}"`);
+  Deno.exit(2);
+}
+try {
+  const backend = await selectBackend();
+  const model = createConvNeXt(arch);
+  // The full table has hundreds of rows; show the stem, the first block, the head and totals.
+  let skipping = false;
+  model.summary(150, [0.33, 0.53, 0.73, 0.83], (line: string) => {
+    if (/^[a-z]/i.test(line)) {
+      skipping = /^(stages|blocks)_/.test(line) && !/^(stages_0_block_0|blocks_0)[_ ]/.test(line);
+    }
+    if (!skipping) console.log(line);
+  });
+  const x = tf.randomNormal([1, size, size, 3], 0, 1, "float32", 0);
+  const start = performance.now();
+  const logits = model.predict(x) as tf.Tensor;
+  const values = await logits.data();
+  const ms = performance.now() - start;
+  console.log(
+    `\n${arch} on ${backend}: forward pass at ${size}x${size} in ${ms.toFixed(0)} ms, ` +
+      `logits ${JSON.stringify(logits.shape)}, first ${
+        Array.from(values.slice(0, 3), (v) => v.toFixed(4)).join(", ")
+      }`,
+  );
+} catch (e) {
+  console.error(`demo: ${(e as Error).message}`);
+  Deno.exit(1);
+}

@@ -1,0 +1,508 @@
+/**
+ * Downloads into the cache: streamed to `<dest>.part`, resumed with HTTP Range
+ * after an interruption, retried with exponential backoff, checked (size, zip
+ * central directory), hashed, and only then renamed into place.
+ *
+ * What is left behind on failure, and why:
+ * - HTTP errors such as 404, and complete-but-corrupt files: nothing (the `.part`
+ *   is deleted; retrying cannot help).
+ * - A server that keeps ending responses early without making progress
+ *   (a truncated file): nothing, reported as truncated.
+ * - A network failure after progress was made: the `.part` stays, so the next run
+ *   resumes instead of starting a multi-GB download over.
+ *
+ * @module
+ */
+
+import { STATUS_CODES } from "node:http";
+import { basename, dirname } from "node:path";
+import { ProgressBar, type ProgressOptions } from "../util/progress.ts";
+import { exists, removeIfExists } from "../util/fs.ts";
+import {
+  checkpointPath,
+  labelsPath,
+  readSha256Record,
+  sha256File,
+  verifySha256Record,
+  writeSha256Record,
+} from "./cache.ts";
+import { runVerify, type VerifyMode } from "./integrity.ts";
+import { labels22kUrl, LABELS_22K_FILE, type ZooEntry, zooUrl } from "./zoo.ts";
+
+export { checkSafetensorsFile, checkZipFile, type VerifyMode } from "./integrity.ts";
+
+/** Progress of one download, passed to {@link DownloadOptions.onProgress}. */
+export interface DownloadProgress {
+  /** The URL being downloaded. */
+  url: string;
+  /** Bytes on disk so far (including bytes of a resumed `.part`). */
+  received: number;
+  /** Expected size in bytes, when the server says. */
+  total: number | undefined;
+}
+
+/** Options of {@link download}. */
+export interface DownloadOptions {
+  /** Called after every chunk. */
+  onProgress?: (progress: DownloadProgress) => void;
+  /** No progress bar and no retry notices on stderr. */
+  quiet?: boolean;
+  /** Overrides for the progress bar (e.g. `write`, `isTTY` in tests). */
+  progress?: Partial<Omit<ProgressOptions, "total" | "unit">>;
+  /** Retries after the first attempt; default 3. */
+  retries?: number;
+  /** First backoff delay in ms, doubled after each retry; default 500. */
+  backoffMs?: number;
+  /** Abort an attempt (and retry) when no data arrives for this long; default 60000 ms. */
+  stallTimeoutMs?: number;
+  /** Cancels the download; a `.part` is kept for a later resume. */
+  signal?: AbortSignal;
+  /** The fetch to use (tests inject failures); default: global `fetch`. */
+  fetch?: typeof fetch;
+  /**
+   * Check of the complete file: `"zip"` (end-of-central-directory record),
+   * `"safetensors"` (header and size), `"none"`, a custom function that throws,
+   * or `"auto"` (default): by the extension of `dest`.
+   */
+  verify?: VerifyMode;
+  /** Expected sha256 (hex); a mismatch is a corrupt download. */
+  sha256?: string;
+}
+
+/** Result of {@link download}. */
+export interface DownloadResult {
+  /** The final path (`dest`). */
+  path: string;
+  /** Size in bytes. */
+  size: number;
+  /** sha256 (lowercase hex), also recorded in `<dest>.sha256`. */
+  sha256: string;
+  /** Number of HTTP requests made (1 without interruptions). */
+  attempts: number;
+}
+
+/** Why a download failed: `http` status, `corrupt` content, `network`, `aborted`. */
+export type DownloadErrorKind = "http" | "corrupt" | "network" | "aborted";
+
+/** A failed download; the message is one line that names the URL. */
+export class DownloadError extends Error {
+  /** The category of failure. */
+  readonly kind: DownloadErrorKind;
+  /** The HTTP status for `kind === "http"`. */
+  readonly status?: number;
+  /** Constructs the error; `message` is the full one-line message. */
+  constructor(message: string, kind: DownloadErrorKind, status?: number, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "DownloadError";
+    this.kind = kind;
+    this.status = status;
+  }
+}
+
+// Internal: an attempt that failed in a way a retry may fix.
+class RetryableError extends Error {
+  constructor(
+    message: string,
+    /** Bytes this attempt added to the `.part`. */
+    readonly progressed: number,
+    /** The response ended early (as opposed to no response / a stall). */
+    readonly short: boolean,
+    /** Retry at once: the server's answer told us what to do differently. */
+    readonly immediate = false,
+    /** The HTTP status, for a retryable HTTP error (5xx, 408, 429). */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+// Internal: an attempt that failed in a way no retry can fix.
+class FatalError extends Error {
+  constructor(message: string, readonly kind: DownloadErrorKind, readonly status?: number) {
+    super(message);
+  }
+}
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) {
+    const cause = e.cause instanceof Error ? `: ${e.cause.message}` : "";
+    return `${e.message}${cause}`;
+  }
+  return String(e);
+}
+
+async function fileSize(path: string): Promise<number> {
+  try {
+    return (await Deno.stat(path)).size;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return 0;
+    throw e;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function parseContentRange(value: string | null): { start: number; total?: number } | null {
+  const m = value?.match(/^bytes\s+(\d+)-(\d+)\/(\d+|\*)$/i);
+  if (!m) return null;
+  return { start: Number(m[1]), total: m[3] === "*" ? undefined : Number(m[3]) };
+}
+
+function unsatisfiedRangeTotal(value: string | null): number | undefined {
+  const m = value?.match(/^bytes\s+\*\/(\d+)$/i);
+  return m ? Number(m[1]) : undefined;
+}
+
+function httpMessage(url: string, res: Response): string {
+  const text = res.statusText || STATUS_CODES[res.status] || "";
+  return `download ${url}: HTTP ${res.status}${text ? ` ${text}` : ""}`;
+}
+
+interface AttemptContext {
+  url: string;
+  dest: string;
+  part: string;
+  opts: DownloadOptions;
+  fetchFn: typeof fetch;
+  /** Strong ETag or Last-Modified of an earlier response, for `If-Range`. */
+  validator?: string;
+}
+
+/** One HTTP request. Resolves when `part` holds the complete file. */
+async function attempt(ctx: AttemptContext): Promise<void> {
+  const { url, part, opts } = ctx;
+  const offset = await fileSize(part);
+  const headers = new Headers({ "accept-encoding": "identity" });
+  if (offset > 0) {
+    headers.set("range", `bytes=${offset}-`);
+    // If the file changed on the server since our partial copy, If-Range makes the
+    // server send all of the new file (200) instead of a mismatched tail (206).
+    if (ctx.validator) headers.set("if-range", ctx.validator);
+  }
+  const stallMs = opts.stallTimeoutMs ?? 60_000;
+  const controller = new AbortController();
+  const onUserAbort = () => controller.abort(opts.signal?.reason);
+  opts.signal?.addEventListener("abort", onUserAbort, { once: true });
+  let stalled = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const armStallTimer = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      stalled = true;
+      controller.abort(new Error(`no data for ${stallMs / 1000} s`));
+    }, stallMs);
+  };
+  let bar: ProgressBar | undefined;
+  let written = 0;
+  try {
+    armStallTimer();
+    let res: Response;
+    try {
+      res = await ctx.fetchFn(url, { headers, signal: controller.signal });
+    } catch (e) {
+      if (opts.signal?.aborted) throw e;
+      throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
+    }
+    const etag = res.headers.get("etag");
+    const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
+    if (validator) ctx.validator = validator;
+
+    let start: number;
+    let total: number | undefined;
+    if (res.status === 416 && offset > 0) {
+      await res.body?.cancel();
+      const size = unsatisfiedRangeTotal(res.headers.get("content-range"));
+      if (size === offset) return; // The .part was already complete.
+      await removeIfExists(part);
+      throw new RetryableError(
+        `download ${url}: the server cannot resume from byte ${offset}; starting over`,
+        0,
+        false,
+        true,
+      );
+    } else if (res.status === 206) {
+      const range = parseContentRange(res.headers.get("content-range"));
+      if (!range || range.start !== offset) {
+        await res.body?.cancel();
+        await removeIfExists(part);
+        throw new RetryableError(
+          `download ${url}: asked for bytes from ${offset}, the server sent ` +
+            `"${res.headers.get("content-range")}"; starting over`,
+          0,
+          false,
+          true,
+        );
+      }
+      start = offset;
+      total = range.total;
+    } else if (res.ok) {
+      // 200: a fresh download, or a server that ignores Range (then start over).
+      start = 0;
+      const length = res.headers.get("content-length");
+      total = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+    } else {
+      await res.body?.cancel();
+      const message = httpMessage(url, res);
+      if (res.status >= 500 || res.status === 408 || res.status === 429) {
+        throw new RetryableError(message, 0, false, false, res.status);
+      }
+      throw new FatalError(message, "http", res.status);
+    }
+    if (!res.body) throw new RetryableError(`download ${url}: empty response body`, 0, true);
+
+    if (!opts.quiet) {
+      bar = new ProgressBar({ label: basename(ctx.dest), unit: "bytes", ...opts.progress, total });
+      bar.setStartValue(start);
+    }
+    let received = start;
+    const report = () => {
+      bar?.update(received);
+      opts.onProgress?.({ url, received, total });
+    };
+    {
+      using file = await Deno.open(part, {
+        write: true,
+        create: true,
+        append: start > 0,
+        truncate: start === 0,
+      });
+      try {
+        for await (const chunk of res.body) {
+          armStallTimer();
+          let off = 0;
+          while (off < chunk.length) off += await file.write(chunk.subarray(off));
+          received += chunk.length;
+          written += chunk.length;
+          if (total !== undefined && received > total) {
+            throw new FatalError(
+              `download ${url}: corrupt: the server sent more than the announced ${total} bytes`,
+              "corrupt",
+            );
+          }
+          report();
+        }
+      } catch (e) {
+        if (e instanceof FatalError || opts.signal?.aborted) throw e;
+        const why = stalled ? `stalled (no data for ${stallMs / 1000} s)` : errorText(e);
+        throw new RetryableError(
+          `download ${url}: connection lost after ${received}` +
+            `${total === undefined ? "" : ` of ${total}`} bytes: ${why}`,
+          written,
+          !stalled,
+        );
+      }
+    }
+    if (total !== undefined && received < total) {
+      throw new RetryableError(
+        `download ${url}: truncated: got ${received} of ${total} bytes`,
+        written,
+        true,
+      );
+    }
+    bar?.done();
+    bar = undefined;
+  } finally {
+    clearTimeout(timer);
+    opts.signal?.removeEventListener("abort", onUserAbort);
+    bar?.abort();
+  }
+}
+
+/**
+ * Downloads `url` to `dest`: streamed into `dest + ".part"`, resumed with
+ * `Range: bytes=N-` after an interruption, retried with exponential backoff,
+ * verified (size; zip central directory for `.pth`), then renamed to `dest` with
+ * its sha256 written to `dest + ".sha256"`. A progress bar (bytes, rate, ETA)
+ * goes to stderr unless `quiet`.
+ *
+ * @throws {DownloadError} with a one-line message such as
+ *   `download https://…/x.pth: HTTP 404 Not Found`.
+ *
+ * @example
+ * ```ts
+ * const { sha256 } = await download(
+ *   "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth",
+ *   "/tmp/convnext_tiny_1k_224_ema.pth",
+ * );
+ * ```
+ */
+export async function download(
+  url: string,
+  dest: string,
+  opts: DownloadOptions = {},
+): Promise<DownloadResult> {
+  const retries = opts.retries ?? 3;
+  const backoffMs = opts.backoffMs ?? 500;
+  if (!Number.isInteger(retries) || retries < 0) {
+    throw new Error(`download: retries must be an integer >= 0, got ${retries}`);
+  }
+  const part = `${dest}.part`;
+  await Deno.mkdir(dirname(dest), { recursive: true });
+  const ctx: AttemptContext = { url, dest, part, opts, fetchFn: opts.fetch ?? fetch };
+  const notice = (text: string) => {
+    if (!opts.quiet) (opts.progress?.write ?? ((t) => console.error(t.trimEnd())))(`${text}\n`);
+  };
+
+  let attempts = 0;
+  for (;;) {
+    attempts++;
+    try {
+      await attempt(ctx);
+      break;
+    } catch (e) {
+      if (opts.signal?.aborted) {
+        // Cancelled by the caller: keep the .part so a later call resumes.
+        throw new DownloadError(`download ${url}: aborted`, "aborted", undefined, { cause: e });
+      }
+      if (e instanceof FatalError) {
+        await removeIfExists(part);
+        throw new DownloadError(e.message, e.kind, e.status);
+      }
+      if (!(e instanceof RetryableError)) {
+        await removeIfExists(part);
+        throw e;
+      }
+      if (attempts > retries) {
+        // A server that keeps ending responses early without delivering anything
+        // new has a truncated file: remove the partial copy.
+        if (e.short && e.progressed === 0) {
+          await removeIfExists(part);
+          throw new DownloadError(
+            `${e.message} (after ${attempts} attempts; the file on the server is truncated or corrupt)`,
+            "corrupt",
+          );
+        }
+        const kept = (await fileSize(part)) > 0
+          ? `; the partial file ${part} is kept and the next run resumes it`
+          : "";
+        throw new DownloadError(
+          `${e.message} (after ${attempts} attempts)${kept}`,
+          e.status === undefined ? "network" : "http",
+          e.status,
+        );
+      }
+      const delay = e.immediate ? 0 : backoffMs * 2 ** (attempts - 1);
+      notice(
+        `${e.message}; retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempts + 1} of ${
+          retries + 1
+        })`,
+      );
+      try {
+        await sleep(delay, opts.signal);
+      } catch (abortReason) {
+        throw new DownloadError(`download ${url}: aborted`, "aborted", undefined, {
+          cause: abortReason,
+        });
+      }
+    }
+  }
+
+  try {
+    await runVerify(opts.verify ?? "auto", dest, part);
+  } catch (e) {
+    await removeIfExists(part);
+    throw new DownloadError(`download ${url}: corrupt: ${errorText(e)}`, "corrupt");
+  }
+  const sha256 = await sha256File(part);
+  if (opts.sha256 && opts.sha256.toLowerCase() !== sha256) {
+    await removeIfExists(part);
+    throw new DownloadError(
+      `download ${url}: corrupt: sha256 ${sha256} does not match the expected ${opts.sha256}`,
+      "corrupt",
+    );
+  }
+  // Record first, rename second: a file at `dest` then always has its record.
+  await writeSha256Record(dest, sha256);
+  await Deno.rename(part, dest);
+  return { path: dest, size: await fileSize(dest), sha256, attempts };
+}
+
+/**
+ * Returns the cached path of a zoo checkpoint, downloading it on first use. On
+ * later use the file is checked against the sha256 recorded at download; a
+ * mismatch is an error telling the user to delete the file.
+ *
+ * @example
+ * ```ts
+ * import { getZooEntry } from "./zoo.ts";
+ * const path = await ensureCheckpoint(getZooEntry("convnext_tiny_1k_224"));
+ * ```
+ */
+export async function ensureCheckpoint(
+  entry: ZooEntry,
+  opts: DownloadOptions = {},
+): Promise<string> {
+  const path = checkpointPath(entry.file);
+  if (await exists(path)) {
+    await verifySha256Record(path);
+    return path;
+  }
+  await download(zooUrl(entry), path, { verify: "zip", ...opts });
+  return path;
+}
+
+/**
+ * The ImageNet-22K class names (index -> words) from the official
+ * `label_to_words.json`, downloaded once into `<cache>/labels/`.
+ *
+ * @example
+ * ```ts
+ * const names = await fetchLabels22k();
+ * console.log(names.length); // 21841
+ * ```
+ */
+export async function fetchLabels22k(opts: DownloadOptions = {}): Promise<string[]> {
+  const path = labelsPath(LABELS_22K_FILE);
+  if (await exists(path)) {
+    if (await readSha256Record(path) !== null) await verifySha256Record(path);
+  } else {
+    await download(labels22kUrl(), path, {
+      ...opts,
+      verify: async (p) => void parseLabels(await Deno.readTextFile(p), p),
+    });
+  }
+  return parseLabels(await Deno.readTextFile(path), path);
+}
+
+/**
+ * Parses `label_to_words.json` (`{"0": "words", "1": ...}`) into an array indexed
+ * by class; the keys must be exactly 0..n-1.
+ */
+export function parseLabels(text: string, source = LABELS_22K_FILE): string[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${source}: expected JSON, ${errorText(e)}`);
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw new Error(`${source}: expected an object mapping class index to words`);
+  }
+  const entries = Object.entries(data as Record<string, unknown>);
+  const out: string[] = new Array(entries.length);
+  for (const [key, value] of entries) {
+    const i = Number(key);
+    // No leading zeros: "01" and "1" would fill one index twice and leave a hole.
+    if (!/^(0|[1-9]\d*)$/.test(key) || i >= entries.length || typeof value !== "string") {
+      throw new Error(
+        `${source}: expected keys "0".."${entries.length - 1}" with string values, ` +
+          `got ${JSON.stringify(key)}: ${JSON.stringify(value)}`.slice(0, 300),
+      );
+    }
+    out[i] = value;
+  }
+  return out;
+}

@@ -1,0 +1,114 @@
+/**
+ * Random-access byte sources: an in-memory `Uint8Array` or a file read on demand.
+ *
+ * Checkpoints can be 10 GB (convnext_xlarge_22k), so readers never load a file
+ * whole: they ask a source for the byte ranges they need.
+ *
+ * @module
+ */
+
+/** Random access to the bytes of a file or buffer. */
+export interface ByteSource {
+  /** What to call the source in error messages (a path, or `"<bytes>"`). */
+  readonly label: string;
+  /** Total size in bytes. */
+  readonly size: number;
+  /**
+   * Reads exactly `length` bytes at `offset`; throws when the range lies past the end.
+   * The result may share memory with the source (do not modify it).
+   */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Releases the file handle, if any. Safe to call twice. */
+  close(): void;
+}
+
+/**
+ * Wraps a buffer as a {@link ByteSource}; reads return views into `bytes`.
+ *
+ * @example
+ * ```ts
+ * const src = bytesSource(new Uint8Array([1, 2, 3]));
+ * console.log(await src.read(1, 2)); // Uint8Array [2, 3]
+ * ```
+ */
+export function bytesSource(bytes: Uint8Array, label = "<bytes>"): ByteSource {
+  return {
+    label,
+    size: bytes.length,
+    read(offset: number, length: number): Promise<Uint8Array> {
+      checkRange(label, bytes.length, offset, length);
+      return Promise.resolve(bytes.subarray(offset, offset + length));
+    },
+    close() {},
+  };
+}
+
+/**
+ * Opens a file as a {@link ByteSource} that seeks and reads only the requested ranges.
+ *
+ * @example
+ * ```ts
+ * const src = await fileSource("convnext_tiny_1k_224_ema.pth");
+ * try {
+ *   const magic = await src.read(0, 4);
+ * } finally {
+ *   src.close();
+ * }
+ * ```
+ */
+export async function fileSource(path: string): Promise<ByteSource> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    throw new Error(`${path}: cannot open checkpoint (${(e as Error).message})`);
+  }
+  const size = (await file.stat()).size;
+  let closed = false;
+  // Reads are serialised: seek + read on one handle must not interleave.
+  let queue: Promise<unknown> = Promise.resolve();
+  const readAt = async (offset: number, length: number): Promise<Uint8Array> => {
+    checkRange(path, size, offset, length);
+    if (closed) throw new Error(`${path}: read after close`);
+    const out = new Uint8Array(length);
+    await file.seek(offset, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < length) {
+      const n = await file.read(out.subarray(done));
+      if (n === null) throw new Error(`${path}: unexpected end of file at byte ${offset + done}`);
+      done += n;
+    }
+    return out;
+  };
+  return {
+    label: path,
+    size,
+    read(offset: number, length: number): Promise<Uint8Array> {
+      const result = queue.then(() => readAt(offset, length));
+      queue = result.catch(() => undefined);
+      return result;
+    },
+    close() {
+      if (!closed) {
+        closed = true;
+        file.close();
+      }
+    },
+  };
+}
+
+/** Opens a path with {@link fileSource} or wraps bytes with {@link bytesSource}. */
+export function openSource(source: string | Uint8Array): Promise<ByteSource> {
+  return typeof source === "string" ? fileSource(source) : Promise.resolve(bytesSource(source));
+}
+
+function checkRange(label: string, size: number, offset: number, length: number): void {
+  if (
+    !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+    offset + length > size
+  ) {
+    throw new Error(
+      `${label}: read of ${length} bytes at offset ${offset} is outside the file (${size} bytes; truncated?)`,
+    );
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * One entry point for every checkpoint format: `readStateDict` picks the reader by
+ * the file's content, not its name.
+ *
+ * @module
+ */
+
+import { readSafetensors } from "./safetensors.ts";
+import { openSource } from "./source.ts";
+import { readTorchCheckpoint, sniffFormat, type TorchCheckpointOptions } from "./torch.ts";
+import type { StateDict } from "./types.ts";
+
+export type { StateDict, TensorData } from "./types.ts";
+
+/**
+ * Reads a PyTorch checkpoint (zip) or a safetensors file, chosen by content
+ * (zip signature vs safetensors header). Legacy PyTorch files get an error that says
+ * how to re-save them. `options` apply to PyTorch checkpoints.
+ *
+ * @example
+ * ```ts
+ * const sd = await readStateDict("convnext_tiny_1k_224_ema.pth");
+ * const sd2 = await readStateDict(await Deno.readFile("model.safetensors"));
+ * ```
+ */
+export async function readStateDict(
+  source: string | Uint8Array,
+  options: TorchCheckpointOptions = {},
+): Promise<StateDict> {
+  const src = await openSource(source);
+  let head: Uint8Array;
+  try {
+    head = (await src.read(0, Math.min(512, src.size))).slice();
+  } finally {
+    src.close();
+  }
+  const format = sniffFormat(head);
+  if (format === "safetensors") return await readSafetensors(source);
+  if (format === "unknown") {
+    const label = typeof source === "string" ? source : "<bytes>";
+    throw new Error(
+      `${label}: not a PyTorch checkpoint or safetensors file (unrecognised first bytes; corrupt download?)`,
+    );
+  }
+  return await readTorchCheckpoint(source, options);
+}

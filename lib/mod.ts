@@ -39,3 +39,22 @@ export {
   type BackendRequest,
   selectBackend,
 } from "./backend.ts";
+export {
+  applyWeights,
+  convertCheckpoint,
+  type Converted,
+  type ConvertOptions,
+  convertToDirectory,
+  type ConvertToDirectoryOptions,
+  loadModel,
+  type LoadOptions,
+  type ModelInfo,
+  modelInfo,
+  type Preprocessing,
+  preprocessingFor,
+} from "./weights/pretrained.ts";
+export { getZooEntry, ZOO, ZOO_NAMES, type ZooEntry, zooUrl } from "./weights/zoo.ts";
+export { fetchLabels22k } from "./weights/download.ts";
+export { readStateDict } from "./weights/state_dict.ts";
+export { type Layout, remapStateDict } from "./weights/remap.ts";
+export * from "./data/mod.ts";

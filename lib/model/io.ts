@@ -5,7 +5,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { exists, withTempDir } from "../util/fs.ts";
 // Importing the custom layers registers them, so saved ConvNeXt models deserialize.
 import "./layers.ts";
 
@@ -18,27 +19,20 @@ export interface SaveOptions {
   metadata?: Record<string, unknown>;
   /** Replace an existing directory. Default false: an existing directory is an error. */
   overwrite?: boolean;
+  /** Extra text files written into the directory with the model (name -> content). */
+  files?: Record<string, string>;
 }
 
 function weightChunks(data: ArrayBuffer | ArrayBuffer[]): Uint8Array[] {
   return (Array.isArray(data) ? data : [data]).map((b) => new Uint8Array(b));
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 /**
  * Write `model` to `dir` as `model.json` plus `group1-shardKofN.bin` files.
  *
  * The directory is written under a temporary name next to it and renamed into place, so
- * an interrupted save never leaves a half-written model behind.
+ * an interrupted save never leaves a half-written model behind (an existing directory is
+ * only replaced with `overwrite`).
  *
  * @example
  * ```ts
@@ -55,10 +49,7 @@ export async function saveModel(
   if (!options.overwrite && await exists(dir)) {
     throw new Error(`saveModel: ${dir} already exists (pass { overwrite: true } to replace it)`);
   }
-  await Deno.mkdir(dirname(dir), { recursive: true });
-  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.mkdir(tmp);
-  try {
+  await withTempDir(dir, async (tmp) => {
     await model.save(tf.io.withSaveHandler(async (artifacts) => {
       const data = weightChunks(artifacts.weightData ?? new ArrayBuffer(0));
       const total = data.reduce((n, c) => n + c.byteLength, 0);
@@ -94,27 +85,26 @@ export async function saveModel(
         modelTopology: artifacts.modelTopology,
         trainingConfig: artifacts.trainingConfig,
         weightsManifest: [{ paths, weights: artifacts.weightSpecs ?? [] }],
-        userDefinedMetadata: options.metadata,
+        // The model's own metadata (model.setUserDefinedMetadata) plus what the caller adds.
+        userDefinedMetadata: artifacts.userDefinedMetadata || options.metadata
+          ? { ...artifacts.userDefinedMetadata, ...options.metadata }
+          : undefined,
       };
       await Deno.writeTextFile(join(tmp, "model.json"), JSON.stringify(modelJson));
       return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
     }));
-    if (await exists(dir)) {
-      // Move the old copy aside first so that a crash between the renames loses nothing.
-      const old = `${dir}.old-${crypto.randomUUID().slice(0, 8)}`;
-      await Deno.rename(dir, old);
-      await Deno.rename(tmp, dir);
-      await Deno.remove(old, { recursive: true });
-    } else {
-      await Deno.rename(tmp, dir);
+    for (const [name, text] of Object.entries(options.files ?? {})) {
+      if (name !== basename(name) || name === "model.json") {
+        throw new Error(
+          `saveModel: extra file name must be a plain name other than model.json, got ${name}`,
+        );
+      }
+      await Deno.writeTextFile(join(tmp, name), text);
     }
-  } catch (e) {
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
-    throw e;
-  }
+  });
 }
 
-/** A model loaded from disk and its `userDefinedMetadata`. */
+/** A model loaded from disk and its `userDefinedMetadata` (also `model.getUserDefinedMetadata()`). */
 export interface LoadedModel {
   /** The model. */
   model: tf.LayersModel;
@@ -177,6 +167,7 @@ export async function loadSavedModel(path: string): Promise<LoadedModel> {
     weightSpecs,
     weightData: buffers.length === 1 ? buffers[0] : buffers,
     trainingConfig: json.trainingConfig,
+    userDefinedMetadata: json.userDefinedMetadata,
   }));
   return { model, metadata: json.userDefinedMetadata };
 }

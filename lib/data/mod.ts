@@ -1,0 +1,42 @@
+/**
+ * Image data for ConvNeXt: PIL-exact decoding, Pillow-exact bicubic resizing, the
+ * official eval transform, batched prefetching loading, and the ImageNet-1k classes.
+ *
+ * @example
+ * ```ts
+ * import { imagenetClasses, loadImageTensor } from "./lib/data/mod.ts";
+ * const x = await loadImageTensor("data/images/chelsea.jpg", 224); // [1, 224, 224, 3]
+ * const labels = imagenetClasses(); // 1000 names
+ * ```
+ *
+ * @module
+ */
+
+export type { RgbImage } from "./image.ts";
+export { cmykToRgb, decodeImage, readImage } from "./decode.ts";
+export { resizeBicubic } from "./resize.ts";
+export {
+  centerCrop,
+  DEFAULT_CROP_PCT,
+  evalResizeCrop,
+  evalTransform,
+  type EvalTransformOptions,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  normalize,
+  shorterSideSize,
+} from "./transform.ts";
+export { defaultWorkerCount, PreprocessPool } from "./pool.ts";
+export {
+  type ImageBatch,
+  imageBatches,
+  type ImageBatchOptions,
+  type ImageFailure,
+} from "./batches.ts";
+export { loadImageTensor, preprocessBatch } from "./tensor.ts";
+export {
+  type ImagenetClass,
+  imagenetClasses,
+  imagenetClassInfo,
+  imagenetWnids,
+} from "./imagenet.ts";

@@ -1,0 +1,55 @@
+/**
+ * Preprocessed images as TensorFlow.js tensors (NHWC float32, our models are
+ * channels-last).
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs";
+import { decodeImage, readImage } from "./decode.ts";
+import { evalTransform, type EvalTransformOptions } from "./transform.ts";
+import { imageBatches } from "./batches.ts";
+
+/**
+ * Load one image (path or encoded bytes) with the official eval transform as a
+ * [1, size, size, 3] tensor.
+ *
+ * @example
+ * ```ts
+ * const x = await loadImageTensor("data/images/chelsea.jpg", 224);
+ * const logits = model.predict(x) as tf.Tensor;
+ * ```
+ */
+export async function loadImageTensor(
+  input: string | Uint8Array,
+  size = 224,
+  options: EvalTransformOptions = {},
+): Promise<tf.Tensor4D> {
+  const rgb = typeof input === "string" ? await readImage(input) : await decodeImage(input);
+  return tf.tensor4d(evalTransform(rgb, size, options), [1, size, size, 3]);
+}
+
+/**
+ * Load several images into one [n, size, size, 3] tensor (using the worker pool).
+ * Any unreadable image is an error naming the file.
+ *
+ * @example
+ * ```ts
+ * const x = await preprocessBatch(["a.jpg", "b.png"], 384); // shape [2, 384, 384, 3]
+ * ```
+ */
+export async function preprocessBatch(
+  inputs: readonly (string | Uint8Array)[],
+  size = 224,
+  options: EvalTransformOptions & { workers?: number } = {},
+): Promise<tf.Tensor4D> {
+  const parts: Float32Array[] = [];
+  for await (
+    const b of imageBatches(inputs, { ...options, size, batch: Math.max(1, inputs.length) })
+  ) {
+    if (b.failures.length > 0) throw new Error(b.failures[0].message);
+    parts.push(b.data);
+  }
+  const data = parts.length === 1 ? parts[0] : new Float32Array(0);
+  return tf.tensor4d(data, [inputs.length, size, size, 3]);
+}

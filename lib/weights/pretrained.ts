@@ -1,0 +1,420 @@
+/**
+ * From an official checkpoint to a ready `tf.LayersModel`: read, remap by name, build the
+ * architecture, assign the weights, and cache the converted model.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { createHash } from "node:crypto";
+import { basename, extname, join } from "node:path";
+import { DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD } from "../data/transform.ts";
+import { createConvNeXt } from "../model/convnext.ts";
+import { TruncatedNormal } from "../model/layers.ts";
+import { loadSavedModel, saveModel } from "../model/io.ts";
+import type { ArchitectureName, ArchitectureSpec } from "../model/variants.ts";
+import { exists, removeIfExists } from "../util/fs.ts";
+import {
+  checkpointPath,
+  modelDir,
+  readSha256Record,
+  sha256File,
+  sha256RecordPath,
+} from "./cache.ts";
+import { download, type DownloadOptions, ensureCheckpoint } from "./download.ts";
+import { assertWeightsMatch, type ConvertedWeights, remapStateDict, type Weight } from "./remap.ts";
+import { readStateDict } from "./state_dict.ts";
+import { getZooEntry, isZooName, ZOO_NAMES, type ZooEntry, zooUrl } from "./zoo.ts";
+
+/** How inputs must be prepared for a model, stored with every converted model. */
+export interface Preprocessing {
+  /** Square input size. */
+  size: number;
+  /**
+   * `"resize-crop"`: shorter side to `int(size / cropPct)`, bicubic, then a center crop
+   * (below 384); `"warp"`: resize to size x size, no crop (384 and above).
+   */
+  mode: "resize-crop" | "warp";
+  /** Crop fraction for `"resize-crop"` (0.875 in the official evaluation). */
+  cropPct: number;
+  /** Resampling: PIL's bicubic with antialiasing. */
+  interpolation: "bicubic";
+  /** Per-channel mean, after scaling pixels to [0, 1]. */
+  mean: number[];
+  /** Per-channel standard deviation. */
+  std: number[];
+}
+
+/** The official evaluation transform for a resolution (facebookresearch/ConvNeXt `datasets.py`). */
+export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Preprocessing {
+  return {
+    size,
+    mode: size < 384 ? "resize-crop" : "warp",
+    cropPct: size < 384 ? cropPct : 1,
+    interpolation: "bicubic",
+    mean: [...IMAGENET_MEAN],
+    std: [...IMAGENET_STD],
+  };
+}
+
+/** Metadata stored with a converted model (`model.getUserDefinedMetadata()`, `convnext.json`). */
+export interface ModelInfo {
+  /** Official architecture name, or `"convnext_custom"`. */
+  architecture: string;
+  /** The architecture's shape. */
+  spec: ArchitectureSpec;
+  /** Classes of the head (0: none). */
+  numClasses: number;
+  /** Which class names index the head: ImageNet-1k, ImageNet-22k, or unknown. */
+  labels: "imagenet-1k" | "imagenet-22k" | null;
+  /** Input preparation. */
+  preprocessing: Preprocessing;
+  /** Where the weights came from. */
+  source: {
+    /** Zoo name, if any. */
+    zoo?: string;
+    /** Download URL, if any. */
+    url?: string;
+    /** File name of the checkpoint. */
+    file: string;
+    /** sha256 of the checkpoint file. */
+    sha256: string;
+    /** Key layout detected in the checkpoint. */
+    layout: string;
+  };
+  /** Official top-1 accuracy (zoo models). */
+  officialTop1?: number | null;
+}
+
+/** Reads the {@link ModelInfo} a converted model carries, if any. */
+export function modelInfo(model: tf.LayersModel): ModelInfo | undefined {
+  const meta = model.getUserDefinedMetadata() as { convnext?: ModelInfo } | undefined;
+  return meta?.convnext;
+}
+
+/**
+ * Assign converted weights to a model by name. Strict: every model weight must be given
+ * with the right shape and nothing else, except names in `allowMissing` (e.g. a new head).
+ *
+ * @throws Error listing every missing, unexpected and mis-shaped weight.
+ */
+export function applyWeights(
+  model: tf.LayersModel,
+  weights: ReadonlyMap<string, Weight>,
+  options: { allowMissing?: readonly string[]; label?: string } = {},
+): void {
+  const skip = new Set(options.allowMissing ?? []);
+  const expected = new Map(
+    model.weights.filter((w) => !skip.has(w.originalName) || weights.has(w.originalName))
+      .map((w) => [w.originalName, w.shape as number[]]),
+  );
+  assertWeightsMatch(weights, expected, options.label);
+  for (const variable of model.weights) {
+    const w = weights.get(variable.originalName);
+    if (!w) continue;
+    const value = tf.tensor(w.data, w.shape, "float32");
+    variable.write(value);
+    value.dispose();
+  }
+}
+
+/** Options of {@link convertCheckpoint}. */
+export interface ConvertOptions {
+  /** The architecture; default: inferred from the checkpoint's shapes. */
+  architecture?: ArchitectureName | ArchitectureSpec;
+  /** Replace the checkpoint's classifier by a new, randomly initialized one. */
+  dropHead?: boolean;
+  /** Classes of the new head with `dropHead` (default: the checkpoint's, else 1000). */
+  numClasses?: number;
+  /** Initial-weight factor of the new head (official fine-tuning uses e.g. 0.001). */
+  headInitScale?: number;
+  /** Name used in error messages (default: the file name). */
+  label?: string;
+}
+
+/** A converted checkpoint: the model and what conversion learned. */
+export interface Converted {
+  /** The model with the checkpoint's weights. */
+  model: tf.LayersModel;
+  /** Conversion details (layout, inferred architecture, classes). */
+  converted: ConvertedWeights;
+}
+
+/**
+ * Convert a PyTorch (`.pth`, zip) or safetensors checkpoint to a ConvNeXt `tf.LayersModel`,
+ * detecting the key layout (official, torchvision, timm, Hugging Face) and the architecture.
+ *
+ * @example
+ * ```ts
+ * import { convertCheckpoint } from "./pretrained.ts";
+ * const { model, converted } = await convertCheckpoint("convnext_tiny_1k_224_ema.pth");
+ * console.log(converted.architecture, converted.layout); // "convnext_tiny" "official"
+ * ```
+ */
+export async function convertCheckpoint(
+  source: string | Uint8Array,
+  options: ConvertOptions = {},
+): Promise<Converted> {
+  const label = options.label ?? (typeof source === "string" ? basename(source) : "checkpoint");
+  const stateDict = await readStateDict(source);
+  const converted = remapStateDict(stateDict, {
+    architecture: options.architecture,
+    dropHead: options.dropHead,
+    label,
+  });
+  stateDict.clear(); // the float32 copies in `converted` are all that is needed now
+  const numClasses = options.dropHead
+    ? options.numClasses ?? (converted.checkpointClasses || 1000)
+    : converted.numClasses;
+  if (options.numClasses !== undefined && !options.dropHead && options.numClasses !== numClasses) {
+    throw new Error(
+      `${label}: the checkpoint's head has ${numClasses} classes, not ${options.numClasses} (pass dropHead to replace it)`,
+    );
+  }
+  const withHead = numClasses > 0;
+  const model = createConvNeXt(converted.architecture ?? converted.spec, {
+    numClasses: withHead ? numClasses : undefined,
+    includeTop: withHead,
+    pooling: withHead ? null : "avg",
+    randomInit: false, // every weight is overwritten below, except a new head
+  });
+  const newHead = options.dropHead && withHead ? ["head_fc/kernel", "head_fc/bias"] : [];
+  applyWeights(model, converted.weights, { allowMissing: newHead, label });
+  if (newHead.length) {
+    const scale = options.headInitScale ?? 1;
+    const kernel = model.getLayer("head_fc").weights[0];
+    kernel.write(
+      new TruncatedNormal({ stddev: 0.02 * scale, minval: -2 * scale, maxval: 2 * scale })
+        .apply(kernel.shape),
+    );
+  }
+  return { model, converted };
+}
+
+function infoFor(
+  converted: ConvertedWeights,
+  numClasses: number,
+  source: ModelInfo["source"],
+  resolution: number,
+  zoo?: ZooEntry,
+): ModelInfo {
+  return {
+    architecture: converted.architecture ?? "convnext_custom",
+    spec: converted.spec,
+    numClasses,
+    labels: numClasses === 1000 ? "imagenet-1k" : numClasses === 21841 ? "imagenet-22k" : null,
+    preprocessing: preprocessingFor(resolution),
+    source,
+    ...(zoo ? { officialTop1: zoo.top1 } : {}),
+  };
+}
+
+/** Options of {@link loadModel}. */
+export interface LoadOptions {
+  /** Download options (progress, retries, ...). */
+  download?: DownloadOptions;
+  /** Convert again even when a converted copy is cached. */
+  refresh?: boolean;
+}
+
+/**
+ * Runs `convert`; if it fails, removes a checkpoint downloaded just now (and its sha256
+ * record), so that a file we cannot or must not load (e.g. a hostile pickle) does not stay
+ * in the cache looking valid.
+ */
+async function discardOnFailure<T>(
+  downloaded: string | undefined,
+  convert: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await convert();
+  } catch (e) {
+    if (downloaded) {
+      await removeIfExists(downloaded);
+      await removeIfExists(sha256RecordPath(downloaded));
+    }
+    throw e;
+  }
+}
+
+/** 384 for checkpoints named like the official 384 ones (`..._384...`), else 224. */
+function resolutionFromName(file: string): number {
+  return /_384(?:[_.]|$)/.test(basename(file)) ? 384 : 224;
+}
+
+/** A checkpoint file on disk and where it came from. */
+interface LocalCheckpoint {
+  path: string;
+  /** Downloaded by this call (removed again if it cannot be converted). */
+  fresh: boolean;
+  source: Omit<ModelInfo["source"], "sha256" | "layout">;
+  zoo?: ZooEntry;
+  /** Cache directory for the converted model (zoo names and URLs only). */
+  cacheDir?: string;
+}
+
+function urlCacheName(url: URL): { file: string; stem: string; ext: string } {
+  const file = basename(url.pathname) || "checkpoint.pth";
+  const ext = extname(file);
+  const tag = createHash("sha256").update(url.href).digest("hex").slice(0, 12);
+  return { file, stem: `${file.slice(0, file.length - ext.length)}-${tag}`, ext };
+}
+
+/** Where a SOURCE (zoo name, URL or path) is, downloading it into the cache if needed. */
+async function locate(
+  source: string,
+  options: DownloadOptions | undefined,
+  fetchFile = true,
+): Promise<LocalCheckpoint> {
+  if (isZooName(source)) {
+    const zoo = getZooEntry(source);
+    const path = checkpointPath(zoo.file);
+    const fresh = fetchFile && !await exists(path);
+    if (fetchFile) await ensureCheckpoint(zoo, options);
+    return {
+      path,
+      fresh,
+      zoo,
+      source: { zoo: zoo.name, url: zooUrl(zoo), file: zoo.file },
+      cacheDir: modelDir(zoo.name),
+    };
+  }
+  if (/^https?:\/\//i.test(source)) {
+    const url = new URL(source);
+    const { file, stem, ext } = urlCacheName(url);
+    const path = checkpointPath(stem + ext);
+    const fresh = fetchFile && !await exists(path);
+    if (fresh) await download(url.href, path, options);
+    return { path, fresh, source: { url: url.href, file }, cacheDir: modelDir(stem) };
+  }
+  try {
+    await Deno.stat(source);
+  } catch {
+    throw new Error(
+      `"${source}" is not a zoo name, an http(s) URL or an existing path; zoo names: ${
+        ZOO_NAMES.join(", ")
+      }`,
+    );
+  }
+  return { path: source, fresh: false, source: { file: basename(source) } };
+}
+
+/** Options of {@link convertToDirectory}. */
+export interface ConvertToDirectoryOptions extends ConvertOptions {
+  /** Replace an existing output directory. */
+  overwrite?: boolean;
+  /** Download options for zoo names and URLs. */
+  download?: DownloadOptions;
+}
+
+async function convertLocal(
+  local: LocalCheckpoint,
+  out: string,
+  options: ConvertToDirectoryOptions,
+): Promise<{ model: tf.LayersModel; info: ModelInfo }> {
+  return await discardOnFailure(local.fresh ? local.path : undefined, async () => {
+    const sha256 = await readSha256Record(local.path) ?? await sha256File(local.path);
+    const { model, converted } = await convertCheckpoint(local.path, {
+      dropHead: options.dropHead,
+      numClasses: options.numClasses,
+      headInitScale: options.headInitScale,
+      architecture: options.architecture ?? local.zoo?.architecture,
+      label: options.label ?? local.source.file,
+    });
+    const numClasses = model.layers.some((l) => l.name === "head_fc")
+      ? model.outputs[0].shape[1] as number
+      : 0;
+    if (local.zoo && !options.dropHead && converted.numClasses !== local.zoo.numClasses) {
+      model.dispose();
+      throw new Error(
+        `${local.source.file}: expected a ${local.zoo.numClasses}-class head for ${local.zoo.name}, found ${converted.numClasses}`,
+      );
+    }
+    const info = infoFor(
+      converted,
+      numClasses,
+      { ...local.source, sha256, layout: converted.layout },
+      local.zoo?.resolution ?? resolutionFromName(local.source.file),
+      options.dropHead ? undefined : local.zoo,
+    );
+    model.setUserDefinedMetadata({ convnext: info });
+    await saveModel(model, out, {
+      overwrite: options.overwrite,
+      files: { "convnext.json": JSON.stringify(info, null, 2) + "\n" },
+    });
+    return { model, info };
+  });
+}
+
+/**
+ * Convert SOURCE (a zoo name, a `.pth`/`.safetensors` path or a URL) into a TF.js layers
+ * model directory `out` (`model.json`, weight shards and `convnext.json` with the
+ * architecture, classes, resolution, preprocessing, source and its sha256). The directory
+ * appears atomically: it is written under a temporary name and renamed.
+ *
+ * @example
+ * ```ts
+ * import { convertToDirectory } from "./pretrained.ts";
+ * const info = await convertToDirectory("convnext_tiny_1k_224", "models/tiny");
+ * ```
+ */
+export async function convertToDirectory(
+  source: string,
+  out: string,
+  options: ConvertToDirectoryOptions = {},
+): Promise<ModelInfo> {
+  const local = await locate(source, options.download);
+  const { model, info } = await convertLocal(local, out, options);
+  model.dispose();
+  return info;
+}
+
+/**
+ * Load a ConvNeXt with its original weights.
+ *
+ * - a zoo name (`"convnext_tiny_1k_224"`, see `deno task models`): downloads the official
+ *   checkpoint once into the cache (`$CONVNEXT_CACHE`), converts it once, and later loads
+ *   the converted model from the cache;
+ * - an `http(s)://` URL of a checkpoint: the same, cached by URL;
+ * - a directory (or `model.json`) written by `deno task convert` / `saveModel`;
+ * - a `.pth` / `.safetensors` file: converted on the fly (not cached).
+ *
+ * The model's `getUserDefinedMetadata().convnext` ({@link modelInfo}) says its classes,
+ * labels, resolution and preprocessing.
+ *
+ * @example
+ * ```ts
+ * import { loadModel } from "./pretrained.ts";
+ * const model = await loadModel("convnext_tiny_1k_224");
+ * ```
+ */
+export async function loadModel(
+  nameOrPath: string,
+  options: LoadOptions = {},
+): Promise<tf.LayersModel> {
+  let local: LocalCheckpoint;
+  try {
+    local = await locate(nameOrPath, options.download, false);
+  } catch (e) {
+    throw new Error(`loadModel: ${(e as Error).message}`);
+  }
+  if (local.cacheDir) {
+    if (!options.refresh && await exists(join(local.cacheDir, "model.json"))) {
+      return (await loadSavedModel(local.cacheDir)).model;
+    }
+    local = await locate(nameOrPath, options.download);
+    return (await convertLocal(local, local.cacheDir!, { overwrite: true })).model;
+  }
+  const stat = await Deno.stat(nameOrPath);
+  if (stat.isDirectory || nameOrPath.endsWith(".json")) {
+    return (await loadSavedModel(nameOrPath)).model;
+  }
+  const { model, converted } = await convertCheckpoint(nameOrPath);
+  model.setUserDefinedMetadata({
+    convnext: infoFor(converted, converted.numClasses, {
+      file: basename(nameOrPath),
+      sha256: await sha256File(nameOrPath),
+      layout: converted.layout,
+    }, resolutionFromName(nameOrPath)),
+  });
+  return model;
+}

@@ -1,0 +1,87 @@
+/**
+ * `deno task convert SOURCE --out DIR`: an official (or torchvision/timm/Hugging Face)
+ * ConvNeXt checkpoint to a TF.js layers model directory.
+ *
+ *   deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N]
+ *                                      [--head-init-scale X] [--overwrite]
+ *
+ * SOURCE is a zoo name (`deno task models`), a `.pth` / `.safetensors` path or a URL.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { selectBackend } from "../lib/backend.ts";
+import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
+import { convertToDirectory } from "../lib/weights/pretrained.ts";
+
+const USAGE =
+  "usage: deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N] [--head-init-scale X] [--overwrite]";
+
+function fail(message: string, code = 2): never {
+  console.error(`convert: ${message}`);
+  Deno.exit(code);
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: {
+      out: { type: "string" },
+      arch: { type: "string" },
+      "drop-head": { type: "boolean", default: false },
+      "num-classes": { type: "string" },
+      "head-init-scale": { type: "string" },
+      overwrite: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+  });
+} catch (e) {
+  fail(`${(e as Error).message}\n${USAGE}`);
+}
+const { values, positionals } = parsed;
+if (values.help) {
+  console.log(USAGE);
+  Deno.exit(0);
+}
+if (positionals.length !== 1) fail(`expected one SOURCE, got ${positionals.length}\n${USAGE}`);
+if (!values.out) fail(`--out DIR is required\n${USAGE}`);
+if (values.arch !== undefined && !isArchitectureName(values.arch)) {
+  fail(
+    `--arch: unknown architecture "${values.arch}"; expected one of: ${
+      ARCHITECTURE_NAMES.join(", ")
+    }`,
+  );
+}
+const numClasses = values["num-classes"] === undefined ? undefined : Number(values["num-classes"]);
+if (numClasses !== undefined && !(Number.isInteger(numClasses) && numClasses > 0)) {
+  fail(`--num-classes expects a positive integer, got "${values["num-classes"]}"`);
+}
+const headInitScale = values["head-init-scale"] === undefined
+  ? undefined
+  : Number(values["head-init-scale"]);
+if (headInitScale !== undefined && !(headInitScale > 0)) {
+  fail(`--head-init-scale expects a positive number, got "${values["head-init-scale"]}"`);
+}
+
+try {
+  await selectBackend();
+  const start = performance.now();
+  const info = await convertToDirectory(positionals[0], values.out, {
+    architecture: values.arch as Parameters<typeof convertToDirectory>[2]["architecture"],
+    dropHead: values["drop-head"],
+    numClasses,
+    headInitScale,
+    overwrite: values.overwrite,
+  });
+  console.log(
+    `${info.source.file} (${info.source.layout} layout, sha256 ${
+      info.source.sha256.slice(0, 12)
+    }…) -> ${values.out}: ` +
+      `${info.architecture}, ${info.numClasses} classes, ${info.preprocessing.size}px, ` +
+      `${((performance.now() - start) / 1000).toFixed(1)} s`,
+  );
+} catch (e) {
+  fail((e as Error).message.split("\n")[0], 1);
+}

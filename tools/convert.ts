@@ -11,7 +11,11 @@
  */
 import { parseArgs } from "node:util";
 import { selectBackend } from "../lib/backend.ts";
-import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
+import {
+  ARCHITECTURE_NAMES,
+  type ArchitectureName,
+  isArchitectureName,
+} from "../lib/model/variants.ts";
 import { convertToDirectory } from "../lib/weights/pretrained.ts";
 
 const USAGE =
@@ -69,7 +73,7 @@ try {
   await selectBackend();
   const start = performance.now();
   const info = await convertToDirectory(positionals[0], values.out, {
-    architecture: values.arch as Parameters<typeof convertToDirectory>[2]["architecture"],
+    architecture: values.arch as ArchitectureName | undefined,
     dropHead: values["drop-head"],
     numClasses,
     headInitScale,

@@ -1,0 +1,338 @@
+/**
+ * Ready-made charts for the notebooks: top-k bars, training curves and
+ * confusion-matrix heatmaps, drawn with Observable Plot (see plot.ts).
+ *
+ * @module
+ */
+
+import type * as PlotModule from "@observablehq/plot";
+import type { Figure } from "./figure.ts";
+import {
+  type ChartOutputOptions,
+  loadPlot,
+  type RenderedSvg,
+  renderPlot,
+  svgFigure,
+  textWidth,
+} from "./plot.ts";
+import { escapeXml } from "./svg.ts";
+
+/** Common chart labels. */
+export interface ChartLabels extends ChartOutputOptions {
+  /** Heading above the chart. */
+  title?: string;
+  /** x axis label. */
+  xLabel?: string;
+  /** y axis label. */
+  yLabel?: string;
+  /** Chart width in px (default 640). */
+  width?: number;
+  /** Chart height in px (default depends on the chart). */
+  height?: number;
+}
+
+/** Options for {@link barChart}. */
+export interface BarChartOptions extends ChartLabels {
+  /** "horizontal" (default: long class names read well on the y axis) or "vertical". */
+  orientation?: "horizontal" | "vertical";
+  /** Print each value at the end of its bar (default true). */
+  showValues?: boolean;
+  /** d3-format string for the printed values (default ".3~f"). */
+  valueFormat?: string;
+  /** Bar colour (default Plot's first categorical colour). */
+  color?: string;
+}
+
+function checkNumbers(values: ArrayLike<number>, what: string): number[] {
+  const out = Array.from(values, Number);
+  const bad = out.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    throw new Error(`lib/viz: ${what}: value ${bad} is ${values[bad]}, expected a finite number`);
+  }
+  return out;
+}
+
+/**
+ * Bar chart of values with one label each, bars in the given order (e.g. top-5 classes).
+ *
+ * @example
+ * ```ts
+ * await barChart(["tabby", "tiger cat", "Egyptian cat"], [0.61, 0.22, 0.09], { title: "Top-3" });
+ * ```
+ */
+export async function barChart(
+  labels: string[],
+  values: ArrayLike<number>,
+  options: BarChartOptions = {},
+): Promise<Figure> {
+  if (!Array.isArray(labels) || labels.length === 0) {
+    throw new Error("lib/viz: barChart: expected a non-empty array of labels");
+  }
+  const vals = checkNumbers(values, "barChart values");
+  if (vals.length !== labels.length) {
+    throw new Error(`lib/viz: barChart: ${labels.length} labels but ${vals.length} values`);
+  }
+  const data = labels.map((label, i) => ({ label: String(label), value: vals[i] }));
+  const horizontal = (options.orientation ?? "horizontal") === "horizontal";
+  const fill = options.color ?? "#4269d0";
+  const showValues = options.showValues ?? true;
+  const format = options.valueFormat ?? ".3~f";
+  const longest = Math.max(...data.map((d) => textWidth(d.label, 10)));
+  const rendered = await renderPlot((Plot) => {
+    const marks: PlotModule.Markish[] = [];
+    if (horizontal) {
+      marks.push(Plot.barX(data, { y: "label", x: "value", fill }), Plot.ruleX([0]));
+      if (showValues) {
+        marks.push(
+          Plot.text(data, {
+            y: "label",
+            x: "value",
+            text: (d) => fmt(d.value),
+            dx: 4,
+            textAnchor: "start",
+          }),
+        );
+      }
+    } else {
+      marks.push(Plot.barY(data, { x: "label", y: "value", fill }), Plot.ruleY([0]));
+      if (showValues) {
+        marks.push(Plot.text(data, { x: "label", y: "value", text: (d) => fmt(d.value), dy: -6 }));
+      }
+    }
+    return {
+      title: options.title,
+      width: options.width ?? 640,
+      height: options.height ?? (horizontal ? Math.max(120, 40 + 28 * data.length) : 360),
+      marginLeft: horizontal ? Math.min(320, Math.max(40, longest + 16)) : undefined,
+      marginRight: horizontal && showValues ? 48 : undefined,
+      // Keep the caller's order: band scales sort their domain by default.
+      [horizontal ? "y" : "x"]: {
+        domain: data.map((d) => d.label),
+        label: horizontal ? options.yLabel ?? null : options.xLabel ?? null,
+      },
+      [horizontal ? "x" : "y"]: {
+        grid: true,
+        label: horizontal ? options.xLabel ?? null : options.yLabel ?? null,
+      },
+      marks,
+    };
+  });
+  return await svgFigure(rendered, options);
+
+  function fmt(v: number): string {
+    return formatNumber(v, format);
+  }
+}
+
+/** Minimal d3-format subset used for chart value labels: ".Nf", ".N~f", ".N%", or "" for plain. */
+export function formatNumber(v: number, format: string): string {
+  const m = format.match(/^\.(\d+)(~?)([f%])$/);
+  if (!m) return String(v);
+  const digits = Number(m[1]);
+  const scaled = m[3] === "%" ? v * 100 : v;
+  let text = scaled.toFixed(digits);
+  if (m[2] === "~" && text.includes(".")) text = text.replace(/\.?0+$/, "");
+  return m[3] === "%" ? `${text}%` : text;
+}
+
+/** One line of a {@link lineChart}. */
+export interface Series {
+  /** Legend name. */
+  name: string;
+  /** y values. */
+  y: ArrayLike<number>;
+  /** x values (default 1, 2, 3, ... e.g. epochs). */
+  x?: ArrayLike<number>;
+}
+
+/** Options for {@link lineChart}. */
+export interface LineChartOptions extends ChartLabels {
+  /** Log scale on y (e.g. for losses). */
+  logY?: boolean;
+  /** Draw a dot at each point (default: when a series has at most 50 points). */
+  dots?: boolean;
+}
+
+/**
+ * Line chart of one or more series (e.g. training/validation loss per epoch).
+ *
+ * @param series `{ train: [...], val: [...] }` or an array of {@link Series}.
+ *
+ * @example
+ * ```ts
+ * await lineChart({ train: [1.2, 0.8, 0.6], val: [1.3, 0.9, 0.8] }, { xLabel: "epoch", yLabel: "loss" });
+ * ```
+ */
+export async function lineChart(
+  series: Record<string, ArrayLike<number>> | Series[],
+  options: LineChartOptions = {},
+): Promise<Figure> {
+  const list: Series[] = Array.isArray(series)
+    ? series
+    : Object.entries(series).map(([name, y]) => ({ name, y }));
+  if (list.length === 0) throw new Error("lib/viz: lineChart: expected at least one series");
+  const rows: { series: string; x: number; y: number }[] = [];
+  let most = 0;
+  for (const s of list) {
+    const ys = checkNumbers(s.y, `lineChart series "${s.name}"`);
+    const xs = s.x ? checkNumbers(s.x, `lineChart series "${s.name}" x`) : ys.map((_, i) => i + 1);
+    if (xs.length !== ys.length) {
+      throw new Error(
+        `lib/viz: lineChart: series "${s.name}" has ${xs.length} x but ${ys.length} y values`,
+      );
+    }
+    if (options.logY && ys.some((v) => v <= 0)) {
+      throw new Error(
+        `lib/viz: lineChart: logY needs positive values; series "${s.name}" has some <= 0`,
+      );
+    }
+    ys.forEach((y, i) => rows.push({ series: s.name, x: xs[i], y }));
+    most = Math.max(most, ys.length);
+  }
+  const dots = options.dots ?? most <= 50;
+  const xs = [...new Set(rows.map((r) => r.x))].sort((a, b) => a - b);
+  const integerX = xs.every(Number.isInteger);
+  const step = Math.max(1, Math.ceil(xs.length / 10));
+  const integerTicks = xs.filter((_, i) => i % step === 0);
+  const multi = list.length > 1;
+  const rendered = await renderPlot((Plot) => ({
+    title: options.title,
+    width: options.width ?? 640,
+    height: options.height ?? 320,
+    // Integer x (epochs, steps): tick only at integers, not at 1.5.
+    x: {
+      label: options.xLabel ?? null,
+      ...(integerX ? { tickFormat: "d", ticks: integerTicks } : {}),
+    },
+    y: { label: options.yLabel ?? null, grid: true, type: options.logY ? "log" : "linear" },
+    color: multi ? { legend: true, domain: list.map((s) => s.name) } : undefined,
+    marks: [
+      Plot.lineY(rows, { x: "x", y: "y", stroke: multi ? "series" : undefined }),
+      ...(dots
+        ? [Plot.dot(rows, { x: "x", y: "y", fill: multi ? "series" : "currentColor", r: 2 })]
+        : []),
+    ],
+  }));
+  return await svgFigure(rendered, options);
+}
+
+/** Options for {@link heatmap}. */
+export interface HeatmapOptions extends ChartLabels {
+  /** Column labels (default 0..n-1). */
+  xLabels?: string[];
+  /** Row labels (default 0..m-1). */
+  yLabels?: string[];
+  /** Print each value in its cell (default: when the matrix is at most 20x20). */
+  showValues?: boolean;
+  /** d3-format-like format for printed values (default ".2~f"). */
+  valueFormat?: string;
+  /** Colour scheme name from Observable Plot (default "blues"). */
+  scheme?: string;
+  /** Draw a colour ramp legend (default true). */
+  legend?: boolean;
+}
+
+/**
+ * Heatmap of a matrix, rows top to bottom (e.g. a confusion matrix: rows = true class).
+ *
+ * @example
+ * ```ts
+ * await heatmap([[50, 2], [5, 43]], { xLabels: ["cat", "dog"], yLabels: ["cat", "dog"],
+ *   xLabel: "predicted", yLabel: "true", title: "Confusion matrix" });
+ * ```
+ */
+export async function heatmap(matrix: number[][], options: HeatmapOptions = {}): Promise<Figure> {
+  const rowsN = matrix.length;
+  const colsN = rowsN > 0 ? matrix[0].length : 0;
+  if (rowsN === 0 || colsN === 0 || matrix.some((r) => r.length !== colsN)) {
+    throw new Error("lib/viz: heatmap: expected a non-empty rectangular number[][]");
+  }
+  const xLabels = options.xLabels ?? Array.from({ length: colsN }, (_, i) => String(i));
+  const yLabels = options.yLabels ?? Array.from({ length: rowsN }, (_, i) => String(i));
+  if (xLabels.length !== colsN || yLabels.length !== rowsN) {
+    throw new Error(
+      `lib/viz: heatmap: matrix is ${rowsN}x${colsN} but got ${yLabels.length} yLabels and ${xLabels.length} xLabels`,
+    );
+  }
+  const cells = matrix.flatMap((row, i) =>
+    checkNumbers(row, `heatmap row ${i}`).map((v, j) => ({ x: xLabels[j], y: yLabels[i], v }))
+  );
+  const values = cells.map((c) => c.v);
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  const showValues = options.showValues ?? (rowsN <= 20 && colsN <= 20);
+  const format = options.valueFormat ?? ".2~f";
+  const scheme = (options.scheme ?? "blues") as PlotModule.ColorScheme;
+  const longest = Math.max(...yLabels.map((l) => textWidth(l, 10)));
+  const size = Math.max(18, Math.min(48, Math.floor(560 / Math.max(rowsN, colsN))));
+  const width = options.width ?? Math.ceil(Math.min(320, longest + 24) + colsN * size + 24);
+  const height = options.height ?? (rowsN * size + 80);
+  const Plot = await loadPlot();
+  const colour = Plot.scale({
+    color: { type: "linear", scheme, domain: [lo, hi === lo ? lo + 1 : hi] },
+  });
+  const rendered = await renderPlot({
+    title: options.title,
+    width,
+    height,
+    marginLeft: Math.min(320, longest + 24),
+    marginBottom: 50,
+    x: {
+      domain: xLabels,
+      label: options.xLabel ?? null,
+      tickRotate: xLabels.some((l) => l.length > 3) ? -30 : 0,
+    },
+    y: { domain: yLabels, label: options.yLabel ?? null },
+    color: { type: "linear", scheme, domain: [lo, hi === lo ? lo + 1 : hi] },
+    marks: [
+      Plot.cell(cells, { x: "x", y: "y", fill: "v", inset: 0.5 }),
+      ...(showValues
+        ? [Plot.text(cells, {
+          x: "x",
+          y: "y",
+          text: (d: { v: number }) => formatNumber(d.v, format),
+          // Light text on dark cells.
+          fill: (d: { v: number }) => ((d.v - lo) / (hi - lo || 1) > 0.6 ? "white" : "black"),
+        })]
+        : []),
+    ],
+  });
+  const withLegend = options.legend === false
+    ? rendered
+    : addRampLegend(rendered, lo, hi, (t) => colour.apply(lo + t * (hi - lo)) as string, format);
+  return await svgFigure(withLegend, options);
+}
+
+/**
+ * Appends a horizontal colour ramp under a chart (Plot's own ramp legend needs
+ * a <canvas>, which a server-side DOM lacks).
+ */
+export function addRampLegend(
+  chart: RenderedSvg,
+  lo: number,
+  hi: number,
+  colourAt: (t: number) => string,
+  format = ".2~f",
+): RenderedSvg {
+  const stops = Array.from(
+    { length: 11 },
+    (_, i) => `<stop offset="${i * 10}%" stop-color="${escapeXml(colourAt(i / 10))}"/>`,
+  ).join("");
+  const rampWidth = Math.min(240, chart.width - 20);
+  const height = chart.height + 34;
+  const body = chart.svg.replace(/^<svg\b/, `<svg x="0" y="0"`);
+  const legend = `<defs><linearGradient id="lib-viz-ramp">${stops}</linearGradient></defs>` +
+    `<rect x="10" y="${
+      chart.height + 4
+    }" width="${rampWidth}" height="10" fill="url(#lib-viz-ramp)"/>` +
+    `<text x="10" y="${chart.height + 28}" font-size="10">${
+      escapeXml(formatNumber(lo, format))
+    }</text>` +
+    `<text x="${10 + rampWidth}" y="${chart.height + 28}" font-size="10" text-anchor="end">${
+      escapeXml(formatNumber(hi, format))
+    }</text>`;
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${chart.width}" height="${height}" ` +
+    `viewBox="0 0 ${chart.width} ${height}" font-family="system-ui, sans-serif" fill="currentColor">` +
+    `${body}${legend}</svg>`;
+  return { svg, width: chart.width, height };
+}

@@ -1,0 +1,96 @@
+/**
+ * `deno task notebooks [--out DIR] [--repeat N] [--timeout S] [NOTEBOOK...]`
+ *
+ * Executes notebooks headlessly on Deno's Jupyter kernel (default: every
+ * notebooks/*.ipynb) and writes the executed copies to DIR (default
+ * out/notebooks/). Notebook parameters come from environment variables, which
+ * pass through to the kernel. Exits non-zero when a cell fails, printing
+ * "<notebook>: cell N failed: <Error>: <message>" (N counts all cells from 1).
+ *
+ * `--check` type-checks the notebooks' code cells (extracted to a module) instead of running them.
+ *
+ * `--install-kernel` only writes the kernelspec to .cache/jupyter (put that
+ * folder on JUPYTER_PATH to use the project's kernel from JupyterLab).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { installKernelspec } from "./notebooks/kernelspec.ts";
+import { findNotebooks, runNotebooks } from "./notebooks/run.ts";
+import { checkNotebooks } from "./notebooks/typecheck.ts";
+
+const USAGE =
+  "usage: deno task notebooks [--out DIR] [--repeat N] [--timeout SECONDS] [--check] [--install-kernel] [NOTEBOOK.ipynb...]";
+
+function positiveNumber(
+  flag: string,
+  raw: string | undefined,
+  integer = false,
+): number | undefined {
+  if (raw === undefined) return undefined;
+  const value = Number(raw);
+  if (!(value > 0) || (integer && !Number.isInteger(value))) {
+    throw new Error(
+      `${flag}: expected a positive ${integer ? "integer" : "number"}, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return value;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      out: { type: "string" },
+      repeat: { type: "string" },
+      timeout: { type: "string" },
+      "install-kernel": { type: "boolean" },
+      check: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (values["install-kernel"]) {
+    const path = await installKernelspec();
+    console.log(`Deno kernelspec written to ${path}/kernels/deno (use JUPYTER_PATH=${path})`);
+    return 0;
+  }
+  for (const path of positionals) {
+    if (!path.endsWith(".ipynb")) throw new Error(`${path}: expected a .ipynb notebook`);
+  }
+  // Validate every option before deciding there is nothing to do.
+  const repeat = positiveNumber("--repeat", values.repeat, true);
+  const timeout = positiveNumber("--timeout", values.timeout);
+  const notebooks = positionals.length > 0 ? positionals : await findNotebooks();
+  if (notebooks.length === 0) {
+    console.log("notebooks: no notebooks/*.ipynb yet; nothing to run");
+    return 0;
+  }
+  if (values.check) {
+    const { code, report } = await checkNotebooks(notebooks);
+    console.log(report.trimEnd());
+    return code;
+  }
+  const result = await runNotebooks({
+    notebooks,
+    out: values.out,
+    repeat,
+    timeout,
+  });
+  return result.code;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (err) {
+    console.error(`notebooks: ${err instanceof Error ? err.message : err}`);
+    console.error(USAGE);
+    Deno.exit(2);
+  }
+}

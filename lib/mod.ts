@@ -58,3 +58,4 @@ export { fetchLabels22k } from "./weights/download.ts";
 export { readStateDict } from "./weights/state_dict.ts";
 export { type Layout, remapStateDict } from "./weights/remap.ts";
 export * from "./data/mod.ts";
+export { gradCam, type GradCamOptions, type GradCamResult } from "./model/gradcam.ts";

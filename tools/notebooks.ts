@@ -16,12 +16,13 @@
  */
 
 import { parseArgs } from "node:util";
-import { installKernelspec } from "./notebooks/kernelspec.ts";
+import { join } from "node:path";
+import { installKernelspec, REPO_ROOT } from "./notebooks/kernelspec.ts";
 import { findNotebooks, runNotebooks } from "./notebooks/run.ts";
 import { checkNotebooks } from "./notebooks/typecheck.ts";
 
 const USAGE =
-  "usage: deno task notebooks [--out DIR] [--repeat N] [--timeout SECONDS] [--check] [--install-kernel] [NOTEBOOK.ipynb...]";
+  "usage: deno task notebooks [--out DIR] [--offline] [--repeat N] [--timeout SECONDS] [--check] [--install-kernel] [NOTEBOOK.ipynb...]";
 
 function positiveNumber(
   flag: string,
@@ -38,6 +39,23 @@ function positiveNumber(
   return value;
 }
 
+/**
+ * The notebook parameters of an offline run (`--offline`): fixture weights and data shipped
+ * in the repository, from `notebooks/offline.json`, so the notebooks run with no network (CI,
+ * and the committed outputs).
+ */
+export async function offlineEnv(): Promise<Record<string, string>> {
+  const path = join(REPO_ROOT, "notebooks", "offline.json");
+  const parsed = JSON.parse(await Deno.readTextFile(path));
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new Error(`${path}: expected an object of environment variables`);
+  }
+  for (const [key, value] of Object.entries(parsed)) {
+    if (typeof value !== "string") throw new Error(`${path}: ${key} must be a string`);
+  }
+  return parsed as Record<string, string>;
+}
+
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -48,6 +66,7 @@ async function main(argv: string[]): Promise<number> {
       timeout: { type: "string" },
       "install-kernel": { type: "boolean" },
       check: { type: "boolean" },
+      offline: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -81,6 +100,7 @@ async function main(argv: string[]): Promise<number> {
     out: values.out,
     repeat,
     timeout,
+    env: values.offline ? await offlineEnv() : undefined,
   });
   return result.code;
 }

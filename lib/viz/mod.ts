@@ -67,3 +67,4 @@ export {
 } from "./charts.ts";
 export { plotly, type PlotlyFigure, type PlotlyTrace } from "./plotly.ts";
 export { type Progress, progress, type ProgressOptions } from "./progress.ts";
+export { type FeatureGridOptions, featureMapGrid, meanActivation } from "./features.ts";

@@ -1,0 +1,101 @@
+/**
+ * Grad-CAM (Selvaraju et al. 2017) for ConvNeXt: which regions of the last stage drive a
+ * class score.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { stageOutputNames } from "./features.ts";
+
+/** Options of {@link gradCam}. */
+export interface GradCamOptions {
+  /** Class to explain; default: the top-scoring class. */
+  classIndex?: number;
+  /** Feature-map layer; default: the last stage's output. */
+  layerName?: string;
+}
+
+/** A class activation map over a feature map's grid. */
+export interface GradCamResult {
+  /** Row-major `height * width` values in [0, 1] (ReLU of the weighted maps, max-normalized). */
+  data: Float32Array;
+  /** Grid height (the feature map's). */
+  height: number;
+  /** Grid width. */
+  width: number;
+  /** The class explained. */
+  classIndex: number;
+  /** That class's score (logit). */
+  score: number;
+}
+
+/**
+ * Grad-CAM of one image: the channels of the feature map `A` weighted by the spatial mean of
+ * `d score / d A`, summed, passed through ReLU and scaled to [0, 1].
+ *
+ * Works for a layer whose successors in the model form a simple chain (the head after the
+ * last stage), which is where Grad-CAM is usually taken.
+ *
+ * @param input one preprocessed image, `[1, H, W, 3]`.
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { createConvNeXt } from "./convnext.ts";
+ * import { gradCam } from "./gradcam.ts";
+ * const model = createConvNeXt("convnext_tiny");
+ * const cam = gradCam(model, tf.zeros([1, 224, 224, 3]));
+ * console.log(cam.height, cam.width); // 7 7
+ * ```
+ */
+export function gradCam(
+  model: tf.LayersModel,
+  input: tf.Tensor4D,
+  options: GradCamOptions = {},
+): GradCamResult {
+  if (input.rank !== 4 || input.shape[0] !== 1) {
+    throw new Error(`gradCam: input must be one image [1, H, W, C], got [${input.shape}]`);
+  }
+  const layerName = options.layerName ?? stageOutputNames(model).at(-1)!;
+  const index = model.layers.findIndex((l) => l.name === layerName);
+  if (index < 0) throw new Error(`gradCam: model "${model.name}" has no layer "${layerName}"`);
+  const head = model.layers.slice(index + 1);
+  // Each successor must consume exactly the previous layer's output.
+  head.forEach((layer, i) => {
+    const inbound = layer.inboundNodes[0]?.inboundLayers ?? [];
+    const previous = i === 0 ? layerName : head[i - 1].name;
+    if (inbound.length !== 1 || inbound[0].name !== previous) {
+      throw new Error(
+        `gradCam: the layers after "${layerName}" are not a simple chain (at "${layer.name}"); use the last stage's output`,
+      );
+    }
+  });
+  const features = tf.model({ inputs: model.inputs, outputs: model.getLayer(layerName).output });
+  return tf.tidy(() => {
+    const maps = features.predict(input) as tf.Tensor4D;
+    const scores = (x: tf.Tensor) =>
+      head.reduce((t, l) => l.apply(t) as tf.Tensor, x) as tf.Tensor2D;
+    const logits = scores(maps);
+    const classIndex = options.classIndex ?? tf.argMax(logits, 1).dataSync()[0];
+    const numClasses = logits.shape[1];
+    if (!(Number.isInteger(classIndex) && classIndex >= 0 && classIndex < numClasses)) {
+      throw new Error(
+        `gradCam: classIndex must be an integer in [0, ${numClasses}), got ${classIndex}`,
+      );
+    }
+    const score = logits.dataSync()[classIndex];
+    const grads = tf.grad((a: tf.Tensor) => tf.sum(tf.slice(scores(a), [0, classIndex], [1, 1])))(
+      maps,
+    );
+    const weights = tf.mean(grads, [1, 2], true); // [1, 1, 1, C]
+    const cam = tf.relu(tf.sum(tf.mul(maps, weights), -1)).squeeze([0]) as tf.Tensor2D;
+    const max = tf.max(cam).dataSync()[0];
+    const normed = max > 0 ? tf.div(cam, max) : cam;
+    return {
+      data: normed.dataSync() as Float32Array,
+      height: cam.shape[0],
+      width: cam.shape[1],
+      classIndex,
+      score,
+    };
+  });
+}

@@ -59,3 +59,19 @@ export { readStateDict } from "./weights/state_dict.ts";
 export { type Layout, remapStateDict } from "./weights/remap.ts";
 export * from "./data/mod.ts";
 export { gradCam, type GradCamOptions, type GradCamResult } from "./model/gradcam.ts";
+export {
+  type Classification,
+  type ClassifiedItem,
+  classify,
+  classifyEach,
+  type ClassifyInput,
+  type ClassifyOptions,
+  classLabels,
+  modelPreprocessing,
+  numClassesOf,
+  type Prediction,
+  softmax,
+  topIndices,
+  transformOptions,
+} from "./classify.ts";
+export * from "./eval/mod.ts";

@@ -1,0 +1,372 @@
+/**
+ * Image classification with a ConvNeXt: the model's own preprocessing (the official eval
+ * transform), batched and prefetched loading, softmax probabilities and the top-k classes
+ * with their names.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs";
+import { imageBatches, type ImageFailure } from "./data/batches.ts";
+import type { RgbImage } from "./data/image.ts";
+import { imagenetClasses } from "./data/imagenet.ts";
+import { evalTransform, type EvalTransformOptions } from "./data/transform.ts";
+import { fetchLabels22k } from "./weights/download.ts";
+import { modelInfo, type Preprocessing, preprocessingFor } from "./weights/pretrained.ts";
+
+/** An image to classify: a file path, encoded bytes (JPEG, PNG...) or decoded RGB pixels. */
+export type ClassifyInput = string | Uint8Array | RgbImage;
+
+/** One of the top classes of an image. */
+export interface Prediction {
+  /** Class index (logit position). */
+  index: number;
+  /** Class name. */
+  label: string;
+  /** Softmax probability of the class, in [0, 1]. */
+  probability: number;
+}
+
+/** The top classes of one image. */
+export interface Classification {
+  /** The path, or the display name of bytes / pixels (`<bytes #i>`, `<image #i>`). */
+  image: string;
+  /** The `topK` most probable classes, most probable first. */
+  top: Prediction[];
+}
+
+/** One input's outcome in {@link classifyEach}: its classes, or why it could not be read. */
+export type ClassifiedItem =
+  | { index: number; image: string; top: Prediction[] }
+  | { index: number; image: string; error: string };
+
+/** Options of {@link classify} and {@link classifyEach}. */
+export interface ClassifyOptions {
+  /** Classes reported per image (default 5; at most the model's class count). */
+  topK?: number;
+  /** Class names by index (default: from the model's metadata, see {@link classLabels}). */
+  labels?: readonly string[];
+  /** Images per forward pass (default 16). */
+  batch?: number;
+  /** Preprocessing worker threads (default: cores - 1, at most 4; 0 = main thread). */
+  workers?: number;
+  /** Display names of the inputs (default: the path, `<bytes #i>` or `<image #i>`). */
+  names?: readonly string[];
+  /** Input preparation (default: the model's, see {@link modelPreprocessing}). */
+  preprocessing?: Preprocessing;
+  /**
+   * Called for each image that cannot be read (missing file, not an image); the image is
+   * then left out of the result. Without it, {@link classify} throws on the first one.
+   */
+  onError?: (failure: ImageFailure) => void;
+}
+
+/**
+ * The preprocessing a model expects: its metadata's (written when it was converted), else
+ * the official 224 eval transform (resize 256, center crop 224).
+ *
+ * @example
+ * ```ts
+ * modelPreprocessing(model); // { size: 224, mode: "resize-crop", cropPct: 0.875, ... }
+ * ```
+ */
+export function modelPreprocessing(model: tf.LayersModel): Preprocessing {
+  return modelInfo(model)?.preprocessing ?? preprocessingFor(224);
+}
+
+/**
+ * The {@link imageBatches} / evalTransform options for a {@link Preprocessing}. The
+ * official transform is a resize + crop below 384 px and a warp from 384 px on; a
+ * preprocessing record that says otherwise cannot be reproduced and is an error.
+ */
+export function transformOptions(p: Preprocessing): EvalTransformOptions & { size: number } {
+  const official = p.size < 384 ? "resize-crop" : "warp";
+  if (p.mode !== official) {
+    throw new Error(
+      `preprocessing: mode "${p.mode}" at ${p.size} px is not the official eval transform ("${official}" at that size)`,
+    );
+  }
+  if (p.mean.length !== 3 || p.std.length !== 3) {
+    throw new Error(`preprocessing: mean and std need 3 values, got ${p.mean} and ${p.std}`);
+  }
+  return {
+    size: p.size,
+    cropPct: p.cropPct,
+    mean: p.mean as unknown as [number, number, number],
+    std: p.std as unknown as [number, number, number],
+  };
+}
+
+/**
+ * The class count of a classifier (the last dimension of its output).
+ *
+ * @throws Error when the model's output is not `[batch, classes]` (no classification head).
+ */
+export function numClassesOf(model: tf.LayersModel): number {
+  const shape = model.outputs[0].shape;
+  const n = shape[shape.length - 1];
+  if (shape.length !== 2 || typeof n !== "number" || n < 1) {
+    throw new Error(
+      `the model's output has shape [${
+        shape.join(", ")
+      }], expected [batch, classes]: it has no classification head`,
+    );
+  }
+  return n;
+}
+
+/**
+ * The class names of a model's outputs: ImageNet-22k names (from the official
+ * `label_to_words.json`, downloaded once) for 22k models, the ImageNet-1k names for 1k
+ * models, else `"class N"`. Models without metadata are recognized by their class count
+ * (1000 or 21841).
+ *
+ * @example
+ * ```ts
+ * const labels = await classLabels(model); // labels[281] === "tabby" for a 1k model
+ * ```
+ */
+export async function classLabels(model: tf.LayersModel): Promise<string[]> {
+  const n = numClassesOf(model);
+  const kind = modelInfo(model)?.labels ??
+    (n === 1000 ? "imagenet-1k" : n === 21841 ? "imagenet-22k" : null);
+  if (kind === "imagenet-1k" && n === 1000) return imagenetClasses();
+  if (kind === "imagenet-22k" && n === 21841) return await fetchLabels22k();
+  return Array.from({ length: n }, (_, i) => `class ${i}`);
+}
+
+/** Softmax of one row of logits, computed in float64 (stable: the max is subtracted). */
+export function softmax(logits: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  const out = new Float64Array(logits.length);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += out[i] = Math.exp(logits[i] - max);
+  for (let i = 0; i < out.length; i++) out[i] /= sum;
+  return out;
+}
+
+/**
+ * Indices of the `k` largest values, largest first; equal values keep index order.
+ *
+ * @example
+ * ```ts
+ * topIndices([0.1, 3, 2, 3], 3); // [1, 3, 2]
+ * ```
+ */
+export function topIndices(values: ArrayLike<number>, k: number): number[] {
+  const kk = Math.min(k, values.length);
+  const top: number[] = [];
+  // A sorted insertion into k slots: O(n k), fast for the small k used here.
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (top.length === kk && !(v > values[top[kk - 1]])) continue;
+    let j = top.length === kk ? kk - 1 : top.length;
+    while (j > 0 && v > values[top[j - 1]]) {
+      top[j] = top[j - 1];
+      j--;
+    }
+    top[j] = i;
+  }
+  return top;
+}
+
+/** What the head puts out: logits (default) or probabilities (softmax/sigmoid heads). */
+function headActivation(model: tf.LayersModel): string {
+  try {
+    const config = model.getLayer("head_fc").getConfig() as { activation?: string };
+    return config.activation ?? "linear";
+  } catch {
+    return "linear"; // not one of our models: assume logits
+  }
+}
+
+function isRgbImage(x: unknown): x is RgbImage {
+  return typeof x === "object" && x !== null && !(x instanceof Uint8Array) &&
+    typeof (x as RgbImage).width === "number" && (x as RgbImage).data instanceof Uint8Array;
+}
+
+/** A batch of preprocessed images, as imageBatches yields them. */
+interface PixelBatch {
+  indices: number[];
+  data: Float32Array;
+  failures: ImageFailure[];
+}
+
+/** Decoded images need no decoding: transform them on this thread, `batch` at a time. */
+function* rgbBatches(
+  images: readonly RgbImage[],
+  offset: number,
+  names: readonly string[],
+  batch: number,
+  t: EvalTransformOptions & { size: number },
+): Generator<PixelBatch> {
+  const per = t.size * t.size * 3;
+  for (let start = 0; start < images.length; start += batch) {
+    const chunk = images.slice(start, start + batch);
+    const out: PixelBatch = {
+      indices: [],
+      data: new Float32Array(chunk.length * per),
+      failures: [],
+    };
+    chunk.forEach((img, k) => {
+      const index = offset + start + k;
+      try {
+        if (!(img.width > 0 && img.height > 0 && img.data.length === img.width * img.height * 3)) {
+          throw new Error(
+            `expected ${img.width}x${img.height}x3 = ${
+              img.width * img.height * 3
+            } bytes, got ${img.data.length}`,
+          );
+        }
+        const at = out.indices.length * per;
+        evalTransform(img, t.size, t, out.data.subarray(at, at + per));
+        out.indices.push(index);
+      } catch (e) {
+        out.failures.push({
+          index,
+          name: names[index],
+          message: `cannot use image '${names[index]}': ${(e as Error).message}`,
+        });
+      }
+    });
+    out.data = out.data.subarray(0, out.indices.length * per);
+    yield out;
+  }
+}
+
+/** Consecutive inputs of one kind: files/bytes go through the worker pool, pixels do not. */
+function runsOf(images: readonly ClassifyInput[]): { start: number; end: number; rgb: boolean }[] {
+  const runs: { start: number; end: number; rgb: boolean }[] = [];
+  images.forEach((img, i) => {
+    const rgb = isRgbImage(img);
+    if (!rgb && typeof img !== "string" && !(img instanceof Uint8Array)) {
+      throw new TypeError(`classify: input #${i} is not a path, bytes or an RgbImage`);
+    }
+    const last = runs[runs.length - 1];
+    if (last && last.rgb === rgb) last.end = i + 1;
+    else runs.push({ start: i, end: i + 1, rgb });
+  });
+  return runs;
+}
+
+/**
+ * Classify images one batch at a time, yielding each input's outcome in input order:
+ * its top classes, or the one-line reason it could not be read (the other images go on).
+ * The next batches are decoded and transformed in worker threads while the model runs.
+ *
+ * @example
+ * ```ts
+ * for await (const item of classifyEach(model, ["a.jpg", "missing.jpg"])) {
+ *   if ("error" in item) console.error(item.error);
+ *   else console.log(item.image, item.top[0].label);
+ * }
+ * ```
+ */
+export async function* classifyEach(
+  model: tf.LayersModel,
+  images: readonly ClassifyInput[],
+  options: Omit<ClassifyOptions, "onError"> = {},
+): AsyncGenerator<ClassifiedItem, void, undefined> {
+  const topK = options.topK ?? 5;
+  const batch = options.batch ?? 16;
+  if (!Number.isInteger(topK) || topK < 1) {
+    throw new RangeError(`classify: topK must be an integer >= 1, got ${topK}`);
+  }
+  if (!Number.isInteger(batch) || batch < 1) {
+    throw new RangeError(`classify: batch must be an integer >= 1, got ${batch}`);
+  }
+  const n = numClassesOf(model);
+  const labels = options.labels ?? await classLabels(model);
+  if (labels.length !== n) {
+    throw new Error(`classify: ${labels.length} labels given for a model with ${n} classes`);
+  }
+  const t = transformOptions(options.preprocessing ?? modelPreprocessing(model));
+  const probabilities = headActivation(model) !== "linear";
+  const names = images.map((img, i) =>
+    options.names?.[i] ??
+      (typeof img === "string"
+        ? img
+        : img instanceof Uint8Array
+        ? `<bytes #${i}>`
+        : `<image #${i}>`)
+  );
+  const per = t.size * t.size * 3;
+
+  for (const run of runsOf(images)) {
+    const source: AsyncIterable<PixelBatch> | Iterable<PixelBatch> = run.rgb
+      ? rgbBatches(images.slice(run.start, run.end) as RgbImage[], run.start, names, batch, t)
+      : imageBatches(images.slice(run.start, run.end) as (string | Uint8Array)[], {
+        ...t,
+        batch,
+        workers: options.workers,
+        names: names.slice(run.start, run.end),
+      });
+    for await (const b of source) {
+      // imageBatches numbers inputs from 0 within the run.
+      const shift = run.rgb ? 0 : run.start;
+      const done = new Map<number, ClassifiedItem>();
+      for (const f of b.failures) {
+        const index = f.index + shift;
+        done.set(index, { index, image: names[index], error: f.message });
+      }
+      if (b.indices.length > 0) {
+        const count = b.indices.length;
+        const x = tf.tensor4d(b.data.subarray(0, count * per), [count, t.size, t.size, 3]);
+        const y = tf.tidy(() => model.predict(x) as tf.Tensor);
+        x.dispose();
+        let out: Float32Array;
+        try {
+          out = await y.data() as Float32Array;
+        } finally {
+          y.dispose();
+        }
+        b.indices.forEach((i, row) => {
+          const index = i + shift;
+          const values = out.subarray(row * n, (row + 1) * n);
+          const p = probabilities ? Float64Array.from(values) : softmax(values);
+          const top = topIndices(p, topK).map((c) => ({
+            index: c,
+            label: labels[c],
+            probability: p[c],
+          }));
+          done.set(index, { index, image: names[index], top });
+        });
+      }
+      yield* [...done.values()].sort((a, b) => a.index - b.index);
+    }
+  }
+}
+
+/**
+ * Classify images (paths, encoded bytes or decoded RGB) with a ConvNeXt: the model's
+ * preprocessing (official eval transform, 224 by default), softmax of the logits, and the
+ * `topK` classes with their names per image, in input order.
+ *
+ * @throws Error naming the file for an unreadable image, unless `onError` is given (then
+ *   that image is reported there and left out of the result).
+ * @example
+ * ```ts
+ * import { classify, loadModel, selectBackend } from "./mod.ts";
+ * await selectBackend();
+ * const model = await loadModel("convnext_tiny_1k_224");
+ * const [result] = await classify(model, ["data/images/chelsea.png"], { topK: 3 });
+ * console.log(result.top[0]); // { index: 281, label: "tabby", probability: 0.6... }
+ * ```
+ */
+export async function classify(
+  model: tf.LayersModel,
+  images: readonly ClassifyInput[],
+  options: ClassifyOptions = {},
+): Promise<Classification[]> {
+  const results: Classification[] = [];
+  for await (const item of classifyEach(model, images, options)) {
+    if ("error" in item) {
+      if (!options.onError) throw new Error(item.error);
+      options.onError({ index: item.index, name: item.image, message: item.error });
+    } else {
+      results.push({ image: item.image, top: item.top });
+    }
+  }
+  return results;
+}

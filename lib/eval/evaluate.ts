@@ -1,0 +1,453 @@
+/**
+ * ImageNet evaluation as the official `engine.py evaluate()` computes it (top-1 and top-5
+ * of the logits over the validation images, preprocessed with the model's eval
+ * transform), with sharding, resumable progress and a progress bar.
+ *
+ * Conventions (documented in the README's evaluation section too):
+ * - order: the dataset order of {@link loadEvalDataset} (sorted class, then sorted file);
+ * - `shard: {index: I, count: N}` takes images k with `k % N === I` (strided, so every shard
+ *   sees every class and its running accuracy is representative);
+ * - `limit: L` then keeps the first L images of the shard (a quick partial check;
+ *   `--shard 0/50` is a representative 1000-image subset instead);
+ * - unreadable images: the official code would stop with an exception. Here each is
+ *   reported (stderr and `errors` in the result) and left out of the accuracy
+ *   denominator; `count` is the number of images evaluated, `errors.length` the number
+ *   left out, so a result with errors is visibly not a full evaluation.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs";
+import { imageBatches } from "../data/batches.ts";
+import { activeBackend } from "../backend.ts";
+import { numClassesOf, topIndices, transformOptions } from "../classify.ts";
+import { ProgressBar, type ProgressOptions } from "../util/progress.ts";
+import { removeIfExists, writeFileAtomic } from "../util/fs.ts";
+import { modelInfo, type Preprocessing, preprocessingFor } from "../weights/pretrained.ts";
+import { getZooEntry, isZooName } from "../weights/zoo.ts";
+import type { EvalDataset } from "./dataset.ts";
+
+/** A shard of the work: images k with `k % count === index`. */
+export interface Shard {
+  /** This shard, 0-based. */
+  index: number;
+  /** Number of shards. */
+  count: number;
+}
+
+/** The top-5 classes predicted for one image. */
+export interface EvalPrediction {
+  /** Position of the image in the dataset order. */
+  index: number;
+  /** The image's name relative to the data directory. */
+  image: string;
+  /** Its true class index. */
+  label: number;
+  /** The 5 highest logits' class indices, highest first (fewer if the model has < 5). */
+  top5: number[];
+}
+
+/** An image that could not be evaluated. */
+export interface EvalError {
+  /** Position of the image in the dataset order. */
+  index: number;
+  /** The image's name relative to the data directory. */
+  image: string;
+  /** One-line reason. */
+  message: string;
+}
+
+/** What an evaluation (or a merge of shard evaluations) measured. */
+export interface EvalResult {
+  /** The model as named by the user (zoo name or path). */
+  model: string;
+  /** Architecture name from the model's metadata. */
+  architecture: string;
+  /** sha256 of the checkpoint the model was converted from, when known. */
+  modelSha256: string | null;
+  /** The data directory as given. */
+  data: string;
+  /** Layout found in it. */
+  layout: "imagefolder" | "flat";
+  /** Images evaluated (errors excluded): the accuracy denominator. */
+  count: number;
+  /** Top-1 accuracy in percent. */
+  top1: number;
+  /** Top-5 accuracy in percent. */
+  top5: number;
+  /** Images whose top-1 class is the label. */
+  correct1: number;
+  /** Images whose label is among the top 5. */
+  correct5: number;
+  /** Official top-1 of this checkpoint (zoo registry / metadata), if published. */
+  officialTop1: number | null;
+  /** The shard evaluated, or null for all images. */
+  shard: Shard | null;
+  /** `--limit`, or null. */
+  limit: number | null;
+  /** Images assigned to this run (after shard and limit): count + errors. */
+  total: number;
+  /** Images in the whole dataset listing. */
+  datasetSize: number;
+  /** {@link EvalDataset.fingerprint}: same images, order and labels. */
+  datasetFingerprint: string;
+  /** Classes of the model. */
+  numClasses: number;
+  /** The preprocessing used. */
+  preprocessing: Preprocessing;
+  /** TF.js backend that ran the model. */
+  backend: string;
+  /** Seconds spent evaluating (summed over resumed runs, and over merged shards). */
+  elapsedSeconds: number;
+  /** count / elapsedSeconds. */
+  imagesPerSecond: number;
+  /** Images taken over from an interrupted run's partial file. */
+  resumed: number;
+  /** Images that could not be read, left out of `count`. */
+  errors: EvalError[];
+  /** Per-image predictions (with `predictions: true`). */
+  predictions?: EvalPrediction[];
+}
+
+/** Per-batch information for {@link EvaluateOptions.onBatch}. */
+export interface EvalBatchInfo {
+  /** Dataset positions of the images in this batch (readable ones). */
+  indices: number[];
+  /** Their logits, `indices.length * numClasses` values. */
+  logits: Float32Array;
+  /** Images done so far in this run (including resumed ones and errors). */
+  done: number;
+  /** Images assigned to this run. */
+  total: number;
+}
+
+/** Options of {@link evaluate}. */
+export interface EvaluateOptions {
+  /** Name of the model in the result (default: its zoo name or checkpoint file name). */
+  modelName?: string;
+  /** Images per forward pass (default 32). */
+  batch?: number;
+  /** Evaluate only the first `limit` images (after sharding). */
+  limit?: number;
+  /** Evaluate one shard. */
+  shard?: Shard;
+  /**
+   * Write the result here (atomically). Progress goes to `<out>.partial.json` every few
+   * batches, a rerun with the same arguments continues from it, and it is deleted once
+   * the result is written.
+   */
+  out?: string;
+  /** Batches between partial saves (default 20; also at least once a minute). */
+  saveEvery?: number;
+  /** Include per-image predictions in the result. */
+  predictions?: boolean;
+  /** Stops after the current batch (progress is saved first); evaluate then throws. */
+  signal?: AbortSignal;
+  /**
+   * Preprocessing worker threads (default {@link evalWorkerCount}: cores - 1, at most 16, as
+   * a fast backend needs many decoders to keep up).
+   */
+  workers?: number;
+  /** Progress bar options (`{quiet: true}` for none). */
+  progress?: Partial<Omit<ProgressOptions, "total">>;
+  /** Reports each batch's logits (tests, custom metrics). */
+  onBatch?: (info: EvalBatchInfo) => void;
+  /** Called for each unreadable image (default: a line on stderr). */
+  onError?: (error: EvalError) => void;
+}
+
+/** Default decoding threads of {@link evaluate}: all cores but one, at most 16. */
+export function evalWorkerCount(): number {
+  return Math.max(1, Math.min(16, (navigator.hardwareConcurrency ?? 2) - 1));
+}
+
+/** Path of the partial-progress file of an output file. */
+export function partialPath(out: string): string {
+  return `${out}.partial.json`;
+}
+
+/** Dataset positions a run covers: `k % count === index`, then the first `limit`. */
+export function selectIndices(size: number, shard?: Shard, limit?: number): number[] {
+  const out: number[] = [];
+  const step = shard?.count ?? 1;
+  for (let k = shard?.index ?? 0; k < size; k += step) out.push(k);
+  return limit === undefined ? out : out.slice(0, limit);
+}
+
+/** Parse `I/N` (0 <= I < N). */
+export function parseShard(text: string): Shard {
+  const m = /^(\d+)\/(\d+)$/.exec(text.trim());
+  const index = m ? Number(m[1]) : NaN;
+  const count = m ? Number(m[2]) : NaN;
+  if (!m || !(count >= 1) || !(index < count)) {
+    throw new Error(`--shard: expected I/N with 0 <= I < N (e.g. 0/4), got "${text}"`);
+  }
+  return { index, count };
+}
+
+/** Everything a partial file must agree on to be resumed. */
+interface PartialKey {
+  model: string;
+  modelSha256: string | null;
+  datasetFingerprint: string;
+  shard: Shard | null;
+  limit: number | null;
+  size: number;
+  cropPct: number;
+}
+
+interface PartialFile {
+  kind: "convnext-eval-partial";
+  version: 1;
+  key: PartialKey;
+  elapsedSeconds: number;
+  predictions: EvalPrediction[];
+  errors: EvalError[];
+}
+
+/** Thrown when {@link EvaluateOptions.signal} stops a run; progress was saved. */
+export class EvalAbortedError extends Error {
+  /** Images done, saved in the partial file (if any). */
+  readonly done: number;
+  /** Where the progress is. */
+  readonly partial: string | undefined;
+  /** @internal */
+  constructor(done: number, partial: string | undefined) {
+    super(
+      `evaluation stopped after ${done} images` +
+        (partial ? `; progress saved in ${partial}, rerun the same command to continue` : ""),
+    );
+    this.name = "EvalAbortedError";
+    this.done = done;
+    this.partial = partial;
+  }
+}
+
+async function readPartial(path: string, key: PartialKey): Promise<PartialFile | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  let data: PartialFile;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${(e as Error).message}); delete it to start over`);
+  }
+  if (data?.kind !== "convnext-eval-partial" || data.version !== 1) {
+    throw new Error(`${path}: not an evaluation progress file; delete it to start over`);
+  }
+  if (JSON.stringify(data.key) !== JSON.stringify(key)) {
+    throw new Error(
+      `${path} holds progress of a different run (${JSON.stringify(data.key)}); ` +
+        `rerun with the same model, data, --shard and --limit, or delete it to start over`,
+    );
+  }
+  return data;
+}
+
+function percent(n: number, d: number): number {
+  return d > 0 ? (100 * n) / d : 0;
+}
+
+/** Official top-1 of a model: its metadata's, else the zoo's for a zoo name. */
+function officialTop1(model: tf.LayersModel, name: string): number | null {
+  const fromInfo = modelInfo(model)?.officialTop1;
+  if (fromInfo !== undefined && fromInfo !== null) return fromInfo;
+  return isZooName(name) ? getZooEntry(name).top1 : null;
+}
+
+/**
+ * Evaluate a classifier on a validation set: top-1 / top-5 accuracy, exactly as the
+ * official evaluation counts them, with the model's preprocessing. See the module doc for
+ * the shard, limit and error conventions.
+ *
+ * @throws EvalAbortedError when `signal` stops the run (after saving the progress)
+ * @example
+ * ```ts
+ * const model = await loadModel("convnext_tiny_1k_224");
+ * const data = await loadEvalDataset("/data/imagenet/val", { numClasses: 1000 });
+ * const r = await evaluate(model, data, { modelName: "convnext_tiny_1k_224", out: "tiny.json" });
+ * console.log(r.top1, r.top5); // 82.1 95.9 (approximately)
+ * ```
+ */
+export async function evaluate(
+  model: tf.LayersModel,
+  dataset: EvalDataset,
+  options: EvaluateOptions = {},
+): Promise<EvalResult> {
+  const batch = options.batch ?? 32;
+  if (!Number.isInteger(batch) || batch < 1) {
+    throw new RangeError(`evaluate: batch must be an integer >= 1, got ${batch}`);
+  }
+  if (options.limit !== undefined && !(Number.isInteger(options.limit) && options.limit >= 1)) {
+    throw new RangeError(`evaluate: limit must be an integer >= 1, got ${options.limit}`);
+  }
+  const info = modelInfo(model);
+  const name = options.modelName ?? info?.source.zoo ?? info?.source.file ?? info?.architecture ??
+    model.name;
+  const numClasses = numClassesOf(model);
+  const preprocessing = info?.preprocessing ?? preprocessingFor(224);
+  const t = transformOptions(preprocessing);
+  const maxLabel = dataset.samples.reduce((m, s) => Math.max(m, s.label), -1);
+  if (maxLabel >= numClasses) {
+    throw new Error(
+      `evaluate: the data has labels up to ${maxLabel} but the model ${numClasses} classes`,
+    );
+  }
+  const k5 = Math.min(5, numClasses);
+  const selected = selectIndices(dataset.samples.length, options.shard, options.limit);
+  const key: PartialKey = {
+    model: name,
+    modelSha256: info?.source.sha256 ?? null,
+    datasetFingerprint: dataset.fingerprint,
+    shard: options.shard ?? null,
+    limit: options.limit ?? null,
+    size: t.size,
+    cropPct: preprocessing.cropPct,
+  };
+  const partial = options.out ? partialPath(options.out) : undefined;
+  const previous = partial ? await readPartial(partial, key) : undefined;
+  const predictions = new Map<number, EvalPrediction>();
+  const errors = new Map<number, EvalError>();
+  for (const p of previous?.predictions ?? []) predictions.set(p.index, p);
+  for (const e of previous?.errors ?? []) errors.set(e.index, e);
+  const resumed = predictions.size + errors.size;
+  let correct1 = 0;
+  let correct5 = 0;
+  for (const p of predictions.values()) {
+    if (p.top5[0] === p.label) correct1++;
+    if (p.top5.includes(p.label)) correct5++;
+  }
+
+  const todo = selected.filter((k) => !predictions.has(k) && !errors.has(k));
+  const bar = new ProgressBar({
+    label: `eval ${name}`,
+    itemName: "img",
+    ...options.progress,
+    total: selected.length,
+  });
+  bar.setStartValue(resumed);
+  const start = performance.now();
+  const elapsed = () => (previous?.elapsedSeconds ?? 0) + (performance.now() - start) / 1000;
+  let lastSave = performance.now();
+  let sinceSave = 0;
+  const saveEvery = options.saveEvery ?? 20;
+  const save = async () => {
+    if (!partial) return;
+    const data: PartialFile = {
+      kind: "convnext-eval-partial",
+      version: 1,
+      key,
+      elapsedSeconds: elapsed(),
+      predictions: [...predictions.values()].sort((a, b) => a.index - b.index),
+      errors: [...errors.values()].sort((a, b) => a.index - b.index),
+    };
+    await writeFileAtomic(partial, JSON.stringify(data));
+    lastSave = performance.now();
+    sinceSave = 0;
+  };
+  const reportError = options.onError ?? ((e: EvalError) => {
+    bar.abort(); // end a redrawn line first (a no-op when not on a terminal)
+    console.error(`eval: ${e.message}`);
+  });
+
+  try {
+    const paths = todo.map((k) => dataset.samples[k].path);
+    for await (
+      const b of imageBatches(paths, { ...t, batch, workers: options.workers ?? evalWorkerCount() })
+    ) {
+      for (const f of b.failures) {
+        const k = todo[f.index];
+        const e = { index: k, image: dataset.samples[k].name, message: f.message };
+        errors.set(k, e);
+        reportError(e);
+      }
+      if (b.indices.length > 0) {
+        const x = tf.tensor4d(b.data, b.shape);
+        const y = tf.tidy(() => model.predict(x) as tf.Tensor);
+        x.dispose();
+        let logits: Float32Array;
+        try {
+          logits = await y.data() as Float32Array;
+        } finally {
+          y.dispose();
+        }
+        const indices = b.indices.map((i) => todo[i]);
+        indices.forEach((k, row) => {
+          const sample = dataset.samples[k];
+          const top5 = topIndices(logits.subarray(row * numClasses, (row + 1) * numClasses), k5);
+          predictions.set(k, { index: k, image: sample.name, label: sample.label, top5 });
+          if (top5[0] === sample.label) correct1++;
+          if (top5.includes(sample.label)) correct5++;
+        });
+        options.onBatch?.({
+          indices,
+          logits,
+          done: predictions.size + errors.size,
+          total: selected.length,
+        });
+      }
+      const n = predictions.size;
+      bar.update(n + errors.size, {
+        top1: `${percent(correct1, n).toFixed(2)}%`,
+        top5: `${percent(correct5, n).toFixed(2)}%`,
+        ...(errors.size ? { errors: errors.size } : {}),
+      });
+      sinceSave++;
+      if (sinceSave >= saveEvery || performance.now() - lastSave > 60_000) await save();
+      if (options.signal?.aborted) {
+        await save();
+        bar.abort();
+        throw new EvalAbortedError(predictions.size + errors.size, partial);
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof EvalAbortedError)) {
+      // Keep what is done for a rerun, whatever stopped us.
+      await save().catch(() => {});
+      bar.abort();
+    }
+    throw e;
+  }
+  bar.done();
+
+  const seconds = elapsed();
+  const count = predictions.size;
+  const result: EvalResult = {
+    model: name,
+    architecture: info?.architecture ?? "unknown",
+    modelSha256: info?.source.sha256 ?? null,
+    data: dataset.root,
+    layout: dataset.layout,
+    count,
+    top1: percent(correct1, count),
+    top5: percent(correct5, count),
+    correct1,
+    correct5,
+    officialTop1: officialTop1(model, name),
+    shard: options.shard ?? null,
+    limit: options.limit ?? null,
+    total: selected.length,
+    datasetSize: dataset.samples.length,
+    datasetFingerprint: dataset.fingerprint,
+    numClasses,
+    preprocessing,
+    backend: activeBackend(),
+    elapsedSeconds: seconds,
+    imagesPerSecond: seconds > 0 ? count / seconds : 0,
+    resumed,
+    errors: [...errors.values()].sort((a, b) => a.index - b.index),
+    ...(options.predictions
+      ? { predictions: [...predictions.values()].sort((a, b) => a.index - b.index) }
+      : {}),
+  };
+  if (options.out) {
+    await writeFileAtomic(options.out, JSON.stringify(result, null, 1) + "\n");
+    if (partial) await removeIfExists(partial);
+  }
+  return result;
+}

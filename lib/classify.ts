@@ -128,6 +128,11 @@ export function numClassesOf(model: tf.LayersModel): number {
  */
 export async function classLabels(model: tf.LayersModel): Promise<string[]> {
   const n = numClassesOf(model);
+  // Fine-tuned models (deno task finetune) carry their class names.
+  const own = (model.getUserDefinedMetadata() as { classes?: unknown } | undefined)?.classes;
+  if (Array.isArray(own) && own.length === n && own.every((c) => typeof c === "string")) {
+    return own as string[];
+  }
   const kind = modelInfo(model)?.labels ??
     (n === 1000 ? "imagenet-1k" : n === 21841 ? "imagenet-22k" : null);
   if (kind === "imagenet-1k" && n === 1000) return imagenetClasses();

@@ -75,3 +75,4 @@ export {
   transformOptions,
 } from "./classify.ts";
 export * from "./eval/mod.ts";
+export * from "./train/mod.ts";

@@ -23,6 +23,27 @@ const join1 = (t: string | string[] | undefined) => Array.isArray(t) ? t.join(""
 
 /** What each notebook must show; a notebook not listed here only has to run cleanly. */
 const EXPECTATIONS: Record<string, (cells: Cell[], text: string, mimes: string[]) => void> = {
+  "classification.ipynb": (_cells, text, mimes) => {
+    assert.ok(mimes.includes("image/png"), "the photos");
+    // Four top-5 charts and the 22k one.
+    assert.ok(mimes.filter((m) => m === "image/svg+xml").length >= 5, "the top-5 bar charts");
+    assert.match(text, /21841 classes/);
+    assert.match(text, /224px resize-crop/);
+  },
+  "accuracy_table.ipynb": (_cells, text, mimes) => {
+    assert.match(text, /\| name \| original acc@1 \| ours acc@1 \|/);
+    assert.ok(mimes.includes("text/markdown") && mimes.includes("image/svg+xml"));
+  },
+  "fine_tuning.ipynb": (_cells, text, mimes) => {
+    // Loss and accuracy curves and the confusion matrix; sample and prediction grids.
+    assert.ok(
+      mimes.filter((m) => m === "image/svg+xml").length >= 3,
+      "curves and confusion matrix",
+    );
+    assert.ok(mimes.filter((m) => m === "image/png").length >= 2, "image grids");
+    assert.match(text, /valAccuracy/);
+    assert.match(text, /best: epoch \d+/);
+  },
   "conversion.ipynb": (_cells, text, mimes) => {
     const m = /max \|TF\.js - PyTorch\| over all 1000 logits: ([0-9.e+-]+)/.exec(text);
     assert.ok(m, "the side-by-side check printed its maximum difference");

@@ -41,8 +41,10 @@ function positiveNumber(
 
 /**
  * The notebook parameters of an offline run (`--offline`): fixture weights and data shipped
- * in the repository, from `notebooks/offline.json`, so the notebooks run with no network (CI,
- * and the committed outputs).
+ * in the repository, from `notebooks/offline.json` (`{repo}` stands for the repository root),
+ * so the notebooks run with no network (CI, and the committed outputs). The ImageNet-22k
+ * labels cannot be shipped, so numbered stand-ins are written under `out/` and served as a
+ * `file:` download base (`CONVNEXT_BASE_URL`).
  */
 export async function offlineEnv(): Promise<Record<string, string>> {
   const path = join(REPO_ROOT, "notebooks", "offline.json");
@@ -50,10 +52,23 @@ export async function offlineEnv(): Promise<Record<string, string>> {
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
     throw new Error(`${path}: expected an object of environment variables`);
   }
+  const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(parsed)) {
     if (typeof value !== "string") throw new Error(`${path}: ${key} must be a string`);
+    env[key] = value.replaceAll("{repo}", REPO_ROOT);
   }
-  return parsed as Record<string, string>;
+  const root = join(REPO_ROOT, "out", "notebooks-offline");
+  // Start from an empty cache, so every offline run takes the same (first-use) paths.
+  await Deno.remove(root, { recursive: true }).catch(() => {});
+  const base = join(root, "base");
+  await Deno.mkdir(base, { recursive: true });
+  const labels = Object.fromEntries(
+    Array.from({ length: 21841 }, (_, i) => [String(i), `offline 22k label ${i}`]),
+  );
+  await Deno.writeTextFile(join(base, "label_to_words.json"), JSON.stringify(labels));
+  env.CONVNEXT_BASE_URL ??= `file://${base}/`;
+  env.CONVNEXT_CACHE ??= join(root, "cache");
+  return env;
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -40,3 +40,5 @@ export {
   imagenetClassInfo,
   imagenetWnids,
 } from "./imagenet.ts";
+export { ensureFlowerPhotos, FLOWER_PHOTOS_URL } from "./datasets.ts";
+export { extractTar } from "./tar.ts";

@@ -1,0 +1,121 @@
+/**
+ * Parameter groups as the official ConvNeXt optimizer factory builds them
+ * (facebookresearch/ConvNeXt `optim_factory.py`): no weight decay on 1-D parameters,
+ * biases and layer-scale gammas, and the layer-wise learning-rate decay of
+ * `get_num_layer_for_convnext` (12 layer groups plus the head), on this port's layer names.
+ *
+ * @module
+ */
+
+/** Layer groups of the official layer decay (`num_layers` in main.py). */
+export const CONVNEXT_NUM_LAYERS = 12;
+
+/**
+ * The official `get_num_layer_for_convnext` on a weight name of this port
+ * (`<layer>/<weight>`):
+ *
+ * - stem (`stem_conv`, `stem_norm`; officially `downsample_layers.0`): 0;
+ * - `stages_{i}_downsample_*` (officially `downsample_layers.i`): i + 1 for i = 1, 2; 12 for 3;
+ * - `stages_{i}_block_{j}_*`: i + 1 for stages 0 and 1; 3 + floor(j / 3) for stage 2
+ *   (blocks grouped by three); 12 for stage 3;
+ * - anything else (`head_norm`, `head_fc`): 13.
+ *
+ * @throws Error for isotropic names (`blocks_{j}_*`): the official code defines layer decay
+ *   for the hierarchical models only.
+ * @example
+ * ```ts
+ * convnextLayerId("stages_2_block_7_pwconv1/kernel"); // 5
+ * convnextLayerId("head_fc/bias"); // 13
+ * ```
+ */
+export function convnextLayerId(weightName: string): number {
+  const layer = weightName.split("/")[0];
+  if (layer === "stem_conv" || layer === "stem_norm") return 0;
+  const down = /^stages_(\d+)_downsample_/.exec(layer);
+  if (down) {
+    const stage = Number(down[1]);
+    return stage === 3 ? 12 : stage + 1;
+  }
+  const block = /^stages_(\d+)_block_(\d+)(_|$)/.exec(layer);
+  if (block) {
+    const stage = Number(block[1]);
+    const index = Number(block[2]);
+    if (stage === 0 || stage === 1) return stage + 1;
+    if (stage === 2) return 3 + Math.floor(index / 3);
+    return 12;
+  }
+  if (/^blocks_\d+/.test(layer)) {
+    throw new Error(
+      `layer decay: "${weightName}" belongs to an isotropic ConvNeXt; the official layer decay is defined for the hierarchical models only (use --layer-decay 1)`,
+    );
+  }
+  return CONVNEXT_NUM_LAYERS + 1;
+}
+
+/**
+ * The official per-layer learning-rate scales:
+ * `[decay ** (numLayers + 1 - i) for i in range(numLayers + 2)]`.
+ *
+ * @example
+ * ```ts
+ * layerScales(0.8)[13]; // 1 (head)
+ * layerScales(0.8)[0]; // 0.8 ** 13 (stem)
+ * ```
+ */
+export function layerScales(decay: number, numLayers = CONVNEXT_NUM_LAYERS): number[] {
+  return Array.from({ length: numLayers + 2 }, (_, i) => decay ** (numLayers + 1 - i));
+}
+
+/** True for weights the official factory exempts from weight decay. */
+export function isNoDecay(weightName: string, shape: readonly number[]): boolean {
+  return shape.length === 1 || weightName.endsWith("/bias") || weightName.endsWith("/gamma");
+}
+
+/** One weight's optimizer settings. */
+export interface ParamSetting {
+  /** Weight decay coefficient (0 for no-decay weights). */
+  weightDecay: number;
+  /** Factor on the scheduled learning rate. */
+  lrScale: number;
+  /** Official layer id (only with layer decay). */
+  layerId?: number;
+  /** Group name as the official factory prints it (`layer_3_decay`, `no_decay`, ...). */
+  group: string;
+}
+
+/** Options of {@link paramSettings}. */
+export interface ParamSettingsOptions {
+  /** Weight decay of the decayed weights (official default 0.05). */
+  weightDecay: number;
+  /** Layer-wise lr decay; 1 (default) turns it off, as the official `--layer_decay 1.0`. */
+  layerDecay?: number;
+}
+
+/**
+ * Weight decay and lr scale for one weight, as `get_parameter_groups` decides them.
+ *
+ * @example
+ * ```ts
+ * paramSettings("stages_0_block_0_layer_scale/gamma", [96], { weightDecay: 0.05, layerDecay: 0.8 });
+ * // { weightDecay: 0, lrScale: 0.8 ** 12, layerId: 1, group: "layer_1_no_decay" }
+ * ```
+ */
+export function paramSettings(
+  weightName: string,
+  shape: readonly number[],
+  options: ParamSettingsOptions,
+): ParamSetting {
+  const noDecay = isNoDecay(weightName, shape);
+  const weightDecay = noDecay ? 0 : options.weightDecay;
+  const base = noDecay ? "no_decay" : "decay";
+  const decay = options.layerDecay ?? 1;
+  if (decay === 1) return { weightDecay, lrScale: 1, group: base };
+  if (!(decay > 0)) throw new RangeError(`layer decay must be > 0, got ${decay}`);
+  const layerId = convnextLayerId(weightName);
+  return {
+    weightDecay,
+    lrScale: layerScales(decay)[layerId],
+    layerId,
+    group: `layer_${layerId}_${base}`,
+  };
+}

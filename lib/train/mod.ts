@@ -1,0 +1,88 @@
+/**
+ * The training kit: AdamW with the official parameter groups and layer-wise lr decay,
+ * warmup + cosine schedules, label smoothing, EMA, ImageFolder data with augmentation and
+ * background loading, linear probing on cached features, and the fine-tuning loop with
+ * gradient accumulation, checkpoints and exact resume.
+ *
+ * @example
+ * ```ts
+ * import { finetune } from "./lib/train/mod.ts";
+ * const result = await finetune({ model: "convnext_tiny_1k_224", data: "flowers/", out: "runs/1" });
+ * ```
+ *
+ * @module
+ */
+export {
+  AdamW,
+  type AdamWOptions,
+  type AdamWParam,
+  type AdamWState,
+  modelParams,
+} from "./optimizer.ts";
+export { cosineSchedule, type CosineScheduleOptions } from "./schedule.ts";
+export {
+  CONVNEXT_NUM_LAYERS,
+  convnextLayerId,
+  isNoDecay,
+  layerScales,
+  type ParamSetting,
+  paramSettings,
+  type ParamSettingsOptions,
+} from "./lr_decay.ts";
+export { correctCount, crossEntropy } from "./losses.ts";
+export { ModelEma } from "./ema.ts";
+export {
+  type ImageFolder,
+  limitSamples,
+  listImageFolder,
+  type Sample,
+  type Split,
+  splitStratified,
+} from "./data.ts";
+export {
+  type CropBox,
+  cropImage,
+  flipHorizontal,
+  randomResizedCropBox,
+  type RandomResizedCropOptions,
+  trainTransform,
+  type TrainTransformOptions,
+} from "./augment.ts";
+export { loadBatches, type LoadBatchesOptions, type LoadedBatch, LoadPool } from "./loader.ts";
+export {
+  backboneKey,
+  clearFeatureMemoryCache,
+  createProbeHead,
+  extractFeatures,
+  type ExtractOptions,
+  type FeatureStats,
+  type ProbeHeadOptions,
+} from "./probe.ts";
+export {
+  headClasses,
+  inferSpec,
+  loadBaseModel,
+  rebuildForTraining,
+  type RebuildOptions,
+} from "./model_setup.ts";
+export {
+  type Checkpoint,
+  type CheckpointTensor,
+  loadCheckpoint,
+  saveCheckpoint,
+} from "./checkpoint.ts";
+export { formatReport, type ValidationReport, validationReport } from "./report.ts";
+export {
+  hashSeed,
+  mulberry32,
+  permutation,
+  STREAM,
+  type Uniform,
+  withSeededMathRandom,
+} from "./rng.ts";
+export {
+  type EpochMetrics,
+  finetune,
+  type FinetuneOptions,
+  type FinetuneResult,
+} from "./finetune.ts";

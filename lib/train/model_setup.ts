@@ -1,0 +1,141 @@
+/**
+ * Models for fine-tuning: load the starting point, read its architecture, and rebuild it
+ * with the classes, drop path and head initialization of the new task, copying every
+ * weight by name.
+ *
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs";
+import { createConvNeXt } from "../model/convnext.ts";
+import { TruncatedNormal } from "../model/layers.ts";
+import type { ArchitectureSpec } from "../model/variants.ts";
+import { loadModel, modelInfo } from "../weights/pretrained.ts";
+
+/**
+ * Load the starting model: a zoo name, a converted model directory, a `model.json`, or a
+ * `.pth`/`.safetensors` checkpoint (see `loadModel`). A model object is returned as is.
+ */
+export async function loadBaseModel(source: string | tf.LayersModel): Promise<tf.LayersModel> {
+  if (typeof source !== "string") return source;
+  try {
+    return await loadModel(source);
+  } catch (e) {
+    throw new Error(`--model ${source}: ${(e as Error).message.split("\n")[0]}`);
+  }
+}
+
+function weightShape(model: tf.LayersModel, name: string): number[] | undefined {
+  return model.weights.find((w) => w.originalName === name)?.shape as number[] | undefined;
+}
+
+/**
+ * The architecture of a ConvNeXt Layers model, read from its layer names and weight
+ * shapes (so it works for any model built by createConvNeXt, with or without metadata).
+ *
+ * @throws Error when the model does not have ConvNeXt's layer names.
+ */
+export function inferSpec(model: tf.LayersModel): ArchitectureSpec {
+  const names = new Set(model.layers.map((l) => l.name));
+  const hasScale = model.layers.some((l) => /_layer_scale$/.test(l.name));
+  // The value does not matter for loaded weights; it marks that blocks have a gamma.
+  const layerScaleInit = hasScale ? modelInfo(model)?.spec.layerScaleInit || 1e-6 : 0;
+  if (names.has("stem_norm")) {
+    const depths = [0, 1, 2, 3].map((i) => {
+      let j = 0;
+      while (names.has(`stages_${i}_block_${j}`)) j++;
+      return j;
+    });
+    const dims = [0, 1, 2, 3].map((i) =>
+      weightShape(model, `stages_${i}_block_0_pwconv2/bias`)?.[0] ?? 0
+    );
+    if (depths.some((d) => d === 0) || dims.some((d) => d === 0)) {
+      throw new Error(`model "${model.name}": incomplete ConvNeXt stages (depths ${depths})`);
+    }
+    return {
+      kind: "hierarchical",
+      depths: depths as [number, number, number, number],
+      dims: dims as [number, number, number, number],
+      layerScaleInit,
+    };
+  }
+  let depth = 0;
+  while (names.has(`blocks_${depth}`)) depth++;
+  const dim = weightShape(model, "blocks_0_pwconv2/bias")?.[0];
+  if (depth === 0 || !dim) {
+    throw new Error(
+      `model "${model.name}" is not a ConvNeXt (no stem_norm/stages_* or blocks_* layers)`,
+    );
+  }
+  return { kind: "isotropic", depth, dim, layerScaleInit };
+}
+
+/** Classes of the model's head, or 0 without `head_fc`. */
+export function headClasses(model: tf.LayersModel): number {
+  return weightShape(model, "head_fc/bias")?.[0] ?? 0;
+}
+
+/** Options of {@link rebuildForTraining}. */
+export interface RebuildOptions {
+  /** Classes of the new task. */
+  numClasses: number;
+  /** Stochastic depth rate (linear over blocks, as the official code). */
+  dropPathRate?: number;
+  /** Factor on the new head's initial weights (official fine-tuning: 0.001). */
+  headInitScale?: number;
+  /** Seed of the new head's initialization. */
+  seed?: number;
+}
+
+/**
+ * A copy of `base` for training on `numClasses` classes: the same architecture with drop
+ * path, every weight copied by name, and a new head (truncated normal, std
+ * 0.02 * headInitScale, zero bias) when the class count differs or `base` has no head.
+ *
+ * @returns the new model and whether its head is new.
+ * @example
+ * ```ts
+ * const base = await loadModel("convnext_tiny_1k_224");
+ * const { model } = rebuildForTraining(base, { numClasses: 5, dropPathRate: 0.1, headInitScale: 0.001 });
+ * ```
+ */
+export function rebuildForTraining(
+  base: tf.LayersModel,
+  options: RebuildOptions,
+): { model: tf.LayersModel; newHead: boolean } {
+  const spec = inferSpec(base);
+  const newHead = headClasses(base) !== options.numClasses;
+  const model = createConvNeXt(spec, {
+    numClasses: options.numClasses,
+    dropPathRate: options.dropPathRate ?? 0,
+    headInitScale: options.headInitScale ?? 1,
+    randomInit: false, // everything is copied below, except a new head
+    name: base.name,
+  });
+  const source = new Map(base.weights.map((w) => [w.originalName, w]));
+  for (const w of model.weights) {
+    const isHead = w.originalName.startsWith("head_fc/");
+    if (isHead && newHead) continue;
+    const from = source.get(w.originalName);
+    if (!from || from.shape.join() !== w.shape.join()) {
+      model.dispose();
+      throw new Error(
+        `rebuild: the starting model has no weight "${w.originalName}" of shape [${w.shape}]`,
+      );
+    }
+    w.write(from.read());
+  }
+  if (newHead) {
+    const scale = options.headInitScale ?? 1;
+    const kernel = model.getLayer("head_fc").weights[0];
+    const init = new TruncatedNormal({
+      stddev: 0.02 * scale,
+      minval: -2 * scale,
+      maxval: 2 * scale,
+      seed: options.seed,
+    });
+    const value = init.apply(kernel.shape as number[]);
+    kernel.write(value);
+    value.dispose();
+  }
+  return { model, newHead };
+}

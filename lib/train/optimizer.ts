@@ -1,0 +1,201 @@
+/**
+ * AdamW with decoupled weight decay, exactly as `torch.optim.AdamW` (the optimizer of the
+ * official ConvNeXt recipes), over `tf.Variable`s.
+ *
+ * Why not `tf.train.adam`: it has no decoupled weight decay, no per-parameter weight decay
+ * or learning-rate scale (needed for no-decay groups and layer-wise lr decay), and its
+ * state cannot be saved and restored for an exact resume.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { paramSettings, type ParamSettingsOptions } from "./lr_decay.ts";
+
+/** One trained variable and its optimizer settings. */
+export interface AdamWParam {
+  /** Stable name (the model's weight path, e.g. `stem_conv/kernel`): keys grads and state. */
+  name: string;
+  /** The variable updated in place. */
+  variable: tf.Variable;
+  /** Decoupled weight decay coefficient (0: none). */
+  weightDecay: number;
+  /** Factor on the learning rate given to {@link AdamW.step}. */
+  lrScale: number;
+}
+
+/** Hyper-parameters of {@link AdamW} (torch's defaults). */
+export interface AdamWOptions {
+  /** First-moment decay (default 0.9). */
+  beta1?: number;
+  /** Second-moment decay (default 0.999). */
+  beta2?: number;
+  /** Added to the denominator (default 1e-8). */
+  eps?: number;
+}
+
+/** Optimizer state for a checkpoint: the step count and both moments of every parameter. */
+export interface AdamWState {
+  /** Updates done so far. */
+  step: number;
+  /** Moments by parameter name. */
+  slots: { name: string; shape: number[]; m: Float32Array; v: Float32Array }[];
+}
+
+/**
+ * AdamW as `torch.optim.AdamW` (non-foreach path of torch 1.13):
+ *
+ * ```
+ * p *= 1 - lr * wd
+ * m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+ * p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ * ```
+ *
+ * with `lr = scheduledLr * lrScale` per parameter (the official param groups' `lr_scale`).
+ *
+ * @example
+ * ```ts
+ * const opt = new AdamW(modelParams(model, { weightDecay: 0.05, layerDecay: 0.8 }));
+ * const { grads } = tf.variableGrads(() => loss(), opt.variables);
+ * opt.step(gradsByName, 4e-3);
+ * ```
+ */
+export class AdamW {
+  /** The parameters, in order. */
+  readonly params: AdamWParam[];
+  /** First-moment decay. */
+  readonly beta1: number;
+  /** Second-moment decay. */
+  readonly beta2: number;
+  /** Denominator epsilon. */
+  readonly eps: number;
+  /** Updates done so far (torch's `state["step"]`). */
+  stepCount = 0;
+  #m = new Map<string, tf.Variable>();
+  #v = new Map<string, tf.Variable>();
+
+  /** @throws Error on duplicate parameter names or invalid hyper-parameters. */
+  constructor(params: AdamWParam[], options: AdamWOptions = {}) {
+    this.beta1 = options.beta1 ?? 0.9;
+    this.beta2 = options.beta2 ?? 0.999;
+    this.eps = options.eps ?? 1e-8;
+    for (const [k, v] of [["beta1", this.beta1], ["beta2", this.beta2]] as const) {
+      if (!(v >= 0 && v < 1)) throw new RangeError(`AdamW: ${k} must be in [0, 1), got ${v}`);
+    }
+    if (!(this.eps >= 0)) throw new RangeError(`AdamW: eps must be >= 0, got ${this.eps}`);
+    const seen = new Set<string>();
+    for (const p of params) {
+      if (seen.has(p.name)) throw new Error(`AdamW: duplicate parameter name "${p.name}"`);
+      seen.add(p.name);
+      this.#m.set(p.name, tf.variable(tf.zerosLike(p.variable), false));
+      this.#v.set(p.name, tf.variable(tf.zerosLike(p.variable), false));
+    }
+    this.params = params;
+  }
+
+  /** The variables, in parameter order (for `tf.variableGrads`). */
+  get variables(): tf.Variable[] {
+    return this.params.map((p) => p.variable);
+  }
+
+  /**
+   * One update. Every parameter needs a gradient in `grads` (by name).
+   *
+   * @param lr the scheduled learning rate (multiplied by each parameter's `lrScale`).
+   * @param weightDecay optional override of the decay of parameters whose decay is not 0
+   *   (the official weight-decay schedule); default: each parameter's own.
+   */
+  step(grads: ReadonlyMap<string, tf.Tensor>, lr: number, weightDecay?: number): void {
+    this.stepCount++;
+    const t = this.stepCount;
+    const bc1 = 1 - this.beta1 ** t;
+    const bc2Sqrt = Math.sqrt(1 - this.beta2 ** t);
+    for (const p of this.params) {
+      const g = grads.get(p.name);
+      if (!g) throw new Error(`AdamW.step: no gradient for "${p.name}"`);
+      const plr = lr * p.lrScale;
+      const wd = p.weightDecay !== 0 && weightDecay !== undefined ? weightDecay : p.weightDecay;
+      const m = this.#m.get(p.name)!;
+      const v = this.#v.get(p.name)!;
+      tf.tidy(() => {
+        const decayed = wd !== 0 ? tf.mul(p.variable, 1 - plr * wd) : p.variable;
+        const m1 = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
+        const v1 = tf.add(tf.mul(v, this.beta2), tf.mul(tf.mul(g, g), 1 - this.beta2));
+        const denom = tf.add(tf.div(tf.sqrt(v1), bc2Sqrt), this.eps);
+        const update = tf.mul(tf.div(m1, denom), plr / bc1);
+        m.assign(m1);
+        v.assign(v1);
+        p.variable.assign(tf.sub(decayed, update));
+      });
+    }
+  }
+
+  /** Reads the state (step count and moments) for a checkpoint. */
+  async getState(): Promise<AdamWState> {
+    const slots: AdamWState["slots"] = [];
+    for (const p of this.params) {
+      slots.push({
+        name: p.name,
+        shape: p.variable.shape,
+        m: await this.#m.get(p.name)!.data() as Float32Array,
+        v: await this.#v.get(p.name)!.data() as Float32Array,
+      });
+    }
+    return { step: this.stepCount, slots };
+  }
+
+  /**
+   * Restores a state written by {@link getState}.
+   *
+   * @throws Error when a parameter is missing from the state or its shape differs.
+   */
+  setState(state: AdamWState): void {
+    const byName = new Map(state.slots.map((s) => [s.name, s]));
+    for (const p of this.params) {
+      const s = byName.get(p.name);
+      if (!s) throw new Error(`AdamW.setState: the saved state has no moments for "${p.name}"`);
+      if (s.shape.join() !== p.variable.shape.join()) {
+        throw new Error(
+          `AdamW.setState: "${p.name}" has shape [${p.variable.shape}], the saved moments [${s.shape}]`,
+        );
+      }
+      tf.tidy(() => {
+        this.#m.get(p.name)!.assign(tf.tensor(s.m, s.shape, "float32"));
+        this.#v.get(p.name)!.assign(tf.tensor(s.v, s.shape, "float32"));
+      });
+    }
+    this.stepCount = state.step;
+  }
+
+  /** Frees the moment variables. */
+  dispose(): void {
+    for (const v of [...this.#m.values(), ...this.#v.values()]) v.dispose();
+    this.#m.clear();
+    this.#v.clear();
+  }
+}
+
+/**
+ * The trainable weights of a Layers model as {@link AdamWParam}s, grouped as the official
+ * optimizer factory does (see {@link paramSettings}).
+ *
+ * @example
+ * ```ts
+ * const params = modelParams(model, { weightDecay: 0.05, layerDecay: 0.8 });
+ * ```
+ */
+export function modelParams(
+  model: tf.LayersModel,
+  options: ParamSettingsOptions,
+  filter: (name: string) => boolean = () => true,
+): AdamWParam[] {
+  return model.trainableWeights.filter((w) => filter(w.originalName)).map((w) => {
+    const s = paramSettings(w.originalName, w.shape as number[], options);
+    return {
+      name: w.originalName,
+      // LayerVariable.read() returns its backing tf.Variable itself (as model.fit uses it).
+      variable: w.read() as tf.Variable,
+      weightDecay: s.weightDecay,
+      lrScale: s.lrScale,
+    };
+  });
+}

@@ -1,0 +1,156 @@
+/**
+ * End-to-end tests of lib/train/finetune.ts on generated data with a tiny ConvNeXt, on the
+ * wasm backend with lib/backend/wasm_grads.ts's training kernels (the cpu backend is 10x
+ * slower; tests/train_resume_test.ts covers the cpu backend): full fine-tuning learns,
+ * writes its metrics, checkpoint, best model and report, and skips a corrupt image; the
+ * linear probe trains from cached features.
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import "@tensorflow/tfjs-backend-wasm";
+import { join } from "node:path";
+import { installWasmTrainingKernels } from "../lib/backend/wasm_grads.ts";
+import { loadSavedModel } from "../lib/model/io.ts";
+import { evalTransform } from "../lib/data/transform.ts";
+import { readImage } from "../lib/data/decode.ts";
+import { finetune } from "../lib/train/finetune.ts";
+import { LoadPool } from "../lib/train/loader.ts";
+import { clearFeatureMemoryCache } from "../lib/train/probe.ts";
+import { makeSyntheticDataset, makeTinyModel, SYNTHETIC_CLASSES } from "./train_helpers.ts";
+
+installWasmTrainingKernels();
+await tf.setBackend("wasm");
+await tf.ready();
+
+const tmp = await Deno.makeTempDir({ prefix: "train_finetune_" });
+const { root, bad } = await makeSyntheticDataset(join(tmp, "data"), 24);
+const baseDir = await makeTinyModel(join(tmp, "base"));
+const SIZE = 48;
+
+async function readMetrics(out: string) {
+  const text = await Deno.readTextFile(join(out, "metrics.jsonl"));
+  return text.trim().split("\n").map((line) => JSON.parse(line));
+}
+
+Deno.test("full fine-tuning: loss falls, validation beats chance, outputs are complete", async () => {
+  const out = join(tmp, "full");
+  const result = await finetune({
+    model: baseDir,
+    data: root,
+    out,
+    epochs: 3,
+    batch: 8,
+    updateFreq: 2,
+    lr: 2e-3,
+    size: SIZE,
+    headInitScale: 1,
+    dropPath: 0.1,
+    ema: true,
+    emaDecay: 0.9,
+    seed: 3,
+    workers: 1,
+    quiet: true,
+  });
+  const metrics = await readMetrics(out);
+  assert.equal(metrics.length, 3);
+  assert.deepEqual(metrics, JSON.parse(JSON.stringify(result.metrics)));
+  for (const m of metrics) {
+    for (const k of ["trainLoss", "trainAccuracy", "valLoss", "valAccuracy", "imagesPerSecond"]) {
+      assert.ok(Number.isFinite(m[k]), `epoch ${m.epoch} ${k} = ${m[k]}`);
+    }
+  }
+  assert.deepEqual(metrics.map((m) => m.epoch), [1, 2, 3]);
+  assert.ok(
+    metrics[2].trainLoss < metrics[0].trainLoss - 0.1,
+    `loss falls: ${metrics.map((m) => m.trainLoss)}`,
+  );
+  const bestAccuracy = Math.max(...metrics.map((m) => Math.max(m.valAccuracy, m.emaValAccuracy)));
+  assert.ok(bestAccuracy >= 0.7, `validation accuracy ${bestAccuracy} clearly above chance (1/3)`);
+  assert.equal(result.best!.valAccuracy, bestAccuracy);
+
+  // The corrupt image was reported once and skipped.
+  assert.deepEqual(result.skipped.map((s) => s.path), [bad]);
+
+  // The best model loads and carries the class names; it predicts what validation measured.
+  const { model, metadata } = await loadSavedModel(join(out, "best"));
+  assert.deepEqual(metadata?.classes, [...SYNTHETIC_CLASSES].sort());
+  assert.equal((metadata?.convnext as { numClasses: number }).numClasses, 3);
+  assert.deepEqual(model.outputs[0].shape, [null, 3]);
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  assert.equal(report.accuracy, result.best!.valAccuracy);
+  assert.equal(report.confusion.flat().reduce((a: number, b: number) => a + b, 0), report.total);
+  // Re-evaluate a few validation images with the saved model: same predictions as the report.
+  const img = await readImage(join(root, "red", "img_000.png"));
+  const logits = model.predict(
+    tf.tensor4d(evalTransform(img, SIZE), [1, SIZE, SIZE, 3]),
+  ) as tf.Tensor;
+  assert.equal(logits.shape[1], 3);
+  model.dispose();
+
+  // The checkpoint holds the last epoch; without --resume the directory is refused.
+  const state = JSON.parse(await Deno.readTextFile(join(out, "checkpoint", "state.json")));
+  assert.equal(state.state.epoch, 3);
+  assert.equal(state.state.step, 3 * 3);
+  await assert.rejects(
+    () => finetune({ model: baseDir, data: root, out, epochs: 3, size: SIZE, quiet: true }),
+    /holds a checkpoint .* pass --resume/,
+  );
+});
+
+Deno.test("linear probe: trains a head on features computed once, then from the cache", async () => {
+  const cache = join(tmp, "features-cache");
+  const run = (name: string) =>
+    finetune({
+      model: baseDir,
+      data: root,
+      out: join(tmp, name),
+      mode: "probe",
+      epochs: 15,
+      batch: 16,
+      lr: 1e-2,
+      size: SIZE,
+      seed: 1,
+      workers: 1,
+      featuresCache: cache,
+      quiet: true,
+    });
+  const first = await run("probe1");
+  const images = 3 * 24 + 1;
+  assert.equal(first.featureStats!.decoded, images);
+  assert.ok(first.featureStats!.forwardBatches > 0);
+  const metrics = first.metrics;
+  assert.ok(metrics.at(-1)!.trainLoss < metrics[0].trainLoss, "probe loss falls");
+  assert.ok(first.best!.valAccuracy! >= 0.7, `probe accuracy ${first.best!.valAccuracy}`);
+  const files = [...Deno.readDirSync(cache)].flatMap((
+    d,
+  ) => [...Deno.readDirSync(join(cache, d.name))]);
+  assert.equal(files.length, images - 1, "one cached feature file per readable image");
+
+  // Second run in a fresh process state: only the disk cache is left.
+  clearFeatureMemoryCache();
+  const loadsBefore = LoadPool.totalLoads;
+  const second = await run("probe2");
+  assert.equal(LoadPool.totalLoads - loadsBefore, 1, "only the unreadable image is tried again");
+  assert.equal(second.featureStats!.diskHits, images - 1);
+  assert.equal(second.featureStats!.forwardBatches, 0, "no forward pass of the backbone");
+  const withoutSpeed = (ms: typeof first.metrics) => ms.map(({ imagesPerSecond: _, ...m }) => m);
+  assert.deepEqual(
+    withoutSpeed(second.metrics),
+    withoutSpeed(first.metrics),
+    "same features: same run",
+  );
+
+  // Third run: the in-memory cache answers.
+  const third = await run("probe3");
+  assert.equal(third.featureStats!.memoryHits, images - 1);
+  assert.equal(third.featureStats!.forwardBatches, 0);
+
+  // The saved probe model is a full ConvNeXt with the trained head.
+  const { model, metadata } = await loadSavedModel(join(tmp, "probe1", "best"));
+  assert.equal((metadata?.finetune as { mode: string }).mode, "probe");
+  assert.ok(model.layers.some((l) => l.name === "stem_conv"));
+  assert.deepEqual(model.outputs[0].shape, [null, 3]);
+  model.dispose();
+});
+
+globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));

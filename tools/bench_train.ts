@@ -1,0 +1,258 @@
+/**
+ * Benchmark one training step (forward + backward + Adam update) of a ConvNeXt on the
+ * wasm backend (or another), after warm-up, and print milliseconds per step.
+ *
+ * Usage:
+ *   deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
+ *     [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--no-matmul-fix] [--profile]
+ *
+ * `--no-matmul-fix` keeps wasm's own BatchMatMul/_FusedMatMul (transpose flags passed
+ * down) to measure what the fix is worth; `--profile` prints the kernels that took the
+ * most time in one step. Wall time on a shared machine includes waiting for a core, so the
+ * process CPU time per step is printed too.
+ *
+ * The wasm heap is capped at 4 GiB and never shrinks: convnext_tiny at 224 peaks at about
+ * 2.5 GiB at batch 2 (with the Identity sharing of lib/backend/share_data.ts; 3.2 GiB
+ * without), batch 3 at 3.3 GiB; batch 4 runs one step at 3.9 GiB and aborts ("Aborted()") in
+ * the next.
+ *
+ * @example
+ * ```sh
+ * deno task bench:train --model convnext_tiny --batch 2
+ * ```
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import "@tensorflow/tfjs-backend-wasm";
+import { installWasmTrainingKernels } from "../lib/backend/wasm_grads.ts";
+import { createConvNeXt } from "../lib/model/convnext.ts";
+
+interface BenchArgs {
+  model: string;
+  batch: number;
+  size: number;
+  steps: number;
+  warmup: number;
+  classes: number;
+  backend: "wasm" | "cpu";
+  matMulFix: boolean;
+  profile: boolean;
+}
+
+function parseArgs(argv: string[]): BenchArgs {
+  const out: BenchArgs = {
+    model: "convnext_tiny",
+    batch: 2,
+    size: 224,
+    steps: 3,
+    warmup: 1,
+    classes: 1000,
+    backend: "wasm",
+    matMulFix: true,
+    profile: false,
+  };
+  const ints = ["batch", "size", "steps", "warmup", "classes"] as const;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--no-matmul-fix") out.matMulFix = false;
+    else if (arg === "--profile") out.profile = true;
+    else if (arg === "--model") out.model = need(argv, ++i, arg);
+    else if (arg === "--backend") {
+      const b = need(argv, ++i, arg);
+      if (b !== "wasm" && b !== "cpu") {
+        throw new Error(`bench_train: --backend must be wasm or cpu, got "${b}"`);
+      }
+      out.backend = b;
+    } else if (ints.some((k) => arg === `--${k}`)) {
+      const key = arg.slice(2) as (typeof ints)[number];
+      const raw = need(argv, ++i, arg);
+      const v = Number(raw);
+      if (!Number.isInteger(v) || v < (key === "warmup" ? 0 : 1)) {
+        throw new Error(`bench_train: ${arg} must be a positive integer, got "${raw}"`);
+      }
+      out[key] = v;
+    } else {
+      throw new Error(
+        `bench_train: unknown argument "${arg}" (see the usage at the top of tools/bench_train.ts)`,
+      );
+    }
+  }
+  return out;
+}
+
+function need(argv: string[], i: number, flag: string): string {
+  if (i >= argv.length) throw new Error(`bench_train: ${flag} needs a value`);
+  return argv[i];
+}
+
+/**
+ * CPU time this process has used (user + system, ms) from /proc (Linux), or null.
+ * On a shared machine wall time includes waiting for a core; CPU time does not (wasm runs
+ * on one thread; V8's helper threads add a little).
+ */
+function processCpuMs(): number | null {
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10; // clock ticks of 10 ms
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Throughput of a plain 512x384x1536 matmul (GMAC/s, best of 5): the speed the machine
+ * gives this process right now, to compare step times taken under different loads.
+ */
+function matmulGmacs(): number {
+  return tf.tidy(() => {
+    const a = tf.randomNormal([512, 384]);
+    const b = tf.randomNormal([384, 1536]);
+    tf.matMul(a, b).dataSync();
+    let best = Infinity;
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      tf.matMul(a, b).dataSync();
+      best = Math.min(best, performance.now() - t0);
+    }
+    return (512 * 384 * 1536) / best / 1e6;
+  });
+}
+
+function heapMiB(): string {
+  const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array } }).wasm;
+  return wasm ? `${(wasm.HEAPU8.buffer.byteLength / 2 ** 20).toFixed(0)} MiB` : "n/a";
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(Deno.args);
+  if (args.backend === "wasm") installWasmTrainingKernels({ matMulFix: args.matMulFix });
+  await tf.setBackend(args.backend);
+  await tf.ready();
+  if (tf.getBackend() !== args.backend) {
+    throw new Error(`bench_train: backend ${args.backend} failed to initialize`);
+  }
+
+  let t0 = performance.now();
+  const model = createConvNeXt(args.model, {
+    inputShape: [args.size, args.size, 3],
+    numClasses: args.classes,
+    seed: 0,
+  });
+  const params = model.countParams();
+  console.log(
+    `${args.model}: ${(params / 1e6).toFixed(1)} M parameters, built in ${
+      ((performance.now() - t0) / 1000).toFixed(1)
+    } s; backend ${args.backend}, batch ${args.batch}, ${args.size}x${args.size}, matMul fix ${
+      args.backend === "wasm" ? (args.matMulFix ? "on" : "off") : "n/a"
+    }`,
+  );
+
+  const x = tf.randomUniform([args.batch, args.size, args.size, 3], -1, 1, "float32", 1);
+  const labels = tf.oneHot(
+    tf.tensor1d(Array.from({ length: args.batch }, (_, i) => i % args.classes), "int32"),
+    args.classes,
+  );
+  const optimizer = tf.train.adam(1e-4);
+  const vars = model.trainableWeights.map((w) => w.read() as tf.Variable);
+  const step = (): number => {
+    const cost = optimizer.minimize(
+      () =>
+        tf.losses.softmaxCrossEntropy(
+          labels,
+          model.apply(x, { training: true }) as tf.Tensor,
+        ) as tf.Scalar,
+      true,
+      vars,
+    );
+    const value = cost!.dataSync()[0];
+    cost!.dispose();
+    return value;
+  };
+
+  for (let i = 0; i < args.warmup; i++) {
+    t0 = performance.now();
+    const loss = step();
+    console.log(
+      `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
+        loss.toFixed(4)
+      }, heap ${heapMiB()})`,
+    );
+  }
+  const gmacsBefore = matmulGmacs();
+  const times: number[] = [];
+  const cpuTimes: number[] = [];
+  for (let i = 0; i < args.steps; i++) {
+    const cpu0 = processCpuMs();
+    t0 = performance.now();
+    const loss = step();
+    times.push(performance.now() - t0);
+    const cpu1 = processCpuMs();
+    const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
+    cpuTimes.push(cpu);
+    console.log(
+      `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
+        loss.toFixed(4)
+      })`,
+    );
+  }
+  const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+  console.log(
+    `mean ${mean(times).toFixed(0)} ms/step, min ${Math.min(...times).toFixed(0)} ms; ` +
+      `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
+      `${tf.memory().numTensors} tensors, heap ${heapMiB()}`,
+  );
+  console.log(
+    `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
+      matmulGmacs().toFixed(1)
+    } after (lower means a busier machine)`,
+  );
+
+  if (args.profile) {
+    const start = performance.now();
+    const info = await tf.profile(() => {
+      step();
+    });
+    const wall = performance.now() - start;
+    const byKernel = new Map<string, { ms: number; calls: number }>();
+    for (const k of info.kernels) {
+      const e = byKernel.get(k.name) ?? { ms: 0, calls: 0 };
+      e.ms += typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0;
+      e.calls++;
+      byKernel.set(k.name, e);
+    }
+    const top = [...byKernel.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 20);
+    // Ops that wrap a kernel (names ending in "__op") are listed by tf.profile as well.
+    const kernelMs = [...byKernel.entries()].filter(([n]) => !n.endsWith("__op"))
+      .reduce((acc, [, e]) => acc + e.ms, 0);
+    console.log(
+      `profiled step: ${wall.toFixed(0)} ms wall (profiling adds overhead), ` +
+        `${kernelMs.toFixed(0)} ms in kernels, ${info.kernels.length} kernel calls`,
+    );
+    console.log("kernel                               ms   calls");
+    for (const [name, e] of top) {
+      console.log(
+        `${name.padEnd(34)} ${e.ms.toFixed(0).padStart(6)} ${String(e.calls).padStart(7)}`,
+      );
+    }
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    const msg = (e as Error).message ?? String(e);
+    console.error(msg.split("\n")[0]);
+    if (
+      /out of memory|OOM|memory access out of bounds|Cannot enlarge memory|Aborted\(/i.test(msg)
+    ) {
+      console.error(
+        "bench_train: the wasm heap is capped at 4 GiB; try a smaller --batch or --size",
+      );
+    }
+    Deno.exit(1);
+  }
+}

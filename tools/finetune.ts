@@ -1,0 +1,141 @@
+/**
+ * `deno task finetune`: fine-tune a ConvNeXt on an ImageFolder dataset (`DIR/<class>/*.jpg`).
+ *
+ *   deno task finetune --model NAME|DIR|FILE --data DIR --out DIR [--mode full|probe]
+ *     [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
+ *     [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S]
+ *     [--ema] [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224]
+ *     [--val-split F] [--limit N] [--resume] [--workers N] [--features-cache DIR]
+ *     [--backend auto|tensorflow|wasm|cpu] [--quiet]
+ *
+ * Writes OUT/metrics.jsonl (one JSON object per epoch), OUT/checkpoint/ (every epoch,
+ * atomically; `--resume` continues from it exactly), OUT/best/ (the best model by validation
+ * accuracy, a TF.js layers model with the class names in its metadata) and OUT/report.json
+ * (per-class accuracy and confusion matrix). Ctrl-C stops after the current batch; the last
+ * epoch's checkpoint stays for `--resume`.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
+import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
+
+const USAGE =
+  `usage: deno task finetune --model NAME|DIR|FILE --data DIR --out DIR [--mode full|probe]
+  [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
+  [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S] [--ema]
+  [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224] [--val-split F] [--limit N]
+  [--resume] [--workers N] [--features-cache DIR] [--backend auto|tensorflow|wasm|cpu] [--quiet]`;
+
+function fail(message: string, code = 2): never {
+  console.error(`finetune: ${message}`);
+  Deno.exit(code);
+}
+
+/** Numeric flags and the FinetuneOptions field each sets. */
+const NUMBERS = {
+  epochs: "epochs",
+  batch: "batch",
+  lr: "lr",
+  "min-lr": "minLr",
+  "warmup-epochs": "warmupEpochs",
+  "update-freq": "updateFreq",
+  "weight-decay": "weightDecay",
+  "layer-decay": "layerDecay",
+  "drop-path": "dropPath",
+  "label-smoothing": "labelSmoothing",
+  "ema-decay": "emaDecay",
+  "head-init-scale": "headInitScale",
+  seed: "seed",
+  size: "size",
+  "val-split": "valSplit",
+  limit: "limit",
+  workers: "workers",
+} as const;
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string" },
+      data: { type: "string" },
+      out: { type: "string" },
+      mode: { type: "string" },
+      "features-cache": { type: "string" },
+      backend: { type: "string", default: "auto" },
+      ema: { type: "boolean", default: false },
+      resume: { type: "boolean", default: false },
+      quiet: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+      ...Object.fromEntries(Object.keys(NUMBERS).map((k) => [k, { type: "string" as const }])),
+    },
+  });
+} catch (e) {
+  fail(`${(e as Error).message}\n${USAGE}`);
+}
+const values = parsed.values as Record<string, string | boolean | undefined>;
+if (values.help) {
+  console.log(USAGE);
+  Deno.exit(0);
+}
+for (const flag of ["model", "data", "out"]) {
+  if (typeof values[flag] !== "string" || values[flag] === "") {
+    fail(`--${flag} is required\n${USAGE}`);
+  }
+}
+if (values.mode !== undefined && values.mode !== "full" && values.mode !== "probe") {
+  fail(`--mode: expected "full" or "probe", got "${values.mode}"`);
+}
+if (!(BACKEND_REQUESTS as readonly string[]).includes(values.backend as string)) {
+  fail(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${values.backend}"`);
+}
+
+const options: FinetuneOptions = {
+  model: values.model as string,
+  data: values.data as string,
+  out: values.out as string,
+  mode: values.mode as FinetuneOptions["mode"],
+  ema: values.ema as boolean,
+  resume: values.resume as boolean,
+  quiet: values.quiet as boolean,
+  featuresCache: values["features-cache"] as string | undefined,
+};
+for (const [flag, field] of Object.entries(NUMBERS)) {
+  const raw = values[flag];
+  if (raw === undefined) continue;
+  const n = Number(raw);
+  if (raw === "" || !Number.isFinite(n)) fail(`--${flag}: expected a number, got "${raw}"`);
+  (options as unknown as Record<string, number>)[field] = n;
+}
+
+// Ctrl-C: stop between batches (the last completed epoch stays checkpointed); twice: now.
+const controller = new AbortController();
+let interrupts = 0;
+const onInterrupt = () => {
+  if (++interrupts > 1) Deno.exit(130);
+  console.error("\nfinetune: stopping after this batch (Ctrl-C again to quit now)");
+  controller.abort(new Error("interrupted"));
+};
+Deno.addSignalListener("SIGINT", onInterrupt);
+
+try {
+  const backend = await selectBackend(values.backend as BackendRequest);
+  console.error(`finetune: backend ${backend}`);
+  const result = await finetune({ ...options, signal: controller.signal });
+  console.error(
+    `finetune: done; best model ${result.bestDir}` +
+      (result.best?.valAccuracy != null
+        ? ` (epoch ${result.best.epoch}, val accuracy ${
+          (result.best.valAccuracy * 100).toFixed(2)
+        }%)`
+        : ""),
+  );
+} catch (e) {
+  if (controller.signal.aborted) {
+    fail(`interrupted; continue with the same arguments plus --resume`, 130);
+  }
+  fail((e as Error).message.split("\n")[0], 1);
+} finally {
+  Deno.removeSignalListener("SIGINT", onInterrupt);
+}

@@ -4,33 +4,15 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { command, type Fail, failer } from "./cli.ts";
 import { readEvalResult } from "../lib/eval/merge.ts";
 import { accuracyTable } from "../lib/eval/table.ts";
 import { writeFileAtomic } from "../lib/util/fs.ts";
 
 const USAGE = "usage: deno task accuracy-table RESULT.json... [--out FILE.md]";
 
-function fail(message: string, code = 2): never {
-  console.error(`accuracy-table: ${message}`);
-  Deno.exit(code);
-}
-
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: { out: { type: "string" }, help: { type: "boolean", default: false } },
-  });
-} catch (e) {
-  fail(`${(e as Error).message}\n${USAGE}`);
-}
-const { values, positionals } = parsed;
-if (values.help) {
-  console.log(USAGE);
-  Deno.exit(0);
-}
+const fail: Fail = failer("accuracy-table");
+const { values, positionals } = command(USAGE, { out: { type: "string" } }, fail);
 if (positionals.length === 0) fail(`no RESULT.json given\n${USAGE}`);
 
 try {

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { command, type Fail, failer, positiveInt } from "./cli.ts";
 import { selectBackend } from "../lib/backend.ts";
 import { classifyEach, type Prediction } from "../lib/classify.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
@@ -20,18 +20,6 @@ import { loadModel } from "../lib/weights/pretrained.ts";
 const USAGE =
   "usage: deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] IMAGE...";
 const DEFAULT_MODEL = "convnext_tiny_1k_224";
-
-function fail(message: string, code = 2): never {
-  console.error(`classify: ${message}`);
-  Deno.exit(code);
-}
-
-function positiveInt(value: string | undefined, flag: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) fail(`${flag} expects a positive integer, got "${value}"`);
-  return n;
-}
 
 /** A small aligned table: rank, probability, class index and name. */
 function table(image: string, model: string, top: Prediction[]): string {
@@ -60,30 +48,16 @@ function jsonLine(image: string, model: string, top: Prediction[]): string {
   return `{"image": ${s(image)}, "model": ${s(model)}, "top": [${items.join(", ")}]}`;
 }
 
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      model: { type: "string", default: DEFAULT_MODEL },
-      top: { type: "string" },
-      json: { type: "boolean", default: false },
-      batch: { type: "string" },
-      help: { type: "boolean", default: false },
-    },
-  });
-} catch (e) {
-  fail(`${(e as Error).message}\n${USAGE}`);
-}
-const { values, positionals } = parsed;
-if (values.help) {
-  console.log(USAGE);
-  Deno.exit(0);
-}
+const fail: Fail = failer("classify");
+const { values, positionals } = command(USAGE, {
+  model: { type: "string", default: DEFAULT_MODEL },
+  top: { type: "string" },
+  json: { type: "boolean", default: false },
+  batch: { type: "string" },
+}, fail);
 if (positionals.length === 0) fail(`no IMAGE given\n${USAGE}`);
-const topK = positiveInt(values.top, "--top", 5);
-const batch = positiveInt(values.batch, "--batch", 16);
+const topK = positiveInt(values.top, "--top", 5, fail);
+const batch = positiveInt(values.batch, "--batch", 16, fail);
 const name = values.model!;
 
 let model;

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { command, type Fail, failer } from "./cli.ts";
 import { selectBackend } from "../lib/backend.ts";
 import {
   ARCHITECTURE_NAMES,
@@ -21,34 +21,15 @@ import { convertToDirectory } from "../lib/weights/pretrained.ts";
 const USAGE =
   "usage: deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N] [--head-init-scale X] [--overwrite]";
 
-function fail(message: string, code = 2): never {
-  console.error(`convert: ${message}`);
-  Deno.exit(code);
-}
-
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      out: { type: "string" },
-      arch: { type: "string" },
-      "drop-head": { type: "boolean", default: false },
-      "num-classes": { type: "string" },
-      "head-init-scale": { type: "string" },
-      overwrite: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-  });
-} catch (e) {
-  fail(`${(e as Error).message}\n${USAGE}`);
-}
-const { values, positionals } = parsed;
-if (values.help) {
-  console.log(USAGE);
-  Deno.exit(0);
-}
+const fail: Fail = failer("convert");
+const { values, positionals } = command(USAGE, {
+  out: { type: "string" },
+  arch: { type: "string" },
+  "drop-head": { type: "boolean", default: false },
+  "num-classes": { type: "string" },
+  "head-init-scale": { type: "string" },
+  overwrite: { type: "boolean", default: false },
+}, fail);
 if (positionals.length !== 1) fail(`expected one SOURCE, got ${positionals.length}\n${USAGE}`);
 if (!values.out) fail(`--out DIR is required\n${USAGE}`);
 if (values.arch !== undefined && !isArchitectureName(values.arch)) {

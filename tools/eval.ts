@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { command, type Fail, failer } from "./cli.ts";
 import { selectBackend } from "../lib/backend.ts";
 import { numClassesOf } from "../lib/classify.ts";
 import { imagenetWnids } from "../lib/data/imagenet.ts";
@@ -37,11 +37,6 @@ const USAGE = [
   "       deno task eval --merge SHARD.json... [--out ALL.json]",
 ].join("\n");
 
-function fail(message: string, code = 2): never {
-  console.error(`eval: ${message}`);
-  Deno.exit(code);
-}
-
 function integer(value: string | undefined, flag: string, min: number): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
@@ -57,33 +52,19 @@ function summary(r: EvalResult): string {
     `${r.imagesPerSecond.toFixed(1)} img/s (${r.backend})`;
 }
 
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      model: { type: "string" },
-      data: { type: "string" },
-      limit: { type: "string" },
-      batch: { type: "string" },
-      shard: { type: "string" },
-      out: { type: "string" },
-      synsets: { type: "string" },
-      predictions: { type: "boolean", default: false },
-      workers: { type: "string" },
-      merge: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-  });
-} catch (e) {
-  fail(`${(e as Error).message}\n${USAGE}`);
-}
-const { values, positionals } = parsed;
-if (values.help) {
-  console.log(USAGE);
-  Deno.exit(0);
-}
+const fail: Fail = failer("eval");
+const { values, positionals } = command(USAGE, {
+  model: { type: "string" },
+  data: { type: "string" },
+  limit: { type: "string" },
+  batch: { type: "string" },
+  shard: { type: "string" },
+  out: { type: "string" },
+  synsets: { type: "string" },
+  predictions: { type: "boolean", default: false },
+  workers: { type: "string" },
+  merge: { type: "boolean", default: false },
+}, fail);
 
 if (values.merge) {
   if (positionals.length === 0) fail(`--merge needs the shard result files\n${USAGE}`);

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { command, type Fail, failer } from "./cli.ts";
 import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
 import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
 
@@ -27,10 +27,7 @@ const USAGE =
   [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224] [--val-split F] [--limit N]
   [--resume] [--workers N] [--features-cache DIR] [--backend auto|tensorflow|wasm|cpu] [--quiet]`;
 
-function fail(message: string, code = 2): never {
-  console.error(`finetune: ${message}`);
-  Deno.exit(code);
-}
+const fail: Fail = failer("finetune");
 
 /** Numeric flags and the FinetuneOptions field each sets. */
 const NUMBERS = {
@@ -53,32 +50,20 @@ const NUMBERS = {
   workers: "workers",
 } as const;
 
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      data: { type: "string" },
-      out: { type: "string" },
-      mode: { type: "string" },
-      "features-cache": { type: "string" },
-      backend: { type: "string", default: "auto" },
-      ema: { type: "boolean", default: false },
-      resume: { type: "boolean", default: false },
-      quiet: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-      ...Object.fromEntries(Object.keys(NUMBERS).map((k) => [k, { type: "string" as const }])),
-    },
-  });
-} catch (e) {
-  fail(`${(e as Error).message}\n${USAGE}`);
-}
+const parsed = command(USAGE, {
+  model: { type: "string" },
+  data: { type: "string" },
+  out: { type: "string" },
+  mode: { type: "string" },
+  "features-cache": { type: "string" },
+  backend: { type: "string", default: "auto" },
+  ema: { type: "boolean", default: false },
+  resume: { type: "boolean", default: false },
+  quiet: { type: "boolean", default: false },
+  ...Object.fromEntries(Object.keys(NUMBERS).map((k) => [k, { type: "string" as const }])),
+}, fail);
+if (parsed.positionals.length > 0) fail(`unexpected argument "${parsed.positionals[0]}"\n${USAGE}`);
 const values = parsed.values as Record<string, string | boolean | undefined>;
-if (values.help) {
-  console.log(USAGE);
-  Deno.exit(0);
-}
 for (const flag of ["model", "data", "out"]) {
   if (typeof values[flag] !== "string" || values[flag] === "") {
     fail(`--${flag} is required\n${USAGE}`);

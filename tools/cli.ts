@@ -1,0 +1,65 @@
+/**
+ * What every `deno task` command line shares: `--help`, argument parsing with a one-line
+ * error plus the usage, and exit codes (2 for bad usage, 1 for a failure).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+
+type OptionsConfig = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
+
+/** Prints a one-line error and exits. Declare it with this type (`const fail: Fail = ...`) so
+ * that TypeScript narrows after a call. */
+export type Fail = (message: string, code?: number) => never;
+
+/**
+ * The error exit of the command `name`: prints `name: message` on stderr and exits with
+ * `code` (2, the default, for bad usage; 1 for a failure).
+ */
+export function failer(name: string): Fail {
+  return (message: string, code = 2): never => {
+    console.error(`${name}: ${message}`);
+    Deno.exit(code);
+  };
+}
+
+/**
+ * Parse `args`: prints `usage` and exits 0 on `--help`/`-h`; an unknown or malformed option
+ * is reported through `fail` with the usage (exit 2).
+ *
+ * @example
+ * ```ts
+ * const fail: Fail = failer("convert");
+ * const { values, positionals } = command(USAGE, { out: { type: "string" } }, fail);
+ * if (!values.out) fail("--out DIR is required");
+ * ```
+ */
+export function command<const O extends OptionsConfig>(
+  usage: string,
+  options: O,
+  fail: Fail,
+  args: string[] = Deno.args,
+) {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(usage);
+    Deno.exit(0);
+  }
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    return fail(`${(e as Error).message}\n${usage}`);
+  }
+}
+
+/** An optional positive integer option: `fallback` when absent, else an error through `fail`. */
+export function positiveInt(
+  value: string | undefined,
+  flag: string,
+  fallback: number,
+  fail: Fail,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) fail(`${flag} expects a positive integer, got "${value}"`);
+  return n;
+}

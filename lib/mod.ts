@@ -76,3 +76,5 @@ export {
 } from "./classify.ts";
 export * from "./eval/mod.ts";
 export * from "./train/mod.ts";
+export { ConvNeXtModel, FAST_BACKENDS, type InferencePath } from "./infer/model.ts";
+export { closeInferencePool, inferenceThreads } from "./parallel/pool.ts";

@@ -2,10 +2,14 @@
  * `deno task bench`: forward-pass speed of ConvNeXt models on the active backend.
  *
  *   deno task bench [--arch convnext_tiny[,..]] [--batch 1,8] [--size 224] [--backend auto]
- *                   [--warmup 1] [--iters 3] [--json]
+ *                   [--path stock|optimized|both] [--warmup 1] [--iters 3] [--json]
  *
- * Each architecture/backend runs in its own subprocess, so peak memory (the process's
- * VmHWM) belongs to that measurement alone.
+ * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
+ * compiled plan with folded weights and all cores, lib/infer/ and lib/parallel/, the
+ * default of `predict` on wasm and cpu) or both (default).
+ *
+ * Each architecture/path/backend runs in its own subprocess, so peak memory (the process's
+ * VmHWM, worker threads included) belongs to that measurement alone.
  *
  * @module
  */
@@ -14,13 +18,19 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
+import type { ConvNeXtModel } from "../lib/infer/model.ts";
 import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
+
+/** Inference paths the bench measures. */
+export const BENCH_PATHS = ["stock", "optimized"] as const;
+/** One inference path. */
+export type BenchPath = (typeof BENCH_PATHS)[number];
 
 /** One measurement, as printed with --json. */
 export interface BenchResult {
   architecture: string;
   backend: string;
-  path: "stock" | "optimized";
+  path: BenchPath;
   batch: number;
   size: number;
   msPerImage: number;
@@ -59,9 +69,12 @@ async function measure(
   size: number,
   warmup: number,
   iters: number,
+  path: BenchPath,
 ): Promise<BenchResult[]> {
   const active = await selectBackend(backend);
-  const model = createConvNeXt(arch, { inputShape: [size, size, 3], seed: 0 });
+  const model = createConvNeXt(arch, { inputShape: [size, size, 3], seed: 0 }) as ConvNeXtModel;
+  // "optimized" forces the plan on any backend (generic TF.js ops), "stock" the Layers path.
+  model.inferencePath = path;
   const results: BenchResult[] = [];
   for (const batch of batches) {
     const x = tf.randomNormal([batch, size, size, 3], 0, 1, "float32", 1);
@@ -78,7 +91,7 @@ async function measure(
     results.push({
       architecture: arch,
       backend: active,
-      path: "stock",
+      path,
       batch,
       size,
       msPerImage: Math.round(ms * 10) / 10,
@@ -126,6 +139,7 @@ if (import.meta.main) {
       backend: { type: "string", default: "auto" },
       warmup: { type: "string", default: "1" },
       iters: { type: "string", default: "3" },
+      path: { type: "string", default: "both" },
       json: { type: "boolean", default: false },
       child: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
@@ -133,7 +147,7 @@ if (import.meta.main) {
   });
   if (values.help) {
     console.log(
-      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|wasm|cpu] [--warmup N] [--iters N] [--json]",
+      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|wasm|cpu] [--path stock|optimized|both] [--warmup N] [--iters N] [--json]",
     );
     Deno.exit(0);
   }
@@ -146,6 +160,10 @@ if (import.meta.main) {
   if (!(BACKEND_REQUESTS as readonly string[]).includes(values.backend)) {
     die(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${values.backend}"`);
   }
+  if (values.path !== "both" && !(BENCH_PATHS as readonly string[]).includes(values.path)) {
+    die(`--path: expected stock, optimized or both, got "${values.path}"`);
+  }
+  const paths: BenchPath[] = values.path === "both" ? [...BENCH_PATHS] : [values.path as BenchPath];
   const batches = list(values.batch, "batch");
   const [size] = list(values.size, "size");
   const [warmup] = values.warmup === "0" ? [0] : list(values.warmup, "warmup");
@@ -159,34 +177,38 @@ if (import.meta.main) {
       size,
       warmup,
       iters,
+      paths[0],
     );
     for (const r of rows) console.log(JSON.stringify(r));
     Deno.exit(0);
   }
   const rows: BenchResult[] = [];
   for (const arch of archs) {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        fileURLToPath(import.meta.url),
-        "--child",
-        `--arch=${arch}`,
-        `--batch=${values.batch}`,
-        `--size=${size}`,
-        `--backend=${values.backend}`,
-        `--warmup=${warmup}`,
-        `--iters=${iters}`,
-      ],
-      stdout: "piped",
-      stderr: "inherit",
-    }).output();
-    if (!out.success) die(`measuring ${arch} failed (exit ${out.code})`);
-    for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-      if (!line.startsWith("{")) continue;
-      const r = JSON.parse(line) as BenchResult;
-      rows.push(r);
-      if (values.json) console.log(JSON.stringify(r));
+    for (const path of paths) {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          fileURLToPath(import.meta.url),
+          "--child",
+          `--arch=${arch}`,
+          `--batch=${values.batch}`,
+          `--size=${size}`,
+          `--backend=${values.backend}`,
+          `--warmup=${warmup}`,
+          `--iters=${iters}`,
+          `--path=${path}`,
+        ],
+        stdout: "piped",
+        stderr: "inherit",
+      }).output();
+      if (!out.success) die(`measuring ${arch} (${path}) failed (exit ${out.code})`);
+      for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+        if (!line.startsWith("{")) continue;
+        const r = JSON.parse(line) as BenchResult;
+        rows.push(r);
+        if (values.json) console.log(JSON.stringify(r));
+      }
     }
   }
   if (!values.json) console.log(table(rows));

@@ -15,6 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./layers.ts";
+import { ConvNeXtModel } from "../infer/model.ts";
 import {
   ARCHITECTURE_NAMES,
   type ArchitectureName,
@@ -364,5 +365,6 @@ export function createConvNeXt(
       x,
     );
   }
-  return tf.model({ inputs: input, outputs: x, name: opts.name });
+  // A LayersModel whose predict takes the optimized path on wasm/cpu (see ../infer/model.ts).
+  return new ConvNeXtModel({ inputs: input, outputs: x, name: opts.name });
 }

@@ -1,0 +1,194 @@
+/**
+ * `ConvNeXtModel`: a `tf.LayersModel` whose `predict` takes the optimized inference path
+ * (compiled plan, folded weights, all cores) on the wasm and cpu backends, and the stock
+ * Layers path everywhere else (the native TensorFlow backend, WebGL...).
+ *
+ * Everything but `predict`/`predictOnBatch` is the stock LayersModel: `fit`, `evaluate`,
+ * `apply`, `execute`, `getLayer`, `summary`, saving. The class is registered for
+ * deserialization under TF.js's own class name `"Model"`, so saved files stay standard
+ * (`"class_name": "Model"`) and every layers model loaded while this module is imported is
+ * a ConvNeXtModel; models the plan compiler does not recognize simply keep the stock path.
+ *
+ * Folded weights are cached per model and revalidated on every call: they are rebuilt as
+ * soon as any source variable has been assigned (`setWeights`, `fit`, `loadWeights` all
+ * replace the variables' data ids).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { executePlan } from "./execute.ts";
+import {
+  disposeWeights,
+  type FoldedWeights,
+  foldWeights,
+  sameVersion,
+  sourceVariables,
+  weightsVersion,
+} from "./fold.ts";
+import { compilePlan, type Plan, PlanUnsupported } from "./plan.ts";
+import { inferencePool } from "../parallel/pool.ts";
+
+/** Backends on which {@link ConvNeXtModel.predict} takes the optimized path. */
+export const FAST_BACKENDS = ["wasm", "cpu"] as const;
+
+/** Which path {@link ConvNeXtModel.predict} takes: "auto" (default), or forced. */
+export type InferencePath = "auto" | "stock" | "optimized";
+
+interface FoldCache {
+  version: object[];
+  weights: FoldedWeights;
+  token: number;
+}
+
+let nextToken = 0;
+
+type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
+
+/**
+ * A ConvNeXt Layers model with a fast `predict`. Built by `createConvNeXt`; construct it as
+ * `tf.model` (`new ConvNeXtModel({ inputs, outputs, name })`).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * const model = createConvNeXt("convnext_tiny"); // a ConvNeXtModel
+ * const logits = model.predict(tf.zeros([8, 224, 224, 3])) as tf.Tensor; // optimized on wasm
+ * ```
+ */
+export class ConvNeXtModel extends tf.LayersModel {
+  /** Registered as TF.js's own "Model", so saved topologies are unchanged. */
+  static override className = "Model";
+
+  /**
+   * Path taken by `predict`: "auto" picks the optimized path on wasm/cpu when the graph
+   * compiles; "stock" and "optimized" force one (for benchmarks and tests; "optimized"
+   * throws when the graph does not compile).
+   */
+  inferencePath: InferencePath = "auto";
+
+  private plan?: Plan | null;
+  private planError?: string;
+  private cache?: FoldCache;
+  private variables?: tf.Tensor[];
+
+  /** The compiled plan, or null (with {@link ConvNeXtModel.planUnsupportedReason}). */
+  inferencePlan(): Plan | null {
+    if (this.plan === undefined) {
+      try {
+        this.plan = compilePlan(this);
+      } catch (e) {
+        // Every layers model loaded while this module is imported is a ConvNeXtModel: any
+        // graph the compiler cannot read keeps the stock path rather than failing predict.
+        this.plan = null;
+        this.planError = e instanceof PlanUnsupported
+          ? e.message
+          : `plan compiler failed: ${(e as Error)?.message ?? e}`;
+      }
+    }
+    return this.plan;
+  }
+
+  /** Why the graph has no optimized plan (undefined when it has one). */
+  planUnsupportedReason(): string | undefined {
+    this.inferencePlan();
+    return this.planError;
+  }
+
+  /** Whether `predict` would take the optimized path on the active backend now. */
+  usesOptimizedPath(): boolean {
+    if (this.inferencePath === "stock") return false;
+    if (this.inferencePath === "optimized") return true;
+    return (FAST_BACKENDS as readonly string[]).includes(tf.getBackend()) &&
+      this.inferencePlan() !== null;
+  }
+
+  /** Folded weights for the current variables (rebuilt when any variable was assigned). */
+  private folded(plan: Plan): FoldCache {
+    // The variables' identities are stable; their data ids change on assignment.
+    this.variables ??= sourceVariables(this, plan);
+    const version = weightsVersion(this.variables);
+    if (this.cache && sameVersion(this.cache.version, version)) return this.cache;
+    if (this.cache) disposeWeights(this.cache.weights);
+    this.cache = undefined;
+    const weights = tf.tidy(() => foldWeights(this, plan));
+    for (const t of Object.values(weights)) tf.keep(t);
+    this.cache = { version, weights, token: nextToken++ };
+    return this.cache;
+  }
+
+  private predictFast(x: tf.Tensor | tf.Tensor[], args: PredictArgs): tf.Tensor {
+    const plan = this.inferencePlan();
+    if (!plan) {
+      throw new Error(
+        `ConvNeXtModel(${this.name}): no optimized plan for this graph: ${this.planError}`,
+      );
+    }
+    const input = Array.isArray(x) ? x : [x];
+    if (input.length !== 1) {
+      throw new Error(`ConvNeXtModel(${this.name}).predict: expected 1 input, got ${input.length}`);
+    }
+    const images = input[0];
+    const expected = this.inputs[0].shape;
+    if (
+      images.rank !== 4 ||
+      !expected.every((d, i) => i === 0 || d == null || d === images.shape[i])
+    ) {
+      throw new Error(
+        `ConvNeXtModel(${this.name}).predict: expected input of shape ${
+          JSON.stringify(expected)
+        }, got ${JSON.stringify(images.shape)}`,
+      );
+    }
+    const { weights, token } = this.folded(plan);
+    const pool = tf.getBackend() === "wasm" ? inferencePool() : null;
+    const batchSize = args?.batchSize ?? 32;
+    const run = (chunk: tf.Tensor4D) =>
+      pool ? pool.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
+    const cast = images.dtype === "float32" ? images : tf.cast(images, "float32");
+    try {
+      const n = images.shape[0];
+      if (n <= batchSize) return run(cast as tf.Tensor4D);
+      // Chunks of batchSize as the stock predict does, to bound activation memory.
+      const parts: tf.Tensor[] = [];
+      for (let start = 0; start < n; start += batchSize) {
+        const chunk = tf.slice(cast, start, Math.min(batchSize, n - start));
+        parts.push(run(chunk as tf.Tensor4D));
+        chunk.dispose();
+      }
+      const out = tf.concat(parts, 0);
+      parts.forEach((p) => p.dispose());
+      return out;
+    } finally {
+      if (cast !== images) cast.dispose();
+    }
+  }
+
+  /**
+   * Predictions, as `tf.LayersModel.predict`; on wasm/cpu through the optimized plan
+   * (outputs equal to the stock path within float rounding: 1e-4 on logits is tested).
+   */
+  override predict(x: tf.Tensor | tf.Tensor[], args: PredictArgs = {}): tf.Tensor | tf.Tensor[] {
+    if (!this.usesOptimizedPath()) return super.predict(x, args);
+    return this.predictFast(x, args);
+  }
+
+  /** As `tf.LayersModel.predictOnBatch`, through the optimized path when it applies. */
+  override predictOnBatch(x: tf.Tensor | tf.Tensor[]): tf.Tensor | tf.Tensor[] {
+    if (!this.usesOptimizedPath()) return super.predictOnBatch(x);
+    const n = (Array.isArray(x) ? x[0] : x).shape[0];
+    return this.predictFast(x, { batchSize: Math.max(1, n) });
+  }
+
+  /** Frees the folded weights too. */
+  override dispose(): ReturnType<tf.LayersModel["dispose"]> {
+    if (this.cache) disposeWeights(this.cache.weights);
+    this.cache = undefined;
+    this.variables = undefined;
+    return super.dispose();
+  }
+}
+
+// Replaces TF.js's own "Model" entry: loadLayersModel then builds ConvNeXtModels (whose
+// predict falls back to stock for graphs the plan does not know).
+tf.serialization.registerClass(ConvNeXtModel);

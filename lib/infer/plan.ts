@@ -1,0 +1,487 @@
+/**
+ * Compiles a ConvNeXt `tf.LayersModel` graph into an inference plan: a flat list of steps
+ * over numbered slots, where each ConvNeXt block (depthwise conv, LayerNorm, Dense + GELU,
+ * Dense, layer scale, drop path, residual add) becomes one fused step.
+ *
+ * The plan is plain JSON (no tensors), so it can be sent to worker threads; the weights it
+ * names are produced by ./fold.ts and the steps are run by ./execute.ts.
+ *
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs";
+
+/** Activations the plan executes itself (anything else: the model keeps the stock path). */
+export const PLAN_ACTIVATIONS = ["linear", "relu", "gelu", "sigmoid", "softmax"] as const;
+/** An activation a plan step may apply. */
+export type PlanActivation = (typeof PLAN_ACTIVATIONS)[number];
+
+/** A ConvNeXt block, fused: `out = in + MLP(LN(dwconv(in)))` with folded weights. */
+export interface BlockStep {
+  /** Step kind. */
+  op: "block";
+  /** Input slot (also the residual). */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix: `<prefix>/dw_kernel`, `dw_bias`, `w1`, `b1`, `w2`, `b2`. */
+  prefix: string;
+  /** Depthwise kernel size (square). */
+  kernelSize: number;
+  /** LayerNorm epsilon. */
+  epsilon: number;
+}
+
+/** A plain Conv2D (stem, downsampling). Weights `<prefix>/kernel`, optional `/bias`. */
+export interface ConvStep {
+  /** Step kind. */
+  op: "conv";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix. */
+  prefix: string;
+  /** Strides `[sh, sw]`. */
+  strides: [number, number];
+  /** Padding. */
+  padding: "valid" | "same";
+  /** Whether `<prefix>/bias` exists. */
+  bias: boolean;
+  /** Activation after the bias. */
+  activation: PlanActivation;
+}
+
+/** A depthwise Conv2D outside a fusable block. Weights `<prefix>/kernel`, optional `/bias`. */
+export interface DepthwiseStep {
+  /** Step kind. */
+  op: "depthwise";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix. */
+  prefix: string;
+  /** Strides `[sh, sw]`. */
+  strides: [number, number];
+  /** Padding. */
+  padding: "valid" | "same";
+  /** Whether `<prefix>/bias` exists. */
+  bias: boolean;
+  /** Activation after the bias. */
+  activation: PlanActivation;
+}
+
+/** LayerNorm over the last axis. Weights `<prefix>/gamma`, `<prefix>/beta`. */
+export interface LayerNormStep {
+  /** Step kind. */
+  op: "layerNorm";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix. */
+  prefix: string;
+  /** Variance epsilon. */
+  epsilon: number;
+}
+
+/** Dense on the last axis. Weights `<prefix>/kernel`, optional `/bias`. */
+export interface DenseStep {
+  /** Step kind. */
+  op: "dense";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix. */
+  prefix: string;
+  /** Whether `<prefix>/bias` exists. */
+  bias: boolean;
+  /** Activation after the bias. */
+  activation: PlanActivation;
+}
+
+/** Per-channel scale (`x * gamma`). Weight `<prefix>/gamma`. */
+export interface ScaleStep {
+  /** Step kind. */
+  op: "scale";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+  /** Weight key prefix. */
+  prefix: string;
+}
+
+/** Global average or max pooling over the two spatial axes. */
+export interface PoolStep {
+  /** Step kind. */
+  op: "avgPool" | "maxPool";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+}
+
+/** Element-wise sum of several slots. */
+export interface AddStep {
+  /** Step kind. */
+  op: "add";
+  /** Input slots. */
+  inputs: number[];
+  /** Output slot. */
+  output: number;
+}
+
+/** Identity at inference (stochastic depth, dropout). */
+export interface IdentityStep {
+  /** Step kind. */
+  op: "identity";
+  /** Input slot. */
+  input: number;
+  /** Output slot. */
+  output: number;
+}
+
+/** One step of a {@link Plan}. */
+export type PlanStep =
+  | BlockStep
+  | ConvStep
+  | DepthwiseStep
+  | LayerNormStep
+  | DenseStep
+  | ScaleStep
+  | PoolStep
+  | AddStep
+  | IdentityStep;
+
+/** Where a folded weight comes from: layers and weight names of the source model. */
+export interface PlanSource {
+  /** Step weight prefix. */
+  prefix: string;
+  /** Names of the model layers whose weights are folded into this prefix. */
+  layers: string[];
+}
+
+/** A compiled inference plan. */
+export interface Plan {
+  /** Slot that receives the model input. */
+  input: number;
+  /** Slot holding the model output. */
+  output: number;
+  /** Number of input channels. */
+  inputChannels: number;
+  /** Steps, in execution order. */
+  steps: PlanStep[];
+  /** For each slot, the index of the last step reading it (the slot is freed after it). */
+  lastUse: number[];
+  /** Source layers of every weight prefix (for folding and change detection). */
+  sources: PlanSource[];
+}
+
+type Layer = tf.layers.Layer;
+type Sym = tf.SymbolicTensor;
+type Config = Record<string, unknown>;
+
+/** Why a model cannot be compiled; the caller then keeps the stock path. */
+export class PlanUnsupported extends Error {}
+
+function unsupported(what: string): never {
+  throw new PlanUnsupported(what);
+}
+
+function pair(v: unknown, what: string): [number, number] {
+  const arr = Array.isArray(v) ? v : [v, v];
+  if (arr.length !== 2 || !arr.every((n) => Number.isInteger(n))) {
+    unsupported(`${what}: expected an integer or a pair, got ${JSON.stringify(v)}`);
+  }
+  return arr as [number, number];
+}
+
+function activationOf(layer: Layer): PlanActivation {
+  const config = layer.getConfig() as Config;
+  const name = (config.activation ?? "linear") as string;
+  if (!(PLAN_ACTIVATIONS as readonly string[]).includes(name)) {
+    unsupported(`${layer.name}: activation ${name}`);
+  }
+  return name as PlanActivation;
+}
+
+function checkSpatial(layer: Layer, config: Config, allowStrides: boolean): void {
+  if ((config.dataFormat ?? "channelsLast") !== "channelsLast") {
+    unsupported(`${layer.name}: dataFormat ${config.dataFormat}`);
+  }
+  const dilation = pair(config.dilationRate ?? 1, `${layer.name}.dilationRate`);
+  if (dilation[0] !== 1 || dilation[1] !== 1) unsupported(`${layer.name}: dilation`);
+  if (!allowStrides) {
+    const strides = pair(config.strides ?? 1, `${layer.name}.strides`);
+    if (strides[0] !== 1 || strides[1] !== 1) unsupported(`${layer.name}: strides`);
+  }
+  const padding = config.padding;
+  if (padding !== "valid" && padding !== "same") unsupported(`${layer.name}: padding ${padding}`);
+}
+
+/** The single inbound node's input and output tensors of a layer. */
+function edges(layer: Layer): { inputs: Sym[]; outputs: Sym[] } {
+  const nodes =
+    (layer as unknown as { inboundNodes: { inputTensors: Sym[]; outputTensors: Sym[] }[] })
+      .inboundNodes;
+  if (nodes.length !== 1) unsupported(`${layer.name}: used ${nodes.length} times in the graph`);
+  return { inputs: nodes[0].inputTensors, outputs: nodes[0].outputTensors };
+}
+
+function className(layer: Layer): string {
+  return layer.getClassName();
+}
+
+/**
+ * Compile `model` into a {@link Plan}.
+ *
+ * @throws PlanUnsupported when the graph contains something the plan cannot run exactly
+ *   (an unknown layer class, a shared layer, several inputs or outputs...).
+ * @example
+ * ```ts
+ * const plan = compilePlan(createConvNeXt("convnext_tiny"));
+ * console.log(plan.steps.filter((s) => s.op === "block").length); // 18
+ * ```
+ */
+export function compilePlan(model: tf.LayersModel): Plan {
+  if (model.inputs.length !== 1 || model.outputs.length !== 1) {
+    unsupported(`model has ${model.inputs.length} inputs and ${model.outputs.length} outputs`);
+  }
+  const inputShape = model.inputs[0].shape;
+  const inputChannels = inputShape[inputShape.length - 1];
+  if (inputShape.length !== 4 || inputChannels == null) {
+    unsupported(`input shape ${JSON.stringify(inputShape)} (expected [batch, h, w, channels])`);
+  }
+  // Consumers of every symbolic tensor, to know which intermediates a fusion may hide.
+  const consumers = new Map<number, Layer[]>();
+  for (const layer of model.layers) {
+    if (className(layer) === "InputLayer") continue;
+    for (const t of edges(layer).inputs) {
+      consumers.set(t.id, [...(consumers.get(t.id) ?? []), layer]);
+    }
+  }
+  const outputId = model.outputs[0].id;
+  const only = (t: Sym, cls: string[]): Layer | null => {
+    const users = consumers.get(t.id) ?? [];
+    if (t.id === outputId || users.length !== 1) return null;
+    return cls.includes(className(users[0])) ? users[0] : null;
+  };
+
+  const slots = new Map<number, number>();
+  let nextSlot = 0;
+  const slotOf = (t: Sym): number => {
+    const s = slots.get(t.id);
+    if (s === undefined) unsupported(`tensor ${t.name} is used before it is computed`);
+    return s;
+  };
+  const define = (t: Sym): number => {
+    const s = nextSlot++;
+    slots.set(t.id, s);
+    return s;
+  };
+
+  const steps: PlanStep[] = [];
+  const sources: PlanSource[] = [];
+  const done = new Set<Layer>();
+  const input = define(model.inputs[0]);
+
+  for (const layer of model.layers) {
+    if (done.has(layer)) continue;
+    done.add(layer);
+    const cls = className(layer);
+    if (cls === "InputLayer") continue;
+    const { inputs, outputs } = edges(layer);
+    if (outputs.length !== 1) unsupported(`${layer.name}: ${outputs.length} outputs`);
+    const config = layer.getConfig() as Config;
+    const one = () => {
+      if (inputs.length !== 1) unsupported(`${layer.name}: ${inputs.length} inputs`);
+      return slotOf(inputs[0]);
+    };
+    switch (cls) {
+      case "DepthwiseConv2D": {
+        const fused = matchBlock(layer, only);
+        if (fused) {
+          const x = one();
+          fused.layers.forEach((l) => done.add(l));
+          const prefix = fused.add.name;
+          steps.push({
+            op: "block",
+            input: x,
+            output: define(edges(fused.add).outputs[0]),
+            prefix,
+            kernelSize: fused.kernelSize,
+            epsilon: fused.epsilon,
+          });
+          sources.push({ prefix, layers: fused.layers.map((l) => l.name) });
+          break;
+        }
+        checkSpatial(layer, config, true);
+        if (config.depthMultiplier !== 1) unsupported(`${layer.name}: depthMultiplier`);
+        const x = one();
+        steps.push({
+          op: "depthwise",
+          input: x,
+          output: define(outputs[0]),
+          prefix: layer.name,
+          strides: pair(config.strides ?? 1, `${layer.name}.strides`),
+          padding: config.padding as "valid" | "same",
+          bias: config.useBias !== false,
+          activation: activationOf(layer),
+        });
+        sources.push({ prefix: layer.name, layers: [layer.name] });
+        break;
+      }
+      case "Conv2D": {
+        checkSpatial(layer, config, true);
+        if ((config.groups ?? 1) !== 1) unsupported(`${layer.name}: groups`);
+        const x = one();
+        steps.push({
+          op: "conv",
+          input: x,
+          output: define(outputs[0]),
+          prefix: layer.name,
+          strides: pair(config.strides ?? 1, `${layer.name}.strides`),
+          padding: config.padding as "valid" | "same",
+          bias: config.useBias !== false,
+          activation: activationOf(layer),
+        });
+        sources.push({ prefix: layer.name, layers: [layer.name] });
+        break;
+      }
+      case "ConvNeXtLayerNorm": {
+        const x = one();
+        steps.push({
+          op: "layerNorm",
+          input: x,
+          output: define(outputs[0]),
+          prefix: layer.name,
+          epsilon: Number(config.epsilon),
+        });
+        sources.push({ prefix: layer.name, layers: [layer.name] });
+        break;
+      }
+      case "Dense": {
+        const x = one();
+        steps.push({
+          op: "dense",
+          input: x,
+          output: define(outputs[0]),
+          prefix: layer.name,
+          bias: config.useBias !== false,
+          activation: activationOf(layer),
+        });
+        sources.push({ prefix: layer.name, layers: [layer.name] });
+        break;
+      }
+      case "LayerScale": {
+        const x = one();
+        steps.push({ op: "scale", input: x, output: define(outputs[0]), prefix: layer.name });
+        sources.push({ prefix: layer.name, layers: [layer.name] });
+        break;
+      }
+      case "GlobalAveragePooling2D":
+      case "GlobalMaxPooling2D": {
+        if ((config.dataFormat ?? "channelsLast") !== "channelsLast") {
+          unsupported(`${layer.name}: dataFormat`);
+        }
+        if (config.keepDims) unsupported(`${layer.name}: keepDims`);
+        const x = one();
+        steps.push({
+          op: cls === "GlobalAveragePooling2D" ? "avgPool" : "maxPool",
+          input: x,
+          output: define(outputs[0]),
+        });
+        break;
+      }
+      case "Add": {
+        steps.push({ op: "add", inputs: inputs.map(slotOf), output: define(outputs[0]) });
+        break;
+      }
+      case "StochasticDepth":
+      case "Dropout": {
+        const x = one();
+        steps.push({ op: "identity", input: x, output: define(outputs[0]) });
+        break;
+      }
+      default:
+        unsupported(`${layer.name}: layer class ${cls}`);
+    }
+  }
+  const output = slotOf(model.outputs[0]);
+  const lastUse = new Array<number>(nextSlot).fill(-1);
+  steps.forEach((step, i) => {
+    const reads = step.op === "add" ? step.inputs : [step.input];
+    for (const s of reads) lastUse[s] = i;
+  });
+  lastUse[output] = steps.length; // never freed by the executor
+  return { input, output, inputChannels, steps, lastUse, sources };
+}
+
+interface BlockMatch {
+  layers: Layer[];
+  add: Layer;
+  kernelSize: number;
+  epsilon: number;
+}
+
+/**
+ * Match `dwconv -> LayerNorm -> Dense(gelu) -> Dense -> [LayerScale] -> [StochasticDepth]
+ * -> Add(input, branch)` starting at a depthwise layer, where every intermediate has a
+ * single consumer (so fusing hides nothing a model output needs).
+ */
+function matchBlock(
+  dw: Layer,
+  only: (t: Sym, cls: string[]) => Layer | null,
+): BlockMatch | null {
+  const dwConfig = dw.getConfig() as Config;
+  const kernel = pair(dwConfig.kernelSize, `${dw.name}.kernelSize`);
+  const strides = pair(dwConfig.strides ?? 1, `${dw.name}.strides`);
+  const dilation = pair(dwConfig.dilationRate ?? 1, `${dw.name}.dilationRate`);
+  if (
+    kernel[0] !== kernel[1] || kernel[0] % 2 !== 1 || strides[0] !== 1 || strides[1] !== 1 ||
+    dilation[0] !== 1 || dilation[1] !== 1 || dwConfig.padding !== "same" ||
+    dwConfig.depthMultiplier !== 1 || dwConfig.useBias === false ||
+    (dwConfig.activation ?? "linear") !== "linear" ||
+    (dwConfig.dataFormat ?? "channelsLast") !== "channelsLast"
+  ) return null;
+  const out = (l: Layer) => edges(l).outputs[0];
+  const norm = only(out(dw), ["ConvNeXtLayerNorm"]);
+  if (!norm) return null;
+  const fc1 = only(out(norm), ["Dense"]);
+  if (!fc1) return null;
+  const c1 = fc1.getConfig() as Config;
+  if (c1.activation !== "gelu" || c1.useBias === false) return null;
+  const fc2 = only(out(fc1), ["Dense"]);
+  if (!fc2) return null;
+  const c2 = fc2.getConfig() as Config;
+  if ((c2.activation ?? "linear") !== "linear" || c2.useBias === false) return null;
+  const layers = [dw, norm, fc1, fc2];
+  let tail = fc2;
+  let next = only(out(tail), ["LayerScale", "StochasticDepth", "Add"]);
+  if (next && className(next) === "LayerScale") {
+    layers.push(next);
+    tail = next;
+    next = only(out(tail), ["StochasticDepth", "Add"]);
+  }
+  if (next && className(next) === "StochasticDepth") {
+    layers.push(next);
+    tail = next;
+    next = only(out(tail), ["Add"]);
+  }
+  if (!next || className(next) !== "Add") return null;
+  const addInputs = edges(next).inputs;
+  const residual = edges(dw).inputs[0];
+  if (
+    addInputs.length !== 2 || !addInputs.some((t) => t.id === residual.id) ||
+    !addInputs.some((t) => t.id === out(tail).id)
+  ) return null;
+  layers.push(next);
+  return {
+    layers,
+    add: next,
+    kernelSize: kernel[0],
+    epsilon: Number((norm.getConfig() as Config).epsilon),
+  };
+}

@@ -1,0 +1,443 @@
+/**
+ * Uses every core for inference on the wasm backend, which TF.js runs single-threaded
+ * under Deno (`WASM_HAS_MULTITHREAD_SUPPORT` is hard-coded false there).
+ *
+ * The pool keeps `threads - 1` worker threads, each with its own wasm backend and a copy of
+ * the folded weights; the main thread is the last participant. A batch of several images is
+ * split by images (each thread runs the whole plan on its share); a single image is split by
+ * rows, block by block (each thread runs the block on its band of rows plus the 3-row halo
+ * its depthwise conv reads). Everything stays synchronous: the main thread posts jobs
+ * through shared memory, does its own share, then waits in `Atomics.wait`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { MessageChannel, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
+import type { FoldedWeights } from "../infer/fold.ts";
+import type { BlockStep, Plan } from "../infer/plan.ts";
+import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+
+/** How long to wait for a worker to start (wasm compile) before giving up. */
+const START_TIMEOUT_MS = 120_000;
+/** How long one job may take before the pool assumes its worker died. */
+const JOB_TIMEOUT_MS = 600_000;
+/**
+ * Blocks whose first pointwise weight is larger than this (bytes) split a single image by
+ * hidden units, not by rows: the matmul streams its whole weight matrix once per few rows,
+ * so with weights beyond the 1 MiB L2 cache a row split leaves each thread as memory-bound
+ * as one thread alone, while a hidden split halves the weights each thread reads.
+ */
+const HIDDEN_SPLIT_BYTES = 1 << 20;
+/** Appended to pool errors: the way out when threads cannot work in an environment. */
+const HINT = " (CONVNEXT_THREADS=1 runs inference on the main thread only)";
+
+type Port = InstanceType<typeof MessageChannel>["port1"];
+
+class WorkerHandle {
+  readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL.LENGTH * 4));
+  readonly port: Port;
+  readonly worker: Worker;
+  data: Float32Array<ArrayBufferLike> = new Float32Array(0);
+  /** Token of the weights this worker holds. */
+  token = -1;
+  private seq = 0;
+  private started = false;
+
+  constructor(backend: string) {
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    const init: WorkerInit = { ctrl: this.ctrl, port: port2 as unknown as MessagePort, backend };
+    try {
+      this.worker = new Worker(new URL("./worker.ts", import.meta.url), {
+        workerData: init,
+        transferList: [port2],
+      });
+    } catch (e) {
+      throw new Error(
+        `inference pool: cannot start a worker thread: ${(e as Error)?.message ?? e}${HINT}`,
+      );
+    }
+    // The threads must not keep a finished program alive.
+    this.worker.unref();
+  }
+
+  private error(fallback: string): Error {
+    const got = receiveMessageOnPort(this.port);
+    const text = (got?.message as { error?: string } | undefined)?.error;
+    return new Error(text ?? fallback);
+  }
+
+  /** Block until the worker's backend is up; throws its error when it failed. */
+  waitStarted(): void {
+    if (this.started) return;
+    const deadline = performance.now() + START_TIMEOUT_MS;
+    while (Atomics.load(this.ctrl, CTRL.READY) === 0) {
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new Error(`inference pool: a worker thread did not start in time${HINT}`);
+      }
+      Atomics.wait(this.ctrl, CTRL.READY, 0, left);
+    }
+    if (Atomics.load(this.ctrl, CTRL.READY) !== 1) {
+      const e = this.error("inference pool: a worker thread failed to start");
+      e.message += HINT;
+      throw e;
+    }
+    this.started = true;
+  }
+
+  /** Post a job (the header slots are already written). */
+  post(op: number, message?: SetupMessage): void {
+    this.waitStarted();
+    if (message) this.port.postMessage(message);
+    Atomics.store(this.ctrl, CTRL.OP, op);
+    this.seq++;
+    Atomics.store(this.ctrl, CTRL.JOB, this.seq);
+    Atomics.notify(this.ctrl, CTRL.JOB);
+  }
+
+  /** Wait for the posted job; throws the worker's error. */
+  wait(): void {
+    const deadline = performance.now() + JOB_TIMEOUT_MS;
+    for (;;) {
+      const done = Atomics.load(this.ctrl, CTRL.DONE);
+      if (done === this.seq) break;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new Error("inference pool: a worker thread stopped answering");
+      Atomics.wait(this.ctrl, CTRL.DONE, done, left);
+    }
+    if (Atomics.load(this.ctrl, CTRL.STATUS) !== 0) {
+      throw this.error("inference pool: a worker job failed");
+    }
+  }
+
+  /** Make sure the data buffer holds `floats` floats. */
+  reserve(floats: number): void {
+    if (this.data.length >= floats) return;
+    // Grow geometrically, so that a run of growing inputs does not resend every time.
+    const size = Math.max(floats, Math.ceil(this.data.length * 1.5));
+    const buffer = new SharedArrayBuffer(size * 4);
+    this.post(OP.SETUP, { data: buffer });
+    this.wait();
+    this.data = new Float32Array(buffer);
+  }
+
+  /** Write `x` as the job input. */
+  writeInput(x: tf.Tensor, outFloats: number): void {
+    this.reserve(Math.max(x.size, outFloats));
+    this.data.set(x.dataSync() as Float32Array);
+    x.shape.forEach((d, i) => Atomics.store(this.ctrl, CTRL.SHAPE + i, d));
+  }
+
+  /** The job output as a new tensor. */
+  readOutput(): tf.Tensor {
+    const rank = Atomics.load(this.ctrl, CTRL.OUT_RANK);
+    const shape = Array.from(
+      { length: rank },
+      (_, i) => Atomics.load(this.ctrl, CTRL.OUT_SHAPE + i),
+    );
+    const size = shape.reduce((a, b) => a * b, 1);
+    return tf.tensor(this.data.slice(0, size), shape, "float32");
+  }
+
+  close(): void {
+    if (Atomics.load(this.ctrl, CTRL.READY) === 1) {
+      this.post(OP.EXIT);
+    }
+    this.worker.terminate();
+    this.port.close();
+  }
+}
+
+/** Split `total` into `parts` near-equal counts (earlier parts take the remainder). */
+export function splitEven(total: number, parts: number): number[] {
+  const base = Math.floor(total / parts);
+  return Array.from({ length: parts }, (_, i) => base + (i < total % parts ? 1 : 0));
+}
+
+/**
+ * A pool of inference threads for one backend (only "wasm" is useful: each thread gets its
+ * own wasm instance). Created by {@link inferencePool}; every method is synchronous.
+ *
+ * @example
+ * ```ts
+ * const pool = inferencePool();
+ * const logits = pool ? pool.run(plan, weights, token, images) : executePlan(plan, weights, images);
+ * ```
+ */
+export class InferencePool {
+  private readonly workers: WorkerHandle[];
+
+  /**
+   * @param threads total threads taking part, the main thread included (>= 2).
+   * @param backend backend each worker must run; a worker that ends up on another is an error.
+   */
+  constructor(readonly threads: number, readonly backend = "wasm") {
+    if (!(Number.isInteger(threads) && threads >= 2)) {
+      throw new Error(`InferencePool: threads must be an integer >= 2, got ${threads}`);
+    }
+    this.workers = Array.from({ length: threads - 1 }, () => new WorkerHandle(backend));
+  }
+
+  /** Send `weights` (identified by `token`) to workers that do not hold them yet. */
+  private sync(plan: Plan, weights: FoldedWeights, token: number): void {
+    const stale = this.workers.filter((w) => w.token !== token);
+    if (stale.length === 0) return;
+    const names = Object.keys(weights);
+    const shapes = names.map((n) => weights[n].shape);
+    const total = names.reduce((sum, n) => sum + weights[n].size, 0);
+    const buffer = new SharedArrayBuffer(total * 4);
+    const all = new Float32Array(buffer);
+    let offset = 0;
+    for (const n of names) {
+      all.set(weights[n].dataSync() as Float32Array, offset);
+      offset += weights[n].size;
+    }
+    // Every stale worker reads the same shared copy.
+    for (const w of stale) w.post(OP.SETUP, { plan, weights: { names, shapes, buffer } });
+    for (const w of stale) {
+      w.wait();
+      w.token = token;
+    }
+  }
+
+  /**
+   * Run `plan` on `x` (`[batch, h, w, c]`) with every thread: a batch is split by images,
+   * a single image by rows. `token` identifies `weights` (a new token resends them).
+   */
+  run(plan: Plan, weights: FoldedWeights, token: number, x: tf.Tensor4D): tf.Tensor {
+    this.sync(plan, weights, token);
+    if (x.shape[0] === 1) {
+      return executePlan(
+        plan,
+        weights,
+        x,
+        (slab, step, w) => this.runBlock(plan, token, slab, step, w),
+      );
+    }
+    return this.runBatch(plan, weights, x);
+  }
+
+  private runBatch(plan: Plan, weights: FoldedWeights, x: tf.Tensor4D): tf.Tensor {
+    const n = x.shape[0];
+    const shares = splitEven(n, this.threads).filter((s) => s > 0);
+    const busy: WorkerHandle[] = [];
+    let start = 0;
+    try {
+      // Workers take the first shares; the main thread the last.
+      for (let i = 0; i < shares.length - 1; i++) {
+        const part = tf.slice(x, [start, 0, 0, 0], [shares[i], -1, -1, -1]);
+        const w = this.workers[i];
+        // The output is no larger than the input for ConvNeXt plans; reserve() grows otherwise.
+        w.writeInput(part, part.size);
+        part.dispose();
+        w.post(OP.RUN);
+        busy.push(w);
+        start += shares[i];
+      }
+      const mine = tf.slice(x, [start, 0, 0, 0], [-1, -1, -1, -1]);
+      const own = executePlan(plan, weights, mine);
+      mine.dispose();
+      const parts: tf.Tensor[] = [];
+      for (const w of busy) {
+        w.wait();
+        parts.push(w.readOutput());
+      }
+      busy.length = 0;
+      parts.push(own);
+      const out = tf.concat(parts, 0);
+      parts.forEach((p) => p.dispose());
+      return out;
+    } finally {
+      for (const w of busy) {
+        try {
+          w.wait();
+        } catch { /* already failing */ }
+      }
+    }
+  }
+
+  /** Hidden-unit slices on the main thread, by `token|prefix|part|parts`. */
+  private readonly slices = new Map<string, ReturnType<typeof hiddenSlice>>();
+
+  private slice(
+    token: number,
+    weights: FoldedWeights,
+    prefix: string,
+    part: number,
+    parts: number,
+  ): ReturnType<typeof hiddenSlice> {
+    const key = `${token}|${prefix}|${part}|${parts}`;
+    let found = this.slices.get(key);
+    if (!found) {
+      if (!this.slices.keys().next().value?.startsWith(`${token}|`)) this.dropSlices();
+      found = tf.tidy(() => hiddenSlice(weights, prefix, part, parts));
+      Object.values(found).forEach((t) => tf.keep(t));
+      this.slices.set(key, found);
+    }
+    return found;
+  }
+
+  private dropSlices(): void {
+    for (const s of this.slices.values()) tf.dispose(Object.values(s));
+    this.slices.clear();
+  }
+
+  /** One block of a single image, its MLP's hidden units split over the threads. */
+  private runHidden(
+    token: number,
+    x: tf.Tensor4D,
+    step: BlockStep,
+    stepIndex: number,
+    weights: FoldedWeights,
+  ): tf.Tensor {
+    const half = (step.kernelSize - 1) / 2;
+    const parts = this.threads;
+    return blockOnSlab(x, weights, step, half, half, (a) => {
+      const [m, c] = a.shape;
+      const busy: WorkerHandle[] = [];
+      try {
+        this.workers.forEach((w, i) => {
+          w.writeInput(a, m * c);
+          [1, 1, m, c].forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
+          Atomics.store(w.ctrl, CTRL.STEP, stepIndex);
+          Atomics.store(w.ctrl, CTRL.PART, i);
+          Atomics.store(w.ctrl, CTRL.PARTS, parts);
+          w.post(OP.HIDDEN);
+          busy.push(w);
+        });
+        const mine = this.slice(token, weights, step.prefix, parts - 1, parts);
+        const partials = [mlpPart(a, mine.w1, mine.b1, mine.w2)];
+        for (const w of busy) {
+          w.wait();
+          partials.push(w.readOutput());
+        }
+        busy.length = 0;
+        return tf.add(tf.addN(partials), weights[`${step.prefix}/b2`]);
+      } finally {
+        for (const w of busy) {
+          try {
+            w.wait();
+          } catch { /* already failing */ }
+        }
+      }
+    });
+  }
+
+  private runBlock(
+    plan: Plan,
+    token: number,
+    x: tf.Tensor4D,
+    step: BlockStep,
+    weights: FoldedWeights,
+  ): tf.Tensor {
+    const [n, h, width, c] = x.shape;
+    const w1 = weights[`${step.prefix}/w1`];
+    if (w1 && w1.size * 4 > HIDDEN_SPLIT_BYTES) {
+      return this.runHidden(token, x, step, plan.steps.indexOf(step), weights);
+    }
+    const half = (step.kernelSize - 1) / 2;
+    const bands = splitEven(h, this.threads).filter((r) => r > 0);
+    const stepIndex = plan.steps.indexOf(step);
+    const slab = (r0: number, r1: number) => {
+      const a = Math.max(0, r0 - half);
+      const b = Math.min(h, r1 + half);
+      return {
+        slab: tf.slice(x, [0, a, 0, 0], [n, b - a, width, c]),
+        padTop: half - (r0 - a),
+        padBottom: half - (b - r1),
+      };
+    };
+    const busy: WorkerHandle[] = [];
+    let r0 = 0;
+    try {
+      for (let i = 0; i < bands.length - 1; i++) {
+        const w = this.workers[i];
+        const s = slab(r0, r0 + bands[i]);
+        w.writeInput(s.slab, s.slab.size);
+        s.slab.dispose();
+        Atomics.store(w.ctrl, CTRL.STEP, stepIndex);
+        Atomics.store(w.ctrl, CTRL.PAD_TOP, s.padTop);
+        Atomics.store(w.ctrl, CTRL.PAD_BOTTOM, s.padBottom);
+        w.post(OP.BLOCK);
+        busy.push(w);
+        r0 += bands[i];
+      }
+      const s = slab(r0, h);
+      const own = blockOnSlab(s.slab, weights, step, s.padTop, s.padBottom);
+      s.slab.dispose();
+      const parts: tf.Tensor[] = [];
+      for (const w of busy) {
+        w.wait();
+        parts.push(w.readOutput());
+      }
+      busy.length = 0;
+      parts.push(own);
+      return tf.concat(parts, 1);
+    } finally {
+      for (const w of busy) {
+        try {
+          w.wait();
+        } catch { /* already failing */ }
+      }
+    }
+  }
+
+  /** Stop the worker threads. The pool cannot be used afterwards. */
+  close(): void {
+    this.dropSlices();
+    for (const w of this.workers) w.close();
+  }
+}
+
+let shared: InferencePool | null = null;
+/** Most threads used unless `CONVNEXT_THREADS` asks for more. */
+export const DEFAULT_MAX_THREADS = 4;
+
+/**
+ * Threads for inference: `CONVNEXT_THREADS` when set (1 disables the pool), else the
+ * machine's logical cores (`navigator.hardwareConcurrency`), at most
+ * {@link DEFAULT_MAX_THREADS}.
+ *
+ * @throws Error for a `CONVNEXT_THREADS` that is not a positive integer.
+ */
+export function inferenceThreads(): number {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get("CONVNEXT_THREADS") || undefined;
+  } catch {
+    env = undefined; // no --allow-env
+  }
+  if (env !== undefined) {
+    const n = Number(env);
+    if (!(Number.isInteger(n) && n >= 1)) {
+      throw new Error(`CONVNEXT_THREADS: expected a positive integer, got "${env}"`);
+    }
+    return n;
+  }
+  // Each thread holds its own copy of the folded (and packed) weights: a cap keeps many-core
+  // machines from multiplying the memory of large models; CONVNEXT_THREADS raises it.
+  return Math.max(1, Math.min(DEFAULT_MAX_THREADS, navigator.hardwareConcurrency || 1));
+}
+
+/**
+ * The process-wide pool for the wasm backend, started on first use; null when only one
+ * thread is available (then the caller runs on the main thread alone).
+ */
+export function inferencePool(): InferencePool | null {
+  const threads = inferenceThreads();
+  if (shared && shared.threads !== threads) closeInferencePool();
+  if (threads < 2) return null;
+  shared ??= new InferencePool(threads, "wasm");
+  return shared;
+}
+
+/**
+ * Stop the shared pool's threads (the next parallel predict starts a new pool). Tests call
+ * it to leave no threads behind; programs need not: the threads never keep a process alive.
+ */
+export function closeInferencePool(): void {
+  shared?.close();
+  shared = null;
+}

@@ -1,0 +1,94 @@
+/**
+ * The shared-memory protocol between the inference pool (./pool.ts) and its worker threads
+ * (./worker.ts).
+ *
+ * Why shared memory and not messages: `predict` is synchronous, so the main thread cannot
+ * wait for a message event. It blocks in `Atomics.wait` instead, and jobs travel through a
+ * `SharedArrayBuffer` (a round trip costs well under a millisecond; a message round trip in
+ * Deno's worker_threads took about 70 ms). Rare, large setups (weights) go as a message that
+ * the worker pulls synchronously with `receiveMessageOnPort`.
+ *
+ * @module
+ */
+
+/** Slots of the control `Int32Array`. */
+export const CTRL = {
+  /** Job sequence number; the main thread increments it to post a job. */
+  JOB: 0,
+  /** Sequence number of the last finished job (written by the worker). */
+  DONE: 1,
+  /** Status of the last job: 0 ok, 1 error (the error text follows on the port). */
+  STATUS: 2,
+  /** 0 while starting, 1 ready, 2 failed to start (the error text follows on the port). */
+  READY: 3,
+  /** Opcode of the posted job. */
+  OP: 4,
+  /** Input shape `[n, h, w, c]` (4 slots). */
+  SHAPE: 5,
+  /** Block jobs: index of the step in the plan. */
+  STEP: 9,
+  /** Block jobs: zero-padding rows outside the slab, top and bottom. */
+  PAD_TOP: 10,
+  /** See PAD_TOP. */
+  PAD_BOTTOM: 11,
+  /** Output rank, then the output shape (up to 4 slots), written by the worker. */
+  OUT_RANK: 12,
+  /** See OUT_RANK. */
+  OUT_SHAPE: 13,
+  /** Hidden-split jobs: which share of the hidden units, and of how many shares. */
+  PART: 17,
+  /** See PART. */
+  PARTS: 18,
+  /** Length of the control array. */
+  LENGTH: 32,
+} as const;
+
+/** Job opcodes. */
+export const OP = {
+  /** Pull a {@link SetupMessage} from the port. */
+  SETUP: 1,
+  /** Run the whole plan on the input in the data buffer; write the output there. */
+  RUN: 2,
+  /** Run one block step on the slab in the data buffer; write the band's rows there. */
+  BLOCK: 3,
+  /**
+   * Run a share of one block's MLP (hidden units split) on the normalized rows `[1, 1, M, C]`
+   * in the data buffer; write the un-biased partial output `[M, C]` there.
+   */
+  HIDDEN: 5,
+  /** Leave the job loop (the thread then ends). */
+  EXIT: 4,
+} as const;
+
+/**
+ * Folded weights for a message: names and shapes, values back to back in shared memory
+ * (cloning a hundred megabytes of typed arrays through a message took seconds in Deno).
+ */
+export interface WeightArrays {
+  /** Weight keys. */
+  names: string[];
+  /** Shapes, by key order. */
+  shapes: number[][];
+  /** All values, by key order, float32. */
+  buffer: SharedArrayBuffer;
+}
+
+/** Message sent with {@link OP.SETUP}: new weights and/or a new data buffer. */
+export interface SetupMessage {
+  /** Plan (JSON) the weights belong to; absent: keep the current one. */
+  plan?: import("../infer/plan.ts").Plan;
+  /** New weights; absent: keep the current ones. */
+  weights?: WeightArrays;
+  /** New data buffer; absent: keep the current one. */
+  data?: SharedArrayBuffer;
+}
+
+/** What a worker receives as `workerData`. */
+export interface WorkerInit {
+  /** Control array (`Int32Array` over a SharedArrayBuffer of {@link CTRL.LENGTH} slots). */
+  ctrl: Int32Array;
+  /** The worker's end of the message channel. */
+  port: MessagePort;
+  /** Backend the worker must run ("wasm"); anything else is an error, never a fallback. */
+  backend: string;
+}

@@ -1,0 +1,163 @@
+/**
+ * Worker thread of the inference pool (./pool.ts): its own TF.js wasm backend and a copy of
+ * the folded weights; runs whole plans on a share of a batch, or single blocks on a band of
+ * rows, as posted through shared memory (see ./protocol.ts).
+ *
+ * @module
+ */
+import { receiveMessageOnPort, workerData } from "node:worker_threads";
+import * as tf from "@tensorflow/tfjs";
+import "@tensorflow/tfjs-backend-wasm";
+import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
+import type { FoldedWeights } from "../infer/fold.ts";
+import type { BlockStep, Plan } from "../infer/plan.ts";
+import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+
+const { ctrl, port, backend } = workerData as WorkerInit;
+
+function fail(slot: number, e: unknown): void {
+  port.postMessage({ error: (e as Error)?.message ?? String(e) });
+  Atomics.store(ctrl, slot, slot === CTRL.READY ? 2 : 1);
+}
+
+async function start(): Promise<boolean> {
+  try {
+    const ok = await tf.setBackend(backend);
+    await tf.ready();
+    if (!ok || tf.getBackend() !== backend) {
+      throw new Error(
+        `inference worker: backend "${backend}" failed to initialize (TF.js is on "${tf.getBackend()}"); refusing to fall back`,
+      );
+    }
+    Atomics.store(ctrl, CTRL.READY, 1);
+    return true;
+  } catch (e) {
+    fail(CTRL.READY, e);
+    return false;
+  } finally {
+    Atomics.notify(ctrl, CTRL.READY);
+  }
+}
+
+/** Pull the setup message; the main thread posts it just before the job. */
+function pullSetup(): SetupMessage {
+  for (let waited = 0; waited < 60_000; waited++) {
+    const got = receiveMessageOnPort(port as unknown as Parameters<typeof receiveMessageOnPort>[0]);
+    if (got) return got.message as SetupMessage;
+    Atomics.wait(ctrl, CTRL.LENGTH - 1, 0, 1); // sleep 1 ms
+  }
+  throw new Error("inference worker: setup message did not arrive");
+}
+
+let plan: Plan | null = null;
+let weights: FoldedWeights = {};
+let data: Float32Array<ArrayBufferLike> = new Float32Array(0);
+
+/** Hidden-unit slices of the weights, made on first use: `prefix|part|parts`. */
+const slices = new Map<string, ReturnType<typeof hiddenSlice>>();
+
+function slice(prefix: string, part: number, parts: number): ReturnType<typeof hiddenSlice> {
+  const key = `${prefix}|${part}|${parts}`;
+  let found = slices.get(key);
+  if (!found) {
+    found = tf.tidy(() => hiddenSlice(weights, prefix, part, parts));
+    Object.values(found).forEach((t) => tf.keep(t));
+    slices.set(key, found);
+  }
+  return found;
+}
+
+function setup(message: SetupMessage): void {
+  if (message.plan) plan = message.plan;
+  if (message.weights) {
+    for (const s of slices.values()) tf.dispose(Object.values(s));
+    slices.clear();
+    for (const t of Object.values(weights)) t.dispose();
+    const { names, shapes, buffer } = message.weights;
+    const all = new Float32Array(buffer);
+    weights = {};
+    let offset = 0;
+    names.forEach((name, i) => {
+      const size = shapes[i].reduce((a, b) => a * b, 1);
+      // The backend copies the values into its own memory at once.
+      weights[name] = tf.tensor(all.subarray(offset, offset + size), shapes[i], "float32");
+      offset += size;
+    });
+  }
+  if (message.data) data = new Float32Array(message.data);
+}
+
+function writeOutput(y: tf.Tensor): void {
+  const values = y.dataSync() as Float32Array;
+  if (values.length > data.length) {
+    throw new Error(`inference worker: output of ${values.length} floats exceeds the buffer`);
+  }
+  data.set(values);
+  Atomics.store(ctrl, CTRL.OUT_RANK, y.rank);
+  y.shape.forEach((d, i) => Atomics.store(ctrl, CTRL.OUT_SHAPE + i, d));
+}
+
+function input(): tf.Tensor4D {
+  const shape = [0, 1, 2, 3].map((i) => Atomics.load(ctrl, CTRL.SHAPE + i));
+  const size = shape.reduce((a, b) => a * b, 1);
+  return tf.tensor4d(data.slice(0, size), shape as [number, number, number, number]);
+}
+
+function runJob(op: number): boolean {
+  if (op === OP.EXIT) return false;
+  if (op === OP.SETUP) {
+    setup(pullSetup());
+    return true;
+  }
+  if (!plan) throw new Error("inference worker: no plan set up");
+  const current = plan;
+  tf.tidy(() => {
+    const x = input();
+    const blockStep = () => {
+      const step = current.steps[Atomics.load(ctrl, CTRL.STEP)] as BlockStep;
+      if (step?.op !== "block") throw new Error("inference worker: step is not a block");
+      return step;
+    };
+    if (op === OP.RUN) {
+      writeOutput(executePlan(current, weights, x));
+    } else if (op === OP.HIDDEN) {
+      const step = blockStep();
+      const { w1, b1, w2 } = slice(
+        step.prefix,
+        Atomics.load(ctrl, CTRL.PART),
+        Atomics.load(ctrl, CTRL.PARTS),
+      );
+      const a = tf.reshape(x, [x.shape[2], x.shape[3]]) as tf.Tensor2D;
+      writeOutput(mlpPart(a, w1, b1, w2));
+    } else if (op === OP.BLOCK) {
+      const step = blockStep();
+      const padTop = Atomics.load(ctrl, CTRL.PAD_TOP);
+      const padBottom = Atomics.load(ctrl, CTRL.PAD_BOTTOM);
+      writeOutput(blockOnSlab(x, weights, step, padTop, padBottom));
+    } else {
+      throw new Error(`inference worker: unknown opcode ${op}`);
+    }
+  });
+  return true;
+}
+
+if (await start()) {
+  // A plain blocking loop: the thread does nothing else, and predict() on the main thread is
+  // synchronous, so jobs must not depend on this thread's event loop.
+  let seen = 0;
+  for (;;) {
+    while (Atomics.load(ctrl, CTRL.JOB) === seen) Atomics.wait(ctrl, CTRL.JOB, seen);
+    seen = Atomics.load(ctrl, CTRL.JOB);
+    let more = true;
+    try {
+      more = runJob(Atomics.load(ctrl, CTRL.OP));
+      Atomics.store(ctrl, CTRL.STATUS, 0);
+    } catch (e) {
+      fail(CTRL.STATUS, e);
+    }
+    Atomics.store(ctrl, CTRL.DONE, seen);
+    Atomics.notify(ctrl, CTRL.DONE);
+    if (!more) break;
+  }
+  port.close();
+}

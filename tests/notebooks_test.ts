@@ -41,6 +41,7 @@ const EXPECTATIONS: Record<string, (cells: Cell[], text: string, mimes: string[]
       "curves and confusion matrix",
     );
     assert.ok(mimes.filter((m) => m === "image/png").length >= 2, "image grids");
+    assert.ok(mimes.includes("application/vnd.plotly.v1+json"), "the interactive Plotly figure");
     assert.match(text, /valAccuracy/);
     assert.match(text, /best: epoch \d+/);
   },

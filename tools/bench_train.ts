@@ -1,10 +1,18 @@
 /**
- * Benchmark one training step (forward + backward + Adam update) of a ConvNeXt on the
- * wasm backend (or another), after warm-up, and print milliseconds per step.
+ * Benchmark one training step (forward + backward + AdamW update, as the fine-tuning loop
+ * does it) of a ConvNeXt on the wasm backend (or another), after warm-up, and print
+ * milliseconds per step: first with the batch split over `--threads N` threads
+ * (lib/train/parallel.ts; default: min(cores, batch), or CONVNEXT_TRAIN_THREADS), then on
+ * the main thread alone, so that the speedup shows in one run.
  *
  * Usage:
  *   deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
- *     [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--no-matmul-fix] [--profile]
+ *     [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--threads N] [--no-matmul-fix]
+ *     [--profile]
+ *
+ * `--threads 1` measures the single-threaded step only. The multi-threaded run goes first:
+ * a batch too large for one wasm heap can abort the single-threaded run (reported), and an
+ * aborted wasm instance cannot run anything afterwards.
  *
  * `--no-matmul-fix` keeps wasm's own BatchMatMul/_FusedMatMul (transpose flags passed
  * down) to measure what the fix is worth; `--profile` prints the kernels that took the
@@ -14,7 +22,14 @@
  * The wasm heap is capped at 4 GiB and never shrinks: convnext_tiny at 224 peaks at about
  * 2.5 GiB at batch 2 (with the Identity sharing of lib/backend/share_data.ts; 3.2 GiB
  * without), batch 3 at 3.3 GiB; batch 4 runs one step at 3.9 GiB and aborts ("Aborted()") in
- * the next.
+ * the next. With 2 threads each heap holds the activations of half the batch: batch 4 then
+ * runs (main heap 2.7 GiB).
+ *
+ * Measured on the 2-core development machine (AMD EPYC VM, otherwise idle), convnext_tiny
+ * 224: batch 2, 1 thread 5.0 to 5.6 s/step, 2 threads 4.4 to 4.7 s/step (about 1.2x: each
+ * thread's shard runs 20 to 50 % slower while the other core is busy, though plain
+ * compute and memory copies scale 2x there); batch 4, 2 threads 7.1 to 8.0 s/step (1 thread
+ * aborts).
  *
  * @example
  * ```sh
@@ -27,6 +42,9 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { installWasmTrainingKernels } from "../lib/backend/wasm_grads.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
+import { crossEntropy } from "../lib/train/losses.ts";
+import { AdamW, modelParams } from "../lib/train/optimizer.ts";
+import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
 
 interface BenchArgs {
   model: string;
@@ -38,6 +56,8 @@ interface BenchArgs {
   backend: "wasm" | "cpu";
   matMulFix: boolean;
   profile: boolean;
+  /** Threads of the parallel run; null: automatic (min(cores, batch)). */
+  threads: number | null;
 }
 
 function parseArgs(argv: string[]): BenchArgs {
@@ -51,8 +71,9 @@ function parseArgs(argv: string[]): BenchArgs {
     backend: "wasm",
     matMulFix: true,
     profile: false,
+    threads: null,
   };
-  const ints = ["batch", "size", "steps", "warmup", "classes"] as const;
+  const ints = ["batch", "size", "steps", "warmup", "classes", "threads"] as const;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--no-matmul-fix") out.matMulFix = false;
@@ -151,64 +172,120 @@ async function main(): Promise<void> {
   );
 
   const x = tf.randomUniform([args.batch, args.size, args.size, 3], -1, 1, "float32", 1);
-  const labels = tf.oneHot(
-    tf.tensor1d(Array.from({ length: args.batch }, (_, i) => i % args.classes), "int32"),
-    args.classes,
-  );
-  const optimizer = tf.train.adam(1e-4);
-  const vars = model.trainableWeights.map((w) => w.read() as tf.Variable);
+  const labelIds = Int32Array.from({ length: args.batch }, (_, i) => i % args.classes);
+  const labels = tf.tensor1d(labelIds, "int32");
+  const trained = modelParams(model, { weightDecay: 0.05 });
+  const optimizer = new AdamW(trained);
+  let parallel: ParallelGradients | null = null;
+  // The fine-tuning loop's step: loss gradients (split over threads or not), then AdamW.
   const step = (): number => {
-    const cost = optimizer.minimize(
-      () =>
-        tf.losses.softmaxCrossEntropy(
-          labels,
-          model.apply(x, { training: true }) as tf.Tensor,
-        ) as tf.Scalar,
-      true,
-      vars,
-    );
-    const value = cost!.dataSync()[0];
-    cost!.dispose();
-    return value;
+    let loss: number;
+    let grads: Map<string, tf.Tensor>;
+    if (parallel) {
+      ({ loss, grads } = parallel.gradients(x, labelIds));
+    } else {
+      const r = tf.variableGrads(
+        () => crossEntropy(model.apply(x, { training: true }) as tf.Tensor, labels),
+        optimizer.variables,
+      );
+      loss = r.value.dataSync()[0];
+      r.value.dispose();
+      grads = new Map(trained.map((p) => [p.name, r.grads[p.variable.name]]));
+    }
+    optimizer.step(grads, 1e-4);
+    tf.dispose([...grads.values()]);
+    return loss;
   };
 
-  for (let i = 0; i < args.warmup; i++) {
-    t0 = performance.now();
-    const loss = step();
-    console.log(
-      `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
-        loss.toFixed(4)
-      }, heap ${heapMiB()})`,
-    );
-  }
-  const gmacsBefore = matmulGmacs();
-  const times: number[] = [];
-  const cpuTimes: number[] = [];
-  for (let i = 0; i < args.steps; i++) {
-    const cpu0 = processCpuMs();
-    t0 = performance.now();
-    const loss = step();
-    times.push(performance.now() - t0);
-    const cpu1 = processCpuMs();
-    const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
-    cpuTimes.push(cpu);
-    console.log(
-      `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
-        loss.toFixed(4)
-      })`,
-    );
-  }
   const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-  console.log(
-    `mean ${mean(times).toFixed(0)} ms/step, min ${Math.min(...times).toFixed(0)} ms; ` +
-      `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
-      `${tf.memory().numTensors} tensors, heap ${heapMiB()}`,
-  );
-  console.log(
-    `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
-      matmulGmacs().toFixed(1)
-    } after (lower means a busier machine)`,
-  );
+  /** Warm-up, then timed steps; returns the mean and min ms/step. */
+  const measure = (label: string): { mean: number; min: number } => {
+    console.log(`-- ${label}`);
+    for (let i = 0; i < args.warmup; i++) {
+      t0 = performance.now();
+      const loss = step();
+      console.log(
+        `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
+          loss.toFixed(4)
+        }, heap ${heapMiB()})`,
+      );
+    }
+    const gmacsBefore = matmulGmacs();
+    const times: number[] = [];
+    const cpuTimes: number[] = [];
+    for (let i = 0; i < args.steps; i++) {
+      const cpu0 = processCpuMs();
+      t0 = performance.now();
+      const loss = step();
+      times.push(performance.now() - t0);
+      const cpu1 = processCpuMs();
+      const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
+      cpuTimes.push(cpu);
+      const t = parallel?.timings;
+      const split = t
+        ? `; main shard ${t.own.toFixed(0)} ms, then waited ${
+          t.wait.toFixed(0)
+        } ms for the workers, weights out ${t.publish.toFixed(0)} ms, gradient sum ${
+          t.sum.toFixed(0)
+        } ms`
+        : "";
+      console.log(
+        `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
+          loss.toFixed(4)
+        }${split})`,
+      );
+    }
+    // Process CPU time counts every thread of the process, workers included.
+    console.log(
+      `${label}: mean ${mean(times).toFixed(0)} ms/step, min ${
+        Math.min(...times).toFixed(0)
+      } ms; ` +
+        `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
+        `${tf.memory().numTensors} tensors, main heap ${heapMiB()}`,
+    );
+    console.log(
+      `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
+        matmulGmacs().toFixed(1)
+      } after (lower means a busier machine)`,
+    );
+    return { mean: mean(times), min: Math.min(...times) };
+  };
+
+  const threads = args.threads ?? (args.matMulFix ? trainThreads(args.batch) : 1);
+  if (threads > 1 && !args.matMulFix) {
+    throw new Error("bench_train: --no-matmul-fix measures one thread only; add --threads 1");
+  }
+  let multi: { mean: number; min: number } | null = null;
+  if (threads > 1) {
+    t0 = performance.now();
+    parallel = await ParallelGradients.start(model, trained, { threads });
+    console.log(
+      `${threads - 1} worker thread(s) started in ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s`,
+    );
+    try {
+      multi = measure(`${threads} threads`);
+    } finally {
+      parallel.close();
+      parallel = null;
+    }
+  }
+  let single: { mean: number; min: number } | null = null;
+  try {
+    single = measure("1 thread");
+  } catch (e) {
+    if (!multi) throw e;
+    console.log(`1 thread: failed: ${(e as Error).message?.split("\n")[0] ?? e}`);
+  }
+  if (multi) {
+    console.log(
+      `summary: 1 thread ${
+        single ? `${single.mean.toFixed(0)} ms/step (min ${single.min.toFixed(0)})` : "failed"
+      }, ${threads} threads ${multi.mean.toFixed(0)} ms/step (min ${multi.min.toFixed(0)})` +
+        (single ? `, speedup ${(single.mean / multi.mean).toFixed(2)}x` : ""),
+    );
+  }
 
   if (args.profile) {
     const start = performance.now();

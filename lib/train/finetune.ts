@@ -33,6 +33,7 @@ import { loadBatches, LoadPool } from "./loader.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import { loadBaseModel, rebuildForTraining } from "./model_setup.ts";
 import { AdamW, type AdamWParam, type AdamWState, modelParams } from "./optimizer.ts";
+import { ParallelGradients, trainThreads } from "./parallel.ts";
 import { createProbeHead, extractFeatures, type FeatureStats } from "./probe.ts";
 import { formatReport, type ValidationReport, validationReport } from "./report.ts";
 import { hashSeed, mulberry32, permutation, STREAM, withSeededMathRandom } from "./rng.ts";
@@ -500,6 +501,17 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
     const ema = o.ema ? new ModelEma(trainable, o.emaDecay) : undefined;
     if (ema) disposables.push(ema);
     const paramName = new Map(params.map((p) => [p.variable.name, p.name]));
+    // Full mode on wasm: split each micro-batch over worker threads (./parallel.ts), one wasm
+    // backend each; CONVNEXT_TRAIN_THREADS=1 keeps the single-threaded path below.
+    // Drop-path masks depend on the thread count (each shard has its own seed), so an exact
+    // resume with drop path needs the same thread count as the interrupted run.
+    const threads = o.mode === "full" && tf.getBackend() === "wasm" ? trainThreads(batch) : 1;
+    let parallel: ParallelGradients | null = null;
+    if (threads > 1) {
+      parallel = await ParallelGradients.start(trainable, params, { threads });
+      disposables.push(parallel);
+      log(`training on ${threads} threads (data parallel)`);
+    }
 
     // ---- Resume. --------------------------------------------------------------------------
     let state: RunState = { config, epoch: 0, step: 0, metrics: [], best: null, report: null };
@@ -553,24 +565,42 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
           throw options.signal.reason ?? new Error("finetune: aborted");
         }
         const step = epoch * stepsPerEpoch + Math.floor(b.index / o.updateFreq);
-        const labels = tf.tensor1d(b.labels, "int32");
-        let logits: tf.Tensor | undefined;
-        const { value, grads } = withSeededMathRandom(
-          hashSeed(o.seed, STREAM.dropPath, epoch, b.index),
-          () =>
-            tf.variableGrads(() => {
-              const y = forward(b.x, true);
-              logits = tf.keep(y);
-              return tf.div(crossEntropy(y, labels, o.labelSmoothing), o.updateFreq) as tf.Scalar;
-            }, optimizer.variables),
-        );
         const n = b.labels.length;
-        lossSum += (await value.data())[0] * o.updateFreq * n;
-        correct += correctCount(logits!, labels);
+        const stepSeed = hashSeed(o.seed, STREAM.dropPath, epoch, b.index);
+        let named: Map<string, tf.Tensor>;
+        if (parallel) {
+          // Shard k's drop-path masks come from hashSeed(stepSeed, k) (see ./parallel.ts).
+          const r = parallel.gradients(b.x, b.labels, {
+            smoothing: o.labelSmoothing,
+            scale: 1 / o.updateFreq,
+            seed: stepSeed,
+          });
+          lossSum += r.loss * n;
+          correct += r.correct;
+          b.x.dispose();
+          named = r.grads;
+        } else {
+          const labels = tf.tensor1d(b.labels, "int32");
+          let logits: tf.Tensor | undefined;
+          const { value, grads } = withSeededMathRandom(
+            stepSeed,
+            () =>
+              tf.variableGrads(() => {
+                const y = forward(b.x, true);
+                logits = tf.keep(y);
+                return tf.div(
+                  crossEntropy(y, labels, o.labelSmoothing),
+                  o.updateFreq,
+                ) as tf.Scalar;
+              }, optimizer.variables),
+          );
+          lossSum += (await value.data())[0] * o.updateFreq * n;
+          correct += correctCount(logits!, labels);
+          tf.dispose([value, logits!, labels, b.x]);
+          named = new Map(Object.entries(grads).map(([k, g]) => [paramName.get(k)!, g]));
+        }
         seen += n;
-        tf.dispose([value, logits!, labels, b.x]);
         // Sum the micro-batch gradients (each already divided by updateFreq).
-        const named = new Map(Object.entries(grads).map(([k, g]) => [paramName.get(k)!, g]));
         if (!acc) {
           acc = named;
         } else {

@@ -86,3 +86,4 @@ export {
   type FinetuneOptions,
   type FinetuneResult,
 } from "./finetune.ts";
+export { ParallelGradients, trainThreads } from "./parallel.ts";

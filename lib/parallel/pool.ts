@@ -12,11 +12,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { MessageChannel, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
+import { JobClient, splitEven } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+
+export { splitEven };
 
 /** How long to wait for a worker to start (wasm compile) before giving up. */
 const START_TIMEOUT_MS = 120_000;
@@ -32,40 +34,20 @@ const HIDDEN_SPLIT_BYTES = 1 << 20;
 /** Appended to pool errors: the way out when threads cannot work in an environment. */
 const HINT = " (CONVNEXT_THREADS=1 runs inference on the main thread only)";
 
-type Port = InstanceType<typeof MessageChannel>["port1"];
-
-class WorkerHandle {
-  readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL.LENGTH * 4));
-  readonly port: Port;
-  readonly worker: Worker;
+class WorkerHandle extends JobClient {
   data: Float32Array<ArrayBufferLike> = new Float32Array(0);
   /** Token of the weights this worker holds. */
   token = -1;
-  private seq = 0;
   private started = false;
 
   constructor(backend: string) {
-    const { port1, port2 } = new MessageChannel();
-    this.port = port1;
-    const init: WorkerInit = { ctrl: this.ctrl, port: port2 as unknown as MessagePort, backend };
-    try {
-      this.worker = new Worker(new URL("./worker.ts", import.meta.url), {
-        workerData: init,
-        transferList: [port2],
-      });
-    } catch (e) {
-      throw new Error(
-        `inference pool: cannot start a worker thread: ${(e as Error)?.message ?? e}${HINT}`,
-      );
-    }
-    // The threads must not keep a finished program alive.
-    this.worker.unref();
-  }
-
-  private error(fallback: string): Error {
-    const got = receiveMessageOnPort(this.port);
-    const text = (got?.message as { error?: string } | undefined)?.error;
-    return new Error(text ?? fallback);
+    super(CTRL.LENGTH, {
+      script: new URL("./worker.ts", import.meta.url),
+      init: (port, ctrl): WorkerInit => ({ ctrl, port, backend }),
+      label: "inference pool",
+      hint: HINT,
+      jobTimeoutMs: JOB_TIMEOUT_MS,
+    });
   }
 
   /** Block until the worker's backend is up; throws its error when it failed. */
@@ -79,37 +61,14 @@ class WorkerHandle {
       }
       Atomics.wait(this.ctrl, CTRL.READY, 0, left);
     }
-    if (Atomics.load(this.ctrl, CTRL.READY) !== 1) {
-      const e = this.error("inference pool: a worker thread failed to start");
-      e.message += HINT;
-      throw e;
-    }
+    this.checkStarted();
     this.started = true;
   }
 
-  /** Post a job (the header slots are already written). */
-  post(op: number, message?: SetupMessage): void {
+  /** Post a job (the header slots are already written), once the worker is up. */
+  override post(op: number, message?: SetupMessage): void {
     this.waitStarted();
-    if (message) this.port.postMessage(message);
-    Atomics.store(this.ctrl, CTRL.OP, op);
-    this.seq++;
-    Atomics.store(this.ctrl, CTRL.JOB, this.seq);
-    Atomics.notify(this.ctrl, CTRL.JOB);
-  }
-
-  /** Wait for the posted job; throws the worker's error. */
-  wait(): void {
-    const deadline = performance.now() + JOB_TIMEOUT_MS;
-    for (;;) {
-      const done = Atomics.load(this.ctrl, CTRL.DONE);
-      if (done === this.seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new Error("inference pool: a worker thread stopped answering");
-      Atomics.wait(this.ctrl, CTRL.DONE, done, left);
-    }
-    if (Atomics.load(this.ctrl, CTRL.STATUS) !== 0) {
-      throw this.error("inference pool: a worker job failed");
-    }
+    super.post(op, message);
   }
 
   /** Make sure the data buffer holds `floats` floats. */
@@ -141,19 +100,9 @@ class WorkerHandle {
     return tf.tensor(this.data.slice(0, size), shape, "float32");
   }
 
-  close(): void {
-    if (Atomics.load(this.ctrl, CTRL.READY) === 1) {
-      this.post(OP.EXIT);
-    }
-    this.worker.terminate();
-    this.port.close();
+  override close(): void {
+    super.close(OP.EXIT);
   }
-}
-
-/** Split `total` into `parts` near-equal counts (earlier parts take the remainder). */
-export function splitEven(total: number, parts: number): number[] {
-  const base = Math.floor(total / parts);
-  return Array.from({ length: parts }, (_, i) => base + (i < total % parts ? 1 : 0));
 }
 
 /**

@@ -10,21 +10,11 @@
  *
  * @module
  */
+import { JOB_SLOTS } from "./jobs.ts";
 
 /** Slots of the control `Int32Array`. */
 export const CTRL = {
-  /** Job sequence number; the main thread increments it to post a job. */
-  JOB: 0,
-  /** Sequence number of the last finished job (written by the worker). */
-  DONE: 1,
-  /** Status of the last job: 0 ok, 1 error (the error text follows on the port). */
-  STATUS: 2,
-  /** 0 while starting, 1 ready, 2 failed to start (the error text follows on the port). */
-  READY: 3,
-  /** Opcode of the posted job. */
-  OP: 4,
-  /** Input shape `[n, h, w, c]` (4 slots). */
-  SHAPE: 5,
+  ...JOB_SLOTS,
   /** Block jobs: index of the step in the plan. */
   STEP: 9,
   /** Block jobs: zero-padding rows outside the slab, top and bottom. */

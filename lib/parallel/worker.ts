@@ -5,49 +5,18 @@
  *
  * @module
  */
-import { receiveMessageOnPort, workerData } from "node:worker_threads";
+import { workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
+import { JobServer } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
 
 const { ctrl, port, backend } = workerData as WorkerInit;
 
-function fail(slot: number, e: unknown): void {
-  port.postMessage({ error: (e as Error)?.message ?? String(e) });
-  Atomics.store(ctrl, slot, slot === CTRL.READY ? 2 : 1);
-}
-
-async function start(): Promise<boolean> {
-  try {
-    const ok = await tf.setBackend(backend);
-    await tf.ready();
-    if (!ok || tf.getBackend() !== backend) {
-      throw new Error(
-        `inference worker: backend "${backend}" failed to initialize (TF.js is on "${tf.getBackend()}"); refusing to fall back`,
-      );
-    }
-    Atomics.store(ctrl, CTRL.READY, 1);
-    return true;
-  } catch (e) {
-    fail(CTRL.READY, e);
-    return false;
-  } finally {
-    Atomics.notify(ctrl, CTRL.READY);
-  }
-}
-
-/** Pull the setup message; the main thread posts it just before the job. */
-function pullSetup(): SetupMessage {
-  for (let waited = 0; waited < 60_000; waited++) {
-    const got = receiveMessageOnPort(port as unknown as Parameters<typeof receiveMessageOnPort>[0]);
-    if (got) return got.message as SetupMessage;
-    Atomics.wait(ctrl, CTRL.LENGTH - 1, 0, 1); // sleep 1 ms
-  }
-  throw new Error("inference worker: setup message did not arrive");
-}
+const jobs = new JobServer(ctrl, port, "inference worker");
 
 let plan: Plan | null = null;
 let weights: FoldedWeights = {};
@@ -106,7 +75,7 @@ function input(): tf.Tensor4D {
 function runJob(op: number): boolean {
   if (op === OP.EXIT) return false;
   if (op === OP.SETUP) {
-    setup(pullSetup());
+    setup(jobs.pull<SetupMessage>());
     return true;
   }
   if (!plan) throw new Error("inference worker: no plan set up");
@@ -141,23 +110,4 @@ function runJob(op: number): boolean {
   return true;
 }
 
-if (await start()) {
-  // A plain blocking loop: the thread does nothing else, and predict() on the main thread is
-  // synchronous, so jobs must not depend on this thread's event loop.
-  let seen = 0;
-  for (;;) {
-    while (Atomics.load(ctrl, CTRL.JOB) === seen) Atomics.wait(ctrl, CTRL.JOB, seen);
-    seen = Atomics.load(ctrl, CTRL.JOB);
-    let more = true;
-    try {
-      more = runJob(Atomics.load(ctrl, CTRL.OP));
-      Atomics.store(ctrl, CTRL.STATUS, 0);
-    } catch (e) {
-      fail(CTRL.STATUS, e);
-    }
-    Atomics.store(ctrl, CTRL.DONE, seen);
-    Atomics.notify(ctrl, CTRL.DONE);
-    if (!more) break;
-  }
-  port.close();
-}
+if (await jobs.start(backend)) jobs.serve(runJob);

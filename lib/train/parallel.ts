@@ -21,7 +21,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { MessageChannel, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { JobClient, splitEven } from "../parallel/jobs.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import type { AdamWParam } from "./optimizer.ts";
 import { hashSeed, withSeededMathRandom } from "./rng.ts";
@@ -34,22 +34,10 @@ const JOB_TIMEOUT_MS = 1_800_000;
 /** Appended to errors: the way out when threads cannot work in an environment. */
 const HINT = " (CONVNEXT_TRAIN_THREADS=1 trains on the main thread only)";
 
-type Port = InstanceType<typeof MessageChannel>["port1"];
-
-/** Split `total` into `parts` near-equal counts (earlier parts take the remainder). */
-function splitEven(total: number, parts: number): number[] {
-  const base = Math.floor(total / parts);
-  return Array.from({ length: parts }, (_, i) => base + (i < total % parts ? 1 : 0));
-}
-
-class TrainWorker {
-  readonly ctrl = new Int32Array(new SharedArrayBuffer(TCTRL.LENGTH * 4));
-  readonly scalars = new Float64Array(new SharedArrayBuffer(TSCALAR.LENGTH * 8));
+class TrainWorker extends JobClient {
+  readonly scalars: Float64Array;
   readonly grads: Float32Array;
-  readonly port: Port;
-  readonly worker: Worker;
   input: Float32Array = new Float32Array(0);
-  private seq = 0;
 
   constructor(
     backend: string,
@@ -57,37 +45,26 @@ class TrainWorker {
     paramNames: string[],
     gradFloats: number,
   ) {
-    const { port1, port2 } = new MessageChannel();
-    this.port = port1;
     const grads = new SharedArrayBuffer(gradFloats * 4);
+    // Made before super(): the worker's data is built there, before `this` exists.
+    const scalars = new Float64Array(new SharedArrayBuffer(TSCALAR.LENGTH * 8));
+    super(TCTRL.LENGTH, {
+      script: new URL("./parallel_worker.ts", import.meta.url),
+      init: (port, ctrl): TrainWorkerInit => ({
+        ...shared,
+        ctrl,
+        scalars,
+        port,
+        backend,
+        paramNames,
+        grads,
+      }),
+      label: "parallel training",
+      hint: HINT,
+      jobTimeoutMs: JOB_TIMEOUT_MS,
+    });
+    this.scalars = scalars;
     this.grads = new Float32Array(grads);
-    const init: TrainWorkerInit = {
-      ...shared,
-      ctrl: this.ctrl,
-      scalars: this.scalars,
-      port: port2 as unknown as MessagePort,
-      backend,
-      paramNames,
-      grads,
-    };
-    try {
-      this.worker = new Worker(new URL("./parallel_worker.ts", import.meta.url), {
-        workerData: init,
-        transferList: [port2],
-      });
-    } catch (e) {
-      throw new Error(
-        `parallel training: cannot start a worker thread: ${(e as Error)?.message ?? e}${HINT}`,
-      );
-    }
-    // The threads must not keep a finished program alive.
-    this.worker.unref();
-  }
-
-  private error(fallback: string): Error {
-    const got = receiveMessageOnPort(this.port);
-    const text = (got?.message as { error?: string } | undefined)?.error;
-    return new Error((text ?? fallback) + HINT);
   }
 
   /** Resolves when the worker's backend and replica are up; rejects with its error. */
@@ -99,32 +76,7 @@ class TrainWorker {
       // Poll on the event loop: starting a worker must not block the main thread.
       await new Promise((r) => setTimeout(r, 20));
     }
-    if (Atomics.load(this.ctrl, TCTRL.READY) !== 1) {
-      throw this.error("parallel training: a worker thread failed to start");
-    }
-  }
-
-  post(op: number, message?: unknown): void {
-    if (message) this.port.postMessage(message);
-    Atomics.store(this.ctrl, TCTRL.OP, op);
-    this.seq++;
-    Atomics.store(this.ctrl, TCTRL.JOB, this.seq);
-    Atomics.notify(this.ctrl, TCTRL.JOB);
-  }
-
-  /** Block until the posted job is done; throws the worker's error. */
-  wait(): void {
-    const deadline = performance.now() + JOB_TIMEOUT_MS;
-    for (;;) {
-      const done = Atomics.load(this.ctrl, TCTRL.DONE);
-      if (done === this.seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new Error("parallel training: a worker thread stopped answering");
-      Atomics.wait(this.ctrl, TCTRL.DONE, done, left);
-    }
-    if (Atomics.load(this.ctrl, TCTRL.STATUS) !== 0) {
-      throw this.error("parallel training: a worker job failed");
-    }
+    this.checkStarted();
   }
 
   /** Make sure the input buffer holds `floats` floats. */
@@ -136,10 +88,8 @@ class TrainWorker {
     this.input = new Float32Array(buffer);
   }
 
-  close(): void {
-    if (Atomics.load(this.ctrl, TCTRL.READY) === 1) this.post(TOP.EXIT);
-    this.worker.terminate();
-    this.port.close();
+  override close(): void {
+    super.close(TOP.EXIT);
   }
 }
 

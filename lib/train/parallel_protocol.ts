@@ -10,21 +10,11 @@
  *
  * @module
  */
+import { JOB_SLOTS } from "../parallel/jobs.ts";
 
 /** Slots of a worker's control `Int32Array`. */
 export const TCTRL = {
-  /** Job sequence number; the main thread increments it to post a job. */
-  JOB: 0,
-  /** Sequence number of the last finished job (written by the worker). */
-  DONE: 1,
-  /** Status of the last job: 0 ok, 1 error (the error text follows on the port). */
-  STATUS: 2,
-  /** 0 while starting, 1 ready, 2 failed to start (the error text follows on the port). */
-  READY: 3,
-  /** Opcode of the posted job. */
-  OP: 4,
-  /** Input shape `[n, h, w, c]` of the shard (4 slots). */
-  SHAPE: 5,
+  ...JOB_SLOTS,
   /** Seed of `Math.random` (drop-path masks) for the shard's forward pass. */
   SEED: 9,
   /** Length of the control array. */

@@ -6,10 +6,11 @@
  *
  * @module
  */
-import { receiveMessageOnPort, workerData } from "node:worker_threads";
+import { workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
+import { JobServer } from "../parallel/jobs.ts";
 // Registers ConvNeXt's custom layers, so that the topology deserializes.
 import "../model/layers.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
@@ -25,10 +26,7 @@ import {
 const init = workerData as TrainWorkerInit;
 const { ctrl, scalars, port, backend } = init;
 
-function fail(slot: number, e: unknown): void {
-  port.postMessage({ error: (e as Error)?.message ?? String(e) });
-  Atomics.store(ctrl, slot, slot === TCTRL.READY ? 2 : 1);
-}
+const jobs = new JobServer(ctrl, port, "training worker");
 
 let model: tf.LayersModel;
 /** Model variables in `weightNames` order, their shapes and offsets in the shared buffer. */
@@ -42,58 +40,33 @@ const grads = new Float32Array(init.grads);
 let loaded: Int32Array = new Int32Array(0);
 let input: Float32Array = new Float32Array(0);
 
-async function start(): Promise<boolean> {
-  try {
-    const ok = await tf.setBackend(backend);
-    await tf.ready();
-    if (!ok || tf.getBackend() !== backend) {
-      throw new Error(
-        `training worker: backend "${backend}" failed to initialize (TF.js is on "${tf.getBackend()}"); refusing to fall back`,
-      );
-    }
-    if (backend === "wasm") installWasmTrainingKernels();
-    model = await tf.models.modelFromJSON(
-      { modelTopology: init.topology } as unknown as tf.io.ModelJSON,
+/** After the backend is up: the training kernels, the replica, its weights' layout. */
+async function prepare(): Promise<void> {
+  if (backend === "wasm") installWasmTrainingKernels();
+  model = await tf.models.modelFromJSON(
+    { modelTopology: init.topology } as unknown as tf.io.ModelJSON,
+  );
+  const byName = new Map(model.weights.map((w) => [w.originalName, w]));
+  const lookup = (name: string) => {
+    const w = byName.get(name);
+    if (!w) throw new Error(`training worker: the replica has no weight "${name}"`);
+    // LayerVariable.read() returns its backing tf.Variable itself.
+    return w.read() as tf.Variable;
+  };
+  let offset = 0;
+  weightVars = init.weightNames.map((name) => {
+    const variable = lookup(name);
+    const entry = { variable, offset, size: variable.size };
+    offset += variable.size;
+    return entry;
+  });
+  if (offset !== allWeights.length) {
+    throw new Error(
+      `training worker: the replica's weights hold ${offset} floats, the shared buffer ${allWeights.length}`,
     );
-    const byName = new Map(model.weights.map((w) => [w.originalName, w]));
-    const lookup = (name: string) => {
-      const w = byName.get(name);
-      if (!w) throw new Error(`training worker: the replica has no weight "${name}"`);
-      // LayerVariable.read() returns its backing tf.Variable itself.
-      return w.read() as tf.Variable;
-    };
-    let offset = 0;
-    weightVars = init.weightNames.map((name) => {
-      const variable = lookup(name);
-      const entry = { variable, offset, size: variable.size };
-      offset += variable.size;
-      return entry;
-    });
-    if (offset !== allWeights.length) {
-      throw new Error(
-        `training worker: the replica's weights hold ${offset} floats, the shared buffer ${allWeights.length}`,
-      );
-    }
-    paramVars = init.paramNames.map(lookup);
-    loaded = new Int32Array(weightVars.length).fill(-1);
-    Atomics.store(ctrl, TCTRL.READY, 1);
-    return true;
-  } catch (e) {
-    fail(TCTRL.READY, e);
-    return false;
-  } finally {
-    Atomics.notify(ctrl, TCTRL.READY);
   }
-}
-
-/** Pull the setup message; the main thread posts it just before the job. */
-function pullSetup(): TrainSetupMessage {
-  for (let waited = 0; waited < 60_000; waited++) {
-    const got = receiveMessageOnPort(port as unknown as Parameters<typeof receiveMessageOnPort>[0]);
-    if (got) return got.message as TrainSetupMessage;
-    Atomics.wait(ctrl, TCTRL.LENGTH - 1, 0, 1); // sleep 1 ms
-  }
-  throw new Error("training worker: setup message did not arrive");
+  paramVars = init.paramNames.map(lookup);
+  loaded = new Int32Array(weightVars.length).fill(-1);
 }
 
 /** Copy the weights whose version moved since the last job into the replica. */
@@ -151,28 +124,10 @@ function gradients(): void {
 
 function runJob(op: number): boolean {
   if (op === TOP.EXIT) return false;
-  if (op === TOP.SETUP) input = new Float32Array(pullSetup().input);
+  if (op === TOP.SETUP) input = new Float32Array(jobs.pull<TrainSetupMessage>().input);
   else if (op === TOP.GRADS) gradients();
   else throw new Error(`training worker: unknown opcode ${op}`);
   return true;
 }
 
-if (await start()) {
-  // A plain blocking loop, as the inference worker: the thread does nothing else.
-  let seen = 0;
-  for (;;) {
-    while (Atomics.load(ctrl, TCTRL.JOB) === seen) Atomics.wait(ctrl, TCTRL.JOB, seen);
-    seen = Atomics.load(ctrl, TCTRL.JOB);
-    let more = true;
-    try {
-      more = runJob(Atomics.load(ctrl, TCTRL.OP));
-      Atomics.store(ctrl, TCTRL.STATUS, 0);
-    } catch (e) {
-      fail(TCTRL.STATUS, e);
-    }
-    Atomics.store(ctrl, TCTRL.DONE, seen);
-    Atomics.notify(ctrl, TCTRL.DONE);
-    if (!more) break;
-  }
-  port.close();
-}
+if (await jobs.start(backend, prepare)) jobs.serve(runJob);

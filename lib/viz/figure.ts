@@ -8,6 +8,7 @@
  */
 
 import { displayBundle, inJupyter, type MimeBundle, toBase64 } from "./jupyter.ts";
+import { writeFileAtomic } from "../util/fs.ts";
 
 /** Where a helper's output goes. */
 export interface OutputOptions {
@@ -110,16 +111,4 @@ async function writeFigure(
     throw new Error(`lib/viz: path ${path}: expected a file name ending in .png or .svg`);
   }
   await writeFileAtomic(path, bytes);
-}
-
-/** Writes via a temp file in the same folder and a rename, so readers never see half a file. */
-export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  try {
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
-    throw err;
-  }
 }

@@ -4,7 +4,8 @@
  * @module
  */
 
-import { emit, Figure, type OutputOptions, pngBundle, writeFileAtomic } from "./figure.ts";
+import { writeFileAtomic } from "../util/fs.ts";
+import { emit, Figure, type OutputOptions, pngBundle } from "./figure.ts";
 import { toBase64 } from "./jupyter.ts";
 import {
   encodePng,

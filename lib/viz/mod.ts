@@ -15,7 +15,8 @@
  * @module
  */
 
-export { Figure, type OutputOptions, writeFileAtomic } from "./figure.ts";
+export { Figure, type OutputOptions } from "./figure.ts";
+export { writeFileAtomic } from "../util/fs.ts";
 export { displayBundle, inJupyter, type MimeBundle, toBase64, updateBundle } from "./jupyter.ts";
 export {
   decodePngRgb8,

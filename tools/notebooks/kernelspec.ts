@@ -8,6 +8,7 @@
 
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { writeFileAtomic } from "../../lib/util/fs.ts";
 
 /** Repository root (this file is tools/notebooks/kernelspec.ts). */
 export const REPO_ROOT: string = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
@@ -59,8 +60,6 @@ export async function installKernelspec(root = REPO_ROOT, name = "deno"): Promis
   const dir = join(base, "kernels", name);
   await Deno.mkdir(dir, { recursive: true });
   const target = join(dir, "kernel.json");
-  const tmp = `${target}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-  await Deno.writeTextFile(tmp, JSON.stringify(kernelSpec(), null, 2) + "\n");
-  await Deno.rename(tmp, target);
+  await writeFileAtomic(target, JSON.stringify(kernelSpec(), null, 2) + "\n");
   return base;
 }

@@ -11,6 +11,7 @@
 import { basename, dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { REPO_ROOT } from "./kernelspec.ts";
+import { writeFileAtomic } from "../../lib/util/fs.ts";
 
 /** One extracted module with the cell each of its lines came from. */
 export interface ExtractedModule {
@@ -104,9 +105,7 @@ export async function checkNotebooks(notebooks: string[]): Promise<CheckResult> 
     const extracted = extractModule(json, dirname(resolve(notebook)));
     // Index prefix: two notebooks with one base name must not overwrite each other.
     const file = join(dir, `${k}_${basename(notebook, ".ipynb")}.ts`);
-    const tmp = `${file}.tmp`;
-    await Deno.writeTextFile(tmp, extracted.code);
-    await Deno.rename(tmp, file);
+    await writeFileAtomic(file, extracted.code);
     modules.set(pathToFileURL(file).href, { notebook, lines: extracted.lines });
   }
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {

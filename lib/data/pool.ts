@@ -6,24 +6,14 @@
  * @module
  */
 
+import { Float32WorkerPool } from "../util/worker_pool.ts";
 import type { EvalTransformOptions } from "./transform.ts";
-import { processRequest, type WorkerReply, type WorkerRequest } from "./worker.ts";
+import { processRequest, type WorkerRequest } from "./worker.ts";
 
 /** Default worker count: leave one core to the main thread, at most 4. */
 export function defaultWorkerCount(): number {
   const cores = navigator.hardwareConcurrency ?? 2;
   return Math.max(1, Math.min(4, cores - 1));
-}
-
-/**
- * Requests a worker holds at once: with two, the native decode of the next image (in
- * sharp's own threads) overlaps the JS resize of the current one.
- */
-const SLOTS_PER_WORKER = 2;
-
-interface Pending {
-  resolve: (data: Float32Array) => void;
-  reject: (err: Error) => void;
 }
 
 /**
@@ -42,32 +32,17 @@ interface Pending {
  */
 export class PreprocessPool {
   static #open = 0;
-  #workers: Worker[] = [];
-  /** Free request slots, one entry per slot (a worker appears SLOTS_PER_WORKER times). */
-  #slots: Worker[] = [];
-  #queue: { req: WorkerRequest; pending: Pending }[] = [];
-  #pending = new Map<number, Pending>();
-  #nextId = 0;
-  #closed = false;
+  readonly #pool: Float32WorkerPool<WorkerRequest>;
 
   /** @param workers number of worker threads (default {@link defaultWorkerCount}) */
   constructor(workers: number = defaultWorkerCount()) {
-    if (!Number.isInteger(workers) || workers < 0) {
-      throw new RangeError(`PreprocessPool: workers must be an integer >= 0, got ${workers}`);
-    }
+    this.#pool = new Float32WorkerPool<WorkerRequest>({
+      script: new URL("./worker.ts", import.meta.url),
+      workers,
+      inline: processRequest,
+      name: "PreprocessPool",
+    });
     PreprocessPool.#open++;
-    const url = new URL("./worker.ts", import.meta.url).href;
-    for (let i = 0; i < workers; i++) {
-      const w = new Worker(url, { type: "module" });
-      w.onmessage = (e: MessageEvent<WorkerReply>) => this.#onReply(w, e.data);
-      w.onerror = (e: ErrorEvent) => {
-        // A crashed worker fails everything in flight rather than hanging the caller.
-        e.preventDefault();
-        this.#failAll(new Error(`preprocessing worker failed: ${e.message}`));
-      };
-      this.#workers.push(w);
-      for (let k = 0; k < SLOTS_PER_WORKER; k++) this.#slots.push(w);
-    }
   }
 
   /** Number of pools created and not yet closed (to check that callers clean up). */
@@ -85,48 +60,11 @@ export class PreprocessPool {
     options: EvalTransformOptions = {},
     name = typeof input === "string" ? input : "<bytes>",
   ): Promise<Float32Array> {
-    if (this.#closed) return Promise.reject(new Error("PreprocessPool: pool is closed"));
-    const req: WorkerRequest = { id: this.#nextId++, input, name, size, options };
-    if (this.#workers.length === 0) return processRequest(req);
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ req, pending: { resolve, reject } });
-      this.#pump();
-    });
+    return this.#pool.submit({ input, name, size, options });
   }
 
   /** Terminate the workers; pending requests are rejected. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    PreprocessPool.#open--;
-    for (const w of this.#workers) w.terminate();
-    this.#failAll(new Error("PreprocessPool: pool closed"));
-  }
-
-  #pump(): void {
-    while (this.#slots.length > 0 && this.#queue.length > 0) {
-      const w = this.#slots.pop()!;
-      const { req, pending } = this.#queue.shift()!;
-      this.#pending.set(req.id, pending);
-      w.postMessage(req);
-    }
-  }
-
-  #onReply(w: Worker, reply: WorkerReply): void {
-    const pending = this.#pending.get(reply.id);
-    this.#pending.delete(reply.id);
-    this.#slots.push(w);
-    if (pending) {
-      if (reply.ok) pending.resolve(reply.data);
-      else pending.reject(new Error(reply.message));
-    }
-    this.#pump();
-  }
-
-  #failAll(err: Error): void {
-    for (const p of this.#pending.values()) p.reject(err);
-    this.#pending.clear();
-    for (const { pending } of this.#queue) pending.reject(err);
-    this.#queue = [];
+    if (this.#pool.close()) PreprocessPool.#open--;
   }
 }

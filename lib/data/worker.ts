@@ -7,6 +7,7 @@
  * @module
  */
 
+import { serveFloat32Requests } from "../util/worker_pool.ts";
 import { decodeImage, readImage } from "./decode.ts";
 import { evalTransform, type EvalTransformOptions } from "./transform.ts";
 
@@ -19,11 +20,6 @@ export interface WorkerRequest {
   options: EvalTransformOptions;
 }
 
-/** The reply: the HWC float32 pixels, or a one-line error message. */
-export type WorkerReply =
-  | { id: number; ok: true; data: Float32Array }
-  | { id: number; ok: false; message: string };
-
 /** Process one request (also used inline when the pool has no workers). */
 export async function processRequest(req: WorkerRequest): Promise<Float32Array> {
   const rgb = typeof req.input === "string"
@@ -32,18 +28,4 @@ export async function processRequest(req: WorkerRequest): Promise<Float32Array> 
   return evalTransform(rgb, req.size, req.options);
 }
 
-// Only install the message handler when running as a worker.
-// deno-lint-ignore no-explicit-any
-const scope = globalThis as any;
-if (typeof scope.WorkerGlobalScope !== "undefined" && scope instanceof scope.WorkerGlobalScope) {
-  scope.onmessage = async (event: MessageEvent<WorkerRequest>) => {
-    const req = event.data;
-    try {
-      const data = await processRequest(req);
-      scope.postMessage({ id: req.id, ok: true, data } satisfies WorkerReply, [data.buffer]);
-    } catch (err) {
-      const message = (err instanceof Error ? err.message : String(err)).split("\n")[0];
-      scope.postMessage({ id: req.id, ok: false, message } satisfies WorkerReply);
-    }
-  };
-}
+serveFloat32Requests(processRequest);

@@ -6,6 +6,7 @@
  * @module
  */
 import { readImage } from "../data/decode.ts";
+import { serveFloat32Requests } from "../util/worker_pool.ts";
 import { evalTransform } from "../data/transform.ts";
 import { trainTransform } from "./augment.ts";
 import { mulberry32 } from "./rng.ts";
@@ -24,11 +25,6 @@ export interface LoadRequest {
   seed: number;
 }
 
-/** The HWC float32 pixels, or a one-line error naming the file. */
-export type LoadReply =
-  | { id: number; ok: true; data: Float32Array }
-  | { id: number; ok: false; message: string };
-
 /** Load one image as the request says (also used inline without workers). */
 export async function loadRequest(req: LoadRequest): Promise<Float32Array> {
   const rgb = await readImage(req.path);
@@ -37,17 +33,4 @@ export async function loadRequest(req: LoadRequest): Promise<Float32Array> {
     : evalTransform(rgb, req.size);
 }
 
-// deno-lint-ignore no-explicit-any
-const scope = globalThis as any;
-if (typeof scope.WorkerGlobalScope !== "undefined" && scope instanceof scope.WorkerGlobalScope) {
-  scope.onmessage = async (event: MessageEvent<LoadRequest>) => {
-    const req = event.data;
-    try {
-      const data = await loadRequest(req);
-      scope.postMessage({ id: req.id, ok: true, data } satisfies LoadReply, [data.buffer]);
-    } catch (err) {
-      const message = (err instanceof Error ? err.message : String(err)).split("\n")[0];
-      scope.postMessage({ id: req.id, ok: false, message } satisfies LoadReply);
-    }
-  };
-}
+serveFloat32Requests(loadRequest);

@@ -7,10 +7,8 @@
  */
 import { defaultWorkerCount } from "../data/pool.ts";
 import type { Sample } from "./data.ts";
-import { type LoadReply, type LoadRequest, loadRequest } from "./augment_worker.ts";
-
-/** Requests each worker holds at once (decode of one overlaps the resize of the other). */
-const SLOTS_PER_WORKER = 2;
+import { Float32WorkerPool } from "../util/worker_pool.ts";
+import { type LoadRequest, loadRequest } from "./augment_worker.ts";
 
 /**
  * Worker threads running {@link loadRequest}; 0 workers runs inline. Counts the images it
@@ -31,75 +29,28 @@ export class LoadPool {
   static totalLoads = 0;
   /** Images requested from this pool. */
   loads = 0;
-  #workers: Worker[] = [];
-  #free: Worker[] = [];
-  #queue: { req: LoadRequest; resolve: (d: Float32Array) => void; reject: (e: Error) => void }[] =
-    [];
-  #pending = new Map<number, { resolve: (d: Float32Array) => void; reject: (e: Error) => void }>();
-  #nextId = 0;
-  #closed = false;
+  readonly #pool: Float32WorkerPool<LoadRequest>;
 
   /** @param workers threads (default: cores - 1, at most 4; 0 = inline). */
   constructor(workers: number = defaultWorkerCount()) {
-    if (!Number.isInteger(workers) || workers < 0) {
-      throw new RangeError(`LoadPool: workers must be an integer >= 0, got ${workers}`);
-    }
-    const url = new URL("./augment_worker.ts", import.meta.url).href;
-    for (let i = 0; i < workers; i++) {
-      const w = new Worker(url, { type: "module" });
-      w.onmessage = (e: MessageEvent<LoadReply>) => this.#reply(w, e.data);
-      w.onerror = (e: ErrorEvent) => {
-        e.preventDefault();
-        this.#failAll(new Error(`image loading worker failed: ${e.message}`));
-      };
-      this.#workers.push(w);
-      for (let k = 0; k < SLOTS_PER_WORKER; k++) this.#free.push(w);
-    }
+    this.#pool = new Float32WorkerPool<LoadRequest>({
+      script: new URL("./augment_worker.ts", import.meta.url),
+      workers,
+      inline: loadRequest,
+      name: "LoadPool",
+    });
   }
 
   /** Load one image (HWC float32). Rejects with a one-line message naming the file. */
   load(request: Omit<LoadRequest, "id">): Promise<Float32Array> {
-    if (this.#closed) return Promise.reject(new Error("LoadPool: pool is closed"));
     this.loads++;
     LoadPool.totalLoads++;
-    const req: LoadRequest = { ...request, id: this.#nextId++ };
-    if (this.#workers.length === 0) return loadRequest(req);
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ req, resolve, reject });
-      this.#pump();
-    });
+    return this.#pool.submit(request);
   }
 
   /** Stop the workers; pending loads are rejected. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    for (const w of this.#workers) w.terminate();
-    this.#failAll(new Error("LoadPool: pool closed"));
-  }
-
-  #pump(): void {
-    while (this.#free.length > 0 && this.#queue.length > 0) {
-      const w = this.#free.pop()!;
-      const { req, resolve, reject } = this.#queue.shift()!;
-      this.#pending.set(req.id, { resolve, reject });
-      w.postMessage(req);
-    }
-  }
-
-  #reply(w: Worker, reply: LoadReply): void {
-    const p = this.#pending.get(reply.id);
-    this.#pending.delete(reply.id);
-    this.#free.push(w);
-    if (p) reply.ok ? p.resolve(reply.data) : p.reject(new Error(reply.message));
-    this.#pump();
-  }
-
-  #failAll(err: Error): void {
-    for (const p of this.#pending.values()) p.reject(err);
-    this.#pending.clear();
-    for (const q of this.#queue) q.reject(err);
-    this.#queue = [];
+    this.#pool.close();
   }
 }
 

@@ -179,7 +179,11 @@ Deno.test("shards (k mod N) merged equal the full run; bad merges are refused", 
   }
   const merged = mergeResults([shards[2], shards[0], shards[1]]);
   assert.deepEqual(merged.predictions, full.result.predictions);
-  assert.deepEqual(merged.errors, full.result.errors);
+  // libvips appends its detail ("VipsJpeg: premature end of JPEG image") from a per-thread
+  // error buffer, so under concurrency the detail can be missing: compare the stable part.
+  const stable = (errors: EvalResult["errors"]) =>
+    errors.map((e) => ({ ...e, message: e.message.replace(/(corrupt header:).*/, "$1") }));
+  assert.deepEqual(stable(merged.errors), stable(full.result.errors));
   for (const k of ["count", "top1", "top5", "correct1", "correct5", "total"] as const) {
     assert.equal(merged[k], full.result[k], k);
   }

@@ -45,6 +45,7 @@ import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
+import { command, type Fail, failer, positiveInt } from "./cli.ts";
 
 interface BenchArgs {
   model: string;
@@ -60,51 +61,51 @@ interface BenchArgs {
   threads: number | null;
 }
 
-function parseArgs(argv: string[]): BenchArgs {
-  const out: BenchArgs = {
-    model: "convnext_tiny",
-    batch: 2,
-    size: 224,
-    steps: 3,
-    warmup: 1,
-    classes: 1000,
-    backend: "wasm",
-    matMulFix: true,
-    profile: false,
-    threads: null,
-  };
-  const ints = ["batch", "size", "steps", "warmup", "classes", "threads"] as const;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === "--no-matmul-fix") out.matMulFix = false;
-    else if (arg === "--profile") out.profile = true;
-    else if (arg === "--model") out.model = need(argv, ++i, arg);
-    else if (arg === "--backend") {
-      const b = need(argv, ++i, arg);
-      if (b !== "wasm" && b !== "cpu") {
-        throw new Error(`bench_train: --backend must be wasm or cpu, got "${b}"`);
-      }
-      out.backend = b;
-    } else if (ints.some((k) => arg === `--${k}`)) {
-      const key = arg.slice(2) as (typeof ints)[number];
-      const raw = need(argv, ++i, arg);
-      const v = Number(raw);
-      if (!Number.isInteger(v) || v < (key === "warmup" ? 0 : 1)) {
-        throw new Error(`bench_train: ${arg} must be a positive integer, got "${raw}"`);
-      }
-      out[key] = v;
-    } else {
-      throw new Error(
-        `bench_train: unknown argument "${arg}" (see the usage at the top of tools/bench_train.ts)`,
-      );
-    }
-  }
-  return out;
-}
+const USAGE =
+  `usage: deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
+  [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--threads N] [--no-matmul-fix] [--profile]`;
 
-function need(argv: string[], i: number, flag: string): string {
-  if (i >= argv.length) throw new Error(`bench_train: ${flag} needs a value`);
-  return argv[i];
+function parseArgs(argv: string[]): BenchArgs {
+  const fail: Fail = failer("bench:train");
+  const { values, positionals } = command(
+    USAGE,
+    {
+      model: { type: "string", default: "convnext_tiny" },
+      batch: { type: "string" },
+      size: { type: "string" },
+      steps: { type: "string" },
+      warmup: { type: "string" },
+      classes: { type: "string" },
+      threads: { type: "string" },
+      backend: { type: "string", default: "wasm" },
+      "no-matmul-fix": { type: "boolean", default: false },
+      profile: { type: "boolean", default: false },
+    },
+    fail,
+    argv,
+  );
+  if (positionals.length > 0) fail(`unexpected argument "${positionals[0]}"\n${USAGE}`);
+  if (values.backend !== "wasm" && values.backend !== "cpu") {
+    fail(`--backend must be wasm or cpu, got "${values.backend}"`);
+  }
+  const warmup = values.warmup === undefined ? 1 : Number(values.warmup);
+  if (!Number.isInteger(warmup) || warmup < 0) {
+    fail(`--warmup must be an integer >= 0, got "${values.warmup}"`);
+  }
+  return {
+    model: values.model,
+    batch: positiveInt(values.batch, "--batch", 2, fail),
+    size: positiveInt(values.size, "--size", 224, fail),
+    steps: positiveInt(values.steps, "--steps", 3, fail),
+    warmup,
+    classes: positiveInt(values.classes, "--classes", 1000, fail),
+    backend: values.backend as "wasm" | "cpu",
+    matMulFix: !values["no-matmul-fix"],
+    profile: values.profile,
+    threads: values.threads === undefined
+      ? null
+      : positiveInt(values.threads, "--threads", 1, fail),
+  };
 }
 
 /**

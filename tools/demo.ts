@@ -6,19 +6,16 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
 import { createConvNeXt, selectBackend } from "../lib/mod.ts";
+import { command, type Fail, failer } from "./cli.ts";
 
-const { values, positionals } = parseArgs({
-  args: Deno.args,
-  allowPositionals: true,
-  options: { size: { type: "string", default: "224" } },
-});
+const USAGE = "usage: deno task demo [ARCHITECTURE] [--size 224]";
+const fail: Fail = failer("demo");
+const { values, positionals } = command(USAGE, { size: { type: "string", default: "224" } }, fail);
 const arch = positionals[0] ?? "convnext_tiny";
 const size = Number(values.size);
 if (!Number.isInteger(size) || size < 32) {
-  console.error(`demo: --size expects an integer >= 32, got "${values.size}"`);
-  Deno.exit(2);
+  fail(`--size expects an integer >= 32, got "${values.size}"`);
 }
 try {
   const backend = await selectBackend();
@@ -43,6 +40,5 @@ try {
       }`,
   );
 } catch (e) {
-  console.error(`demo: ${(e as Error).message}`);
-  Deno.exit(1);
+  fail((e as Error).message.split("\n")[0], 1);
 }

@@ -247,7 +247,10 @@ export function executePlan(
             : blockOnSlab(read(step.input) as tf.Tensor4D, weights, step, half(step), half(step));
           break;
         case "conv":
-          out = tf.fused.conv2d({
+        case "depthwise": {
+          // Same arguments; only the kernel differs.
+          const conv = step.op === "conv" ? tf.fused.conv2d : tf.fused.depthwiseConv2d;
+          out = conv({
             x: read(step.input) as tf.Tensor4D,
             filter: get(weights, `${step.prefix}/kernel`) as tf.Tensor4D,
             strides: step.strides,
@@ -256,16 +259,7 @@ export function executePlan(
           });
           out = activate(out, step.activation);
           break;
-        case "depthwise":
-          out = tf.fused.depthwiseConv2d({
-            x: read(step.input) as tf.Tensor4D,
-            filter: get(weights, `${step.prefix}/kernel`) as tf.Tensor4D,
-            strides: step.strides,
-            pad: step.padding,
-            bias: step.bias ? get(weights, `${step.prefix}/bias`) : undefined,
-          });
-          out = activate(out, step.activation);
-          break;
+        }
         case "layerNorm":
           out = on2d(read(step.input), (x2) =>
             tf.add(

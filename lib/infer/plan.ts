@@ -299,6 +299,22 @@ export function compilePlan(model: tf.LayersModel): Plan {
       if (inputs.length !== 1) unsupported(`${layer.name}: ${inputs.length} inputs`);
       return slotOf(inputs[0]);
     };
+    /** A plain (depthwise) convolution step, with the layer's strides, padding, bias, activation. */
+    const spatialStep = (op: "conv" | "depthwise") => {
+      checkSpatial(layer, config, true);
+      const x = one();
+      steps.push({
+        op,
+        input: x,
+        output: define(outputs[0]),
+        prefix: layer.name,
+        strides: pair(config.strides ?? 1, `${layer.name}.strides`),
+        padding: config.padding as "valid" | "same",
+        bias: config.useBias !== false,
+        activation: activationOf(layer),
+      });
+      sources.push({ prefix: layer.name, layers: [layer.name] });
+    };
     switch (cls) {
       case "DepthwiseConv2D": {
         const fused = matchBlock(layer, only);
@@ -317,37 +333,13 @@ export function compilePlan(model: tf.LayersModel): Plan {
           sources.push({ prefix, layers: fused.layers.map((l) => l.name) });
           break;
         }
-        checkSpatial(layer, config, true);
         if (config.depthMultiplier !== 1) unsupported(`${layer.name}: depthMultiplier`);
-        const x = one();
-        steps.push({
-          op: "depthwise",
-          input: x,
-          output: define(outputs[0]),
-          prefix: layer.name,
-          strides: pair(config.strides ?? 1, `${layer.name}.strides`),
-          padding: config.padding as "valid" | "same",
-          bias: config.useBias !== false,
-          activation: activationOf(layer),
-        });
-        sources.push({ prefix: layer.name, layers: [layer.name] });
+        spatialStep("depthwise");
         break;
       }
       case "Conv2D": {
-        checkSpatial(layer, config, true);
         if ((config.groups ?? 1) !== 1) unsupported(`${layer.name}: groups`);
-        const x = one();
-        steps.push({
-          op: "conv",
-          input: x,
-          output: define(outputs[0]),
-          prefix: layer.name,
-          strides: pair(config.strides ?? 1, `${layer.name}.strides`),
-          padding: config.padding as "valid" | "same",
-          bias: config.useBias !== false,
-          activation: activationOf(layer),
-        });
-        sources.push({ prefix: layer.name, layers: [layer.name] });
+        spatialStep("conv");
         break;
       }
       case "ConvNeXtLayerNorm": {

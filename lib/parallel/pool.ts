@@ -106,6 +106,25 @@ class WorkerHandle extends JobClient {
 }
 
 /**
+ * Waits for the workers' shares (in order), then the main thread's own, and joins them
+ * along `axis`; `busy` is emptied, so a caller's cleanup does not wait for them again.
+ */
+function gather(busy: WorkerHandle[], own: tf.Tensor, axis: number): tf.Tensor {
+  const parts: tf.Tensor[] = [];
+  try {
+    for (const w of busy) {
+      w.wait();
+      parts.push(w.readOutput());
+    }
+    busy.length = 0;
+    parts.push(own);
+    return tf.concat(parts, axis);
+  } finally {
+    parts.forEach((p) => p.dispose());
+  }
+}
+
+/**
  * A pool of inference threads for one backend (only "wasm" is useful: each thread gets its
  * own wasm instance). Created by {@link inferencePool}; every method is synchronous.
  *
@@ -188,16 +207,7 @@ export class InferencePool {
       const mine = tf.slice(x, [start, 0, 0, 0], [-1, -1, -1, -1]);
       const own = executePlan(plan, weights, mine);
       mine.dispose();
-      const parts: tf.Tensor[] = [];
-      for (const w of busy) {
-        w.wait();
-        parts.push(w.readOutput());
-      }
-      busy.length = 0;
-      parts.push(own);
-      const out = tf.concat(parts, 0);
-      parts.forEach((p) => p.dispose());
-      return out;
+      return gather(busy, own, 0);
     } finally {
       for (const w of busy) {
         try {
@@ -316,14 +326,7 @@ export class InferencePool {
       const s = slab(r0, h);
       const own = blockOnSlab(s.slab, weights, step, s.padTop, s.padBottom);
       s.slab.dispose();
-      const parts: tf.Tensor[] = [];
-      for (const w of busy) {
-        w.wait();
-        parts.push(w.readOutput());
-      }
-      busy.length = 0;
-      parts.push(own);
-      return tf.concat(parts, 1);
+      return gather(busy, own, 1);
     } finally {
       for (const w of busy) {
         try {

@@ -78,3 +78,12 @@ export * from "./eval/mod.ts";
 export * from "./train/mod.ts";
 export { ConvNeXtModel, FAST_BACKENDS, type InferencePath } from "./infer/model.ts";
 export { closeInferencePool, inferenceThreads } from "./parallel/pool.ts";
+// Types that public signatures use, so that documentation and callers can name them.
+export type { Kwargs, LayerArgs } from "./model/layers.ts";
+export type { PredictArgs } from "./infer/model.ts";
+export type { DownloadOptions, DownloadProgress, VerifyMode } from "./weights/download.ts";
+export type { StateDict, TensorData } from "./weights/types.ts";
+export type { TorchCheckpointOptions } from "./weights/torch.ts";
+export type { ConvertedWeights, RemapOptions, Weight } from "./weights/remap.ts";
+export type { Pretraining } from "./weights/zoo.ts";
+export type { ProgressOptions } from "./util/progress.ts";

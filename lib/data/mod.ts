@@ -14,7 +14,7 @@
 
 export type { RgbImage } from "./image.ts";
 export { cmykToRgb, decodeImage, readImage } from "./decode.ts";
-export { resizeBicubic } from "./resize.ts";
+export { type CropRegion, resizeBicubic, type ResizeOptions } from "./resize.ts";
 export {
   centerCrop,
   DEFAULT_CROP_PCT,

@@ -34,7 +34,11 @@ export class PreprocessPool {
   static #open = 0;
   readonly #pool: Float32WorkerPool<WorkerRequest>;
 
-  /** @param workers number of worker threads (default {@link defaultWorkerCount}) */
+  /**
+   * Starts the worker threads.
+   *
+   * @param workers number of worker threads (default {@link defaultWorkerCount})
+   */
   constructor(workers: number = defaultWorkerCount()) {
     this.#pool = new Float32WorkerPool<WorkerRequest>({
       script: new URL("./worker.ts", import.meta.url),

@@ -42,7 +42,8 @@ interface FoldCache {
 
 let nextToken = 0;
 
-type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
+/** Options of `predict` (e.g. `batchSize`). */
+export type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
 
 /**
  * A ConvNeXt Layers model with a fast `predict`. Built by `createConvNeXt`; construct it as
@@ -117,6 +118,7 @@ export class ConvNeXtModel extends tf.LayersModel {
     return this.cache;
   }
 
+  /** `predict` through the compiled plan (and the thread pool on wasm). */
   private predictFast(x: tf.Tensor | tf.Tensor[], args: PredictArgs): tf.Tensor {
     const plan = this.inferencePlan();
     if (!plan) {

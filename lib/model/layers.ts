@@ -11,8 +11,10 @@
  */
 import * as tf from "@tensorflow/tfjs";
 
-type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
-type Kwargs = Record<string, unknown>;
+/** Options every TF.js layer takes (name, trainable, ...). */
+export type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
+/** Keyword arguments of a layer call (e.g. `training`). */
+export type Kwargs = Record<string, unknown>;
 
 function single(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
   return Array.isArray(inputs) ? inputs[0] : inputs;
@@ -47,12 +49,18 @@ export class LayerNorm extends tf.layers.Layer {
   private gamma?: tf.LayerVariable;
   private beta?: tf.LayerVariable;
 
+  /**
+   * Creates the layer (or initializer).
+   *
+   * @param args layer options; `epsilon` defaults to 1e-6.
+   */
   constructor(args: LayerNormArgs = {}) {
     super(args);
     this.epsilon = args.epsilon ?? 1e-6;
     this.supportsMasking = true;
   }
 
+  /** Creates the per-channel weights for the input's last dimension. */
   override build(inputShape: tf.Shape | tf.Shape[]): void {
     const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
     const channels = shape[shape.length - 1];
@@ -64,10 +72,12 @@ export class LayerNorm extends tf.layers.Layer {
     this.built = true;
   }
 
+  /** Same shape as the input. */
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
     return inputShape;
   }
 
+  /** Applies the layer to a tensor. */
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
       const x = single(inputs);
@@ -77,6 +87,7 @@ export class LayerNorm extends tf.layers.Layer {
     });
   }
 
+  /** Serializable configuration (for save/load). */
   override getConfig(): tf.serialization.ConfigDict {
     return { ...super.getConfig(), epsilon: this.epsilon };
   }
@@ -104,11 +115,17 @@ export class LayerScale extends tf.layers.Layer {
   readonly initValue: number;
   private gamma?: tf.LayerVariable;
 
+  /**
+   * Creates the layer (or initializer).
+   *
+   * @param args layer options with the initial scale.
+   */
   constructor(args: LayerScaleArgs) {
     super(args);
     this.initValue = args.initValue;
   }
 
+  /** Creates the per-channel weights for the input's last dimension. */
   override build(inputShape: tf.Shape | tf.Shape[]): void {
     const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
     const channels = shape[shape.length - 1];
@@ -124,14 +141,17 @@ export class LayerScale extends tf.layers.Layer {
     this.built = true;
   }
 
+  /** Same shape as the input. */
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
     return inputShape;
   }
 
+  /** Applies the layer to a tensor. */
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => tf.mul(single(inputs), this.gamma!.read()));
   }
 
+  /** Serializable configuration (for save/load). */
   override getConfig(): tf.serialization.ConfigDict {
     return { ...super.getConfig(), initValue: this.initValue };
   }
@@ -160,6 +180,11 @@ export class StochasticDepth extends tf.layers.Layer {
   /** Drop probability. */
   readonly rate: number;
 
+  /**
+   * Creates the layer (or initializer).
+   *
+   * @param args layer options with the drop rate, in [0, 1).
+   */
   constructor(args: StochasticDepthArgs) {
     super(args);
     if (!(args.rate >= 0 && args.rate < 1)) {
@@ -168,10 +193,12 @@ export class StochasticDepth extends tf.layers.Layer {
     this.rate = args.rate;
   }
 
+  /** Same shape as the input. */
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
     return inputShape;
   }
 
+  /** Applies the layer; drops samples only when `kwargs.training` is set. */
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: Kwargs): tf.Tensor {
     const x = single(inputs);
     if (!kwargs["training"] || this.rate === 0) return tf.clone(x);
@@ -184,6 +211,7 @@ export class StochasticDepth extends tf.layers.Layer {
     });
   }
 
+  /** Serializable configuration (for save/load). */
   override getConfig(): tf.serialization.ConfigDict {
     return { ...super.getConfig(), rate: this.rate };
   }
@@ -235,6 +263,11 @@ export class TruncatedNormal extends InitializerBase {
   /** Seed, if any. */
   readonly seed?: number;
 
+  /**
+   * Creates the layer (or initializer).
+   *
+   * @param args distribution parameters (timm's defaults: mean 0, std 0.02, bounds +-2).
+   */
   constructor(args: TruncatedNormalArgs = {}) {
     super();
     this.mean = args.mean ?? 0;
@@ -247,6 +280,7 @@ export class TruncatedNormal extends InitializerBase {
     }
   }
 
+  /** A tensor of `shape` drawn from the distribution. */
   override apply(shape: tf.Shape, dtype?: tf.DataType): tf.Tensor {
     return tf.tidy(() => {
       const dims = shape as number[];
@@ -262,6 +296,7 @@ export class TruncatedNormal extends InitializerBase {
     });
   }
 
+  /** Serializable configuration (for save/load). */
   override getConfig(): tf.serialization.ConfigDict {
     const config: tf.serialization.ConfigDict = {
       mean: this.mean,

@@ -9,6 +9,7 @@
 
 /** A hierarchical ConvNeXt (four stages with downsampling between them). */
 export interface HierarchicalSpec {
+  /** Discriminant: four stages with downsampling. */
   readonly kind: "hierarchical";
   /** Number of blocks in each of the four stages. */
   readonly depths: readonly [number, number, number, number];
@@ -20,6 +21,7 @@ export interface HierarchicalSpec {
 
 /** An isotropic ConvNeXt (a 16x16 patchify stem, then blocks of one width). */
 export interface IsotropicSpec {
+  /** Discriminant: one stage at a single resolution. */
   readonly kind: "isotropic";
   /** Number of blocks. */
   readonly depth: number;

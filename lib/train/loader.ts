@@ -31,7 +31,11 @@ export class LoadPool {
   loads = 0;
   readonly #pool: Float32WorkerPool<LoadRequest>;
 
-  /** @param workers threads (default: cores - 1, at most 4; 0 = inline). */
+  /**
+   * Starts the worker threads.
+   *
+   * @param workers threads (default: cores - 1, at most 4; 0 = inline).
+   */
   constructor(workers: number = defaultWorkerCount()) {
     this.#pool = new Float32WorkerPool<LoadRequest>({
       script: new URL("./augment_worker.ts", import.meta.url),

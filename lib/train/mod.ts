@@ -86,4 +86,10 @@ export {
   type FinetuneOptions,
   type FinetuneResult,
 } from "./finetune.ts";
-export { ParallelGradients, trainThreads } from "./parallel.ts";
+export {
+  type GradientStepOptions,
+  type GradientStepResult,
+  ParallelGradients,
+  trainThreads,
+} from "./parallel.ts";
+export type { LoadRequest } from "./augment_worker.ts";

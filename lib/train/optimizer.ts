@@ -73,7 +73,11 @@ export class AdamW {
   #m = new Map<string, tf.Variable>();
   #v = new Map<string, tf.Variable>();
 
-  /** @throws Error on duplicate parameter names or invalid hyper-parameters. */
+  /**
+   * An AdamW optimizer over `params`.
+   *
+   * @throws Error on duplicate parameter names or invalid hyper-parameters.
+   */
   constructor(params: AdamWParam[], options: AdamWOptions = {}) {
     this.beta1 = options.beta1 ?? 0.9;
     this.beta2 = options.beta2 ?? 0.999;

@@ -26,7 +26,9 @@ import type { StateDict, TensorData } from "./types.ts";
 
 /** A converted weight: TF.js layout, float32. */
 export interface Weight {
+  /** TF.js shape (HWIO kernels, [in, out] dense kernels). */
   readonly shape: number[];
+  /** Values, row-major in that shape. */
   readonly data: Float32Array;
 }
 

@@ -31,30 +31,13 @@ export interface BlockStep {
   epsilon: number;
 }
 
-/** A plain Conv2D (stem, downsampling). Weights `<prefix>/kernel`, optional `/bias`. */
-export interface ConvStep {
-  /** Step kind. */
-  op: "conv";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
-  /** Weight key prefix. */
-  prefix: string;
-  /** Strides `[sh, sw]`. */
-  strides: [number, number];
-  /** Padding. */
-  padding: "valid" | "same";
-  /** Whether `<prefix>/bias` exists. */
-  bias: boolean;
-  /** Activation after the bias. */
-  activation: PlanActivation;
-}
-
-/** A depthwise Conv2D outside a fusable block. Weights `<prefix>/kernel`, optional `/bias`. */
-export interface DepthwiseStep {
-  /** Step kind. */
-  op: "depthwise";
+/**
+ * A Conv2D, or a depthwise Conv2D outside a fusable block. Weights `<prefix>/kernel`,
+ * optional `/bias`.
+ */
+export interface SpatialStep {
+  /** Step kind: which convolution. */
+  op: "conv" | "depthwise";
   /** Input slot. */
   input: number;
   /** Output slot. */
@@ -146,8 +129,7 @@ export interface IdentityStep {
 /** One step of a {@link Plan}. */
 export type PlanStep =
   | BlockStep
-  | ConvStep
-  | DepthwiseStep
+  | SpatialStep
   | LayerNormStep
   | DenseStep
   | ScaleStep

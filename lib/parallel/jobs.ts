@@ -209,3 +209,24 @@ export function splitEven(total: number, parts: number): number[] {
   const base = Math.floor(total / parts);
   return Array.from({ length: parts }, (_, i) => base + (i < total % parts ? 1 : 0));
 }
+
+/**
+ * A thread count from the environment variable `name`, or undefined when it is unset (or
+ * the environment is not readable).
+ *
+ * @throws Error when it is set but not a positive integer.
+ */
+export function threadsFromEnv(name: string): number | undefined {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get(name) || undefined;
+  } catch {
+    return undefined; // no --allow-env
+  }
+  if (env === undefined) return undefined;
+  const n = Number(env);
+  if (!(Number.isInteger(n) && n >= 1)) {
+    throw new Error(`${name}: expected a positive integer, got "${env}"`);
+  }
+  return n;
+}

@@ -15,7 +15,7 @@ import * as tf from "@tensorflow/tfjs";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
-import { JobClient, splitEven } from "./jobs.ts";
+import { JobClient, splitEven, threadsFromEnv } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
 
 export { splitEven };
@@ -355,19 +355,8 @@ export const DEFAULT_MAX_THREADS = 4;
  * @throws Error for a `CONVNEXT_THREADS` that is not a positive integer.
  */
 export function inferenceThreads(): number {
-  let env: string | undefined;
-  try {
-    env = Deno.env.get("CONVNEXT_THREADS") || undefined;
-  } catch {
-    env = undefined; // no --allow-env
-  }
-  if (env !== undefined) {
-    const n = Number(env);
-    if (!(Number.isInteger(n) && n >= 1)) {
-      throw new Error(`CONVNEXT_THREADS: expected a positive integer, got "${env}"`);
-    }
-    return n;
-  }
+  const fromEnv = threadsFromEnv("CONVNEXT_THREADS");
+  if (fromEnv !== undefined) return fromEnv;
   // Each thread holds its own copy of the folded (and packed) weights: a cap keeps many-core
   // machines from multiplying the memory of large models; CONVNEXT_THREADS raises it.
   return Math.max(1, Math.min(DEFAULT_MAX_THREADS, navigator.hardwareConcurrency || 1));

@@ -21,7 +21,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { JobClient, splitEven } from "../parallel/jobs.ts";
+import { JobClient, splitEven, threadsFromEnv } from "../parallel/jobs.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import type { AdamWParam } from "./optimizer.ts";
 import { hashSeed, withSeededMathRandom } from "./rng.ts";
@@ -392,18 +392,7 @@ export class ParallelGradients {
  * ```
  */
 export function trainThreads(batch: number): number {
-  let env: string | undefined;
-  try {
-    env = Deno.env.get("CONVNEXT_TRAIN_THREADS") || undefined;
-  } catch {
-    env = undefined; // no --allow-env
-  }
-  if (env !== undefined) {
-    const n = Number(env);
-    if (!(Number.isInteger(n) && n >= 1)) {
-      throw new Error(`CONVNEXT_TRAIN_THREADS: expected a positive integer, got "${env}"`);
-    }
-    return n;
-  }
+  const fromEnv = threadsFromEnv("CONVNEXT_TRAIN_THREADS");
+  if (fromEnv !== undefined) return fromEnv;
   return Math.max(1, Math.min(navigator.hardwareConcurrency || 1, batch));
 }

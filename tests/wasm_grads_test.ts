@@ -121,21 +121,31 @@ Deno.test("installWasmTrainingKernels registers everything and is idempotent", (
   );
 });
 
+/** The filter shape of a case and its output shape, as TF.js computes them. */
+function shapesOf(
+  c: { x: number[]; k: number[]; strides: number | [number, number]; pad: Pad },
+  lastFilterDim: number,
+  depthwise: boolean,
+): { filterShape: number[]; outShape: number[] } {
+  const filterShape = [c.k[0], c.k[1], c.x[3], lastFilterDim];
+  const info = tf.backend_util.computeConv2DInfo(
+    c.x as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    c.strides,
+    1,
+    c.pad,
+    undefined,
+    depthwise,
+  );
+  return { filterShape, outShape: info.outShape };
+}
+
 Deno.test("DepthwiseConv2dNativeBackpropInput matches cpu", async () => {
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
-    const filterShape = [c.k[0], c.k[1], c.x[3], c.m];
-    const info = tf.backend_util.computeConv2DInfo(
-      c.x as [number, number, number, number],
-      filterShape as [number, number, number, number],
-      c.strides,
-      1,
-      c.pad,
-      undefined,
-      true,
-    );
+    const { filterShape, outShape } = shapesOf(c, c.m, true);
     await expectMatchesCpu(
       "DepthwiseConv2dNativeBackpropInput",
-      { dy: rand(info.outShape, 10 + i), filter: rand(filterShape, 20 + i) },
+      { dy: rand(outShape, 10 + i), filter: rand(filterShape, 20 + i) },
       { strides: c.strides, pad: c.pad, dilations: 1, inputShape: c.x },
     );
   }
@@ -143,19 +153,10 @@ Deno.test("DepthwiseConv2dNativeBackpropInput matches cpu", async () => {
 
 Deno.test("DepthwiseConv2dNativeBackpropFilter matches cpu", async () => {
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
-    const filterShape = [c.k[0], c.k[1], c.x[3], c.m];
-    const info = tf.backend_util.computeConv2DInfo(
-      c.x as [number, number, number, number],
-      filterShape as [number, number, number, number],
-      c.strides,
-      1,
-      c.pad,
-      undefined,
-      true,
-    );
+    const { filterShape, outShape } = shapesOf(c, c.m, true);
     await expectMatchesCpu(
       "DepthwiseConv2dNativeBackpropFilter",
-      { x: rand(c.x, 30 + i), dy: rand(info.outShape, 40 + i) },
+      { x: rand(c.x, 30 + i), dy: rand(outShape, 40 + i) },
       { strides: c.strides, pad: c.pad, dilations: 1, filterShape },
     );
   }
@@ -247,17 +248,10 @@ const CONV_CASES: ConvCase[] = [
 
 Deno.test("Conv2DBackpropFilter matches cpu", async () => {
   for (const [i, c] of CONV_CASES.entries()) {
-    const filterShape = [c.k[0], c.k[1], c.x[3], c.cout];
-    const info = tf.backend_util.computeConv2DInfo(
-      c.x as [number, number, number, number],
-      filterShape as [number, number, number, number],
-      c.strides,
-      1,
-      c.pad,
-    );
+    const { filterShape, outShape } = shapesOf(c, c.cout, false);
     await expectMatchesCpu(
       "Conv2DBackpropFilter",
-      { x: rand(c.x, 60 + i), dy: rand(info.outShape, 70 + i) },
+      { x: rand(c.x, 60 + i), dy: rand(outShape, 70 + i) },
       { strides: c.strides, pad: c.pad, dataFormat: "NHWC", filterShape },
     );
   }
@@ -265,17 +259,10 @@ Deno.test("Conv2DBackpropFilter matches cpu", async () => {
 
 Deno.test("Conv2DBackpropInput (patchify fast path and fallback) matches cpu", async () => {
   for (const [i, c] of CONV_CASES.entries()) {
-    const filterShape = [c.k[0], c.k[1], c.x[3], c.cout];
-    const info = tf.backend_util.computeConv2DInfo(
-      c.x as [number, number, number, number],
-      filterShape as [number, number, number, number],
-      c.strides,
-      1,
-      c.pad,
-    );
+    const { filterShape, outShape } = shapesOf(c, c.cout, false);
     await expectMatchesCpu(
       "Conv2DBackpropInput",
-      { dy: rand(info.outShape, 80 + i), filter: rand(filterShape, 90 + i) },
+      { dy: rand(outShape, 80 + i), filter: rand(filterShape, 90 + i) },
       { strides: c.strides, pad: c.pad, dataFormat: "NHWC", inputShape: c.x },
     );
   }

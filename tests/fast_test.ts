@@ -206,6 +206,47 @@ Deno.test("graphs the plan does not know keep the stock path", opts, () => {
   model.dispose();
 });
 
+Deno.test(
+  "CONVNEXT_EXECUTOR: the kernels by default, TF.js kernels on request; both match stock",
+  opts,
+  () => {
+    const model = createConvNeXt(SMALL, { seed: 5 }) as ConvNeXtModel;
+    randomizeWeights(model, 5);
+    const x = tf.randomNormal([3, 64, 64, 3], 0, 1, "float32", 5);
+    assert.equal(model.optimizedExecutor(), "kernels");
+    assertClose(model, x, "kernels, batch 3");
+    Deno.env.set("CONVNEXT_EXECUTOR", "tfjs");
+    try {
+      assert.equal(model.optimizedExecutor(), "tfjs");
+      assertClose(model, x, "TF.js executor, batch 3");
+      Deno.env.set("CONVNEXT_EXECUTOR", "gpu");
+      assert.throws(
+        () => model.predict(x),
+        /CONVNEXT_EXECUTOR: expected "kernels" or "tfjs", got "gpu"/,
+      );
+    } finally {
+      Deno.env.delete("CONVNEXT_EXECUTOR");
+    }
+    x.dispose();
+    model.dispose();
+  },
+);
+
+Deno.test("plans the kernels cannot run take the TF.js executor", opts, () => {
+  // A 3x3 "same" convolution compiles into a plan but is no patchify conv.
+  const input = tf.input({ shape: [8, 8, 3] });
+  const conv = tf.layers.conv2d({ filters: 4, kernelSize: 3, padding: "same", name: "c3" });
+  const y = conv.apply(input) as tf.SymbolicTensor;
+  const model = new ConvNeXtModel({ inputs: input, outputs: y });
+  assert.ok(model.usesOptimizedPath());
+  assert.equal(model.optimizedExecutor(), "tfjs");
+  const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 6);
+  const [stock, fast] = stockAndOptimized(model, x);
+  assert.ok(maxAbsDiff(stock, fast) <= TOLERANCE);
+  tf.dispose([stock, fast, x]);
+  model.dispose();
+});
+
 Deno.test("a block on bands of rows equals the block on the whole map", () => {
   const model = createConvNeXt(SMALL, { seed: 8 });
   randomizeWeights(model, 8);

@@ -6,7 +6,9 @@
  *
  * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
  * compiled plan with folded weights and all cores, lib/infer/ and lib/parallel/, the
- * default of `predict` on wasm and cpu) or both (default).
+ * default of `predict` on wasm and cpu) or both (default). The `executor` column says what
+ * ran the optimized path: "kernels" (the fused WebAssembly kernels, the default) or "tfjs"
+ * (the plan on TF.js kernels, with `CONVNEXT_EXECUTOR=tfjs`).
  *
  * Each architecture/path/backend runs in its own subprocess, so peak memory (the process's
  * VmHWM, worker threads included) belongs to that measurement alone.
@@ -19,6 +21,7 @@ import { fileURLToPath } from "node:url";
 import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
+import { inferenceThreads } from "../lib/parallel/pool.ts";
 import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
 
 /** Inference paths the bench measures. */
@@ -31,6 +34,13 @@ export interface BenchResult {
   architecture: string;
   backend: string;
   path: BenchPath;
+  /**
+   * What ran the path: "layers" (stock), "kernels" (the fused WebAssembly kernels of
+   * lib/infer/engine/) or "tfjs" (the plan on TF.js kernels, `CONVNEXT_EXECUTOR=tfjs`).
+   */
+  executor: string;
+  /** Threads the optimized path used (`CONVNEXT_THREADS`); 1 for stock. */
+  threads: number;
   batch: number;
   size: number;
   msPerImage: number;
@@ -92,6 +102,12 @@ async function measure(
       architecture: arch,
       backend: active,
       path,
+      executor: path === "stock" ? "layers" : model.optimizedExecutor(),
+      // The kernels use the pool on every backend, the TF.js executor on wasm only.
+      threads: path === "stock" ||
+          (model.optimizedExecutor() === "tfjs" && active !== "wasm")
+        ? 1
+        : inferenceThreads(),
       batch,
       size,
       msPerImage: Math.round(ms * 10) / 10,
@@ -108,6 +124,8 @@ function table(rows: BenchResult[]): string {
     "architecture",
     "backend",
     "path",
+    "executor",
+    "threads",
     "batch",
     "size",
     "ms/image",
@@ -118,6 +136,8 @@ function table(rows: BenchResult[]): string {
     r.architecture,
     r.backend,
     r.path,
+    r.executor,
+    String(r.threads),
     String(r.batch),
     String(r.size),
     r.msPerImage.toFixed(1),

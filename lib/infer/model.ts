@@ -27,6 +27,8 @@ import {
 } from "./fold.ts";
 import { compilePlan, type Plan, PlanUnsupported } from "./plan.ts";
 import { inferencePool } from "../parallel/pool.ts";
+import { KernelEngine } from "./engine/engine.ts";
+import { EnginePlan, EngineUnsupported, type WeightArrays } from "./engine/run.ts";
 
 /** Backends on which {@link ConvNeXtModel.predict} takes the optimized path. */
 export const FAST_BACKENDS = ["wasm", "cpu"] as const;
@@ -40,7 +42,42 @@ interface FoldCache {
   token: number;
 }
 
+interface EngineCache {
+  version: object[];
+  arrays: WeightArrays;
+  runner: EnginePlan;
+  token: number;
+}
+
 let nextToken = 0;
+
+/** Implementations of the optimized path: the kernel engine (default) or TF.js kernels. */
+export type OptimizedExecutor = "kernels" | "tfjs";
+
+/**
+ * Which implementation the optimized path uses: `CONVNEXT_EXECUTOR` ("kernels", the
+ * default: the fused WebAssembly kernels of ./engine/; "tfjs": the plan on TF.js kernels).
+ *
+ * @throws Error for any other value.
+ */
+export function optimizedExecutor(): OptimizedExecutor {
+  let value: string | undefined;
+  try {
+    value = Deno.env.get("CONVNEXT_EXECUTOR");
+  } catch {
+    value = undefined; // no env permission: the default
+  }
+  if (value === undefined || value === "" || value === "kernels") return "kernels";
+  if (value === "tfjs") return "tfjs";
+  throw new Error(`CONVNEXT_EXECUTOR: expected "kernels" or "tfjs", got "${value}"`);
+}
+
+let mainEngine: KernelEngine | null = null;
+/** The main thread's kernel engine, shared by every model (each frees its own weights). */
+function sharedEngine(): KernelEngine {
+  mainEngine ??= KernelEngine.create();
+  return mainEngine;
+}
 
 /** Options of `predict` (e.g. `batchSize`). */
 export type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
@@ -72,6 +109,8 @@ export class ConvNeXtModel extends tf.LayersModel {
   private planError?: string;
   private cache?: FoldCache;
   private variables?: tf.Tensor[];
+  private engineCache?: EngineCache;
+  private engineError?: string;
 
   /** The compiled plan, or null (with {@link ConvNeXtModel.planUnsupportedReason}). */
   inferencePlan(): Plan | null {
@@ -118,6 +157,46 @@ export class ConvNeXtModel extends tf.LayersModel {
     return this.cache;
   }
 
+  /**
+   * The plan with the current weights loaded into the kernel engine (reloaded when any
+   * variable was assigned), or null when the engine cannot run this plan.
+   */
+  private engine(plan: Plan): EngineCache | null {
+    if (this.engineError !== undefined) return null;
+    this.variables ??= sourceVariables(this, plan);
+    const version = weightsVersion(this.variables);
+    if (this.engineCache && sameVersion(this.engineCache.version, version)) {
+      return this.engineCache;
+    }
+    this.engineCache?.runner.dispose();
+    this.engineCache = undefined;
+    const folded = foldWeights(this, plan);
+    const arrays: WeightArrays = {};
+    try {
+      for (const [key, t] of Object.entries(folded)) {
+        arrays[key] = { data: t.dataSync() as Float32Array, shape: t.shape };
+      }
+    } finally {
+      disposeWeights(folded);
+    }
+    try {
+      const runner = new EnginePlan(plan, arrays, sharedEngine());
+      this.engineCache = { version, arrays, runner, token: nextToken++ };
+      return this.engineCache;
+    } catch (e) {
+      if (!(e instanceof EngineUnsupported)) throw e;
+      this.engineError = e.message;
+      return null;
+    }
+  }
+
+  /** Which implementation `predict`'s optimized path takes for this model now. */
+  optimizedExecutor(): OptimizedExecutor {
+    const plan = this.inferencePlan();
+    if (!plan || optimizedExecutor() === "tfjs") return "tfjs";
+    return this.engine(plan) ? "kernels" : "tfjs";
+  }
+
   /** `predict` through the compiled plan (and the thread pool on wasm). */
   private predictFast(x: tf.Tensor | tf.Tensor[], args: PredictArgs): tf.Tensor {
     const plan = this.inferencePlan();
@@ -142,11 +221,25 @@ export class ConvNeXtModel extends tf.LayersModel {
         }, got ${JSON.stringify(images.shape)}`,
       );
     }
-    const { weights, token } = this.folded(plan);
-    const pool = tf.getBackend() === "wasm" ? inferencePool() : null;
     const batchSize = args?.batchSize ?? 32;
-    const run = (chunk: tf.Tensor4D) =>
-      pool ? pool.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
+    let run: (chunk: tf.Tensor4D) => tf.Tensor;
+    const kernels = optimizedExecutor() === "kernels" ? this.engine(plan) : null;
+    if (kernels) {
+      // The engine is independent of the TF.js backend: threads help on every backend.
+      const pool = inferencePool();
+      run = (chunk) => {
+        const x = chunk.dataSync() as Float32Array;
+        const { data, shape } = pool
+          ? pool.runEngine(kernels.runner, kernels.arrays, kernels.token, x, chunk.shape)
+          : kernels.runner.run(x, chunk.shape);
+        return tf.tensor(data, shape, "float32");
+      };
+    } else {
+      const { weights, token } = this.folded(plan);
+      const pool = tf.getBackend() === "wasm" ? inferencePool() : null;
+      run = (chunk) =>
+        pool ? pool.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
+    }
     const cast = images.dtype === "float32" ? images : tf.cast(images, "float32");
     try {
       const n = images.shape[0];
@@ -186,6 +279,8 @@ export class ConvNeXtModel extends tf.LayersModel {
   override dispose(): ReturnType<tf.LayersModel["dispose"]> {
     if (this.cache) disposeWeights(this.cache.weights);
     this.cache = undefined;
+    this.engineCache?.runner.dispose();
+    this.engineCache = undefined;
     this.variables = undefined;
     return super.dispose();
   }

@@ -71,6 +71,11 @@ export interface SetupMessage {
   weights?: WeightArrays;
   /** New data buffer; absent: keep the current one. */
   data?: SharedArrayBuffer;
+  /**
+   * Load `weights` into the worker's kernel engine (../infer/engine/) instead of TF.js
+   * tensors: RUN and BLOCK jobs then run on the engine.
+   */
+  engine?: boolean;
 }
 
 /** What a worker receives as `workerData`. */

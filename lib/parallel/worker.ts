@@ -11,6 +11,8 @@ import "@tensorflow/tfjs-backend-wasm";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
+import { KernelEngine } from "../infer/engine/engine.ts";
+import { EnginePlan, type WeightArrays } from "../infer/engine/run.ts";
 import { JobServer } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
 
@@ -21,6 +23,9 @@ const jobs = new JobServer(ctrl, port, "inference worker");
 let plan: Plan | null = null;
 let weights: FoldedWeights = {};
 let data: Float32Array<ArrayBufferLike> = new Float32Array(0);
+/** The kernel engine (made on the first engine setup) and the plan loaded into it. */
+let engine: KernelEngine | null = null;
+let enginePlan: EnginePlan | null = null;
 
 /** Hidden-unit slices of the weights, made on first use: `prefix|part|parts`. */
 const slices = new Map<string, ReturnType<typeof hiddenSlice>>();
@@ -36,15 +41,41 @@ function slice(prefix: string, part: number, parts: number): ReturnType<typeof h
   return found;
 }
 
+/** Free the TF.js copies of the weights (a new set, or the engine, replaces them). */
+function dropTensors(): void {
+  for (const s of slices.values()) tf.dispose(Object.values(s));
+  slices.clear();
+  for (const t of Object.values(weights)) t.dispose();
+  weights = {};
+}
+
+function setupEngine(message: SetupMessage): void {
+  dropTensors();
+  const { names, shapes, buffer } = message.weights!;
+  const all = new Float32Array(buffer);
+  const arrays: WeightArrays = {};
+  let offset = 0;
+  names.forEach((name, i) => {
+    const size = shapes[i].reduce((a, b) => a * b, 1);
+    arrays[name] = { data: all.subarray(offset, offset + size), shape: shapes[i] };
+    offset += size;
+  });
+  enginePlan?.dispose();
+  enginePlan = null;
+  engine ??= KernelEngine.create();
+  enginePlan = new EnginePlan(plan!, arrays, engine);
+}
+
 function setup(message: SetupMessage): void {
   if (message.plan) plan = message.plan;
-  if (message.weights) {
-    for (const s of slices.values()) tf.dispose(Object.values(s));
-    slices.clear();
-    for (const t of Object.values(weights)) t.dispose();
+  if (message.weights && message.engine) {
+    setupEngine(message);
+  } else if (message.weights) {
+    enginePlan?.dispose();
+    enginePlan = null;
+    dropTensors();
     const { names, shapes, buffer } = message.weights;
     const all = new Float32Array(buffer);
-    weights = {};
     let offset = 0;
     names.forEach((name, i) => {
       const size = shapes[i].reduce((a, b) => a * b, 1);
@@ -57,17 +88,53 @@ function setup(message: SetupMessage): void {
 }
 
 function writeOutput(y: tf.Tensor): void {
-  const values = y.dataSync() as Float32Array;
+  writeArray(y.dataSync() as Float32Array, y.shape);
+}
+
+function inputShape(): number[] {
+  return [0, 1, 2, 3].map((i) => Atomics.load(ctrl, CTRL.SHAPE + i));
+}
+
+function writeArray(values: Float32Array<ArrayBufferLike>, shape: number[]): void {
   if (values.length > data.length) {
     throw new Error(`inference worker: output of ${values.length} floats exceeds the buffer`);
   }
   data.set(values);
-  Atomics.store(ctrl, CTRL.OUT_RANK, y.rank);
-  y.shape.forEach((d, i) => Atomics.store(ctrl, CTRL.OUT_SHAPE + i, d));
+  Atomics.store(ctrl, CTRL.OUT_RANK, shape.length);
+  shape.forEach((d, i) => Atomics.store(ctrl, CTRL.OUT_SHAPE + i, d));
+}
+
+/** RUN and BLOCK jobs on the kernel engine. */
+function runEngineJob(op: number, runner: EnginePlan): void {
+  const shape = inputShape();
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (op === OP.RUN) {
+    const out = runner.run(data.subarray(0, size), shape);
+    writeArray(out.data, out.shape);
+    return;
+  }
+  if (op !== OP.BLOCK) throw new Error(`inference worker: opcode ${op} has no engine job`);
+  const index = Atomics.load(ctrl, CTRL.STEP);
+  const padTop = Atomics.load(ctrl, CTRL.PAD_TOP);
+  const padBottom = Atomics.load(ctrl, CTRL.PAD_BOTTOM);
+  const step = runner.plan.steps[index] as BlockStep;
+  const [n, rows, w, c] = shape;
+  const outShape = [n, rows + padTop + padBottom - (step.kernelSize - 1), w, c];
+  const e = runner.engine;
+  const x = e.upload(data.subarray(0, size));
+  const outSize = outShape.reduce((a, b) => a * b, 1);
+  const out = e.alloc(outSize);
+  try {
+    runner.blockOnSlab(index, x, shape, padTop, padBottom, out);
+    writeArray(e.view(out, outSize), outShape);
+  } finally {
+    e.free(out);
+    e.free(x);
+  }
 }
 
 function input(): tf.Tensor4D {
-  const shape = [0, 1, 2, 3].map((i) => Atomics.load(ctrl, CTRL.SHAPE + i));
+  const shape = inputShape();
   const size = shape.reduce((a, b) => a * b, 1);
   return tf.tensor4d(data.slice(0, size), shape as [number, number, number, number]);
 }
@@ -79,6 +146,10 @@ function runJob(op: number): boolean {
     return true;
   }
   if (!plan) throw new Error("inference worker: no plan set up");
+  if (enginePlan) {
+    runEngineJob(op, enginePlan);
+    return true;
+  }
   const current = plan;
   tf.tidy(() => {
     const x = input();

@@ -60,7 +60,9 @@ for (const relaxed of builds) {
       for (const mode of [0, 1, 2]) {
         const pc = e.alloc(m * ldc);
         e.write(pc, new Float32Array(m * ldc).fill(7)); // padding columns must stay 7
-        e.kernels.gemm(pa, lda, m, k, pb, n, pbias, pc, ldc, mode, mode === 2 ? pr : 0, ldr);
+        const pack = e.alloc(e.kernels.gemm_scratch(k));
+        e.kernels.gemm(pa, lda, m, k, pb, n, pbias, pc, ldc, mode, mode === 2 ? pr : 0, ldr, pack);
+        e.free(pack);
         const got = e.read(pc, m * ldc);
         const want = new Float64Array(m * n);
         const gotDense = new Float32Array(m * n);
@@ -88,7 +90,7 @@ for (const relaxed of builds) {
     const e = KernelEngine.create({ relaxed });
     const xs = new Float32Array(4001).map((_, i) => -10 + i * 0.005);
     const p = e.upload(xs);
-    e.kernels.gelu(p, xs.length);
+    e.kernels.gelu(p, xs.length, 1);
     const got = e.read(p, xs.length);
     let worst = 0;
     // Beyond |x| = 1 a float32 ulp of GELU(x) ~ x grows with x: compare relative there.
@@ -247,6 +249,18 @@ Deno.test("the engine allocator reuses and merges freed blocks, and rejects bad 
   assert.ok(e.byteLength > before);
   e.free(big);
   e.free(c);
+});
+
+Deno.test("an attached instance runs kernels on the owner's shared memory, and cannot allocate", () => {
+  const owner = KernelEngine.create();
+  const values = new Float32Array([-3, -1, -0.25, 0, 0.5, 2, 6, 9]);
+  const p = owner.upload(values);
+  const worker = KernelEngine.attach(owner.memory, owner.relaxed, owner.allocStack());
+  worker.kernels.gelu(p, values.length, 1);
+  // The owner sees the attached instance's writes: the same memory, no copy.
+  const got = owner.read(p, values.length);
+  values.forEach((x, i) => assert.ok(Math.abs(got[i] - gelu(x)) < 1e-6, `gelu(${x})`));
+  assert.throws(() => worker.alloc(4), /attached engine cannot allocate/);
 });
 
 Deno.test("plans outside the kernels are EngineUnsupported (the caller keeps TF.js)", () => {

@@ -52,8 +52,9 @@ if (import.meta.main) {
     const b1 = engine.upload(random(hidden)), b2 = engine.upload(random(c));
     const dww = engine.upload(random(49 * c)), dwb = engine.upload(random(c));
     const flops = 2 * m * c * hidden;
-    const g1 = best(() => k.gemm(x, c, m, c, w1, hidden, b1, h, hidden, 1, 0, 0));
-    const g2 = best(() => k.gemm(h, hidden, m, hidden, w2, c, b2, out, c, 2, x, c));
+    const pack = engine.alloc(k.gemm_scratch(hidden));
+    const g1 = best(() => k.gemm(x, c, m, c, w1, hidden, b1, h, hidden, 1, 0, 0, pack));
+    const g2 = best(() => k.gemm(h, hidden, m, hidden, w2, c, b2, out, c, 2, x, c, pack));
     const blocks = tiles.map((tile) => {
       const scratch = engine.alloc(k.block_scratch(side, side, c, 7, tile));
       const ms = best(() =>
@@ -66,6 +67,6 @@ if (import.meta.main) {
       `${side}x${side}x${c}: matmul+GELU ${(flops / g1 / 1e6).toFixed(1)} GFLOP/s, ` +
         `matmul+residual ${(flops / g2 / 1e6).toFixed(1)} GFLOP/s; block ${blocks.join(", ")}`,
     );
-    for (const p of [x, out, h, w1, w2, b1, b2, dww, dwb]) engine.free(p);
+    for (const p of [x, out, h, w1, w2, b1, b2, dww, dwb, pack]) engine.free(p);
   }
 }

@@ -9,8 +9,11 @@ src=lib/infer/engine/kernels.c
 out=lib/infer/engine/kernels_wasm.ts
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-common=(--target=wasm32 -O3 -msimd128 -mbulk-memory -nostdlib -Wl,--no-entry
-  -Wl,--import-memory -Wl,--export=__heap_base -Wl,-z,stack-size=65536)
+# A shared memory (threads run the kernels on one memory), imported; the stack pointer is
+# exported so that each thread's instance gets its own stack.
+common=(--target=wasm32 -O3 -msimd128 -mbulk-memory -matomics -nostdlib -Wl,--no-entry
+  -Wl,--import-memory -Wl,--shared-memory -Wl,--max-memory=4294967296
+  -Wl,--export=__heap_base -Wl,--export=__stack_pointer -Wl,-z,stack-size=65536)
 "$CLANG" "${common[@]}" -mrelaxed-simd -DRELAXED -o "$tmp/relaxed.wasm" "$src"
 "$CLANG" "${common[@]}" -o "$tmp/simd.wasm" "$src"
 {

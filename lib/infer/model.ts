@@ -1,7 +1,9 @@
 /**
  * `ConvNeXtModel`: a `tf.LayersModel` whose `predict` takes the optimized inference path
  * (compiled plan, folded weights, all cores) on the wasm and cpu backends, and the stock
- * Layers path everywhere else (the native TensorFlow backend, WebGL...).
+ * Layers path everywhere else (the native TensorFlow backend, WebGL...). The optimized path
+ * runs on the fused WebAssembly kernels of ./engine/ (plans they cannot run, or
+ * `CONVNEXT_EXECUTOR=tfjs`: on TF.js kernels, ./execute.ts).
  *
  * Everything but `predict`/`predictOnBatch` is the stock LayersModel: `fit`, `evaluate`,
  * `apply`, `execute`, `getLayer`, `summary`, saving. The class is registered for
@@ -44,7 +46,6 @@ interface FoldCache {
 
 interface EngineCache {
   version: object[];
-  arrays: WeightArrays;
   runner: EnginePlan;
   token: number;
 }
@@ -181,7 +182,7 @@ export class ConvNeXtModel extends tf.LayersModel {
     }
     try {
       const runner = new EnginePlan(plan, arrays, sharedEngine());
-      this.engineCache = { version, arrays, runner, token: nextToken++ };
+      this.engineCache = { version, runner, token: nextToken++ };
       return this.engineCache;
     } catch (e) {
       if (!(e instanceof EngineUnsupported)) throw e;
@@ -230,7 +231,7 @@ export class ConvNeXtModel extends tf.LayersModel {
       run = (chunk) => {
         const x = chunk.dataSync() as Float32Array;
         const { data, shape } = pool
-          ? pool.runEngine(kernels.runner, kernels.arrays, kernels.token, x, chunk.shape)
+          ? pool.runEngine(kernels.runner, kernels.token, x, chunk.shape)
           : kernels.runner.run(x, chunk.shape);
         return tf.tensor(data, shape, "float32");
       };

@@ -1,13 +1,21 @@
 /**
- * Uses every core for inference on the wasm backend, which TF.js runs single-threaded
- * under Deno (`WASM_HAS_MULTITHREAD_SUPPORT` is hard-coded false there).
+ * Uses every core for inference: TF.js runs wasm single-threaded under Deno
+ * (`WASM_HAS_MULTITHREAD_SUPPORT` is hard-coded false there), and the kernel engine is a
+ * single-threaded WebAssembly module too.
  *
- * The pool keeps `threads - 1` worker threads, each with its own wasm backend and a copy of
- * the folded weights; the main thread is the last participant. A batch of several images is
- * split by images (each thread runs the whole plan on its share); a single image is split by
- * rows, block by block (each thread runs the block on its band of rows plus the 3-row halo
- * its depthwise conv reads). Everything stays synchronous: the main thread posts jobs
- * through shared memory, does its own share, then waits in `Atomics.wait`.
+ * The pool keeps `threads - 1` worker threads; the main thread is the last participant.
+ * Everything stays synchronous: the main thread posts jobs through shared memory, does its
+ * own share, then waits in `Atomics.wait`.
+ *
+ * - The kernel engine (the default executor, {@link InferencePool.runEngine}): workers
+ *   attach to the main thread's engine memory (a shared `WebAssembly.Memory`: one copy of
+ *   the weights, no copies of activations). Each block is split over the threads (by
+ *   images, a single image by rows with the halo its depthwise conv reads), and so are the
+ *   stem's and downsampling layers' matmuls and LayerNorms (by rows).
+ * - The TF.js executor ({@link InferencePool.run}, `CONVNEXT_EXECUTOR=tfjs`, wasm backend
+ *   only): each worker has its own wasm backend and a copy of the folded weights. A batch is
+ *   split by images (each thread runs the whole plan on its share); a single image by rows,
+ *   block by block, or by hidden units for blocks with large weights.
  *
  * @module
  */
@@ -15,7 +23,8 @@ import * as tf from "@tensorflow/tfjs";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
-import type { EnginePlan, WeightArrays } from "../infer/engine/run.ts";
+import type { EnginePlan } from "../infer/engine/run.ts";
+import type { KernelEngine } from "../infer/engine/engine.ts";
 import { JobClient, splitEven, threadsFromEnv } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
 
@@ -32,6 +41,11 @@ const JOB_TIMEOUT_MS = 600_000;
  * as one thread alone, while a hidden split halves the weights each thread reads.
  */
 const HIDDEN_SPLIT_BYTES = 1 << 20;
+/**
+ * Row-wise kernels (matmuls, LayerNorms) with fewer rows run on the main thread alone: the
+ * head's few rows are not worth a round trip.
+ */
+const MIN_SPLIT_ROWS = 64;
 /** Appended to pool errors: the way out when threads cannot work in an environment. */
 const HINT = " (CONVNEXT_THREADS=1 runs inference on the main thread only)";
 
@@ -39,6 +53,8 @@ class WorkerHandle extends JobClient {
   data: Float32Array<ArrayBufferLike> = new Float32Array(0);
   /** Token of the weights this worker holds. */
   token = -1;
+  /** The kernel engine this worker's stack was allocated in, and the stack's top. */
+  stack?: { engine: KernelEngine; top: number };
   private started = false;
 
   constructor(backend: string) {
@@ -159,35 +175,22 @@ export class InferencePool {
     this.workers = Array.from({ length: threads - 1 }, () => new WorkerHandle(backend));
   }
 
-  /**
-   * Send `weights` (identified by `token`) to workers that do not hold them yet, as TF.js
-   * tensors or, with `engine`, loaded into the workers' kernel engines.
-   */
-  private sync(
-    plan: Plan,
-    weights: FoldedWeights | WeightArrays,
-    token: number,
-    engine = false,
-  ): void {
+  /** Send `weights` (identified by `token`) to workers that do not hold them yet. */
+  private sync(plan: Plan, weights: FoldedWeights, token: number): void {
     const stale = this.workers.filter((w) => w.token !== token);
     if (stale.length === 0) return;
     const names = Object.keys(weights);
-    const values = (n: string): Float32Array<ArrayBufferLike> => {
-      const w = weights[n];
-      return "dataSync" in w ? w.dataSync() as Float32Array : w.data;
-    };
     const shapes = names.map((n) => weights[n].shape);
-    const total = shapes.reduce((sum, s) => sum + s.reduce((a, b) => a * b, 1), 0);
+    const total = names.reduce((sum, n) => sum + weights[n].size, 0);
     const buffer = new SharedArrayBuffer(total * 4);
     const all = new Float32Array(buffer);
     let offset = 0;
     for (const n of names) {
-      const v = values(n);
-      all.set(v, offset);
-      offset += v.length;
+      all.set(weights[n].dataSync() as Float32Array, offset);
+      offset += weights[n].size;
     }
     // Every stale worker reads the same shared copy.
-    for (const w of stale) w.post(OP.SETUP, { plan, weights: { names, shapes, buffer }, engine });
+    for (const w of stale) w.post(OP.SETUP, { plan, weights: { names, shapes, buffer } });
     for (const w of stale) {
       w.wait();
       w.token = token;
@@ -241,33 +244,127 @@ export class InferencePool {
     }
   }
 
+  /** Attach workers that do not run `runner` (identified by `token`) yet to its engine. */
+  private syncEngine(runner: EnginePlan, token: number): void {
+    const stale = this.workers.filter((w) => w.token !== token);
+    for (const w of stale) {
+      if (w.stack?.engine !== runner.engine) {
+        w.stack = { engine: runner.engine, top: runner.engine.allocStack() };
+      }
+      w.post(OP.SETUP, {
+        plan: runner.plan,
+        engine: {
+          memory: runner.engine.memory,
+          relaxed: runner.engine.relaxed,
+          stackTop: w.stack.top,
+          steps: runner.steps,
+        },
+      });
+    }
+    for (const w of stale) {
+      w.wait();
+      w.token = token;
+    }
+  }
+
   /**
-   * Run `runner`'s plan on the kernel engines of every thread, block by block: each block
-   * is split over the threads (by images, or a single image by rows) and the threads meet
-   * after it, so they stream the same block's weights through the shared L3 cache at the
-   * same time. (Whole images per thread, each at its own block, ran 10% slower: two
-   * blocks' weights and maps competed for the cache.) `arrays` are the weights `runner`
-   * was made from, identified by `token` (a new token resends them).
+   * Run `runner`'s plan with every thread on its engine's shared memory: each block is
+   * split over the threads (by images, or a single image by rows) and run in place; the
+   * threads meet after each block, so they stream the same weights through the shared
+   * L3 cache at the same time. The other steps run on the main thread. `token` identifies
+   * `runner`'s weights (a new token re-attaches the workers).
    */
   runEngine(
     runner: EnginePlan,
-    arrays: WeightArrays,
     token: number,
     x: Float32Array<ArrayBufferLike>,
     shape: number[],
   ): { data: Float32Array<ArrayBufferLike>; shape: number[] } {
-    this.sync(runner.plan, arrays, token, true);
-    return runner.run(
-      x,
-      shape,
-      (i, step, xp, s, out) => this.engineBlock(runner, i, step, xp, s, out),
-    );
+    this.syncEngine(runner, token);
+    return runner.run(x, shape, {
+      block: (i, step, xp, s, out) => this.engineBlock(runner, i, step, xp, s, out),
+      gemm: (job) =>
+        this.engineRows(runner, job.m, OP.GEMM, (first, count, ints) => {
+          const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
+          const part = {
+            ...job,
+            a: job.a + first * job.lda * 4,
+            c: job.c + first * job.ldc * 4,
+            m: count,
+          };
+          if (!ints) {
+            try {
+              runner.gemm(part, pack);
+            } finally {
+              runner.engine.free(pack);
+            }
+            return [];
+          }
+          const { a, lda, m, k, b, n, bias, c, ldc, mode } = part;
+          ints.push(a, lda, m, k, b, n, bias, c, ldc, mode, pack);
+          return [pack];
+        }),
+      layerNorm: (job) =>
+        this.engineRows(runner, job.m, OP.LAYER_NORM, (first, count, ints) => {
+          const part = {
+            ...job,
+            x: job.x + first * job.c * 4,
+            out: job.out + first * job.c * 4,
+            m: count,
+          };
+          if (!ints) {
+            runner.layerNorm(part);
+            return [];
+          }
+          const epsBits = new Int32Array(new Float32Array([part.eps]).buffer)[0];
+          ints.push(part.x, part.m, part.c, epsBits, part.gamma, part.beta, part.out);
+          return [];
+        }),
+    });
   }
 
   /**
-   * One block in the engine, split over the threads: workers take the first shares (their
-   * slab copied out, with the halo rows a band's depthwise conv reads), the main thread the
-   * last, in place in its engine's memory.
+   * Rows 0..m-1 of a row-wise engine kernel, split over the threads. `part(first, count,
+   * ints)` either fills `ints` with a worker job's arguments (returning buffers to free
+   * after the job) or, with `ints` null, runs the main thread's share itself. Fewer than
+   * {@link MIN_SPLIT_ROWS} rows run on the main thread alone.
+   */
+  private engineRows(
+    runner: EnginePlan,
+    m: number,
+    op: number,
+    part: (first: number, count: number, ints: number[] | null) => number[],
+  ): void {
+    const shares = m < MIN_SPLIT_ROWS ? [m] : splitEven(m, this.threads).filter((r) => r > 0);
+    const busy: WorkerHandle[] = [];
+    const buffers: number[] = [];
+    let first = 0;
+    try {
+      for (let i = 0; i < shares.length - 1; i++) {
+        const w = this.workers[i];
+        const ints: number[] = [];
+        buffers.push(...part(first, shares[i], ints));
+        ints.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
+        w.post(op);
+        busy.push(w);
+        first += shares[i];
+      }
+      part(first, shares[shares.length - 1], null);
+      for (const w of busy.splice(0)) w.wait();
+    } finally {
+      for (const w of busy) {
+        try {
+          w.wait();
+        } catch { /* already failing */ }
+      }
+      for (const p of buffers) runner.engine.free(p);
+    }
+  }
+
+  /**
+   * One block on the engine, split over the threads: workers take the first shares, the
+   * main thread the last; a band of rows reads its neighbours' rows as the halo of its
+   * depthwise conv, in place.
    */
   private engineBlock(
     runner: EnginePlan,
@@ -279,17 +376,17 @@ export class InferencePool {
   ): void {
     const [n, h, width, c] = shape;
     const half = (step.kernelSize - 1) / 2;
-    const row = width * c;
+    const row = width * c * 4; // bytes
     const e = runner.engine;
-    // Shares: [first, count] of images (n > 1) or of rows (one image).
+    // Shares of images (n > 1) or of one image's rows.
     const byImages = n > 1;
     const shares = splitEven(byImages ? n : h, this.threads).filter((r) => r > 0);
     const share = (first: number, count: number) => {
       if (byImages) {
         const offset = first * h * row;
         return {
-          offset,
-          outOffset: offset,
+          x: x + offset,
+          out: out + offset,
           shape: [count, h, width, c],
           padTop: half,
           padBottom: half,
@@ -298,47 +395,43 @@ export class InferencePool {
       const a = Math.max(0, first - half);
       const b = Math.min(h, first + count + half);
       return {
-        offset: a * row,
-        outOffset: first * row,
+        x: x + a * row,
+        out: out + first * row,
         shape: [1, b - a, width, c],
         padTop: half - (first - a),
         padBottom: half - (b - first - count),
       };
     };
-    const busy: { w: WorkerHandle; outOffset: number }[] = [];
+    const busy: WorkerHandle[] = [];
+    const scratches: number[] = [];
     let first = 0;
     try {
       for (let i = 0; i < shares.length - 1; i++) {
         const w = this.workers[i];
         const s = share(first, shares[i]);
-        const floats = s.shape.reduce((a, b) => a * b, 1);
-        w.writeValues(e.view(x + s.offset * 4, floats), s.shape, floats);
+        const scratch = e.alloc(runner.blockScratch(index, s.shape, s.padTop, s.padBottom));
+        scratches.push(scratch);
+        s.shape.forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
         Atomics.store(w.ctrl, CTRL.STEP, index);
         Atomics.store(w.ctrl, CTRL.PAD_TOP, s.padTop);
         Atomics.store(w.ctrl, CTRL.PAD_BOTTOM, s.padBottom);
+        Atomics.store(w.ctrl, CTRL.X_PTR, s.x | 0);
+        Atomics.store(w.ctrl, CTRL.OUT_PTR, s.out | 0);
+        Atomics.store(w.ctrl, CTRL.SCRATCH_PTR, scratch | 0);
         w.post(OP.BLOCK);
-        busy.push({ w, outOffset: s.outOffset });
+        busy.push(w);
         first += shares[i];
       }
       const s = share(first, shares[shares.length - 1]);
-      runner.blockOnSlab(
-        index,
-        x + s.offset * 4,
-        s.shape,
-        s.padTop,
-        s.padBottom,
-        out + s.outOffset * 4,
-      );
-      for (const b of busy.splice(0)) {
-        b.w.wait();
-        e.write(out + b.outOffset * 4, b.w.outputView().data);
-      }
+      runner.blockOnSlab(index, s.x, s.shape, s.padTop, s.padBottom, s.out);
+      for (const w of busy.splice(0)) w.wait();
     } finally {
-      for (const b of busy) {
+      for (const w of busy) {
         try {
-          b.w.wait();
+          w.wait();
         } catch { /* already failing */ }
       }
+      for (const p of scratches) e.free(p);
     }
   }
 

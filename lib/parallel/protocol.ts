@@ -29,8 +29,22 @@ export const CTRL = {
   PART: 17,
   /** See PART. */
   PARTS: 18,
+  /**
+   * Engine block jobs: byte offsets of the slab, the output rows and the scratch in the
+   * shared engine memory (stored as int32 bits: read back with `>>> 0`).
+   */
+  X_PTR: 19,
+  /** See X_PTR. */
+  OUT_PTR: 20,
+  /** See X_PTR. */
+  SCRATCH_PTR: 21,
+  /**
+   * GEMM and LAYER_NORM jobs: the kernel's arguments, in order (pointers as int32 bits;
+   * LayerNorm's epsilon as float32 bits), up to 12 slots.
+   */
+  ARGS: 24,
   /** Length of the control array. */
-  LENGTH: 32,
+  LENGTH: 40,
 } as const;
 
 /** Job opcodes. */
@@ -48,6 +62,13 @@ export const OP = {
   HIDDEN: 5,
   /** Leave the job loop (the thread then ends). */
   EXIT: 4,
+  /**
+   * Run the engine's gemm on the rows given in ARGS (a, lda, m, k, b, n, bias, c, ldc,
+   * mode, pack), in place in the shared engine memory.
+   */
+  GEMM: 6,
+  /** Run the engine's layer_norm on ARGS (x, m, c, eps, gamma, beta, out), in place. */
+  LAYER_NORM: 7,
 } as const;
 
 /**
@@ -72,10 +93,22 @@ export interface SetupMessage {
   /** New data buffer; absent: keep the current one. */
   data?: SharedArrayBuffer;
   /**
-   * Load `weights` into the worker's kernel engine (../infer/engine/) instead of TF.js
-   * tensors: RUN and BLOCK jobs then run on the engine.
+   * Attach to the main thread's kernel engine (../infer/engine/): BLOCK jobs then run on
+   * its shared memory, in place (the TF.js weights, if any, are dropped).
    */
-  engine?: boolean;
+  engine?: EngineSetup;
+}
+
+/** What a worker needs to run blocks on the main thread's kernel engine. */
+export interface EngineSetup {
+  /** The engine's shared memory. */
+  memory: WebAssembly.Memory;
+  /** Which build the main thread runs (the worker runs the same one). */
+  relaxed: boolean;
+  /** Top of the stack the main thread allocated for this worker's instance. */
+  stackTop: number;
+  /** The loaded plan steps (weight pointers). */
+  steps: import("../infer/engine/run.ts").EngineStep[];
 }
 
 /** What a worker receives as `workerData`. */

@@ -12,9 +12,9 @@ import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
 import { KernelEngine } from "../infer/engine/engine.ts";
-import { EnginePlan, type WeightArrays } from "../infer/engine/run.ts";
+import { EnginePlan } from "../infer/engine/run.ts";
 import { JobServer } from "./jobs.ts";
-import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+import { CTRL, type EngineSetup, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
 
 const { ctrl, port, backend } = workerData as WorkerInit;
 
@@ -49,27 +49,16 @@ function dropTensors(): void {
   weights = {};
 }
 
-function setupEngine(message: SetupMessage): void {
+function setupEngine(setup: EngineSetup): void {
   dropTensors();
-  const { names, shapes, buffer } = message.weights!;
-  const all = new Float32Array(buffer);
-  const arrays: WeightArrays = {};
-  let offset = 0;
-  names.forEach((name, i) => {
-    const size = shapes[i].reduce((a, b) => a * b, 1);
-    arrays[name] = { data: all.subarray(offset, offset + size), shape: shapes[i] };
-    offset += size;
-  });
-  enginePlan?.dispose();
-  enginePlan = null;
-  engine ??= KernelEngine.create();
-  enginePlan = new EnginePlan(plan!, arrays, engine);
+  engine = KernelEngine.attach(setup.memory, setup.relaxed, setup.stackTop);
+  enginePlan = EnginePlan.attach(plan!, setup.steps, engine);
 }
 
 function setup(message: SetupMessage): void {
   if (message.plan) plan = message.plan;
-  if (message.weights && message.engine) {
-    setupEngine(message);
+  if (message.engine) {
+    setupEngine(message.engine);
   } else if (message.weights) {
     enginePlan?.dispose();
     enginePlan = null;
@@ -104,33 +93,40 @@ function writeArray(values: Float32Array<ArrayBufferLike>, shape: number[]): voi
   shape.forEach((d, i) => Atomics.store(ctrl, CTRL.OUT_SHAPE + i, d));
 }
 
-/** RUN and BLOCK jobs on the kernel engine. */
+/** Engine jobs: in place in the shared memory, no output to copy. */
 function runEngineJob(op: number, runner: EnginePlan): void {
-  const shape = inputShape();
-  const size = shape.reduce((a, b) => a * b, 1);
-  if (op === OP.RUN) {
-    const out = runner.run(data.subarray(0, size), shape);
-    writeArray(out.data, out.shape);
+  const ptr = (slot: number) => Atomics.load(ctrl, slot) >>> 0;
+  const arg = (i: number) => ptr(CTRL.ARGS + i);
+  Atomics.store(ctrl, CTRL.OUT_RANK, 0);
+  if (op === OP.GEMM) {
+    const job = { a: arg(0), lda: arg(1), m: arg(2), k: arg(3), b: arg(4), n: arg(5) };
+    const rest = { bias: arg(6), c: arg(7), ldc: arg(8), mode: arg(9) };
+    runner.gemm({ ...job, ...rest }, arg(10));
+    return;
+  }
+  if (op === OP.LAYER_NORM) {
+    const eps = new Float32Array(new Int32Array([Atomics.load(ctrl, CTRL.ARGS + 3)]).buffer)[0];
+    runner.layerNorm({
+      x: arg(0),
+      m: arg(1),
+      c: arg(2),
+      eps,
+      gamma: arg(4),
+      beta: arg(5),
+      out: arg(6),
+    });
     return;
   }
   if (op !== OP.BLOCK) throw new Error(`inference worker: opcode ${op} has no engine job`);
-  const index = Atomics.load(ctrl, CTRL.STEP);
-  const padTop = Atomics.load(ctrl, CTRL.PAD_TOP);
-  const padBottom = Atomics.load(ctrl, CTRL.PAD_BOTTOM);
-  const step = runner.plan.steps[index] as BlockStep;
-  const [n, rows, w, c] = shape;
-  const outShape = [n, rows + padTop + padBottom - (step.kernelSize - 1), w, c];
-  const e = runner.engine;
-  const x = e.upload(data.subarray(0, size));
-  const outSize = outShape.reduce((a, b) => a * b, 1);
-  const out = e.alloc(outSize);
-  try {
-    runner.blockOnSlab(index, x, shape, padTop, padBottom, out);
-    writeArray(e.view(out, outSize), outShape);
-  } finally {
-    e.free(out);
-    e.free(x);
-  }
+  runner.blockOnSlab(
+    Atomics.load(ctrl, CTRL.STEP),
+    ptr(CTRL.X_PTR),
+    inputShape(),
+    Atomics.load(ctrl, CTRL.PAD_TOP),
+    Atomics.load(ctrl, CTRL.PAD_BOTTOM),
+    ptr(CTRL.OUT_PTR),
+    ptr(CTRL.SCRATCH_PTR),
+  );
 }
 
 function input(): tf.Tensor4D {

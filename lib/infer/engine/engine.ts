@@ -9,7 +9,10 @@
  * cache. Here one `block` call runs all of them tile by tile, so the hidden activations stay
  * in cache, and bias, GELU and residual ride in the matmul's epilogue.
  *
- * One engine per thread: instances never share memory.
+ * The memory is a shared `WebAssembly.Memory`: the main thread's engine owns it (weights,
+ * activations, the allocator), and worker threads {@link KernelEngine.attach} their own
+ * kernel instances to it, each with its own stack, to run their share of a block in place:
+ * no copies, and one copy of the weights for all threads.
  *
  * @module
  */
@@ -33,6 +36,7 @@ export interface KernelExports {
     mode: number,
     r: number,
     ldr: number,
+    pack: number,
   ): void;
   /** LayerNorm over the last axis; `gamma` 0 skips the affine. */
   layer_norm(
@@ -46,6 +50,8 @@ export interface KernelExports {
   ): void;
   /** Floats of scratch a {@link KernelExports.block} call needs. */
   block_scratch(rows: number, w: number, c: number, k: number, tile: number): number;
+  /** Floats of `pack` scratch {@link KernelExports.gemm} needs for inner dimension `k`. */
+  gemm_scratch(k: number): number;
   /** One fused ConvNeXt block on a slab (see kernels.c). */
   block(
     x: number,
@@ -72,9 +78,11 @@ export interface KernelExports {
   /** Mean over the pixels of each image. */
   avg_pool(x: number, n: number, pixels: number, c: number, out: number): void;
   /** Exact GELU in place. */
-  gelu(x: number, size: number): void;
+  gelu(x: number, size: number, one: number): void;
   /** First free byte after the kernels' own stack and data. */
   __heap_base: WebAssembly.Global;
+  /** The instance's stack pointer (each thread's instance gets its own stack). */
+  __stack_pointer: WebAssembly.Global;
 }
 
 const modules: Partial<Record<"relaxed" | "simd", WebAssembly.Module>> = {};
@@ -106,6 +114,10 @@ export interface EngineOptions {
 
 const PAGE = 65536;
 const ALIGN = 64;
+/** WebAssembly's 4 GiB, in pages: a shared memory needs a maximum. */
+const MAX_PAGES = 65536;
+/** Bytes of stack for an attached instance (the kernels use a few hundred). */
+export const STACK_BYTES = 65536;
 
 /**
  * A kernel instance with its memory. Buffers are `alloc`ed in floats and addressed by byte
@@ -116,7 +128,7 @@ const ALIGN = 64;
  * const engine = KernelEngine.create();
  * const p = engine.alloc(4);
  * engine.write(p, new Float32Array([1, 2, 3, 4]));
- * engine.kernels.gelu(p, 4);
+ * engine.kernels.gelu(p, 4, 1); // the 1 keeps the kernel's constants in registers
  * console.log(engine.read(p, 4));
  * engine.free(p);
  * ```
@@ -126,29 +138,49 @@ export class KernelEngine {
   readonly kernels: KernelExports;
   /** Whether the relaxed-SIMD (FMA) build runs. */
   readonly relaxed: boolean;
-  private readonly memory: WebAssembly.Memory;
+  /** The shared memory (post it to a worker to {@link KernelEngine.attach} there). */
+  readonly memory: WebAssembly.Memory;
+  /** Attached instances run kernels only; the owning engine allocates. */
+  readonly attached: boolean;
   private top: number;
   /** Free blocks, sorted by address: [start, bytes]. */
   private freeList: [number, number][] = [];
   private readonly sizes = new Map<number, number>();
 
-  private constructor(relaxed: boolean) {
+  private constructor(relaxed: boolean, memory?: WebAssembly.Memory, stackTop?: number) {
     this.relaxed = relaxed;
-    this.memory = new WebAssembly.Memory({ initial: 32, maximum: 65536 });
+    this.attached = memory !== undefined;
+    this.memory = memory ??
+      new WebAssembly.Memory({ initial: 32, maximum: MAX_PAGES, shared: true });
     const instance = new WebAssembly.Instance(kernelModule(relaxed), {
       env: { memory: this.memory },
     });
     this.kernels = instance.exports as unknown as KernelExports;
+    if (stackTop !== undefined) this.kernels.__stack_pointer.value = stackTop;
     this.top = Math.ceil(Number(this.kernels.__heap_base.value) / ALIGN) * ALIGN;
   }
 
-  /** A new engine (compiles the kernels on first use in this thread). */
+  /** A new engine with its own memory (compiles the kernels on first use in this thread). */
   static create(options: EngineOptions = {}): KernelEngine {
     const relaxed = options.relaxed ?? hasRelaxedSimd();
     if (relaxed && !hasRelaxedSimd()) {
       throw new Error("KernelEngine: this runtime has no relaxed SIMD (relaxed: true)");
     }
     return new KernelEngine(relaxed);
+  }
+
+  /**
+   * A kernel instance on another engine's `memory` (in a worker thread), with its stack
+   * ending at `stackTop` (from the owner's {@link KernelEngine.allocStack}). It runs
+   * kernels on buffers the owner allocated; it cannot allocate itself.
+   */
+  static attach(memory: WebAssembly.Memory, relaxed: boolean, stackTop: number): KernelEngine {
+    return new KernelEngine(relaxed, memory, stackTop);
+  }
+
+  /** A stack for an attached instance: returns its top (stacks grow down). */
+  allocStack(): number {
+    return this.alloc(STACK_BYTES / 4) + STACK_BYTES;
   }
 
   /** Bytes of memory the engine holds. */
@@ -158,6 +190,7 @@ export class KernelEngine {
 
   /** Allocate `floats` floats (64-byte aligned); returns the byte offset. */
   alloc(floats: number): number {
+    if (this.attached) throw new Error("KernelEngine.alloc: an attached engine cannot allocate");
     if (!(Number.isInteger(floats) && floats >= 0)) {
       throw new Error(`KernelEngine.alloc: floats must be a non-negative integer, got ${floats}`);
     }
@@ -174,6 +207,7 @@ export class KernelEngine {
     const end = start + bytes;
     if (end > this.memory.buffer.byteLength) {
       const pages = Math.ceil((end - this.memory.buffer.byteLength) / PAGE);
+      // Shared memories grow in place: attached instances see the new size on their next call.
       try {
         this.memory.grow(pages);
       } catch {
@@ -190,6 +224,7 @@ export class KernelEngine {
 
   /** Return a buffer from {@link KernelEngine.alloc}. */
   free(ptr: number): void {
+    if (this.attached) throw new Error("KernelEngine.free: an attached engine cannot free");
     const bytes = this.sizes.get(ptr);
     if (bytes === undefined) throw new Error(`KernelEngine.free: ${ptr} is not allocated`);
     this.sizes.delete(ptr);
@@ -216,8 +251,8 @@ export class KernelEngine {
   }
 
   /** A view of `floats` floats at `ptr` (invalid after the next alloc). */
-  view(ptr: number, floats: number): Float32Array {
-    return new Float32Array(this.memory.buffer, ptr, floats);
+  view(ptr: number, floats: number): Float32Array<SharedArrayBuffer> {
+    return new Float32Array(this.memory.buffer as SharedArrayBuffer, ptr, floats);
   }
 
   /** Copy `data` to `ptr`. */
@@ -227,7 +262,10 @@ export class KernelEngine {
 
   /** A copy of `floats` floats at `ptr`. */
   read(ptr: number, floats: number): Float32Array<ArrayBuffer> {
-    return new Float32Array(this.memory.buffer, ptr, floats).slice();
+    // slice() of a view on shared memory is a plain (unshared) copy.
+    const out = new Float32Array(floats);
+    out.set(new Float32Array(this.memory.buffer, ptr, floats));
+    return out;
   }
 
   /** Allocate and fill a buffer with `data`. */

@@ -1,6 +1,8 @@
 // ConvNeXt inference kernels for WebAssembly SIMD (128-bit), compiled by
-// tools/build_kernels.sh into kernels_wasm.ts. No libc: every buffer lives in the imported
-// memory and is laid out by the TypeScript side (./engine.ts).
+// tools/build_kernels.sh into kernels_wasm.ts. No libc and no static buffers: every buffer
+// lives in the imported memory and is laid out by the TypeScript side (./engine.ts). The
+// memory is shared: several threads run these kernels on it at once, each with its own
+// stack (the exported __stack_pointer, set per instance) and its own scratch.
 //
 // Layout: activations are NHWC float32; a GEMM's right-hand matrix is packed by pack_b
 // into panels of 8 columns (K rows x 8 floats each, the last panel zero-filled).
@@ -23,32 +25,64 @@ typedef float f4 __attribute__((vector_size(16)));
 
 enum { EPI_BIAS = 0, EPI_GELU = 1, EPI_RESIDUAL = 2 };
 
-// erf(x) as a rational function, |error| about 1e-7 on [-4, 4] (beyond, erf is +-1 in
-// float32). The coefficients are those of XLA/Eigen's float erf.
-static inline v128_t erf4(v128_t x) {
-  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, wasm_f32x4_splat(4.f)), wasm_f32x4_splat(-4.f));
-  v128_t x2 = wasm_f32x4_mul(x, x);
-  v128_t p = wasm_f32x4_splat(-2.72614225801306e-10f);
-  p = MADD(p, x2, wasm_f32x4_splat(2.77068142495902e-08f));
-  p = MADD(p, x2, wasm_f32x4_splat(-2.10102402082508e-06f));
-  p = MADD(p, x2, wasm_f32x4_splat(-5.69250639462346e-05f));
-  p = MADD(p, x2, wasm_f32x4_splat(-7.34990630326855e-04f));
-  p = MADD(p, x2, wasm_f32x4_splat(-2.95459980854025e-03f));
-  p = MADD(p, x2, wasm_f32x4_splat(-1.60960333262415e-02f));
-  p = wasm_f32x4_mul(p, x);
-  v128_t q = wasm_f32x4_splat(-1.45660718464996e-05f);
-  q = MADD(q, x2, wasm_f32x4_splat(-2.13374055278905e-04f));
-  q = MADD(q, x2, wasm_f32x4_splat(-1.68282697438203e-03f));
-  q = MADD(q, x2, wasm_f32x4_splat(-7.37332916720468e-03f));
-  q = MADD(q, x2, wasm_f32x4_splat(-1.42647390514189e-02f));
-  return wasm_f32x4_div(p, q);
+// The constants of gelu4: erf(x) as a rational function, |error| about 1e-7 on [-4, 4]
+// (beyond, erf is +-1 in float32), with the coefficients of XLA/Eigen's float erf.
+typedef struct {
+  v128_t lim, nlim, p13, p11, p9, p7, p5, p3, p1, q8, q6, q4, q2, q0, rsqrt2, half;
+} gelu_consts;
+
+// Built from `one` (1.0 at run time): splats of literal constants would be rematerialized
+// by V8 inside every loop, at three or four instructions each; built from a value the
+// compiler cannot see, they stay in registers (or on the native stack) across the loop.
+static inline gelu_consts gelu_make(float one) {
+  gelu_consts k;
+  k.lim = wasm_f32x4_splat(4.f * one);
+  k.nlim = wasm_f32x4_splat(-4.f * one);
+  k.p13 = wasm_f32x4_splat(-2.72614225801306e-10f * one);
+  k.p11 = wasm_f32x4_splat(2.77068142495902e-08f * one);
+  k.p9 = wasm_f32x4_splat(-2.10102402082508e-06f * one);
+  k.p7 = wasm_f32x4_splat(-5.69250639462346e-05f * one);
+  k.p5 = wasm_f32x4_splat(-7.34990630326855e-04f * one);
+  k.p3 = wasm_f32x4_splat(-2.95459980854025e-03f * one);
+  k.p1 = wasm_f32x4_splat(-1.60960333262415e-02f * one);
+  k.q8 = wasm_f32x4_splat(-1.45660718464996e-05f * one);
+  k.q6 = wasm_f32x4_splat(-2.13374055278905e-04f * one);
+  k.q4 = wasm_f32x4_splat(-1.68282697438203e-03f * one);
+  k.q2 = wasm_f32x4_splat(-7.37332916720468e-03f * one);
+  k.q0 = wasm_f32x4_splat(-1.42647390514189e-02f * one);
+  k.rsqrt2 = wasm_f32x4_splat(0.70710678118654752f * one);
+  k.half = wasm_f32x4_splat(0.5f * one);
+  return k;
 }
 
 // 0.5 v (1 + erf(v / sqrt 2)): the exact GELU of PyTorch's nn.GELU().
-static inline v128_t gelu4(v128_t v) {
-  v128_t e = erf4(wasm_f32x4_mul(v, wasm_f32x4_splat(0.70710678118654752f)));
-  v128_t h = wasm_f32x4_mul(v, wasm_f32x4_splat(0.5f));
+static inline v128_t gelu4k(v128_t v, const gelu_consts k) {
+  v128_t x = wasm_f32x4_mul(v, k.rsqrt2);
+  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, k.lim), k.nlim);
+  v128_t x2 = wasm_f32x4_mul(x, x);
+  v128_t p = MADD(k.p13, x2, k.p11);
+  p = MADD(p, x2, k.p9);
+  p = MADD(p, x2, k.p7);
+  p = MADD(p, x2, k.p5);
+  p = MADD(p, x2, k.p3);
+  p = MADD(p, x2, k.p1);
+  p = wasm_f32x4_mul(p, x);
+  v128_t q = MADD(k.q8, x2, k.q6);
+  q = MADD(q, x2, k.q4);
+  q = MADD(q, x2, k.q2);
+  q = MADD(q, x2, k.q0);
+  v128_t e = wasm_f32x4_div(p, q);
+  v128_t h = wasm_f32x4_mul(v, k.half);
   return MADD(h, e, h);
+}
+
+// GELU of one vector with literal constants (the rare dense layer with a GELU activation).
+static inline v128_t gelu4(v128_t v) { return gelu4k(v, gelu_make(1.f)); }
+
+// GELU in place over `size` floats (a multiple of 4); `one` must be 1 (see gelu_make).
+static void gelu_run(float* x, long size, float one) {
+  const gelu_consts k = gelu_make(one);
+  for (long i = 0; i < size; i += 4) wasm_v128_store(x + i, gelu4k(wasm_v128_load(x + i), k));
 }
 
 // Copy B (K x N, row-major) into panels of 8 columns; N is padded to a multiple of 8 with
@@ -64,11 +98,8 @@ EXPORT(pack_b) void pack_b(const float* src, int K, int N, float* dst) {
   }
 }
 
-// Rows of A per packing chunk, and the longest K the packing buffer takes (ConvNeXt's
-// widest matmul input is 4 x 2048 hidden units, xlarge).
+// Rows of A per packing chunk: gemm's `pack` scratch holds MC * K floats.
 #define MC 32
-#define MAX_K 8192
-static float apack[MC * MAX_K];
 
 // A 4x8 tile of A B: `ap` holds 4 rows of A interleaved (ap[4k + r]), `bk` a packed panel.
 // One vector load of A per k, broadcast by shuffles: fewer loads means fewer of the bounds
@@ -142,16 +173,17 @@ static void finish_tile(const float* acc, int rows, const float* bias, int nc, f
   }
 }
 
-// Largest K gemm takes.
-EXPORT(gemm_max_k) int gemm_max_k(void) { return MAX_K; }
+// Floats of `pack` scratch gemm needs for inner dimension K.
+EXPORT(gemm_scratch) long gemm_scratch(int K) { return (long)MC * K; }
 
 // C[M x N] = epilogue(A[M x K] B + bias): A rows at stride lda, B packed by pack_b, C rows
-// at stride ldc; mode EPI_RESIDUAL adds R (rows at stride ldr). K <= MAX_K.
+// at stride ldc; mode EPI_RESIDUAL adds R (rows at stride ldr). `pack` is scratch of
+// gemm_scratch(K) floats (each thread its own: the memory is shared between threads).
 // Rows go in chunks of MC, packed four by four; each B panel then serves the whole chunk
 // from cache.
 EXPORT(gemm) void gemm(const float* A, int lda, int M, int K, const float* Bp, int N,
                        const float* bias, float* C, int ldc, int mode, const float* R,
-                       int ldr) {
+                       int ldr, float* pack) {
   int panels = (N + 7) / 8;
   float acc[32];
   for (int i0 = 0; i0 < M; i0 += MC) {
@@ -159,7 +191,7 @@ EXPORT(gemm) void gemm(const float* A, int lda, int M, int K, const float* Bp, i
     int groups = (mc + 3) / 4;
     // Pack: group g holds rows i0 + 4g .. +3 interleaved; missing rows are zeros.
     for (int g = 0; g < groups; g++) {
-      float* dst = apack + (long)g * 4 * K;
+      float* dst = pack + (long)g * 4 * K;
       for (int r = 0; r < 4; r++) {
         int row = i0 + 4 * g + r;
         if (row < M) {
@@ -177,7 +209,7 @@ EXPORT(gemm) void gemm(const float* A, int lda, int M, int K, const float* Bp, i
       for (int g = 0; g < groups; g++) {
         int row = i0 + 4 * g;
         int rows = M - row < 4 ? M - row : 4;
-        tile4x8(apack + (long)g * 4 * K, b, K, acc);
+        tile4x8(pack + (long)g * 4 * K, b, K, acc);
         finish_tile(acc, rows, bias ? bias + j0 : 0, nc, C + (long)row * ldc + j0, ldc, mode,
                     R ? R + (long)row * ldr + j0 : 0, ldr);
       }
@@ -286,10 +318,11 @@ static inline void dw_rows(const float* x, int rows, int W, int C, int k, int pa
   }
 }
 
-// Floats of scratch block() needs: a group of depthwise rows and a tile of hidden units.
+// Floats of scratch block() needs: a group of depthwise rows, a tile of hidden units and
+// the matmuls' packing buffer.
 EXPORT(block_scratch) long block_scratch(int rows, int W, int C, int k, int tile) {
   int group = tile / W > 0 ? tile / W : 1;
-  return (long)group * W * C + (long)tile * 4 * C + 64;
+  return (long)group * W * C + (long)tile * 4 * C + gemm_scratch(4 * C) + 64;
 }
 
 // One ConvNeXt block with folded weights on a slab of n images x rows x W x C:
@@ -297,7 +330,9 @@ EXPORT(block_scratch) long block_scratch(int rows, int W, int C, int k, int tile
 // padTop/padBottom zero rows lie outside the slab (a full map: both (k-1)/2; a band of a
 // map split over threads: fewer, the slab then carries neighbour rows instead). out has
 // rows + padTop + padBottom - (k - 1) rows per image. Works tile by tile (`tile` pixels),
-// so the hidden activations stay in cache.
+// so the hidden activations stay in cache. Tiles run across image boundaries: on small
+// maps (stages 3 and 4) a tile then spans several images, and the large weights stream
+// through the cache once per tile rather than once per image.
 EXPORT(block) void block(const float* x, int n, int rows, int W, int C, int padTop,
                          int padBottom, int k, const float* dww, const float* dwb, float eps,
                          const float* w1p, const float* b1, const float* w2p, const float* b2,
@@ -308,27 +343,42 @@ EXPORT(block) void block(const float* x, int n, int rows, int W, int C, int padT
   int group = tile / W > 0 ? tile / W : 1;
   float* y = scratch;
   float* h = y + (long)group * W * C;
-  for (int img = 0; img < n; img++) {
-    const float* xi = x + (long)img * rows * W * C;
-    float* oi = out + (long)img * orow * W * C;
-    for (int oy0 = 0; oy0 < orow; oy0 += group) {
-      int oy1 = oy0 + group < orow ? oy0 + group : orow;
-      if (k == 7)
-        dw_rows(xi, rows, W, C, 7, padTop, dww, dwb, y, oy0, oy1);
-      else
-        dw_rows(xi, rows, W, C, k, padTop, dww, dwb, y, oy0, oy1);
-      int pixels = (oy1 - oy0) * W;
-      layer_norm(y, pixels, C, eps, 0, 0, y);
-      // The residual row of output row oy is slab row oy + half - padTop.
-      const float* res = xi + (long)(oy0 + half - padTop) * W * C;
-      float* o = oi + (long)oy0 * W * C;
-      for (int p0 = 0; p0 < pixels; p0 += tile) {
-        int m = pixels - p0 < tile ? pixels - p0 : tile;
-        gemm(y + (long)p0 * C, C, m, C, w1p, hidden, b1, h, hidden, EPI_GELU, 0, 0);
-        gemm(h, hidden, m, hidden, w2p, C, b2, o + (long)p0 * C, C, EPI_RESIDUAL,
-             res + (long)p0 * C, C);
-      }
+  float* pack = h + (long)tile * hidden;
+  // Output row r of the batch is row r % orow of image r / orow. Its residual is slab row
+  // r % orow + half - padTop of that image: consecutive across images only when the slab
+  // has no halo rows (padTop = padBottom = half), else tiles stop at image boundaries.
+  int across = padTop == half && padBottom == half;
+  // 1, unknown to the compiler (eps * 0 is not folded: eps could be infinite).
+  float one = eps * 0.f + 1.f;
+  long map = (long)rows * W * C;
+  int total = n * orow;
+  for (int r0 = 0; r0 < total;) {
+    int r1 = r0 + group < total ? r0 + group : total;
+    if (!across) {
+      int end = (r0 / orow + 1) * orow;
+      if (r1 > end) r1 = end;
     }
+    for (int r = r0; r < r1; r++) {
+      int img = r / orow, oy = r % orow;
+      float* yr = y + (long)(r - r0) * W * C;
+      if (k == 7)
+        dw_rows(x + img * map, rows, W, C, 7, padTop, dww, dwb, yr, oy, oy + 1);
+      else
+        dw_rows(x + img * map, rows, W, C, k, padTop, dww, dwb, yr, oy, oy + 1);
+    }
+    int pixels = (r1 - r0) * W;
+    layer_norm(y, pixels, C, eps, 0, 0, y);
+    const float* res = x + (r0 / orow) * map + (long)(r0 % orow + half - padTop) * W * C;
+    float* o = out + (long)r0 * W * C;
+    for (int p0 = 0; p0 < pixels; p0 += tile) {
+      int m = pixels - p0 < tile ? pixels - p0 : tile;
+      gemm(y + (long)p0 * C, C, m, C, w1p, hidden, b1, h, hidden, EPI_BIAS, 0, 0, pack);
+      // A pass of its own over the tile (in cache): the constants stay in registers.
+      gelu_run(h, (long)m * hidden, one);
+      gemm(h, hidden, m, hidden, w2p, C, b2, o + (long)p0 * C, C, EPI_RESIDUAL,
+           res + (long)p0 * C, C, pack);
+    }
+    r0 = r1;
   }
 }
 
@@ -363,11 +413,11 @@ EXPORT(avg_pool) void avg_pool(const float* x, int n, int pixels, int C, float* 
   }
 }
 
-// GELU in place (a dense layer with a GELU activation outside a block).
-EXPORT(gelu) void gelu(float* x, long size) {
-  long i = 0;
-  for (; i + 4 <= size; i += 4) wasm_v128_store(x + i, gelu4(wasm_v128_load(x + i)));
-  for (; i < size; i++) {
+// GELU in place over `size` floats; `one` must be 1 (see gelu_make).
+EXPORT(gelu) void gelu(float* x, long size, float one) {
+  long whole = size / 4 * 4;
+  gelu_run(x, whole, one);
+  for (long i = whole; i < size; i++) {
     float t[4] = {x[i], 0, 0, 0};
     wasm_v128_store(t, gelu4(wasm_v128_load(t)));
     x[i] = t[0];

@@ -41,7 +41,11 @@ interface Buffer {
   shape: number[];
 }
 
-type Loaded =
+/**
+ * One step as loaded into the engine: kernel parameters and weight pointers (JSON: a
+ * worker thread attached to the same memory runs the step from it).
+ */
+export type EngineStep =
   | {
     op: "block";
     k: number;
@@ -62,6 +66,61 @@ type Loaded =
 
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
+/** A matmul over rows: `c = epilogue(a b + bias)` (see kernels.c `gemm`; no residual). */
+export interface GemmJob {
+  /** Rows of A, at stride `lda` floats. */
+  a: number;
+  /** Row stride of A. */
+  lda: number;
+  /** Rows. */
+  m: number;
+  /** Inner dimension. */
+  k: number;
+  /** Packed B. */
+  b: number;
+  /** Columns. */
+  n: number;
+  /** Bias (0: none). */
+  bias: number;
+  /** Output rows, at stride `ldc`. */
+  c: number;
+  /** Row stride of C. */
+  ldc: number;
+  /** 0 bias, 1 bias + GELU. */
+  mode: number;
+}
+
+/** A LayerNorm over rows (see kernels.c `layer_norm`). */
+export interface LayerNormJob {
+  /** Input rows of `c` floats. */
+  x: number;
+  /** Rows. */
+  m: number;
+  /** Channels. */
+  c: number;
+  /** Epsilon. */
+  eps: number;
+  /** Affine scale (0: none). */
+  gamma: number;
+  /** Affine shift. */
+  beta: number;
+  /** Output rows. */
+  out: number;
+}
+
+/**
+ * How {@link EnginePlan.run} runs its steps: each hook replaces the main thread's own
+ * call (the thread pool splits the work over its threads; see ../../parallel/pool.ts).
+ */
+export interface EngineHooks {
+  /** Run block step `index` on the map at `x` (`shape`), filling `out`. */
+  block?(index: number, step: BlockStep, x: number, shape: number[], out: number): void;
+  /** Run a matmul. */
+  gemm?(job: GemmJob): void;
+  /** Run a LayerNorm. */
+  layerNorm?(job: LayerNormJob): void;
+}
+
 /**
  * A plan with its weights loaded into an engine.
  *
@@ -76,7 +135,8 @@ const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 export class EnginePlan {
   /** The engine the weights live in. */
   readonly engine: KernelEngine;
-  private readonly loaded: Loaded[];
+  /** The loaded steps (pointers into the engine's memory), by plan step. */
+  readonly steps: EngineStep[];
   private readonly owned: number[] = [];
 
   /**
@@ -95,7 +155,7 @@ export class EnginePlan {
     const specs = plan.steps.map((step) => this.check(step, weights));
     this.engine = engine ?? KernelEngine.create(options);
     try {
-      this.loaded = specs.map((load) => load());
+      this.steps = specs.map((load) => load());
     } catch (e) {
       this.dispose();
       throw e;
@@ -115,7 +175,7 @@ export class EnginePlan {
   }
 
   /** Validate one step; returns the loader that puts its weights into the engine. */
-  private check(step: PlanStep, weights: WeightArrays): () => Loaded {
+  private check(step: PlanStep, weights: WeightArrays): () => EngineStep {
     const get = (key: string): WeightArray => {
       const w = weights[key];
       if (!w) throw new Error(`EnginePlan: missing folded weight ${key}`);
@@ -202,14 +262,33 @@ export class EnginePlan {
     }
   }
 
+  /**
+   * The plan on an engine attached to the owner's memory (a worker thread), with the
+   * owner's loaded `steps`: it runs blocks in place, and owns nothing.
+   */
+  static attach(plan: Plan, steps: EngineStep[], engine: KernelEngine): EnginePlan {
+    const runner = Object.create(EnginePlan.prototype) as EnginePlan;
+    Object.assign(runner, { plan, steps, engine, owned: [] });
+    return runner;
+  }
+
   /** Free the weights (the engine itself stays usable). */
   dispose(): void {
     for (const p of this.owned.splice(0)) this.engine.free(p);
   }
 
+  /** Floats of scratch {@link EnginePlan.blockOnSlab} needs for a slab of `shape`. */
+  blockScratch(index: number, shape: number[], padTop: number, padBottom: number): number {
+    const l = this.steps[index];
+    if (l?.op !== "block") throw new Error(`EnginePlan: step ${index} is not a block`);
+    const [, rows, w, c] = shape;
+    return this.engine.kernels.block_scratch(rows + padTop + padBottom, w, c, l.k, BLOCK_TILE);
+  }
+
   /**
    * Run block step `index` on a slab at `x` (`[n, rows, w, c]` in engine memory) with
-   * `padTop`/`padBottom` zero rows outside it (see kernels.c `block`), into `out`.
+   * `padTop`/`padBottom` zero rows outside it (see kernels.c `block`), into `out`;
+   * `scratch` ({@link EnginePlan.blockScratch} floats) is allocated here when not given.
    */
   blockOnSlab(
     index: number,
@@ -218,15 +297,16 @@ export class EnginePlan {
     padTop: number,
     padBottom: number,
     out: number,
+    scratch?: number,
   ): void {
-    const l = this.loaded[index];
+    const l = this.steps[index];
     if (l?.op !== "block") throw new Error(`EnginePlan: step ${index} is not a block`);
     const [n, rows, w, c] = shape;
     if (c !== l.c) throw new Error(`EnginePlan: block ${index} expects ${l.c} channels, got ${c}`);
-    const tile = BLOCK_TILE;
-    const scratch = this.engine.alloc(
-      this.engine.kernels.block_scratch(rows + padTop + padBottom, w, c, l.k, tile),
-    );
+    const own = scratch === undefined;
+    const buffer = own
+      ? this.engine.alloc(this.blockScratch(index, shape, padTop, padBottom))
+      : scratch;
     try {
       this.engine.kernels.block(
         x,
@@ -244,24 +324,41 @@ export class EnginePlan {
         l.b1,
         l.w2,
         l.b2,
-        tile,
-        scratch,
+        BLOCK_TILE,
+        buffer,
         out,
       );
     } finally {
-      this.engine.free(scratch);
+      if (own) this.engine.free(buffer);
     }
   }
 
+  /** Run a matmul on this thread; `pack` scratch is allocated here when not given. */
+  gemm(job: GemmJob, pack?: number): void {
+    const own = pack === undefined;
+    const scratch = own ? this.engine.alloc(this.engine.kernels.gemm_scratch(job.k)) : pack;
+    try {
+      const { a, lda, m, k, b, n, bias, c, ldc, mode } = job;
+      this.engine.kernels.gemm(a, lda, m, k, b, n, bias, c, ldc, mode, 0, 0, scratch);
+    } finally {
+      if (own) this.engine.free(scratch);
+    }
+  }
+
+  /** Run a LayerNorm on this thread. */
+  layerNorm(job: LayerNormJob): void {
+    const { x, m, c, eps, gamma, beta, out } = job;
+    this.engine.kernels.layer_norm(x, m, c, eps, gamma, beta, out);
+  }
+
   /**
-   * Run the plan on `input` (`[n, h, w, c]`, NHWC float32). `runBlock`, when given, runs
-   * the blocks instead (e.g. split over threads): it gets the step index, the input buffer
-   * and its shape, and must fill `out` (same shape).
+   * Run the plan on `input` (`[n, h, w, c]`, NHWC float32). `hooks` run blocks, matmuls
+   * and LayerNorms instead of this thread (e.g. split over threads).
    */
   run(
     input: Float32Array<ArrayBufferLike>,
     shape: number[],
-    runBlock?: (index: number, step: BlockStep, x: number, shape: number[], out: number) => void,
+    hooks: EngineHooks = {},
   ): { data: Float32Array<ArrayBuffer>; shape: number[] } {
     const { plan, engine } = this;
     const k = engine.kernels;
@@ -291,7 +388,7 @@ export class EnginePlan {
           if (!b) throw new Error(`EnginePlan.run: slot ${s} is empty`);
           return b;
         };
-        const l = this.loaded[i];
+        const l = this.steps[i];
         const x = read("input" in step ? step.input : -1);
         let out: Buffer;
         switch (l.op) {
@@ -301,7 +398,7 @@ export class EnginePlan {
               throw new Error(`EnginePlan.run: block ${i}: ${c} channels, expected ${l.c}`);
             }
             out = alloc(x.shape);
-            if (runBlock) runBlock(i, step as BlockStep, x.ptr, x.shape, out.ptr);
+            if (hooks.block) hooks.block(i, step as BlockStep, x.ptr, x.shape, out.ptr);
             else this.blockOnSlab(i, x.ptr, [n, h, w, c], (l.k - 1) / 2, (l.k - 1) / 2, out.ptr);
             break;
           }
@@ -318,20 +415,20 @@ export class EnginePlan {
               a = alloc([n * oh * ow, kk]);
               k.patchify(x.ptr, n, h, w, c, l.s, a.ptr);
             }
-            k.gemm(
-              a.ptr,
-              kk,
-              n * oh * ow,
-              kk,
-              l.w,
-              l.cout,
-              l.b,
-              out.ptr,
-              l.cout,
-              l.gelu ? 1 : 0,
-              0,
-              0,
-            );
+            const job: GemmJob = {
+              a: a.ptr,
+              lda: kk,
+              m: n * oh * ow,
+              k: kk,
+              b: l.w,
+              n: l.cout,
+              bias: l.b,
+              c: out.ptr,
+              ldc: l.cout,
+              mode: l.gelu ? 1 : 0,
+            };
+            if (hooks.gemm) hooks.gemm(job);
+            else this.gemm(job);
             if (a !== x) release(a);
             break;
           }
@@ -342,7 +439,20 @@ export class EnginePlan {
             }
             const m = size(x.shape) / c;
             out = alloc([...x.shape.slice(0, -1), l.cout]);
-            k.gemm(x.ptr, c, m, c, l.w, l.cout, l.b, out.ptr, l.cout, l.gelu ? 1 : 0, 0, 0);
+            const job: GemmJob = {
+              a: x.ptr,
+              lda: c,
+              m,
+              k: c,
+              b: l.w,
+              n: l.cout,
+              bias: l.b,
+              c: out.ptr,
+              ldc: l.cout,
+              mode: l.gelu ? 1 : 0,
+            };
+            if (hooks.gemm) hooks.gemm(job);
+            else this.gemm(job);
             break;
           }
           case "layerNorm": {
@@ -351,7 +461,17 @@ export class EnginePlan {
               throw new Error(`EnginePlan.run: LayerNorm ${i}: ${c} channels, expected ${l.c}`);
             }
             out = alloc(x.shape);
-            k.layer_norm(x.ptr, size(x.shape) / c, c, l.eps, l.gamma, l.beta, out.ptr);
+            const job: LayerNormJob = {
+              x: x.ptr,
+              m: size(x.shape) / c,
+              c,
+              eps: l.eps,
+              gamma: l.gamma,
+              beta: l.beta,
+              out: out.ptr,
+            };
+            if (hooks.layerNorm) hooks.layerNorm(job);
+            else this.layerNorm(job);
             break;
           }
           case "avgPool": {

@@ -106,7 +106,8 @@ EXPORT(pack_b) void pack_b(const float* src, int K, int N, float* dst) {
 // checks Deno's V8 puts on every access (4x8 tiles with four broadcast loads per k, and
 // 5x8 or 6x8 tiles, ran 15-30% slower here).
 static inline void tile4x8(const float* ap, const float* bk, int K,
-                                              float* out) {
+                           float* C, int ldc, const float* bias, const float* R, int ldr,
+                           float* acc) {
   v128_t c00 = wasm_f32x4_splat(0.f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
          c30 = c00, c31 = c00;
   const float* end = bk + 8 * K;
@@ -127,14 +128,48 @@ static inline void tile4x8(const float* ap, const float* bk, int K,
     c30 = MADD(x, b0, c30);
     c31 = MADD(x, b1, c31);
   }
-  wasm_v128_store(out, c00);
-  wasm_v128_store(out + 4, c01);
-  wasm_v128_store(out + 8, c10);
-  wasm_v128_store(out + 12, c11);
-  wasm_v128_store(out + 16, c20);
-  wasm_v128_store(out + 20, c21);
-  wasm_v128_store(out + 24, c30);
-  wasm_v128_store(out + 28, c31);
+  if (acc) {
+    // A partial tile: finish_tile takes it from here.
+    wasm_v128_store(acc, c00);
+    wasm_v128_store(acc + 4, c01);
+    wasm_v128_store(acc + 8, c10);
+    wasm_v128_store(acc + 12, c11);
+    wasm_v128_store(acc + 16, c20);
+    wasm_v128_store(acc + 20, c21);
+    wasm_v128_store(acc + 24, c30);
+    wasm_v128_store(acc + 28, c31);
+    return;
+  }
+  // A full 4x8 tile: bias (and residual) straight from the registers.
+  if (bias) {
+    v128_t b0 = wasm_v128_load(bias), b1 = wasm_v128_load(bias + 4);
+    c00 = wasm_f32x4_add(c00, b0);
+    c01 = wasm_f32x4_add(c01, b1);
+    c10 = wasm_f32x4_add(c10, b0);
+    c11 = wasm_f32x4_add(c11, b1);
+    c20 = wasm_f32x4_add(c20, b0);
+    c21 = wasm_f32x4_add(c21, b1);
+    c30 = wasm_f32x4_add(c30, b0);
+    c31 = wasm_f32x4_add(c31, b1);
+  }
+  if (R) {
+    c00 = wasm_f32x4_add(c00, wasm_v128_load(R));
+    c01 = wasm_f32x4_add(c01, wasm_v128_load(R + 4));
+    c10 = wasm_f32x4_add(c10, wasm_v128_load(R + ldr));
+    c11 = wasm_f32x4_add(c11, wasm_v128_load(R + ldr + 4));
+    c20 = wasm_f32x4_add(c20, wasm_v128_load(R + 2 * ldr));
+    c21 = wasm_f32x4_add(c21, wasm_v128_load(R + 2 * ldr + 4));
+    c30 = wasm_f32x4_add(c30, wasm_v128_load(R + 3 * ldr));
+    c31 = wasm_f32x4_add(c31, wasm_v128_load(R + 3 * ldr + 4));
+  }
+  wasm_v128_store(C, c00);
+  wasm_v128_store(C + 4, c01);
+  wasm_v128_store(C + ldc, c10);
+  wasm_v128_store(C + ldc + 4, c11);
+  wasm_v128_store(C + 2 * ldc, c20);
+  wasm_v128_store(C + 2 * ldc + 4, c21);
+  wasm_v128_store(C + 3 * ldc, c30);
+  wasm_v128_store(C + 3 * ldc + 4, c31);
 }
 
 // Bias, activation or residual on `rows` rows of an accumulated 8-wide tile (`acc`, rows of
@@ -173,6 +208,37 @@ static void finish_tile(const float* acc, int rows, const float* bias, int nc, f
   }
 }
 
+// Pack rows row0..row0+3 of A (rows at or beyond M are zeros) interleaved: dst[4k + r] =
+// A[row0 + r][k]. Four columns at a time through a 4x4 transpose in registers: a scalar
+// copy cost two bounds-checked accesses per float, a tenth of a K = 384 matmul's time.
+static void pack_rows4(const float* A, int lda, int M, int row0, int K, float* dst) {
+  const float* src[4];
+  int valid[4];
+  for (int r = 0; r < 4; r++) {
+    valid[r] = row0 + r < M;
+    src[r] = A + (long)(valid[r] ? row0 + r : row0) * lda;
+  }
+  v128_t z = wasm_f32x4_splat(0.f);
+  int k = 0;
+  for (; k + 4 <= K; k += 4) {
+    v128_t v0 = wasm_v128_load(src[0] + k);
+    v128_t v1 = valid[1] ? wasm_v128_load(src[1] + k) : z;
+    v128_t v2 = valid[2] ? wasm_v128_load(src[2] + k) : z;
+    v128_t v3 = valid[3] ? wasm_v128_load(src[3] + k) : z;
+    v128_t t0 = wasm_i32x4_shuffle(v0, v1, 0, 4, 1, 5);
+    v128_t t1 = wasm_i32x4_shuffle(v2, v3, 0, 4, 1, 5);
+    v128_t t2 = wasm_i32x4_shuffle(v0, v1, 2, 6, 3, 7);
+    v128_t t3 = wasm_i32x4_shuffle(v2, v3, 2, 6, 3, 7);
+    float* d = dst + 4 * k;
+    wasm_v128_store(d, wasm_i32x4_shuffle(t0, t1, 0, 1, 4, 5));
+    wasm_v128_store(d + 4, wasm_i32x4_shuffle(t0, t1, 2, 3, 6, 7));
+    wasm_v128_store(d + 8, wasm_i32x4_shuffle(t2, t3, 0, 1, 4, 5));
+    wasm_v128_store(d + 12, wasm_i32x4_shuffle(t2, t3, 2, 3, 6, 7));
+  }
+  for (; k < K; k++)
+    for (int r = 0; r < 4; r++) dst[4 * k + r] = valid[r] ? src[r][k] : 0.f;
+}
+
 // Floats of `pack` scratch gemm needs for inner dimension K.
 EXPORT(gemm_scratch) long gemm_scratch(int K) { return (long)MC * K; }
 
@@ -189,19 +255,7 @@ EXPORT(gemm) void gemm(const float* A, int lda, int M, int K, const float* Bp, i
   for (int i0 = 0; i0 < M; i0 += MC) {
     int mc = M - i0 < MC ? M - i0 : MC;
     int groups = (mc + 3) / 4;
-    // Pack: group g holds rows i0 + 4g .. +3 interleaved; missing rows are zeros.
-    for (int g = 0; g < groups; g++) {
-      float* dst = pack + (long)g * 4 * K;
-      for (int r = 0; r < 4; r++) {
-        int row = i0 + 4 * g + r;
-        if (row < M) {
-          const float* src = A + (long)row * lda;
-          for (int k = 0; k < K; k++) dst[4 * k + r] = src[k];
-        } else {
-          for (int k = 0; k < K; k++) dst[4 * k + r] = 0.f;
-        }
-      }
-    }
+    for (int g = 0; g < groups; g++) pack_rows4(A, lda, M, i0 + 4 * g, K, pack + (long)g * 4 * K);
     for (int p = 0; p < panels; p++) {
       int j0 = p * 8;
       int nc = N - j0 < 8 ? N - j0 : 8;
@@ -209,9 +263,16 @@ EXPORT(gemm) void gemm(const float* A, int lda, int M, int K, const float* Bp, i
       for (int g = 0; g < groups; g++) {
         int row = i0 + 4 * g;
         int rows = M - row < 4 ? M - row : 4;
-        tile4x8(pack + (long)g * 4 * K, b, K, acc);
-        finish_tile(acc, rows, bias ? bias + j0 : 0, nc, C + (long)row * ldc + j0, ldc, mode,
-                    R ? R + (long)row * ldr + j0 : 0, ldr);
+        float* c = C + (long)row * ldc + j0;
+        const float* r = R ? R + (long)row * ldr + j0 : 0;
+        const float* bj = bias ? bias + j0 : 0;
+        if (rows == 4 && nc == 8 && mode != EPI_GELU) {
+          tile4x8(pack + (long)g * 4 * K, b, K, c, ldc, bj, mode == EPI_RESIDUAL ? r : 0, ldr,
+                  0);
+        } else {
+          tile4x8(pack + (long)g * 4 * K, b, K, 0, 0, 0, 0, 0, acc);
+          finish_tile(acc, rows, bj, nc, c, ldc, mode, r, ldr);
+        }
       }
     }
   }

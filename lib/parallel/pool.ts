@@ -37,7 +37,7 @@ const JOB_TIMEOUT_MS = 600_000;
 /**
  * Blocks whose first pointwise weight is larger than this (bytes) split a single image by
  * hidden units, not by rows: the matmul streams its whole weight matrix once per few rows,
- * so with weights beyond the 1 MiB L2 cache a row split leaves each thread as memory-bound
+ * so with weights beyond the 512 KiB L2 cache a row split leaves each thread as memory-bound
  * as one thread alone, while a hidden split halves the weights each thread reads.
  */
 const HIDDEN_SPLIT_BYTES = 1 << 20;
@@ -152,13 +152,16 @@ function gather(busy: WorkerHandle[], own: tf.Tensor, axis: number): tf.Tensor {
 }
 
 /**
- * A pool of inference threads for one backend (only "wasm" is useful: each thread gets its
- * own wasm instance). Created by {@link inferencePool}; every method is synchronous.
+ * A pool of inference threads: {@link InferencePool.runEngine} for the kernel engine,
+ * {@link InferencePool.run} for the TF.js executor (whose workers each run a `backend`, only
+ * "wasm" being useful). Created by {@link inferencePool}; every method is synchronous.
  *
  * @example
  * ```ts
  * const pool = inferencePool();
- * const logits = pool ? pool.run(plan, weights, token, images) : executePlan(plan, weights, images);
+ * const { data, shape } = pool
+ *   ? pool.runEngine(runner, token, pixels, [8, 224, 224, 3])
+ *   : runner.run(pixels, [8, 224, 224, 3]);
  * ```
  */
 export class InferencePool {
@@ -575,8 +578,9 @@ export const DEFAULT_MAX_THREADS = 4;
 export function inferenceThreads(): number {
   const fromEnv = threadsFromEnv("CONVNEXT_THREADS");
   if (fromEnv !== undefined) return fromEnv;
-  // Each thread holds its own copy of the folded (and packed) weights: a cap keeps many-core
-  // machines from multiplying the memory of large models; CONVNEXT_THREADS raises it.
+  // Under the TF.js executor each thread holds its own copy of the folded (and packed)
+  // weights: a cap keeps many-core machines from multiplying the memory of large models
+  // (the kernel engine's threads share one copy); CONVNEXT_THREADS raises it.
   return Math.max(1, Math.min(DEFAULT_MAX_THREADS, navigator.hardwareConcurrency || 1));
 }
 

@@ -76,7 +76,13 @@ export {
 } from "./classify.ts";
 export * from "./eval/mod.ts";
 export * from "./train/mod.ts";
-export { ConvNeXtModel, FAST_BACKENDS, type InferencePath } from "./infer/model.ts";
+export {
+  ConvNeXtModel,
+  FAST_BACKENDS,
+  type InferencePath,
+  type OptimizedExecutor,
+  optimizedExecutor,
+} from "./infer/model.ts";
 export { closeInferencePool, inferenceThreads } from "./parallel/pool.ts";
 // Types that public signatures use, so that documentation and callers can name them.
 export type { Kwargs, LayerArgs } from "./model/layers.ts";

@@ -150,14 +150,29 @@ export class KernelEngine {
   private constructor(relaxed: boolean, memory?: WebAssembly.Memory, stackTop?: number) {
     this.relaxed = relaxed;
     this.attached = memory !== undefined;
-    this.memory = memory ??
-      new WebAssembly.Memory({ initial: 32, maximum: MAX_PAGES, shared: true });
+    this.memory = memory ?? KernelEngine.newMemory();
     const instance = new WebAssembly.Instance(kernelModule(relaxed), {
       env: { memory: this.memory },
     });
     this.kernels = instance.exports as unknown as KernelExports;
     if (stackTop !== undefined) this.kernels.__stack_pointer.value = stackTop;
     this.top = Math.ceil(Number(this.kernels.__heap_base.value) / ALIGN) * ALIGN;
+  }
+
+  /**
+   * A shared memory that may grow to WebAssembly's 4 GiB: V8 reserves that much address
+   * space at once (shared memories never move), which a `ulimit -v` can forbid.
+   */
+  private static newMemory(): WebAssembly.Memory {
+    try {
+      return new WebAssembly.Memory({ initial: 32, maximum: MAX_PAGES, shared: true });
+    } catch (e) {
+      throw new Error(
+        `KernelEngine: cannot reserve a 4 GiB shared WebAssembly memory (${
+          (e as Error).message
+        }); CONVNEXT_EXECUTOR=tfjs runs inference without it`,
+      );
+    }
   }
 
   /** A new engine with its own memory (compiles the kernels on first use in this thread). */

@@ -4,7 +4,7 @@
 // SIMD). The whole-model comparison with the stock TF.js path is in fast_test.ts.
 import assert from "node:assert/strict";
 import { hasRelaxedSimd, KernelEngine } from "../lib/infer/engine/engine.ts";
-import { EnginePlan, EngineUnsupported } from "../lib/infer/engine/run.ts";
+import { blockChunks, EnginePlan, EngineUnsupported } from "../lib/infer/engine/run.ts";
 import type { Plan } from "../lib/infer/plan.ts";
 
 /** Deterministic pseudo-random values in [-scale, scale). */
@@ -261,6 +261,55 @@ Deno.test("an attached instance runs kernels on the owner's shared memory, and c
   const got = owner.read(p, values.length);
   values.forEach((x, i) => assert.ok(Math.abs(got[i] - gelu(x)) < 1e-6, `gelu(${x})`));
   assert.throws(() => worker.alloc(4), /attached engine cannot allocate/);
+});
+
+Deno.test("blockChunks: about four chunks per thread; one per thread on maps under 128 pixels", () => {
+  assert.deepEqual(blockChunks([8, 56, 56, 96], 2), { byImages: true, size: 1, count: 8 });
+  assert.deepEqual(blockChunks([32, 14, 14, 384], 2), { byImages: true, size: 4, count: 8 });
+  assert.deepEqual(blockChunks([8, 7, 7, 768], 2), { byImages: true, size: 4, count: 2 });
+  assert.deepEqual(blockChunks([1, 56, 56, 96], 2), { byImages: false, size: 7, count: 8 });
+  assert.deepEqual(blockChunks([1, 7, 7, 768], 2), { byImages: false, size: 1, count: 7 });
+  assert.deepEqual(blockChunks([3, 28, 28, 192], 1), { byImages: true, size: 1, count: 3 });
+});
+
+Deno.test("a block run chunk by chunk (images, bands of rows) equals the block on the whole map", () => {
+  const [c, hidden, k] = [8, 32, 7];
+  const plan: Plan = {
+    input: 0,
+    output: 1,
+    inputChannels: c,
+    steps: [{ op: "block", input: 0, output: 1, prefix: "b", kernelSize: k, epsilon: 1e-6 }],
+    lastUse: [0, 1],
+    sources: [],
+  };
+  const w = (name: string, shape: number[], seed: number, scale: number) => ({
+    [`b/${name}`]: { data: random(shape.reduce((a, b) => a * b, 1), seed, scale), shape },
+  });
+  const weights = {
+    ...w("dw_kernel", [k, k, c, 1], 31, 0.3),
+    ...w("dw_bias", [c], 32, 0.2),
+    ...w("w1", [c, hidden], 33, 0.4),
+    ...w("b1", [hidden], 34, 0.2),
+    ...w("w2", [hidden, c], 35, 0.2),
+    ...w("b2", [c], 36, 0.2),
+  };
+  const runner = new EnginePlan(plan, weights);
+  const e = runner.engine;
+  for (const shape of [[3, 9, 5, c], [1, 11, 6, c]]) {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const x = e.upload(random(size, 37, 1));
+    const whole = e.alloc(size), chunked = e.alloc(size);
+    runner.blockOnSlab(0, x, shape, 3, 3, whole);
+    // Single images, and bands of 2 rows (halos cut at the map's edges).
+    const chunks = shape[0] > 1
+      ? { byImages: true, size: 1, count: shape[0] }
+      : { byImages: false, size: 2, count: Math.ceil(shape[1] / 2) };
+    const counter = e.alloc(1);
+    e.view(counter, 1).fill(0);
+    const scratch = e.alloc(runner.chunkScratch(0, shape, chunks));
+    runner.runBlockChunks(0, x, shape, chunked, chunks, counter, scratch);
+    assert.deepEqual(e.read(chunked, size), e.read(whole, size), `chunks of ${shape}`);
+  }
 });
 
 Deno.test("plans outside the kernels are EngineUnsupported (the caller keeps TF.js)", () => {

@@ -23,7 +23,7 @@ import * as tf from "@tensorflow/tfjs";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
 import type { FoldedWeights } from "../infer/fold.ts";
 import type { BlockStep, Plan } from "../infer/plan.ts";
-import type { EnginePlan } from "../infer/engine/run.ts";
+import { blockChunks, type EnginePlan } from "../infer/engine/run.ts";
 import type { KernelEngine } from "../infer/engine/engine.ts";
 import { JobClient, splitEven, threadsFromEnv } from "./jobs.ts";
 import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
@@ -166,6 +166,8 @@ function gather(busy: WorkerHandle[], own: tf.Tensor, axis: number): tf.Tensor {
  */
 export class InferencePool {
   private readonly workers: WorkerHandle[];
+  /** The int32 in the engine's memory that block chunks are counted with. */
+  private counter?: { engine: KernelEngine; ptr: number };
 
   /**
    * @param threads total threads taking part, the main thread included (>= 2).
@@ -285,7 +287,7 @@ export class InferencePool {
   ): { data: Float32Array<ArrayBufferLike>; shape: number[] } {
     this.syncEngine(runner, token);
     return runner.run(x, shape, {
-      block: (i, step, xp, s, out) => this.engineBlock(runner, i, step, xp, s, out),
+      block: (i, _step, xp, s, out) => this.engineBlock(runner, i, xp, s, out),
       gemm: (job) =>
         this.engineRows(runner, job.m, OP.GEMM, (first, count, ints) => {
           const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
@@ -365,68 +367,39 @@ export class InferencePool {
   }
 
   /**
-   * One block on the engine, split over the threads: workers take the first shares, the
-   * main thread the last; a band of rows reads its neighbours' rows as the halo of its
-   * depthwise conv, in place.
+   * One block on the engine, shared by the threads through a queue of chunks (images, or
+   * bands of rows of a single image with the halo their depthwise conv reads), in place.
    */
   private engineBlock(
     runner: EnginePlan,
     index: number,
-    step: BlockStep,
     x: number,
     shape: number[],
     out: number,
   ): void {
-    const [n, h, width, c] = shape;
-    const half = (step.kernelSize - 1) / 2;
-    const row = width * c * 4; // bytes
     const e = runner.engine;
-    // Shares of images (n > 1) or of one image's rows.
-    const byImages = n > 1;
-    const shares = splitEven(byImages ? n : h, this.threads).filter((r) => r > 0);
-    const share = (first: number, count: number) => {
-      if (byImages) {
-        const offset = first * h * row;
-        return {
-          x: x + offset,
-          out: out + offset,
-          shape: [count, h, width, c],
-          padTop: half,
-          padBottom: half,
-        };
-      }
-      const a = Math.max(0, first - half);
-      const b = Math.min(h, first + count + half);
-      return {
-        x: x + a * row,
-        out: out + first * row,
-        shape: [1, b - a, width, c],
-        padTop: half - (first - a),
-        padBottom: half - (b - first - count),
-      };
-    };
+    const chunks = blockChunks(shape, this.threads);
+    this.counter ??= { engine: e, ptr: e.alloc(1) };
+    if (this.counter.engine !== e) this.counter = { engine: e, ptr: e.alloc(1) };
+    const counter = this.counter.ptr;
+    new Int32Array(e.memory.buffer, counter, 1)[0] = 0;
+    const floats = runner.chunkScratch(index, shape, chunks);
+    const helpers = this.workers.slice(0, Math.min(this.workers.length, chunks.count - 1));
+    const scratches = [e.alloc(floats), ...helpers.map(() => e.alloc(floats))];
     const busy: WorkerHandle[] = [];
-    const scratches: number[] = [];
-    let first = 0;
     try {
-      for (let i = 0; i < shares.length - 1; i++) {
-        const w = this.workers[i];
-        const s = share(first, shares[i]);
-        const scratch = e.alloc(runner.blockScratch(index, s.shape, s.padTop, s.padBottom));
-        scratches.push(scratch);
-        s.shape.forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
+      helpers.forEach((w, i) => {
+        shape.forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
         Atomics.store(w.ctrl, CTRL.STEP, index);
-        Atomics.store(w.ctrl, CTRL.PAD_TOP, s.padTop);
-        Atomics.store(w.ctrl, CTRL.PAD_BOTTOM, s.padBottom);
-        Atomics.store(w.ctrl, CTRL.X_PTR, s.x | 0);
-        Atomics.store(w.ctrl, CTRL.OUT_PTR, s.out | 0);
-        Atomics.store(w.ctrl, CTRL.SCRATCH_PTR, scratch | 0);
-        w.post(OP.BLOCK);
+        Atomics.store(w.ctrl, CTRL.X_PTR, x | 0);
+        Atomics.store(w.ctrl, CTRL.OUT_PTR, out | 0);
+        Atomics.store(w.ctrl, CTRL.SCRATCH_PTR, scratches[i + 1] | 0);
+        const args = [counter, chunks.byImages ? 1 : 0, chunks.size, chunks.count];
+        args.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
+        w.post(OP.BLOCK_CHUNKS);
         busy.push(w);
-        first += shares[i];
-      }
-      const s = share(first, shares[shares.length - 1]);
-      runner.blockOnSlab(index, s.x, s.shape, s.padTop, s.padBottom, s.out);
+      });
+      runner.runBlockChunks(index, x, shape, out, chunks, counter, scratches[0]);
       for (const w of busy.splice(0)) w.wait();
     } finally {
       for (const w of busy) {

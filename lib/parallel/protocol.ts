@@ -30,8 +30,8 @@ export const CTRL = {
   /** See PART. */
   PARTS: 18,
   /**
-   * Engine block jobs: byte offsets of the slab, the output rows and the scratch in the
-   * shared engine memory (stored as int32 bits: read back with `>>> 0`).
+   * Engine block jobs: byte offsets of the map, the output map and the thread's scratch in
+   * the shared engine memory (stored as int32 bits: read back with `>>> 0`).
    */
   X_PTR: 19,
   /** See X_PTR. */
@@ -53,7 +53,10 @@ export const OP = {
   SETUP: 1,
   /** Run the whole plan on the input in the data buffer; write the output there. */
   RUN: 2,
-  /** Run one block step on the slab in the data buffer; write the band's rows there. */
+  /**
+   * TF.js executor: run one block step on the slab in the data buffer; write the band's rows
+   * there.
+   */
   BLOCK: 3,
   /**
    * Run a share of one block's MLP (hidden units split) on the normalized rows `[1, 1, M, C]`
@@ -69,6 +72,12 @@ export const OP = {
   GEMM: 6,
   /** Run the engine's layer_norm on ARGS (x, m, c, eps, gamma, beta, out), in place. */
   LAYER_NORM: 7,
+  /**
+   * Take chunks of block STEP on the map at X_PTR (SHAPE) into OUT_PTR until none is left,
+   * with SCRATCH_PTR; ARGS: counter pointer, by images (0/1), chunk size, chunk count (see
+   * `EnginePlan.runBlockChunks`).
+   */
+  BLOCK_CHUNKS: 8,
 } as const;
 
 /**
@@ -93,8 +102,9 @@ export interface SetupMessage {
   /** New data buffer; absent: keep the current one. */
   data?: SharedArrayBuffer;
   /**
-   * Attach to the main thread's kernel engine (../infer/engine/): BLOCK jobs then run on
-   * its shared memory, in place (the TF.js weights, if any, are dropped).
+   * Attach to the main thread's kernel engine (../infer/engine/): GEMM, LAYER_NORM and
+   * BLOCK_CHUNKS jobs then run on its shared memory, in place (the TF.js weights, if any,
+   * are dropped).
    */
   engine?: EngineSetup;
 }

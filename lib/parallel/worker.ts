@@ -117,16 +117,19 @@ function runEngineJob(op: number, runner: EnginePlan): void {
     });
     return;
   }
-  if (op !== OP.BLOCK) throw new Error(`inference worker: opcode ${op} has no engine job`);
-  runner.blockOnSlab(
-    Atomics.load(ctrl, CTRL.STEP),
-    ptr(CTRL.X_PTR),
-    inputShape(),
-    Atomics.load(ctrl, CTRL.PAD_TOP),
-    Atomics.load(ctrl, CTRL.PAD_BOTTOM),
-    ptr(CTRL.OUT_PTR),
-    ptr(CTRL.SCRATCH_PTR),
-  );
+  if (op === OP.BLOCK_CHUNKS) {
+    runner.runBlockChunks(
+      Atomics.load(ctrl, CTRL.STEP),
+      ptr(CTRL.X_PTR),
+      inputShape(),
+      ptr(CTRL.OUT_PTR),
+      { byImages: arg(1) === 1, size: arg(2), count: arg(3) },
+      arg(0),
+      ptr(CTRL.SCRATCH_PTR),
+    );
+    return;
+  }
+  throw new Error(`inference worker: opcode ${op} has no engine job`);
 }
 
 function input(): tf.Tensor4D {

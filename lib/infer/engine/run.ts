@@ -109,6 +109,38 @@ export interface LayerNormJob {
 }
 
 /**
+ * A block cut into chunks that threads take one at a time (see
+ * {@link EnginePlan.runBlockChunks}): `count` chunks of `size` images (`byImages`) or of
+ * `size` rows of a single image.
+ */
+export interface BlockChunks {
+  /** Chunks are whole images (else bands of rows of one image). */
+  byImages: boolean;
+  /** Images or rows per chunk. */
+  size: number;
+  /** Number of chunks. */
+  count: number;
+}
+
+/**
+ * Chunks for a block on a `[n, h, w, c]` map shared by `threads` threads: about four per
+ * thread, so that a thread slowed down (the other guests of a shared machine, the
+ * runtime's own threads) takes fewer and the others more, rather than all of them waiting
+ * for it. Maps under 128 pixels (stage 4 at 224) keep one chunk per thread: their large
+ * weights then stream through the cache once per thread, not once per image.
+ */
+export function blockChunks(shape: number[], threads: number): BlockChunks {
+  const [n, h, w] = shape;
+  const per = (total: number, parts: number) => Math.max(1, Math.ceil(total / parts));
+  if (n > 1) {
+    const size = h * w < 128 ? per(n, threads) : per(n, threads * 4);
+    return { byImages: true, size, count: Math.ceil(n / size) };
+  }
+  const size = per(h, threads * 4);
+  return { byImages: false, size, count: Math.ceil(h / size) };
+}
+
+/**
  * How {@link EnginePlan.run} runs its steps: each hook replaces the main thread's own
  * call (the thread pool splits the work over its threads; see ../../parallel/pool.ts).
  */
@@ -283,6 +315,77 @@ export class EnginePlan {
     if (l?.op !== "block") throw new Error(`EnginePlan: step ${index} is not a block`);
     const [, rows, w, c] = shape;
     return this.engine.kernels.block_scratch(rows + padTop + padBottom, w, c, l.k, BLOCK_TILE);
+  }
+
+  /** The slab of chunk `i` of a block on the map at `x` (`shape`), writing into `out`. */
+  chunkSlab(
+    step: BlockStep,
+    x: number,
+    shape: number[],
+    out: number,
+    chunks: BlockChunks,
+    i: number,
+  ): { x: number; out: number; shape: number[]; padTop: number; padBottom: number } {
+    const [n, h, w, c] = shape;
+    const half = (step.kernelSize - 1) / 2;
+    const row = w * c * 4; // bytes
+    const first = i * chunks.size;
+    if (chunks.byImages) {
+      const count = Math.min(chunks.size, n - first);
+      const offset = first * h * row;
+      return {
+        x: x + offset,
+        out: out + offset,
+        shape: [count, h, w, c],
+        padTop: half,
+        padBottom: half,
+      };
+    }
+    const count = Math.min(chunks.size, h - first);
+    const a = Math.max(0, first - half);
+    const b = Math.min(h, first + count + half);
+    return {
+      x: x + a * row,
+      out: out + first * row,
+      shape: [1, b - a, w, c],
+      padTop: half - (first - a),
+      padBottom: half - (b - first - count),
+    };
+  }
+
+  /** Floats of scratch the largest chunk of {@link EnginePlan.runBlockChunks} needs. */
+  chunkScratch(index: number, shape: number[], chunks: BlockChunks): number {
+    const [n, h, w, c] = shape;
+    const step = this.plan.steps[index] as BlockStep;
+    const half = (step.kernelSize - 1) / 2;
+    return chunks.byImages
+      ? this.blockScratch(index, [Math.min(n, chunks.size), h, w, c], half, half)
+      : this.blockScratch(index, [1, Math.min(h, chunks.size + 2 * half), w, c], 0, 0);
+  }
+
+  /**
+   * Run chunks of block step `index` until none is left: each thread calls this with the
+   * same `counter` (an int32 in the engine's shared memory, zero at the start) and takes
+   * the next chunk with an atomic increment. `scratch`: {@link EnginePlan.chunkScratch}
+   * floats of this thread's own.
+   */
+  runBlockChunks(
+    index: number,
+    x: number,
+    shape: number[],
+    out: number,
+    chunks: BlockChunks,
+    counter: number,
+    scratch: number,
+  ): void {
+    const step = this.plan.steps[index] as BlockStep;
+    for (;;) {
+      // A fresh view each time: the memory may have grown (a new buffer object).
+      const i = Atomics.add(new Int32Array(this.engine.memory.buffer, counter, 1), 0, 1);
+      if (i >= chunks.count) return;
+      const s = this.chunkSlab(step, x, shape, out, chunks, i);
+      this.blockOnSlab(index, s.x, s.shape, s.padTop, s.padBottom, s.out, scratch);
+    }
   }
 
   /**

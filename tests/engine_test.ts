@@ -263,12 +263,14 @@ Deno.test("an attached instance runs kernels on the owner's shared memory, and c
   assert.throws(() => worker.alloc(4), /attached engine cannot allocate/);
 });
 
-Deno.test("blockChunks: about four chunks per thread; one per thread on maps under 128 pixels", () => {
+Deno.test("blockChunks: 4, 2 or 1 chunks per thread, the most with 128 pixels per chunk", () => {
   assert.deepEqual(blockChunks([8, 56, 56, 96], 2), { byImages: true, size: 1, count: 8 });
   assert.deepEqual(blockChunks([32, 14, 14, 384], 2), { byImages: true, size: 4, count: 8 });
   assert.deepEqual(blockChunks([8, 7, 7, 768], 2), { byImages: true, size: 4, count: 2 });
   assert.deepEqual(blockChunks([1, 56, 56, 96], 2), { byImages: false, size: 7, count: 8 });
-  assert.deepEqual(blockChunks([1, 7, 7, 768], 2), { byImages: false, size: 1, count: 7 });
+  assert.deepEqual(blockChunks([1, 14, 14, 384], 2), { byImages: false, size: 7, count: 2 });
+  assert.deepEqual(blockChunks([1, 28, 28, 192], 2), { byImages: false, size: 7, count: 4 });
+  assert.deepEqual(blockChunks([1, 7, 7, 768], 2), { byImages: false, size: 4, count: 2 });
   assert.deepEqual(blockChunks([3, 28, 28, 192], 1), { byImages: true, size: 1, count: 3 });
 });
 

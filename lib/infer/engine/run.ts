@@ -126,18 +126,23 @@ export interface BlockChunks {
  * Chunks for a block on a `[n, h, w, c]` map shared by `threads` threads: about four per
  * thread, so that a thread slowed down (the other guests of a shared machine, the
  * runtime's own threads) takes fewer and the others more, rather than all of them waiting
- * for it. Maps under 128 pixels (stage 4 at 224) keep one chunk per thread: their large
- * weights then stream through the cache once per thread, not once per image.
+ * for it. Fewer chunks where they would be under 128 pixels (stages 3 and 4): each chunk
+ * streams the block's large weights through the cache once.
  */
 export function blockChunks(shape: number[], threads: number): BlockChunks {
   const [n, h, w] = shape;
-  const per = (total: number, parts: number) => Math.max(1, Math.ceil(total / parts));
-  if (n > 1) {
-    const size = h * w < 128 ? per(n, threads) : per(n, threads * 4);
-    return { byImages: true, size, count: Math.ceil(n / size) };
+  const byImages = n > 1;
+  const total = byImages ? n : h;
+  const pixels = byImages ? h * w : w; // per image, or per row
+  // 4, 2 or 1 chunks per thread (a multiple of the threads keeps the shares even): the
+  // most whose chunks still have 128 pixels, as many as a block tile.
+  for (const perThread of [4, 2, 1]) {
+    const size = Math.max(1, Math.ceil(total / (threads * perThread)));
+    if (size * pixels >= 128 || perThread === 1) {
+      return { byImages, size, count: Math.ceil(total / size) };
+    }
   }
-  const size = per(h, threads * 4);
-  return { byImages: false, size, count: Math.ceil(h / size) };
+  throw new Error("unreachable");
 }
 
 /**

@@ -274,10 +274,11 @@ export class InferencePool {
 
   /**
    * Run `runner`'s plan with every thread on its engine's shared memory: each block is
-   * split over the threads (by images, or a single image by rows) and run in place; the
+   * shared out in chunks (images, or bands of rows of a single image) and run in place; the
    * threads meet after each block, so they stream the same weights through the shared
-   * L3 cache at the same time. The other steps run on the main thread. `token` identifies
-   * `runner`'s weights (a new token re-attaches the workers).
+   * L3 cache at the same time. The matmuls and LayerNorms of the stem, the downsampling
+   * layers and the head are split by rows; patchify and pooling run on the main thread.
+   * `token` identifies `runner`'s weights (a new token re-attaches the workers).
    */
   runEngine(
     runner: EnginePlan,

@@ -11,6 +11,7 @@ import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
+import { relErr } from "./numeric_helpers.ts";
 
 installWasmTrainingKernels();
 await tf.setBackend("wasm");
@@ -43,17 +44,6 @@ function batchOf(n: number, seed: number): { x: tf.Tensor4D; labels: Int32Array 
   }
   const labels = Int32Array.from({ length: n }, (_, i) => (i * 3 + seed) % CLASSES);
   return { x: tf.tensor4d(values, [n, 32, 32, 3]), labels };
-}
-
-/** ||a - b|| / max(||b||, tiny). */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-12);
 }
 
 /** The single-threaded reference: gradients of `scale * mean loss` by parameter name. */

@@ -13,6 +13,7 @@ import {
 } from "../lib/backend/wasm_grads.ts";
 import { explicitTransposeMatMul } from "../lib/backend/matmul_fix.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
+import { relErr } from "./numeric_helpers.ts";
 
 installWasmTrainingKernels();
 await tf.setBackend("cpu");
@@ -51,17 +52,6 @@ async function runKernel(
   out.dispose();
   Object.values(tensors).forEach((t) => t.dispose());
   return result;
-}
-
-/** ||a - b|| / ||b||. */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 /** Compare a wasm kernel with the cpu kernel (or with `reference` when given). */

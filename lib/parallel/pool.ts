@@ -291,7 +291,6 @@ export class InferencePool {
       block: (i, _step, xp, s, out) => this.engineBlock(runner, i, xp, s, out),
       gemm: (job) =>
         this.engineRows(runner, job.m, OP.GEMM, (first, count, ints) => {
-          const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
           const part = {
             ...job,
             a: job.a + first * job.lda * 4,
@@ -299,13 +298,11 @@ export class InferencePool {
             m: count,
           };
           if (!ints) {
-            try {
-              runner.gemm(part, pack);
-            } finally {
-              runner.engine.free(pack);
-            }
+            runner.gemm(part); // with scratch of its own
             return [];
           }
+          // The worker's scratch, freed after its job.
+          const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
           const { a, lda, m, k, b, n, bias, c, ldc, mode } = part;
           ints.push(a, lda, m, k, b, n, bias, c, ldc, mode, pack);
           return [pack];
@@ -380,8 +377,7 @@ export class InferencePool {
   ): void {
     const e = runner.engine;
     const chunks = blockChunks(shape, this.threads);
-    this.counter ??= { engine: e, ptr: e.alloc(1) };
-    if (this.counter.engine !== e) this.counter = { engine: e, ptr: e.alloc(1) };
+    if (this.counter?.engine !== e) this.counter = { engine: e, ptr: e.alloc(1) };
     const counter = this.counter.ptr;
     new Int32Array(e.memory.buffer, counter, 1)[0] = 0;
     const floats = runner.chunkScratch(index, shape, chunks);

@@ -23,8 +23,7 @@ const jobs = new JobServer(ctrl, port, "inference worker");
 let plan: Plan | null = null;
 let weights: FoldedWeights = {};
 let data: Float32Array<ArrayBufferLike> = new Float32Array(0);
-/** The kernel engine (made on the first engine setup) and the plan loaded into it. */
-let engine: KernelEngine | null = null;
+/** The plan on the main thread's kernel engine, once attached (see setupEngine). */
 let enginePlan: EnginePlan | null = null;
 
 /** Hidden-unit slices of the weights, made on first use: `prefix|part|parts`. */
@@ -51,7 +50,7 @@ function dropTensors(): void {
 
 function setupEngine(setup: EngineSetup): void {
   dropTensors();
-  engine = KernelEngine.attach(setup.memory, setup.relaxed, setup.stackTop);
+  const engine = KernelEngine.attach(setup.memory, setup.relaxed, setup.stackTop);
   enginePlan = EnginePlan.attach(plan!, setup.steps, engine);
 }
 

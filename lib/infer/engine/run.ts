@@ -136,13 +136,10 @@ export function blockChunks(shape: number[], threads: number): BlockChunks {
   const pixels = byImages ? h * w : w; // per image, or per row
   // 4, 2 or 1 chunks per thread (a multiple of the threads keeps the shares even): the
   // most whose chunks still have 128 pixels, as many as a block tile.
-  for (const perThread of [4, 2, 1]) {
-    const size = Math.max(1, Math.ceil(total / (threads * perThread)));
-    if (size * pixels >= 128 || perThread === 1) {
-      return { byImages, size, count: Math.ceil(total / size) };
-    }
-  }
-  throw new Error("unreachable");
+  const sizeFor = (perThread: number) => Math.max(1, Math.ceil(total / (threads * perThread)));
+  const perThread = [4, 2].find((k) => sizeFor(k) * pixels >= 128) ?? 1;
+  const size = sizeFor(perThread);
+  return { byImages, size, count: Math.ceil(total / size) };
 }
 
 /**
@@ -486,6 +483,30 @@ export class EnginePlan {
     const release = (b: Buffer) => {
       if (live.delete(b.ptr)) engine.free(b.ptr);
     };
+    // The conv (on its patches) and dense steps: `m` rows of `kk` values times the step's
+    // packed weights, into `out`.
+    const matmul = (
+      a: number,
+      m: number,
+      kk: number,
+      l: { w: number; b: number; cout: number; gelu: boolean },
+      out: number,
+    ) => {
+      const job: GemmJob = {
+        a,
+        lda: kk,
+        m,
+        k: kk,
+        b: l.w,
+        n: l.cout,
+        bias: l.b,
+        c: out,
+        ldc: l.cout,
+        mode: l.gelu ? 1 : 0,
+      };
+      if (hooks.gemm) hooks.gemm(job);
+      else this.gemm(job);
+    };
     try {
       const x0 = alloc(shape);
       engine.write(x0.ptr, input);
@@ -523,20 +544,7 @@ export class EnginePlan {
               a = alloc([n * oh * ow, kk]);
               k.patchify(x.ptr, n, h, w, c, l.s, a.ptr);
             }
-            const job: GemmJob = {
-              a: a.ptr,
-              lda: kk,
-              m: n * oh * ow,
-              k: kk,
-              b: l.w,
-              n: l.cout,
-              bias: l.b,
-              c: out.ptr,
-              ldc: l.cout,
-              mode: l.gelu ? 1 : 0,
-            };
-            if (hooks.gemm) hooks.gemm(job);
-            else this.gemm(job);
+            matmul(a.ptr, n * oh * ow, kk, l, out.ptr);
             if (a !== x) release(a);
             break;
           }
@@ -547,20 +555,7 @@ export class EnginePlan {
             }
             const m = size(x.shape) / c;
             out = alloc([...x.shape.slice(0, -1), l.cout]);
-            const job: GemmJob = {
-              a: x.ptr,
-              lda: c,
-              m,
-              k: c,
-              b: l.w,
-              n: l.cout,
-              bias: l.b,
-              c: out.ptr,
-              ldc: l.cout,
-              mode: l.gelu ? 1 : 0,
-            };
-            if (hooks.gemm) hooks.gemm(job);
-            else this.gemm(job);
+            matmul(x.ptr, m, c, l, out.ptr);
             break;
           }
           case "layerNorm": {

@@ -11,7 +11,7 @@ import { imageBatches, type ImageFailure } from "./data/batches.ts";
 import type { RgbImage } from "./data/image.ts";
 import { imagenetClasses } from "./data/imagenet.ts";
 import { evalTransform, type EvalTransformOptions } from "./data/transform.ts";
-import { fetchLabels22k } from "./weights/download.ts";
+import { fetchLabels22k } from "./weights/fetch.ts";
 import { modelInfo, type Preprocessing, preprocessingFor } from "./weights/pretrained.ts";
 
 /** An image to classify: a file path, encoded bytes (JPEG, PNG...) or decoded RGB pixels. */

@@ -38,7 +38,7 @@ export {
   type BackendName,
   type BackendRequest,
   selectBackend,
-} from "./backend.ts";
+} from "./backend/select.ts";
 export {
   applyWeights,
   convertCheckpoint,
@@ -54,7 +54,7 @@ export {
   preprocessingFor,
 } from "./weights/pretrained.ts";
 export { getZooEntry, ZOO, ZOO_NAMES, type ZooEntry, zooUrl } from "./weights/zoo.ts";
-export { fetchLabels22k } from "./weights/download.ts";
+export { fetchLabels22k } from "./weights/fetch.ts";
 export { readStateDict } from "./weights/state_dict.ts";
 export { type Layout, remapStateDict } from "./weights/remap.ts";
 export * from "./data/mod.ts";
@@ -83,11 +83,11 @@ export {
   type OptimizedExecutor,
   optimizedExecutor,
 } from "./infer/model.ts";
-export { closeInferencePool, inferenceThreads } from "./parallel/pool.ts";
+export { closeInferencePool, inferenceThreads } from "./infer/pool.ts";
 // Types that public signatures use, so that documentation and callers can name them.
 export type { Kwargs, LayerArgs } from "./model/layers.ts";
 export type { PredictArgs } from "./infer/model.ts";
-export type { DownloadOptions, DownloadProgress, VerifyMode } from "./weights/download.ts";
+export type { DownloadOptions, DownloadProgress, VerifyMode } from "./util/download.ts";
 export type { StateDict, TensorData } from "./weights/types.ts";
 export type { TorchCheckpointOptions } from "./weights/torch.ts";
 export type { ConvertedWeights, RemapOptions, Weight } from "./weights/remap.ts";

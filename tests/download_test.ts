@@ -1,5 +1,5 @@
 /**
- * Tests of lib/weights/download.ts, cache.ts and integrity.ts against a local
+ * Tests of lib/util/download.ts, cache.ts, integrity.ts and lib/weights/fetch.ts against a local
  * HTTP server (127.0.0.1, no network). The checkpoint fixture and its sha256 come
  * from tools/fixtures/download_fixtures.py (torch.save and Python's hashlib).
  */
@@ -12,10 +12,8 @@ import {
   checkZipFile,
   download,
   DownloadError,
-  ensureCheckpoint,
-  fetchLabels22k,
-  parseLabels,
-} from "../lib/weights/download.ts";
+} from "../lib/util/download.ts";
+import { ensureCheckpoint, fetchLabels22k, parseLabels } from "../lib/weights/fetch.ts";
 import {
   cacheDir,
   checkpointPath,
@@ -24,7 +22,7 @@ import {
   readSha256Record,
   sha256File,
   verifySha256Record,
-} from "../lib/weights/cache.ts";
+} from "../lib/util/cache.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
 import { withTempDir, writeFileAtomic } from "../lib/util/fs.ts";
 

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { loadEvalDataset } from "../lib/eval/dataset.ts";
 import {
   EvalAbortedError,

@@ -1,9 +1,9 @@
-// Tests of the optimized inference path (lib/infer/, lib/parallel/): its outputs against the
+// Tests of the optimized inference path (lib/infer/): its outputs against the
 // stock TF.js Layers path of the same model (the independent reference), on the wasm backend
 // with the thread pool (batch split and row split) and on the cpu backend.
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import { createFeatureExtractor } from "../lib/model/features.ts";
 import { loadSavedModel, saveModel } from "../lib/model/io.ts";
@@ -13,7 +13,7 @@ import { compilePlan } from "../lib/infer/plan.ts";
 import { foldWeights } from "../lib/infer/fold.ts";
 import { blockOnSlab } from "../lib/infer/execute.ts";
 import { gelu } from "../lib/infer/gelu.ts";
-import { closeInferencePool, InferencePool, splitEven } from "../lib/parallel/pool.ts";
+import { closeInferencePool, InferencePool, splitEven } from "../lib/infer/pool.ts";
 
 await selectBackend("wasm");
 

@@ -5,7 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { convertCheckpoint, loadModel, modelInfo } from "../lib/weights/pretrained.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
 

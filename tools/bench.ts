@@ -5,7 +5,7 @@
  *                   [--path stock|optimized|both] [--warmup 1] [--iters 3] [--json]
  *
  * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
- * compiled plan with folded weights and all cores, lib/infer/ and lib/parallel/, the
+ * compiled plan with folded weights and all cores, lib/infer/, the
  * default of `predict` on wasm and cpu) or both (default). The `executor` column says what
  * ran the optimized path: "kernels" (the fused WebAssembly kernels, the default) or "tfjs"
  * (the plan on TF.js kernels, with `CONVNEXT_EXECUTOR=tfjs`).
@@ -18,10 +18,10 @@
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
+import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend/select.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
-import { inferenceThreads } from "../lib/parallel/pool.ts";
+import { inferenceThreads } from "../lib/infer/pool.ts";
 import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
 
 /** Inference paths the bench measures. */

@@ -13,7 +13,7 @@
  * @module
  */
 import { command, type Fail, failer, positiveInt } from "./cli.ts";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { classifyEach, type Prediction } from "../lib/classify.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 

@@ -10,7 +10,7 @@
  * @module
  */
 import { command, type Fail, failer } from "./cli.ts";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import {
   ARCHITECTURE_NAMES,
   type ArchitectureName,

@@ -16,7 +16,7 @@
  * @module
  */
 import { command, type Fail, failer } from "./cli.ts";
-import { selectBackend } from "../lib/backend.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { numClassesOf } from "../lib/classify.ts";
 import { imagenetWnids } from "../lib/data/imagenet.ts";
 import { loadEvalDataset } from "../lib/eval/dataset.ts";

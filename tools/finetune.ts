@@ -17,7 +17,7 @@
  * @module
  */
 import { command, type Fail, failer } from "./cli.ts";
-import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend.ts";
+import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend/select.ts";
 import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
 
 const USAGE =

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { cacheDir } from "../lib/weights/cache.ts";
+import { cacheDir } from "../lib/util/cache.ts";
 import { formatZooTable, ZOO, zooBaseUrl, zooUrl } from "../lib/weights/zoo.ts";
 
 const USAGE = "usage: deno task models [--json]";

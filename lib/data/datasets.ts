@@ -5,8 +5,8 @@
  */
 import { join } from "node:path";
 import { exists, withTempDir } from "../util/fs.ts";
-import { cacheDir } from "../weights/cache.ts";
-import { download, type DownloadOptions } from "../weights/download.ts";
+import { cacheDir } from "../util/cache.ts";
+import { download, type DownloadOptions } from "../util/download.ts";
 import { extractTar } from "./tar.ts";
 
 /** The flower photos of TensorFlow's image-classification tutorials (3,670 photos, 5 classes, CC-BY). */

@@ -19,7 +19,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { imageBatches } from "../data/batches.ts";
-import { activeBackend } from "../backend.ts";
+import { activeBackend } from "../backend/select.ts";
 import { numClassesOf, topIndices, transformOptions } from "../classify.ts";
 import { ProgressBar, type ProgressOptions } from "../util/progress.ts";
 import { removeIfExists, writeFileAtomic } from "../util/fs.ts";

@@ -28,7 +28,7 @@ import {
   weightsVersion,
 } from "./fold.ts";
 import { compilePlan, type Plan, PlanUnsupported } from "./plan.ts";
-import { inferencePool } from "../parallel/pool.ts";
+import { inferencePool } from "./pool.ts";
 import { KernelEngine } from "./engine/engine.ts";
 import { EnginePlan, EngineUnsupported, type WeightArrays } from "./engine/run.ts";
 

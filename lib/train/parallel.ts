@@ -21,7 +21,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { JobClient, splitEven, threadsFromEnv } from "../parallel/jobs.ts";
+import { JobClient, splitEven, threadsFromEnv } from "../util/jobs.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import type { AdamWParam } from "./optimizer.ts";
 import { hashSeed, withSeededMathRandom } from "./rng.ts";

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { JOB_SLOTS } from "../parallel/jobs.ts";
+import { JOB_SLOTS } from "../util/jobs.ts";
 
 /** Slots of a worker's control `Int32Array`. */
 export const TCTRL = {

@@ -10,7 +10,7 @@ import { workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
-import { JobServer } from "../parallel/jobs.ts";
+import { JobServer } from "../util/jobs.ts";
 // Registers ConvNeXt's custom layers, so that the topology deserializes.
 import "../model/layers.ts";
 import { correctCount, crossEntropy } from "./losses.ts";

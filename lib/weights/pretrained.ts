@@ -19,8 +19,9 @@ import {
   readSha256Record,
   sha256File,
   sha256RecordPath,
-} from "./cache.ts";
-import { download, type DownloadOptions, ensureCheckpoint } from "./download.ts";
+} from "../util/cache.ts";
+import { download, type DownloadOptions } from "../util/download.ts";
+import { ensureCheckpoint } from "./fetch.ts";
 import { assertWeightsMatch, type ConvertedWeights, remapStateDict, type Weight } from "./remap.ts";
 import { readStateDict } from "./state_dict.ts";
 import { getZooEntry, isZooName, ZOO_NAMES, type ZooEntry, zooUrl } from "./zoo.ts";

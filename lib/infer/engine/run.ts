@@ -144,7 +144,7 @@ export function blockChunks(shape: number[], threads: number): BlockChunks {
 
 /**
  * How {@link EnginePlan.run} runs its steps: each hook replaces the main thread's own
- * call (the thread pool splits the work over its threads; see ../../parallel/pool.ts).
+ * call (the thread pool splits the work over its threads; see ../pool.ts).
  */
 export interface EngineHooks {
   /** Run block step `index` on the map at `x` (`shape`), filling `out`. */

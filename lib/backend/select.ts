@@ -92,7 +92,7 @@ async function activate(name: BackendName): Promise<void> {
  *
  * @example
  * ```ts
- * import { selectBackend } from "./backend.ts";
+ * import { selectBackend } from "./select.ts";
  * const backend = await selectBackend(); // "tensorflow" or "wasm"
  * ```
  */

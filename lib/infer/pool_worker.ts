@@ -8,13 +8,13 @@
 import { workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
-import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
-import type { FoldedWeights } from "../infer/fold.ts";
-import type { BlockStep, Plan } from "../infer/plan.ts";
-import { KernelEngine } from "../infer/engine/engine.ts";
-import { EnginePlan } from "../infer/engine/run.ts";
-import { JobServer } from "./jobs.ts";
-import { CTRL, type EngineSetup, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "./execute.ts";
+import type { FoldedWeights } from "./fold.ts";
+import type { BlockStep, Plan } from "./plan.ts";
+import { KernelEngine } from "./engine/engine.ts";
+import { EnginePlan } from "./engine/run.ts";
+import { JobServer } from "../util/jobs.ts";
+import { CTRL, type EngineSetup, OP, type SetupMessage, type WorkerInit } from "./pool_protocol.ts";
 
 const { ctrl, port, backend } = workerData as WorkerInit;
 

@@ -17,7 +17,7 @@
 import { createHash } from "node:crypto";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
-import { writeFileAtomic } from "../util/fs.ts";
+import { writeFileAtomic } from "./fs.ts";
 
 /**
  * The cache root: `$CONVNEXT_CACHE`, else `$XDG_CACHE_HOME/convnext-tfjs`, else

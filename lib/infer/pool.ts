@@ -20,13 +20,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "../infer/execute.ts";
-import type { FoldedWeights } from "../infer/fold.ts";
-import type { BlockStep, Plan } from "../infer/plan.ts";
-import { blockChunks, type EnginePlan } from "../infer/engine/run.ts";
-import type { KernelEngine } from "../infer/engine/engine.ts";
-import { JobClient, splitEven, threadsFromEnv } from "./jobs.ts";
-import { CTRL, OP, type SetupMessage, type WorkerInit } from "./protocol.ts";
+import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "./execute.ts";
+import type { FoldedWeights } from "./fold.ts";
+import type { BlockStep, Plan } from "./plan.ts";
+import { blockChunks, type EnginePlan } from "./engine/run.ts";
+import type { KernelEngine } from "./engine/engine.ts";
+import { JobClient, splitEven, threadsFromEnv } from "../util/jobs.ts";
+import { CTRL, OP, type SetupMessage, type WorkerInit } from "./pool_protocol.ts";
 
 export { splitEven };
 
@@ -59,7 +59,7 @@ class WorkerHandle extends JobClient {
 
   constructor(backend: string) {
     super(CTRL.LENGTH, {
-      script: new URL("./worker.ts", import.meta.url),
+      script: new URL("./pool_worker.ts", import.meta.url),
       init: (port, ctrl): WorkerInit => ({ ctrl, port, backend }),
       label: "inference pool",
       hint: HINT,

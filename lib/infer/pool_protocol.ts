@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { JOB_SLOTS } from "./jobs.ts";
+import { JOB_SLOTS } from "../util/jobs.ts";
 
 /** Slots of the control `Int32Array`. */
 export const CTRL = {
@@ -96,7 +96,7 @@ export interface WeightArrays {
 /** Message sent with {@link OP.SETUP}: new weights and/or a new data buffer. */
 export interface SetupMessage {
   /** Plan (JSON) the weights belong to; absent: keep the current one. */
-  plan?: import("../infer/plan.ts").Plan;
+  plan?: import("./plan.ts").Plan;
   /** New weights; absent: keep the current ones. */
   weights?: WeightArrays;
   /** New data buffer; absent: keep the current one. */
@@ -118,7 +118,7 @@ export interface EngineSetup {
   /** Top of the stack the main thread allocated for this worker's instance. */
   stackTop: number;
   /** The loaded plan steps (weight pointers). */
-  steps: import("../infer/engine/run.ts").EngineStep[];
+  steps: import("./engine/run.ts").EngineStep[];
 }
 
 /** What a worker receives as `workerData`. */

@@ -1,0 +1,92 @@
+/**
+ * The official files behind the zoo, fetched into the cache: checkpoints (verified
+ * against the sha256 recorded at download) and the ImageNet-22K class names.
+ *
+ * @module
+ */
+
+import { exists } from "../util/fs.ts";
+import { checkpointPath, labelsPath, readSha256Record, verifySha256Record } from "../util/cache.ts";
+import { download, type DownloadOptions } from "../util/download.ts";
+import { labels22kUrl, LABELS_22K_FILE, type ZooEntry, zooUrl } from "./zoo.ts";
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Returns the cached path of a zoo checkpoint, downloading it on first use. On
+ * later use the file is checked against the sha256 recorded at download; a
+ * mismatch is an error telling the user to delete the file.
+ *
+ * @example
+ * ```ts
+ * import { getZooEntry } from "./zoo.ts";
+ * const path = await ensureCheckpoint(getZooEntry("convnext_tiny_1k_224"));
+ * ```
+ */
+export async function ensureCheckpoint(
+  entry: ZooEntry,
+  opts: DownloadOptions = {},
+): Promise<string> {
+  const path = checkpointPath(entry.file);
+  if (await exists(path)) {
+    await verifySha256Record(path);
+    return path;
+  }
+  await download(zooUrl(entry), path, { verify: "zip", ...opts });
+  return path;
+}
+
+/**
+ * The ImageNet-22K class names (index -> words) from the official
+ * `label_to_words.json`, downloaded once into `<cache>/labels/`.
+ *
+ * @example
+ * ```ts
+ * const names = await fetchLabels22k();
+ * console.log(names.length); // 21841
+ * ```
+ */
+export async function fetchLabels22k(opts: DownloadOptions = {}): Promise<string[]> {
+  const path = labelsPath(LABELS_22K_FILE);
+  if (await exists(path)) {
+    if (await readSha256Record(path) !== null) await verifySha256Record(path);
+  } else {
+    await download(labels22kUrl(), path, {
+      ...opts,
+      verify: async (p) => void parseLabels(await Deno.readTextFile(p), p),
+    });
+  }
+  return parseLabels(await Deno.readTextFile(path), path);
+}
+
+/**
+ * Parses `label_to_words.json` (`{"0": "words", "1": ...}`) into an array indexed
+ * by class; the keys must be exactly 0..n-1.
+ */
+export function parseLabels(text: string, source = LABELS_22K_FILE): string[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${source}: expected JSON, ${errorText(e)}`);
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw new Error(`${source}: expected an object mapping class index to words`);
+  }
+  const entries = Object.entries(data as Record<string, unknown>);
+  const out: string[] = new Array(entries.length);
+  for (const [key, value] of entries) {
+    const i = Number(key);
+    // No leading zeros: "01" and "1" would fill one index twice and leave a hole.
+    if (!/^(0|[1-9]\d*)$/.test(key) || i >= entries.length || typeof value !== "string") {
+      throw new Error(
+        `${source}: expected keys "0".."${entries.length - 1}" with string values, ` +
+          `got ${JSON.stringify(key)}: ${JSON.stringify(value)}`.slice(0, 300),
+      );
+    }
+    out[i] = value;
+  }
+  return out;
+}

@@ -56,6 +56,10 @@ function isOne(v: number | number[] | undefined): boolean {
  *   up to 15x15 qualifies).
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { splitDepthwiseConv2D } from "./depthwise_split.ts";
+ * await tf.setBackend("wasm");
  * const cfg = tf.getKernel("DepthwiseConv2dNative", "wasm")!;
  * tf.unregisterKernel("DepthwiseConv2dNative", "wasm");
  * tf.registerKernel({ ...cfg, kernelFunc: splitDepthwiseConv2D(cfg.kernelFunc, "wasm") });

@@ -24,12 +24,9 @@ export type KernelInputs = Record<string, tf.TensorInfo> | tf.TensorInfo[];
  * Runs kernels of one backend and remembers every output, so that all
  * intermediates are freed in one place ({@link KernelScope.finish}).
  *
- * @example
- * ```ts
- * const scope = new KernelScope(backend, "wasm");
- * const t = scope.run("Transpose", { x }, { perm: [1, 0] });
- * return scope.finish(scope.run("BatchMatMul", { a: t, b }, { transposeA: false, transposeB: false }));
- * ```
+ * Inside a kernelFunc (`backend` is the backend it received):
+ * `const scope = new KernelScope(backend, "wasm"); const t = scope.transpose(x, [0, 2, 1]);`
+ * then `return scope.finish(scope.run("BatchMatMul", { a: t, b }, attrs));`.
  */
 export class KernelScope {
   private readonly outputs: tf.TensorInfo[] = [];
@@ -112,11 +109,8 @@ export class KernelScope {
  * has `outH` rows whose row r is input row `r - before[0]` (likewise for columns).
  * `before` may be negative (crop at the start); the end is padded or cropped to fit.
  *
- * @example
- * ```ts
- * // 'same' 7x7 padding of a 56x56 map: 3 zero rows/cols on each side
- * const padded = padCropSpatial(scope, x, [3, 3], [62, 62]);
- * ```
+ * For example, the 'same' 7x7 padding of a 56x56 map, 3 zero rows and columns on each side,
+ * is `padCropSpatial(scope, x, [3, 3], [62, 62])`.
  */
 export function padCropSpatial(
   scope: KernelScope,

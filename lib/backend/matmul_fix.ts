@@ -71,6 +71,10 @@ function activate(
  * @param backendName registry name of the backend (for the Transpose kernel).
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { explicitTransposeMatMul } from "./matmul_fix.ts";
+ * await tf.setBackend("wasm");
  * const cfg = tf.getKernel("BatchMatMul", "wasm")!;
  * tf.unregisterKernel("BatchMatMul", "wasm");
  * tf.registerKernel({ ...cfg, kernelFunc: explicitTransposeMatMul(cfg.kernelFunc, "wasm") });

@@ -39,6 +39,10 @@ function outerBlock(shape: number[], axes: number[]): [number, number, number] |
  * @param mean true to average (Mean) instead of summing (Sum).
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { poolReduction } from "./reduce_fix.ts";
+ * await tf.setBackend("wasm");
  * const cfg = tf.getKernel("Sum", "wasm")!;
  * tf.unregisterKernel("Sum", "wasm");
  * tf.registerKernel({ ...cfg, kernelFunc: poolReduction(cfg.kernelFunc, "wasm", false) });

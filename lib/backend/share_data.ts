@@ -28,6 +28,10 @@ function share(x: tf.TensorInfo, backend: unknown): tf.TensorInfo {
  * @param original the backend's Identity kernelFunc.
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { sharingIdentity } from "./share_data.ts";
+ * await tf.setBackend("wasm");
  * const cfg = tf.getKernel("Identity", "wasm")!;
  * tf.unregisterKernel("Identity", "wasm");
  * tf.registerKernel({ ...cfg, kernelFunc: sharingIdentity(cfg.kernelFunc) });

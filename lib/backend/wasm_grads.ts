@@ -122,10 +122,15 @@ export interface WasmTrainingOptions {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
- * import { installWasmTrainingKernels } from "./lib/backend/wasm_grads.ts";
- * installWasmTrainingKernels();
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { installWasmTrainingKernels } from "./wasm_grads.ts";
  * await tf.setBackend("wasm");
- * await model.fit(xs, ys, { epochs: 1 }); // conv and depthwise gradients now run on wasm
+ * installWasmTrainingKernels();
+ * const x = tf.randomUniform([1, 8, 8, 4]) as tf.Tensor4D;
+ * const filter = tf.variable(tf.randomUniform([3, 3, 4, 1]) as tf.Tensor4D);
+ * // the depthwise filter gradient is one of the kernels tfjs-backend-wasm lacks
+ * const { grads } = tf.variableGrads(() => tf.depthwiseConv2d(x, filter, 1, "same").sum());
+ * if (grads[filter.name].shape.join() !== "3,3,4,1") throw new Error("no gradient");
  * ```
  */
 export function installWasmTrainingKernels(

@@ -63,11 +63,7 @@ function on2d(x: tf.Tensor, f: (x2: tf.Tensor2D) => tf.Tensor): tf.Tensor {
  * inside the map: 0 on that side, the slab then carries the neighbouring rows instead).
  * Returns the band's output rows: the slab minus its extra rows.
  *
- * @example
- * ```ts
- * // the whole map, as a plain block
- * const y = blockOnSlab(x, weights, step, 3, 3);
- * ```
+ * For the whole map as a plain block: `blockOnSlab(x, weights, step, 3, 3)`.
  */
 export function blockOnSlab(
   slab: tf.Tensor4D,
@@ -221,7 +217,21 @@ export type BlockRunner = (
  *
  * @example
  * ```ts
- * const logits = executePlan(compilePlan(model), foldWeights(model, plan), images);
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * import { compilePlan } from "./plan.ts";
+ * import { foldWeights } from "./fold.ts";
+ * import { executePlan } from "./execute.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
+ * const images = tf.randomUniform([1, 32, 32, 3]) as tf.Tensor4D;
+ * const plan = compilePlan(model);
+ * const weights = foldWeights(model, plan);
+ * const logits = executePlan(plan, weights, images);
+ * if (logits.shape.join() !== "1,3") throw new Error(`shape ${logits.shape}`);
  * ```
  */
 export function executePlan(

@@ -94,9 +94,18 @@ export const TILE_OFFSETS: readonly [number, number][] = [[0, 0], [0, 2], [2, 0]
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * import { compilePlan } from "./plan.ts";
+ * import { foldWeights } from "./fold.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
  * const plan = compilePlan(model);
- * const weights = foldWeights(model, plan);
- * const logits = executePlan(plan, weights, images);
+ * const weights = foldWeights(model, plan); // the caller owns these tensors
+ * tf.dispose(Object.values(weights));
  * ```
  */
 export function foldWeights(model: tf.LayersModel, plan: Plan): FoldedWeights {

@@ -52,7 +52,10 @@ function pyRound(x: number): number {
  *   try two more (row, column), as torch draws `uniform_`, `uniform_`, `randint`, `randint`.
  * @example
  * ```ts
+ * import { randomResizedCropBox } from "./augment.ts";
+ * import { mulberry32 } from "./rng.ts";
  * const box = randomResizedCropBox(500, 375, mulberry32(1));
+ * console.log(box); // a box inside the 500x375 image, the same for the same seed
  * ```
  */
 export function randomResizedCropBox(
@@ -137,7 +140,13 @@ export interface TrainTransformOptions extends RandomResizedCropOptions {
  *
  * @example
  * ```ts
- * const x = trainTransform(await readImage("a.jpg"), 224, mulberry32(hashSeed(seed, epoch, i)));
+ * import { readImage } from "../data/decode.ts";
+ * import { trainTransform } from "./augment.ts";
+ * import { hashSeed, mulberry32 } from "./rng.ts";
+ * const image = await readImage(new URL("../../data/images/chelsea.png", import.meta.url).pathname);
+ * const seed = 0, epoch = 0, i = 0;
+ * const x = trainTransform(image, 224, mulberry32(hashSeed(seed, epoch, i)));
+ * if (x.length !== 224 * 224 * 3) throw new Error(`length ${x.length}`);
  * ```
  */
 export function trainTransform(

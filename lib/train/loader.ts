@@ -16,9 +16,12 @@ import { type LoadRequest, loadRequest } from "./augment_worker.ts";
  *
  * @example
  * ```ts
+ * import { LoadPool } from "./loader.ts";
  * const pool = new LoadPool(1);
  * try {
- *   const x = await pool.load({ path: "a.jpg", size: 224, mode: "eval", seed: 0 });
+ *   const path = new URL("../../data/images/chelsea.png", import.meta.url).pathname;
+ *   const x = await pool.load({ path, size: 64, mode: "eval", seed: 0 });
+ *   if (x.length !== 64 * 64 * 3) throw new Error(`length ${x.length}`);
  * } finally {
  *   pool.close();
  * }
@@ -88,12 +91,9 @@ export interface LoadBatchesOptions {
  * Yields the given batches of samples loaded (and augmented), keeping `prefetch` batches in
  * preparation while the consumer works on the current one.
  *
- * @example
- * ```ts
- * for await (const b of loadBatches(pool, [[s0, s1], [s2, s3]], { size: 224, mode: "eval" })) {
- *   const x = tf.tensor4d(b.data, [b.samples.length, 224, 224, 3]);
- * }
- * ```
+ * With `pool` a {@link LoadPool} and `s0..s3` samples:
+ * `for await (const b of loadBatches(pool, [[s0, s1], [s2, s3]], { size: 224, mode: "eval" }))`
+ * yields `b.data` holding `b.samples.length` HWC images of 224x224.
  */
 export async function* loadBatches(
   pool: LoadPool,

@@ -125,19 +125,10 @@ export interface GradientStepResult {
  * Data-parallel loss gradients over worker threads (see the module doc). Synchronous per
  * step; close it (or `dispose()`) to stop the threads.
  *
- * @example
- * ```ts
- * const params = modelParams(model, { weightDecay: 0.05 });
- * const optimizer = new AdamW(params);
- * const parallel = await ParallelGradients.start(model, params, { threads: 2 });
- * try {
- *   const { loss, grads } = parallel.gradients(x, labels, { smoothing: 0.1, seed: step });
- *   optimizer.step(grads, 1e-4);
- *   tf.dispose([...grads.values()]);
- * } finally {
- *   parallel.close();
- * }
- * ```
+ * One step, with `params` from `modelParams(model, ...)` and an `AdamW` over them:
+ * `const parallel = await ParallelGradients.start(model, params, { threads: 2 })`, then
+ * `const { grads } = parallel.gradients(x, labels, { smoothing: 0.1, seed: step })`,
+ * `optimizer.step(grads, lr)`, dispose `grads`, and `parallel.close()` when done.
  */
 export class ParallelGradients {
   private closed = false;
@@ -388,7 +379,9 @@ export class ParallelGradients {
  * @throws Error for a `CONVNEXT_TRAIN_THREADS` that is not a positive integer.
  * @example
  * ```ts
- * const threads = trainThreads(32); // 2 on a 2-core machine
+ * import { trainThreads } from "./parallel.ts";
+ * const threads = trainThreads(32); // one per core (2 on a 2-core machine)
+ * if (trainThreads(1) !== 1) throw new Error("one image needs one thread");
  * ```
  */
 export function trainThreads(batch: number): number {

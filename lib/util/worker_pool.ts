@@ -46,14 +46,9 @@ export interface Float32WorkerPoolOptions<R extends PoolRequest> {
  * worker, in submission order. Call {@link Float32WorkerPool.close} when done, or the
  * workers keep the process alive.
  *
- * @example
- * ```ts
- * const pool = new Float32WorkerPool<{ id: number; path: string }>({
- *   script: new URL("./worker.ts", import.meta.url), workers: 2, inline: load, name: "loader",
- * });
- * const values = await pool.submit({ path: "a.jpg" });
- * pool.close();
- * ```
+ * For example (lib/data/pool.ts): `new Float32WorkerPool({ script: new URL("./worker.ts",
+ * import.meta.url), workers: 2, inline: load, name: "loader" })`, then
+ * `await pool.submit({ path })` for each image and `pool.close()`.
  */
 export class Float32WorkerPool<R extends PoolRequest> {
   #workers: Worker[] = [];

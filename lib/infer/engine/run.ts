@@ -156,15 +156,9 @@ export interface EngineHooks {
 }
 
 /**
- * A plan with its weights loaded into an engine.
- *
- * @example
- * ```ts
- * const plan = compilePlan(model);
- * const weights = weightArrays(foldWeights(model, plan)); // see ../model.ts
- * const runner = new EnginePlan(plan, weights);
- * const { data, shape } = runner.run(pixels, [1, 224, 224, 3]);
- * ```
+ * A plan with its weights loaded into an engine. `ConvNeXtModel` (../model.ts) builds one
+ * from a compiled plan and its folded weights read into Float32Arrays, then calls
+ * `run(pixels, [n, h, w, 3])` for each batch.
  */
 export class EnginePlan {
   /** The engine the weights live in. */

@@ -8,7 +8,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { imageBatches, type ImageFailure } from "./data/batches.ts";
-import type { RgbImage } from "./data/image.ts";
+import type { RgbImage } from "./util/image.ts";
 import { imagenetClasses } from "./data/imagenet.ts";
 import { evalTransform, type EvalTransformOptions } from "./data/transform.ts";
 import { fetchLabels22k } from "./weights/fetch.ts";

@@ -81,7 +81,7 @@ export {
   FAST_BACKENDS,
   type InferencePath,
   type OptimizedExecutor,
-  optimizedExecutor,
+  requestedExecutor,
 } from "./infer/model.ts";
 export { closeInferencePool, inferenceThreads } from "./infer/pool.ts";
 // Types that public signatures use, so that documentation and callers can name them.

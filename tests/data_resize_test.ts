@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readImage } from "../lib/data/decode.ts";
 import { resizeBicubic } from "../lib/data/resize.ts";
-import type { RgbImage } from "../lib/data/image.ts";
+import type { RgbImage } from "../lib/util/image.ts";
 import { diffStats, loadExpected, repoPath, sha256 } from "./data_helpers.ts";
 
 const expected = await loadExpected();

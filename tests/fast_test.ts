@@ -177,7 +177,7 @@ Deno.test("loaded models take the optimized path and match", opts, async () => {
   try {
     await saveModel(model, `${dir}/m`);
     const json = JSON.parse(await Deno.readTextFile(`${dir}/m/model.json`));
-    assert.equal(json.modelTopology.class_name, "Model", "saved files stay standard TF.js");
+    assert.equal(json.modelTopology.class_name, "ConvNeXtModel", "saved under its own name");
     const { model: loaded } = await loadSavedModel(`${dir}/m`);
     assert.ok(loaded instanceof ConvNeXtModel);
     assert.ok((loaded as ConvNeXtModel).usesOptimizedPath());
@@ -185,7 +185,7 @@ Deno.test("loaded models take the optimized path and match", opts, async () => {
     assertClose(loaded, x, "loaded");
     const a = model.predict(x) as tf.Tensor;
     const b = loaded.predict(x) as tf.Tensor;
-    assert.ok(maxAbsDiff(a, b) <= TOLERANCE);
+    assert.equal(maxAbsDiff(a, b), 0, "identical predictions");
     tf.dispose([x, a, b]);
     loaded.dispose();
   } finally {
@@ -193,6 +193,74 @@ Deno.test("loaded models take the optimized path and match", opts, async () => {
     model.dispose();
   }
 });
+
+Deno.test("plain TF.js models load as plain LayersModels, not ConvNeXtModels", opts, async () => {
+  const dir = await Deno.makeTempDir();
+  const seq = tf.sequential({ layers: [tf.layers.dense({ units: 3, inputShape: [4] })] });
+  const input = tf.input({ shape: [4] });
+  const output = tf.layers.dense({ units: 2 }).apply(input) as tf.SymbolicTensor;
+  const functional = tf.model({ inputs: input, outputs: output });
+  const x = tf.randomNormal([5, 4], 0, 1, "float32", 11);
+  try {
+    for (const [name, model] of [["seq", seq], ["functional", functional]] as const) {
+      await saveModel(model, `${dir}/${name}`, { metadata: { note: name } });
+      const { model: loaded } = await loadSavedModel(`${dir}/${name}`);
+      // Also straight through TF.js, with the kit imported (ConvNeXtModel registered).
+      const json = JSON.parse(await Deno.readTextFile(`${dir}/${name}/model.json`));
+      const direct = await tf.loadLayersModel(
+        tf.io.fromMemory({ modelTopology: json.modelTopology }),
+      );
+      for (const m of [loaded, direct]) {
+        assert.ok(!(m instanceof ConvNeXtModel), `${name} loaded as a ConvNeXtModel`);
+        const expected = name === "seq" ? tf.Sequential : tf.LayersModel;
+        assert.equal(Object.getPrototypeOf(m), expected.prototype, name);
+      }
+      const [a, b] = [model.predict(x), loaded.predict(x)] as tf.Tensor[];
+      assert.equal(maxAbsDiff(a, b), 0);
+      tf.dispose([a, b]);
+      loaded.dispose();
+      direct.dispose();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    tf.dispose([x]);
+    seq.dispose();
+    functional.dispose();
+  }
+});
+
+Deno.test(
+  'ConvNeXts saved as "Model" by earlier versions load as ConvNeXtModels',
+  opts,
+  async () => {
+    const model = createConvNeXt(SMALL, { seed: 12, numClasses: 10 });
+    randomizeWeights(model, 12);
+    const dir = await Deno.makeTempDir();
+    const x = tf.randomNormal([2, 32, 32, 3], 0, 1, "float32", 12);
+    const expected = model.predict(x) as tf.Tensor;
+    try {
+      for (const metadata of [undefined, { convnext: { architecture: "convnext_custom" } }]) {
+        await saveModel(model, `${dir}/m`, { metadata, overwrite: true });
+        // What the previous version wrote: TF.js's own class name.
+        const path = `${dir}/m/model.json`;
+        const json = JSON.parse(await Deno.readTextFile(path));
+        json.modelTopology.class_name = "Model";
+        await Deno.writeTextFile(path, JSON.stringify(json));
+        const { model: loaded } = await loadSavedModel(`${dir}/m`);
+        assert.ok(loaded instanceof ConvNeXtModel, `metadata ${JSON.stringify(metadata)}`);
+        assert.ok(loaded.usesOptimizedPath());
+        const y = loaded.predict(x) as tf.Tensor;
+        assert.equal(maxAbsDiff(expected, y), 0);
+        tf.dispose(y);
+        loaded.dispose();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      tf.dispose([x, expected]);
+      model.dispose();
+    }
+  },
+);
 
 Deno.test("graphs the plan does not know keep the stock path", opts, () => {
   const input = tf.input({ shape: [8, 8, 3] });
@@ -297,7 +365,7 @@ Deno.test("a worker whose backend fails is an error, never a fallback", opts, ()
   const weights = foldWeights(model, plan);
   const x = tf.zeros([2, 32, 32, 3]) as tf.Tensor4D;
   try {
-    assert.throws(() => pool.run(plan, weights, 1, x), /no_such_backend/);
+    assert.throws(() => pool.tfjs.run(plan, weights, 1, x), /no_such_backend/);
   } finally {
     pool.close();
     tf.dispose([x, ...Object.values(weights)]);

@@ -25,6 +25,7 @@ import {
   withXmlns,
 } from "../lib/viz/mod.ts";
 import { jpegSize } from "../lib/viz/image.ts";
+import type { RgbImage } from "../lib/util/image.ts";
 
 const XMLNS = 'xmlns="http://www.w3.org/2000/svg"';
 
@@ -330,6 +331,21 @@ Deno.test("svgToPng renders shapes with resvg", async () => {
   assert.deepEqual(pixel(png, 0, 0), [255, 255, 255], "white background");
   assert.deepEqual(pixel(png, 3, 1), [0, 255, 0]);
   assert.ok(encodePng({ width: 1, height: 1, channels: 3, data: new Uint8Array(3) }).length > 8);
+});
+
+Deno.test("the kit's RgbImage (no channels, as decoded) shows as RGB everywhere", async () => {
+  // 2x1, red then blue: what readImage/evalResizeCrop return, passed on as it is.
+  const photo: RgbImage = { width: 2, height: 1, data: new Uint8Array([255, 0, 0, 0, 0, 255]) };
+  const shown = await showImage(photo);
+  assert.deepEqual(ihdr(shown.png!), { width: 2, height: 1, depth: 8, colorType: 2 });
+  assert.deepEqual([pixel(shown.png!, 0, 0), pixel(shown.png!, 1, 0)], [[255, 0, 0], [0, 0, 255]]);
+  assert.deepEqual(toRgb8(photo), { ...photo, channels: 3 });
+  const grid = await imageGrid([photo, photo], { cols: 2, cellSize: 2, gap: 0 });
+  assert.deepEqual([pixel(grid.png!, 0, 0), pixel(grid.png!, 3, 0)], [[255, 0, 0], [0, 0, 255]]);
+  const overlay = await overlayHeatmap(photo, { width: 2, height: 1, data: [0, 0] }, {
+    alpha: 0,
+  });
+  assert.deepEqual(pixel(overlay.png!, 1, 0), [0, 0, 255]);
 });
 
 Deno.test("progress outside Jupyter writes throttled lines to stderr", async () => {

@@ -21,7 +21,7 @@
  */
 
 import sharp from "sharp";
-import type { RgbImage } from "./image.ts";
+import type { RgbImage } from "../util/image.ts";
 
 /**
  * PIL's CMYK → RGB conversion (Convert.c `cmyk2rgb`): for each of C, M, Y,

@@ -12,7 +12,17 @@
  * @module
  */
 
-export type { RgbImage } from "./image.ts";
+export type { PixelData, RgbImage } from "../util/image.ts";
+export {
+  comparePython,
+  findClasses,
+  IMAGE_EXTENSIONS,
+  type ImageFolder,
+  type ImageFolderOptions,
+  type ImageFolderSample,
+  isImageFile,
+  listImageFolder,
+} from "./image_folder.ts";
 export { cmykToRgb, decodeImage, readImage } from "./decode.ts";
 export { type CropRegion, resizeBicubic, type ResizeOptions } from "./resize.ts";
 export {

@@ -13,7 +13,7 @@
  * @module
  */
 
-import type { RgbImage } from "./image.ts";
+import type { RgbImage } from "../util/image.ts";
 
 /** Fixed-point fraction bits Pillow uses for 8-bit resampling: 32 - 8 - 2. */
 const PRECISION_BITS = 22;

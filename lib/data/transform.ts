@@ -18,7 +18,7 @@
  * @module
  */
 
-import type { RgbImage } from "./image.ts";
+import type { RgbImage } from "../util/image.ts";
 import { resizeBicubic } from "./resize.ts";
 
 /** ImageNet channel means (timm's IMAGENET_DEFAULT_MEAN), used by all ConvNeXt models. */

@@ -4,8 +4,8 @@
  *
  * Two layouts:
  * - ImageFolder (`DIR/<wnid>/**` images), what the official code reads with torchvision's
- *   `ImageFolder`: the class index of a folder is its position among the sorted folder
- *   names, and files are walked recursively, sorted as torchvision sorts them. That rule
+ *   `ImageFolder`, listed as it lists them by `listImageFolder` (../data/image_folder.ts):
+ *   the class index of a folder is its position among the sorted folder names. That rule
  *   only gives the checkpoints' indices when every class has a folder, so a folder with
  *   fewer class folders than the model has classes needs a synset list (one wnid per line
  *   in class-index order, e.g. `LOC_synset_mapping.txt`), which then numbers the classes.
@@ -20,6 +20,7 @@
 
 import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { comparePython, findClasses, listImageFolder } from "../data/image_folder.ts";
 
 /** One image of an evaluation set. */
 export interface EvalSample {
@@ -62,37 +63,8 @@ export interface EvalDatasetOptions {
   expectWnids?: readonly string[];
 }
 
-/** File extensions torchvision's ImageFolder accepts (`IMG_EXTENSIONS`), case-insensitive. */
-export const IMAGE_EXTENSIONS: readonly string[] = [
-  ".jpg",
-  ".jpeg",
-  ".png",
-  ".ppm",
-  ".bmp",
-  ".pgm",
-  ".tif",
-  ".tiff",
-  ".webp",
-];
-
-/** Python's string order (by code point), which torchvision's `sorted()` uses. */
-export function comparePython(a: string, b: string): number {
-  const x = Array.from(a);
-  const y = Array.from(b);
-  for (let i = 0; i < Math.min(x.length, y.length); i++) {
-    const d = x[i].codePointAt(0)! - y[i].codePointAt(0)!;
-    if (d !== 0) return d;
-  }
-  return x.length - y.length;
-}
-
 function sorted(names: Iterable<string>): string[] {
   return [...names].sort(comparePython);
-}
-
-function isImageFile(name: string): boolean {
-  const lower = name.toLowerCase();
-  return IMAGE_EXTENSIONS.some((e) => lower.endsWith(e));
 }
 
 async function isFile(path: string): Promise<boolean> {
@@ -101,28 +73,6 @@ async function isFile(path: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-/** Entries of a directory, symlinks resolved (os.walk(followlinks=True), os.scandir.is_dir()). */
-async function listDir(dir: string): Promise<{ dirs: string[]; files: string[] }> {
-  const dirs: string[] = [];
-  const files: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    let isDir = e.isDirectory;
-    let isFileEntry = e.isFile;
-    if (e.isSymlink) {
-      try {
-        const s = await Deno.stat(join(dir, e.name));
-        isDir = s.isDirectory;
-        isFileEntry = s.isFile;
-      } catch {
-        isFileEntry = true; // a dangling link: listed like os.walk does, fails at read time
-      }
-    }
-    if (isDir) dirs.push(e.name);
-    else if (isFileEntry) files.push(e.name);
-  }
-  return { dirs, files };
 }
 
 /**
@@ -201,26 +151,6 @@ function checkClasses(
   }
 }
 
-/** Image files under a class folder, in the order of `sorted(os.walk(dir))` + `sorted(files)`. */
-async function walkImages(dir: string, rel: string): Promise<{ path: string; name: string }[]> {
-  // sorted(os.walk()) orders the (root, dirs, files) tuples by their root path string.
-  const roots: { path: string; name: string; files: string[] }[] = [];
-  const visit = async (path: string, name: string) => {
-    const { dirs, files } = await listDir(path);
-    roots.push({ path, name, files });
-    for (const d of dirs) await visit(join(path, d), `${name}/${d}`);
-  };
-  await visit(dir, rel);
-  roots.sort((a, b) => comparePython(a.name, b.name));
-  const out: { path: string; name: string }[] = [];
-  for (const r of roots) {
-    for (const f of sorted(r.files)) {
-      if (isImageFile(f)) out.push({ path: join(r.path, f), name: `${r.name}/${f}` });
-    }
-  }
-  return out;
-}
-
 async function loadImageFolder(
   root: string,
   classDirs: string[],
@@ -246,21 +176,13 @@ async function loadImageFolder(
       throw new Error(
         `${root}: found ${folders.length} class folders but the model has ${options.numClasses} classes; ` +
           `class indices are positions among the folders, so missing classes would shift every label after them. ` +
-          `Pass a synset list (--synsets FILE: one wnid per line in class-index order, e.g. LOC_synset_mapping.txt)`,
+          `Pass a synset list (synsets: a file with one wnid per line in class-index order, e.g. LOC_synset_mapping.txt)`,
       );
     }
     checkClasses(folders, `${root} (class folders)`, options);
     wnids = folders;
   }
-  const index = new Map(wnids.map((w, i) => [w, i]));
-  const samples: EvalSample[] = [];
-  // ImageFolder walks classes in sorted-name order, which is index order for sorted lists.
-  for (const folder of folders) {
-    const label = index.get(folder)!;
-    for (const f of await walkImages(join(root, folder), folder)) {
-      samples.push({ path: f.path, name: f.name, label });
-    }
-  }
+  const { samples } = await listImageFolder(root, { classes: wnids });
   return { root, layout: "imagefolder", wnids, samples };
 }
 
@@ -297,7 +219,7 @@ async function loadFlat(
   const mapping = join(root, "LOC_synset_mapping.txt");
   if (options.synsets === undefined && !await isFile(mapping)) {
     throw new Error(
-      `${root}: LOC_val_solution.csv needs LOC_synset_mapping.txt next to it or --synsets FILE`,
+      `${root}: LOC_val_solution.csv needs LOC_synset_mapping.txt next to it or a synset list (synsets)`,
     );
   }
   const where = typeof options.synsets === "string"
@@ -362,22 +284,23 @@ export async function loadEvalDataset(
   root: string,
   options: EvalDatasetOptions = {},
 ): Promise<EvalDataset> {
-  let entries: { dirs: string[]; files: string[] };
   try {
-    entries = await listDir(root);
+    if (!(await Deno.stat(root)).isDirectory) throw new Error("not a directory");
   } catch (e) {
     const why = e instanceof Deno.errors.NotFound ? "no such directory" : (e as Error).message;
     throw new Error(`${root}: cannot read the data directory: ${why}`);
   }
   let listed: Omit<EvalDataset, "fingerprint">;
-  if (entries.files.includes("LOC_val_solution.csv")) {
+  if (await isFile(join(root, "LOC_val_solution.csv"))) {
     listed = await loadFlat(root, options);
-  } else if (entries.dirs.length > 0) {
-    listed = await loadImageFolder(root, entries.dirs, options);
   } else {
-    throw new Error(
-      `${root}: no class folders (ImageFolder layout DIR/<wnid>/*.JPEG) and no LOC_val_solution.csv (flat layout)`,
-    );
+    const folders = await findClasses(root);
+    if (folders.length === 0) {
+      throw new Error(
+        `${root}: no class folders (ImageFolder layout DIR/<wnid>/*.JPEG) and no LOC_val_solution.csv (flat layout)`,
+      );
+    }
+    listed = await loadImageFolder(root, folders, options);
   }
   if (listed.samples.length === 0) throw new Error(`${root}: no images found`);
   return { ...listed, fingerprint: datasetFingerprint(listed.wnids, listed.samples) };

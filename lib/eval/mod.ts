@@ -13,12 +13,10 @@
  */
 
 export {
-  comparePython,
   datasetFingerprint,
   type EvalDataset,
   type EvalDatasetOptions,
   type EvalSample,
-  IMAGE_EXTENSIONS,
   loadEvalDataset,
   parseSolution,
   parseSynsets,

@@ -7,9 +7,10 @@
  *
  * Everything but `predict`/`predictOnBatch` is the stock LayersModel: `fit`, `evaluate`,
  * `apply`, `execute`, `getLayer`, `summary`, saving. The class is registered for
- * deserialization under TF.js's own class name `"Model"`, so saved files stay standard
- * (`"class_name": "Model"`) and every layers model loaded while this module is imported is
- * a ConvNeXtModel; models the plan compiler does not recognize simply keep the stock path.
+ * deserialization under its own class name `"ConvNeXtModel"` (the `class_name` of the
+ * topologies it saves), so `tf.loadLayersModel` gives back a ConvNeXtModel for those and a
+ * plain `tf.LayersModel` for every other model; `loadSavedModel` (../model/io.ts) also
+ * recognizes ConvNeXt models saved as `"Model"` by earlier versions.
  *
  * Folded weights are cached per model and revalidated on every call: they are rebuilt as
  * soon as any source variable has been assigned (`setWeights`, `fit`, `loadWeights` all
@@ -56,12 +57,13 @@ let nextToken = 0;
 export type OptimizedExecutor = "kernels" | "tfjs";
 
 /**
- * Which implementation the optimized path uses: `CONVNEXT_EXECUTOR` ("kernels", the
+ * The implementation `CONVNEXT_EXECUTOR` asks the optimized path to use ("kernels", the
  * default: the fused WebAssembly kernels of ./engine/; "tfjs": the plan on TF.js kernels).
+ * A model takes it when it can: see {@link ConvNeXtModel.optimizedExecutor}.
  *
  * @throws Error for any other value.
  */
-export function optimizedExecutor(): OptimizedExecutor {
+export function requestedExecutor(): OptimizedExecutor {
   let value: string | undefined;
   try {
     value = Deno.env.get("CONVNEXT_EXECUTOR");
@@ -96,8 +98,8 @@ export type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
  * ```
  */
 export class ConvNeXtModel extends tf.LayersModel {
-  /** Registered as TF.js's own "Model", so saved topologies are unchanged. */
-  static override className = "Model";
+  /** Its own class name (TF.js's `LayersModel` is `"Model"`), as registered and saved. */
+  static override className = "ConvNeXtModel";
 
   /**
    * Path taken by `predict`: "auto" picks the optimized path on wasm/cpu when the graph
@@ -119,8 +121,8 @@ export class ConvNeXtModel extends tf.LayersModel {
       try {
         this.plan = compilePlan(this);
       } catch (e) {
-        // Every layers model loaded while this module is imported is a ConvNeXtModel: any
-        // graph the compiler cannot read keeps the stock path rather than failing predict.
+        // A graph the compiler cannot read (any model can be built as a ConvNeXtModel)
+        // keeps the stock path rather than failing predict.
         this.plan = null;
         this.planError = e instanceof PlanUnsupported
           ? e.message
@@ -191,10 +193,13 @@ export class ConvNeXtModel extends tf.LayersModel {
     }
   }
 
-  /** Which implementation `predict`'s optimized path takes for this model now. */
+  /**
+   * Which implementation `predict`'s optimized path takes for this model now: the
+   * {@link requestedExecutor}, or "tfjs" when the kernels cannot run this plan.
+   */
   optimizedExecutor(): OptimizedExecutor {
     const plan = this.inferencePlan();
-    if (!plan || optimizedExecutor() === "tfjs") return "tfjs";
+    if (!plan || requestedExecutor() === "tfjs") return "tfjs";
     return this.engine(plan) ? "kernels" : "tfjs";
   }
 
@@ -224,14 +229,14 @@ export class ConvNeXtModel extends tf.LayersModel {
     }
     const batchSize = args?.batchSize ?? 32;
     let run: (chunk: tf.Tensor4D) => tf.Tensor;
-    const kernels = optimizedExecutor() === "kernels" ? this.engine(plan) : null;
+    const kernels = requestedExecutor() === "kernels" ? this.engine(plan) : null;
     if (kernels) {
       // The engine is independent of the TF.js backend: threads help on every backend.
       const pool = inferencePool();
       run = (chunk) => {
         const x = chunk.dataSync() as Float32Array;
         const { data, shape } = pool
-          ? pool.runEngine(kernels.runner, kernels.token, x, chunk.shape)
+          ? pool.kernels.run(kernels.runner, kernels.token, x, chunk.shape)
           : kernels.runner.run(x, chunk.shape);
         return tf.tensor(data, shape, "float32");
       };
@@ -239,7 +244,7 @@ export class ConvNeXtModel extends tf.LayersModel {
       const { weights, token } = this.folded(plan);
       const pool = tf.getBackend() === "wasm" ? inferencePool() : null;
       run = (chunk) =>
-        pool ? pool.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
+        pool ? pool.tfjs.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
     }
     const cast = images.dtype === "float32" ? images : tf.cast(images, "float32");
     try {
@@ -287,6 +292,6 @@ export class ConvNeXtModel extends tf.LayersModel {
   }
 }
 
-// Replaces TF.js's own "Model" entry: loadLayersModel then builds ConvNeXtModels (whose
-// predict falls back to stock for graphs the plan does not know).
+// Beside TF.js's own "Model" (tf.LayersModel): loadLayersModel builds a ConvNeXtModel for
+// topologies saved with class_name "ConvNeXtModel" only.
 tf.serialization.registerClass(ConvNeXtModel);

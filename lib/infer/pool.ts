@@ -3,19 +3,20 @@
  * (`WASM_HAS_MULTITHREAD_SUPPORT` is hard-coded false there), and the kernel engine is a
  * single-threaded WebAssembly module too.
  *
- * The pool keeps `threads - 1` worker threads; the main thread is the last participant.
- * Everything stays synchronous: the main thread posts jobs through shared memory, does its
- * own share, then waits in `Atomics.wait`.
+ * An {@link InferencePool} keeps `threads - 1` worker threads; the main thread is the last
+ * participant. Everything stays synchronous: the main thread posts jobs through shared
+ * memory, does its own share, then waits in `Atomics.wait`. The pool's threads serve the
+ * two executors of the optimized path, one class each:
  *
- * - The kernel engine (the default executor, {@link InferencePool.runEngine}): workers
- *   attach to the main thread's engine memory (a shared `WebAssembly.Memory`: one copy of
- *   the weights, no copies of activations). Each block is split over the threads (by
- *   images, a single image by rows with the halo its depthwise conv reads), and so are the
- *   stem's and downsampling layers' matmuls and LayerNorms (by rows).
- * - The TF.js executor ({@link InferencePool.run}, `CONVNEXT_EXECUTOR=tfjs`, wasm backend
- *   only): each worker has its own wasm backend and a copy of the folded weights. A batch is
- *   split by images (each thread runs the whole plan on its share); a single image by rows,
- *   block by block, or by hidden units for blocks with large weights.
+ * - {@link KernelsExecutor} (`pool.kernels`, the kernel engine, the default executor):
+ *   workers attach to the main thread's engine memory (a shared `WebAssembly.Memory`: one
+ *   copy of the weights, no copies of activations). Each block is split over the threads
+ *   (by images, a single image by rows with the halo its depthwise conv reads), and so are
+ *   the stem's and downsampling layers' matmuls and LayerNorms (by rows).
+ * - {@link TfjsExecutor} (`pool.tfjs`, the plan on TF.js kernels, `CONVNEXT_EXECUTOR=tfjs`,
+ *   wasm backend only): each worker has its own wasm backend and a copy of the folded
+ *   weights. A batch is split by images (each thread runs the whole plan on its share); a
+ *   single image by rows, block by block, or by hidden units for blocks with large weights.
  *
  * @module
  */
@@ -152,22 +153,26 @@ function gather(busy: WorkerHandle[], own: tf.Tensor, axis: number): tf.Tensor {
 }
 
 /**
- * A pool of inference threads: {@link InferencePool.runEngine} for the kernel engine,
- * {@link InferencePool.run} for the TF.js executor (whose workers each run a `backend`, only
- * "wasm" being useful). Created by {@link inferencePool}; every method is synchronous.
+ * The inference threads: `threads - 1` workers (each on a TF.js `backend`, only "wasm"
+ * being useful) and the main thread, shared by the two executors of the optimized path,
+ * {@link InferencePool.kernels} and {@link InferencePool.tfjs}. Created by
+ * {@link inferencePool}; every method is synchronous.
  *
  * @example
  * ```ts
  * const pool = inferencePool();
  * const { data, shape } = pool
- *   ? pool.runEngine(runner, token, pixels, [8, 224, 224, 3])
+ *   ? pool.kernels.run(runner, token, pixels, [8, 224, 224, 3])
  *   : runner.run(pixels, [8, 224, 224, 3]);
  * ```
  */
 export class InferencePool {
-  private readonly workers: WorkerHandle[];
-  /** The int32 in the engine's memory that block chunks are counted with. */
-  private counter?: { engine: KernelEngine; ptr: number };
+  /** The worker threads (the main thread is the last participant); for the executors. */
+  readonly workers: readonly WorkerHandle[];
+  /** The kernel engine on these threads. */
+  readonly kernels: KernelsExecutor;
+  /** The plan on TF.js kernels on these threads. */
+  readonly tfjs: TfjsExecutor;
 
   /**
    * @param threads total threads taking part, the main thread included (>= 2).
@@ -178,11 +183,203 @@ export class InferencePool {
       throw new Error(`InferencePool: threads must be an integer >= 2, got ${threads}`);
     }
     this.workers = Array.from({ length: threads - 1 }, () => new WorkerHandle(backend));
+    this.kernels = new KernelsExecutor(this);
+    this.tfjs = new TfjsExecutor(this);
   }
+
+  /** Stop the worker threads. The pool cannot be used afterwards. */
+  close(): void {
+    this.tfjs.dropSlices();
+    for (const w of this.workers) w.close();
+  }
+}
+
+/**
+ * The kernel engine's executor on an {@link InferencePool}'s threads: runs an
+ * {@link EnginePlan} with every thread on its engine's shared memory.
+ */
+export class KernelsExecutor {
+  /** The int32 in the engine's memory that block chunks are counted with. */
+  private counter?: { engine: KernelEngine; ptr: number };
+
+  /** @param pool the threads to run on. */
+  constructor(private readonly pool: InferencePool) {}
+
+  /** Attach workers that do not run `runner` (identified by `token`) yet to its engine. */
+  private sync(runner: EnginePlan, token: number): void {
+    const stale = this.pool.workers.filter((w) => w.token !== token);
+    for (const w of stale) {
+      if (w.stack?.engine !== runner.engine) {
+        w.stack = { engine: runner.engine, top: runner.engine.allocStack() };
+      }
+      w.post(OP.SETUP, {
+        plan: runner.plan,
+        engine: {
+          memory: runner.engine.memory,
+          relaxed: runner.engine.relaxed,
+          stackTop: w.stack.top,
+          steps: runner.steps,
+        },
+      });
+    }
+    for (const w of stale) {
+      w.wait();
+      w.token = token;
+    }
+  }
+
+  /**
+   * Run `runner`'s plan with every thread on its engine's shared memory: each block is
+   * shared out in chunks (images, or bands of rows of a single image) and run in place; the
+   * threads meet after each block, so they stream the same weights through the shared
+   * L3 cache at the same time. The matmuls and LayerNorms of the stem, the downsampling
+   * layers and the head are split by rows; patchify and pooling run on the main thread.
+   * `token` identifies `runner`'s weights (a new token re-attaches the workers).
+   */
+  run(
+    runner: EnginePlan,
+    token: number,
+    x: Float32Array<ArrayBufferLike>,
+    shape: number[],
+  ): { data: Float32Array<ArrayBufferLike>; shape: number[] } {
+    this.sync(runner, token);
+    return runner.run(x, shape, {
+      block: (i, _step, xp, s, out) => this.block(runner, i, xp, s, out),
+      gemm: (job) =>
+        this.rows(runner, job.m, OP.GEMM, (first, count, ints) => {
+          const part = {
+            ...job,
+            a: job.a + first * job.lda * 4,
+            c: job.c + first * job.ldc * 4,
+            m: count,
+          };
+          if (!ints) {
+            runner.gemm(part); // with scratch of its own
+            return [];
+          }
+          // The worker's scratch, freed after its job.
+          const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
+          const { a, lda, m, k, b, n, bias, c, ldc, mode } = part;
+          ints.push(a, lda, m, k, b, n, bias, c, ldc, mode, pack);
+          return [pack];
+        }),
+      layerNorm: (job) =>
+        this.rows(runner, job.m, OP.LAYER_NORM, (first, count, ints) => {
+          const part = {
+            ...job,
+            x: job.x + first * job.c * 4,
+            out: job.out + first * job.c * 4,
+            m: count,
+          };
+          if (!ints) {
+            runner.layerNorm(part);
+            return [];
+          }
+          const epsBits = new Int32Array(new Float32Array([part.eps]).buffer)[0];
+          ints.push(part.x, part.m, part.c, epsBits, part.gamma, part.beta, part.out);
+          return [];
+        }),
+    });
+  }
+
+  /**
+   * Rows 0..m-1 of a row-wise engine kernel, split over the threads. `part(first, count,
+   * ints)` either fills `ints` with a worker job's arguments (returning buffers to free
+   * after the job) or, with `ints` null, runs the main thread's share itself. Fewer than
+   * {@link MIN_SPLIT_ROWS} rows run on the main thread alone.
+   */
+  private rows(
+    runner: EnginePlan,
+    m: number,
+    op: number,
+    part: (first: number, count: number, ints: number[] | null) => number[],
+  ): void {
+    const shares = m < MIN_SPLIT_ROWS ? [m] : splitEven(m, this.pool.threads).filter((r) => r > 0);
+    const busy: WorkerHandle[] = [];
+    const buffers: number[] = [];
+    let first = 0;
+    try {
+      for (let i = 0; i < shares.length - 1; i++) {
+        const w = this.pool.workers[i];
+        const ints: number[] = [];
+        buffers.push(...part(first, shares[i], ints));
+        ints.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
+        w.post(op);
+        busy.push(w);
+        first += shares[i];
+      }
+      part(first, shares[shares.length - 1], null);
+      for (const w of busy.splice(0)) w.wait();
+    } finally {
+      for (const w of busy) {
+        try {
+          w.wait();
+        } catch { /* already failing */ }
+      }
+      for (const p of buffers) runner.engine.free(p);
+    }
+  }
+
+  /**
+   * One block on the engine, shared by the threads through a queue of chunks (images, or
+   * bands of rows of a single image with the halo their depthwise conv reads), in place.
+   */
+  private block(
+    runner: EnginePlan,
+    index: number,
+    x: number,
+    shape: number[],
+    out: number,
+  ): void {
+    const e = runner.engine;
+    const chunks = blockChunks(shape, this.pool.threads);
+    if (this.counter?.engine !== e) this.counter = { engine: e, ptr: e.alloc(1) };
+    const counter = this.counter.ptr;
+    new Int32Array(e.memory.buffer, counter, 1)[0] = 0;
+    const floats = runner.chunkScratch(index, shape, chunks);
+    const helpers = this.pool.workers.slice(
+      0,
+      Math.min(this.pool.workers.length, chunks.count - 1),
+    );
+    const scratches = [e.alloc(floats), ...helpers.map(() => e.alloc(floats))];
+    const busy: WorkerHandle[] = [];
+    try {
+      helpers.forEach((w, i) => {
+        shape.forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
+        Atomics.store(w.ctrl, CTRL.STEP, index);
+        Atomics.store(w.ctrl, CTRL.X_PTR, x | 0);
+        Atomics.store(w.ctrl, CTRL.OUT_PTR, out | 0);
+        Atomics.store(w.ctrl, CTRL.SCRATCH_PTR, scratches[i + 1] | 0);
+        const args = [counter, chunks.byImages ? 1 : 0, chunks.size, chunks.count];
+        args.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
+        w.post(OP.BLOCK_CHUNKS);
+        busy.push(w);
+      });
+      runner.runBlockChunks(index, x, shape, out, chunks, counter, scratches[0]);
+      for (const w of busy.splice(0)) w.wait();
+    } finally {
+      for (const w of busy) {
+        try {
+          w.wait();
+        } catch { /* already failing */ }
+      }
+      for (const p of scratches) e.free(p);
+    }
+  }
+}
+
+/**
+ * The TF.js executor on an {@link InferencePool}'s threads (`CONVNEXT_EXECUTOR=tfjs`):
+ * runs a {@link Plan} with its folded weights, each worker on its own TF.js backend with a
+ * copy of the weights.
+ */
+export class TfjsExecutor {
+  /** @param pool the threads to run on. */
+  constructor(private readonly pool: InferencePool) {}
 
   /** Send `weights` (identified by `token`) to workers that do not hold them yet. */
   private sync(plan: Plan, weights: FoldedWeights, token: number): void {
-    const stale = this.workers.filter((w) => w.token !== token);
+    const stale = this.pool.workers.filter((w) => w.token !== token);
     if (stale.length === 0) return;
     const names = Object.keys(weights);
     const shapes = names.map((n) => weights[n].shape);
@@ -221,14 +418,14 @@ export class InferencePool {
 
   private runBatch(plan: Plan, weights: FoldedWeights, x: tf.Tensor4D): tf.Tensor {
     const n = x.shape[0];
-    const shares = splitEven(n, this.threads).filter((s) => s > 0);
+    const shares = splitEven(n, this.pool.threads).filter((s) => s > 0);
     const busy: WorkerHandle[] = [];
     let start = 0;
     try {
       // Workers take the first shares; the main thread the last.
       for (let i = 0; i < shares.length - 1; i++) {
         const part = tf.slice(x, [start, 0, 0, 0], [shares[i], -1, -1, -1]);
-        const w = this.workers[i];
+        const w = this.pool.workers[i];
         // The output is no larger than the input for ConvNeXt plans; reserve() grows otherwise.
         w.writeInput(part, part.size);
         part.dispose();
@@ -246,165 +443,6 @@ export class InferencePool {
           w.wait();
         } catch { /* already failing */ }
       }
-    }
-  }
-
-  /** Attach workers that do not run `runner` (identified by `token`) yet to its engine. */
-  private syncEngine(runner: EnginePlan, token: number): void {
-    const stale = this.workers.filter((w) => w.token !== token);
-    for (const w of stale) {
-      if (w.stack?.engine !== runner.engine) {
-        w.stack = { engine: runner.engine, top: runner.engine.allocStack() };
-      }
-      w.post(OP.SETUP, {
-        plan: runner.plan,
-        engine: {
-          memory: runner.engine.memory,
-          relaxed: runner.engine.relaxed,
-          stackTop: w.stack.top,
-          steps: runner.steps,
-        },
-      });
-    }
-    for (const w of stale) {
-      w.wait();
-      w.token = token;
-    }
-  }
-
-  /**
-   * Run `runner`'s plan with every thread on its engine's shared memory: each block is
-   * shared out in chunks (images, or bands of rows of a single image) and run in place; the
-   * threads meet after each block, so they stream the same weights through the shared
-   * L3 cache at the same time. The matmuls and LayerNorms of the stem, the downsampling
-   * layers and the head are split by rows; patchify and pooling run on the main thread.
-   * `token` identifies `runner`'s weights (a new token re-attaches the workers).
-   */
-  runEngine(
-    runner: EnginePlan,
-    token: number,
-    x: Float32Array<ArrayBufferLike>,
-    shape: number[],
-  ): { data: Float32Array<ArrayBufferLike>; shape: number[] } {
-    this.syncEngine(runner, token);
-    return runner.run(x, shape, {
-      block: (i, _step, xp, s, out) => this.engineBlock(runner, i, xp, s, out),
-      gemm: (job) =>
-        this.engineRows(runner, job.m, OP.GEMM, (first, count, ints) => {
-          const part = {
-            ...job,
-            a: job.a + first * job.lda * 4,
-            c: job.c + first * job.ldc * 4,
-            m: count,
-          };
-          if (!ints) {
-            runner.gemm(part); // with scratch of its own
-            return [];
-          }
-          // The worker's scratch, freed after its job.
-          const pack = runner.engine.alloc(runner.engine.kernels.gemm_scratch(job.k));
-          const { a, lda, m, k, b, n, bias, c, ldc, mode } = part;
-          ints.push(a, lda, m, k, b, n, bias, c, ldc, mode, pack);
-          return [pack];
-        }),
-      layerNorm: (job) =>
-        this.engineRows(runner, job.m, OP.LAYER_NORM, (first, count, ints) => {
-          const part = {
-            ...job,
-            x: job.x + first * job.c * 4,
-            out: job.out + first * job.c * 4,
-            m: count,
-          };
-          if (!ints) {
-            runner.layerNorm(part);
-            return [];
-          }
-          const epsBits = new Int32Array(new Float32Array([part.eps]).buffer)[0];
-          ints.push(part.x, part.m, part.c, epsBits, part.gamma, part.beta, part.out);
-          return [];
-        }),
-    });
-  }
-
-  /**
-   * Rows 0..m-1 of a row-wise engine kernel, split over the threads. `part(first, count,
-   * ints)` either fills `ints` with a worker job's arguments (returning buffers to free
-   * after the job) or, with `ints` null, runs the main thread's share itself. Fewer than
-   * {@link MIN_SPLIT_ROWS} rows run on the main thread alone.
-   */
-  private engineRows(
-    runner: EnginePlan,
-    m: number,
-    op: number,
-    part: (first: number, count: number, ints: number[] | null) => number[],
-  ): void {
-    const shares = m < MIN_SPLIT_ROWS ? [m] : splitEven(m, this.threads).filter((r) => r > 0);
-    const busy: WorkerHandle[] = [];
-    const buffers: number[] = [];
-    let first = 0;
-    try {
-      for (let i = 0; i < shares.length - 1; i++) {
-        const w = this.workers[i];
-        const ints: number[] = [];
-        buffers.push(...part(first, shares[i], ints));
-        ints.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
-        w.post(op);
-        busy.push(w);
-        first += shares[i];
-      }
-      part(first, shares[shares.length - 1], null);
-      for (const w of busy.splice(0)) w.wait();
-    } finally {
-      for (const w of busy) {
-        try {
-          w.wait();
-        } catch { /* already failing */ }
-      }
-      for (const p of buffers) runner.engine.free(p);
-    }
-  }
-
-  /**
-   * One block on the engine, shared by the threads through a queue of chunks (images, or
-   * bands of rows of a single image with the halo their depthwise conv reads), in place.
-   */
-  private engineBlock(
-    runner: EnginePlan,
-    index: number,
-    x: number,
-    shape: number[],
-    out: number,
-  ): void {
-    const e = runner.engine;
-    const chunks = blockChunks(shape, this.threads);
-    if (this.counter?.engine !== e) this.counter = { engine: e, ptr: e.alloc(1) };
-    const counter = this.counter.ptr;
-    new Int32Array(e.memory.buffer, counter, 1)[0] = 0;
-    const floats = runner.chunkScratch(index, shape, chunks);
-    const helpers = this.workers.slice(0, Math.min(this.workers.length, chunks.count - 1));
-    const scratches = [e.alloc(floats), ...helpers.map(() => e.alloc(floats))];
-    const busy: WorkerHandle[] = [];
-    try {
-      helpers.forEach((w, i) => {
-        shape.forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
-        Atomics.store(w.ctrl, CTRL.STEP, index);
-        Atomics.store(w.ctrl, CTRL.X_PTR, x | 0);
-        Atomics.store(w.ctrl, CTRL.OUT_PTR, out | 0);
-        Atomics.store(w.ctrl, CTRL.SCRATCH_PTR, scratches[i + 1] | 0);
-        const args = [counter, chunks.byImages ? 1 : 0, chunks.size, chunks.count];
-        args.forEach((v, k) => Atomics.store(w.ctrl, CTRL.ARGS + k, v | 0));
-        w.post(OP.BLOCK_CHUNKS);
-        busy.push(w);
-      });
-      runner.runBlockChunks(index, x, shape, out, chunks, counter, scratches[0]);
-      for (const w of busy.splice(0)) w.wait();
-    } finally {
-      for (const w of busy) {
-        try {
-          w.wait();
-        } catch { /* already failing */ }
-      }
-      for (const p of scratches) e.free(p);
     }
   }
 
@@ -429,7 +467,8 @@ export class InferencePool {
     return found;
   }
 
-  private dropSlices(): void {
+  /** Free the cached hidden-unit slices (when the pool closes). */
+  dropSlices(): void {
     for (const s of this.slices.values()) tf.dispose(Object.values(s));
     this.slices.clear();
   }
@@ -443,12 +482,12 @@ export class InferencePool {
     weights: FoldedWeights,
   ): tf.Tensor {
     const half = (step.kernelSize - 1) / 2;
-    const parts = this.threads;
+    const parts = this.pool.threads;
     return blockOnSlab(x, weights, step, half, half, (a) => {
       const [m, c] = a.shape;
       const busy: WorkerHandle[] = [];
       try {
-        this.workers.forEach((w, i) => {
+        this.pool.workers.forEach((w, i) => {
           w.writeInput(a, m * c);
           [1, 1, m, c].forEach((d, k) => Atomics.store(w.ctrl, CTRL.SHAPE + k, d));
           Atomics.store(w.ctrl, CTRL.STEP, stepIndex);
@@ -488,7 +527,7 @@ export class InferencePool {
       return this.runHidden(token, x, step, plan.steps.indexOf(step), weights);
     }
     const half = (step.kernelSize - 1) / 2;
-    const bands = splitEven(h, this.threads).filter((r) => r > 0);
+    const bands = splitEven(h, this.pool.threads).filter((r) => r > 0);
     const stepIndex = plan.steps.indexOf(step);
     const slab = (r0: number, r1: number) => {
       const a = Math.max(0, r0 - half);
@@ -503,7 +542,7 @@ export class InferencePool {
     let r0 = 0;
     try {
       for (let i = 0; i < bands.length - 1; i++) {
-        const w = this.workers[i];
+        const w = this.pool.workers[i];
         const s = slab(r0, r0 + bands[i]);
         w.writeInput(s.slab, s.slab.size);
         s.slab.dispose();
@@ -525,12 +564,6 @@ export class InferencePool {
         } catch { /* already failing */ }
       }
     }
-  }
-
-  /** Stop the worker threads. The pool cannot be used afterwards. */
-  close(): void {
-    this.dropSlices();
-    for (const w of this.workers) w.close();
   }
 }
 

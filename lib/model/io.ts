@@ -7,8 +7,10 @@
 import * as tf from "@tensorflow/tfjs";
 import { basename, dirname, join } from "node:path";
 import { exists, withTempDir } from "../util/fs.ts";
-// Importing the custom layers registers them, so saved ConvNeXt models deserialize.
-import "./layers.ts";
+// Importing the custom layers and ConvNeXtModel registers them, so saved ConvNeXt models
+// deserialize (as ConvNeXtModels).
+import { LayerNorm } from "./layers.ts";
+import { ConvNeXtModel } from "../infer/model.ts";
 
 /** Weight shards are split at this size (whole shards load into one buffer each). */
 const SHARD_BYTES = 64 * 1024 * 1024;
@@ -113,8 +115,25 @@ export interface LoadedModel {
 }
 
 /**
+ * The topology to deserialize: a ConvNeXt saved by an earlier version of the kit (which
+ * registered ConvNeXtModel as TF.js's `"Model"`) gets its own class name back, so it loads
+ * as a ConvNeXtModel. Such a model is a functional `"Model"` that carries the kit's
+ * `convnext` metadata or is built from the kit's LayerNorm; any other topology is unchanged.
+ */
+function upgradeTopology(topology: object, metadata: Record<string, unknown> | undefined): object {
+  const t = topology as { class_name?: unknown; config?: { layers?: unknown } };
+  if (t.class_name !== "Model") return topology;
+  const layers = Array.isArray(t.config?.layers) ? t.config.layers : [];
+  const convnext = metadata?.convnext !== undefined ||
+    layers.some((l) => (l as { class_name?: unknown })?.class_name === LayerNorm.className);
+  return convnext ? { ...topology, class_name: ConvNeXtModel.className } : topology;
+}
+
+/**
  * Load a model written by {@link saveModel} (or by the TF.js converter / tfjs-node) from a
- * directory or its `model.json` path.
+ * directory or its `model.json` path. ConvNeXt models come back as `ConvNeXtModel`s (those
+ * saved by earlier versions of the kit as a `"Model"` too), any other model as TF.js
+ * builds it (`tf.LayersModel`, `tf.Sequential`).
  *
  * @example
  * ```ts
@@ -163,7 +182,7 @@ export async function loadSavedModel(path: string): Promise<LoadedModel> {
     }
   }
   const model = await tf.loadLayersModel(tf.io.fromMemory({
-    modelTopology: json.modelTopology,
+    modelTopology: upgradeTopology(json.modelTopology, json.userDefinedMetadata),
     weightSpecs,
     weightData: buffers.length === 1 ? buffers[0] : buffers,
     trainingConfig: json.trainingConfig,

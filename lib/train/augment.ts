@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { RgbImage } from "../data/image.ts";
+import type { RgbImage } from "../util/image.ts";
 import { resizeBicubic } from "../data/resize.ts";
 import { normalize } from "../data/transform.ts";
 import type { Uniform } from "./rng.ts";

@@ -27,7 +27,8 @@ import {
   loadCheckpoint,
   saveCheckpoint,
 } from "./checkpoint.ts";
-import { limitSamples, listImageFolder, type Sample, splitStratified } from "./data.ts";
+import { limitSamples, type Sample, splitStratified } from "./data.ts";
+import { listImageFolder } from "../data/image_folder.ts";
 import { ModelEma } from "./ema.ts";
 import { loadBatches, LoadPool } from "./loader.ts";
 import { correctCount, crossEntropy } from "./losses.ts";

@@ -31,14 +31,7 @@ export {
 } from "./lr_decay.ts";
 export { correctCount, crossEntropy } from "./losses.ts";
 export { ModelEma } from "./ema.ts";
-export {
-  type ImageFolder,
-  limitSamples,
-  listImageFolder,
-  type Sample,
-  type Split,
-  splitStratified,
-} from "./data.ts";
+export { limitSamples, type Sample, type Split, splitStratified } from "./data.ts";
 export {
   type CropBox,
   cropImage,

@@ -11,8 +11,9 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
 import { JobServer } from "../util/jobs.ts";
-// Registers ConvNeXt's custom layers, so that the topology deserializes.
+// Registers ConvNeXt's custom layers and ConvNeXtModel, so that the topology deserializes.
 import "../model/layers.ts";
+import "../infer/model.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import { withSeededMathRandom } from "./rng.ts";
 import {

@@ -143,7 +143,7 @@ export async function overlayHeatmap(
   for (let p = 0; p < rgb.width * rgb.height; p++) {
     const colour = jet((field.data[p] - lo) / span);
     for (let c = 0; c < 3; c++) {
-      const base = rgb.data[p * rgb.channels + c];
+      const base = rgb.data[p * (rgb.channels ?? 3) + c];
       out[p * 3 + c] = Math.round((1 - alpha) * base + alpha * colour[c]);
     }
   }

@@ -7,15 +7,8 @@
 import { writeFileAtomic } from "../util/fs.ts";
 import { emit, Figure, type OutputOptions, pngBundle } from "./figure.ts";
 import { toBase64 } from "./jupyter.ts";
-import {
-  encodePng,
-  type ImageInput,
-  isJpeg,
-  isPng,
-  type Rgb8,
-  toRgb8,
-  type ToRgbOptions,
-} from "./raster.ts";
+import { encodePng, type ImageInput, isJpeg, isPng, toRgb8, type ToRgbOptions } from "./raster.ts";
+import type { RgbImage } from "../util/image.ts";
 import { escapeXml, svgToPng } from "./svg.ts";
 
 /** Options for {@link showImage}. */
@@ -223,9 +216,13 @@ function labelledGridSvg(
 }
 
 /** Nearest-neighbour resize (keeps feature-map cells crisp when enlarged). */
-export function resizeNearest(img: Rgb8, width: number, height: number): Rgb8 {
+export function resizeNearest(
+  img: RgbImage<Uint8Array, 3 | 4>,
+  width: number,
+  height: number,
+): RgbImage<Uint8Array, 3 | 4> {
   if (width === img.width && height === img.height) return img;
-  const c = img.channels;
+  const c = img.channels ?? 3;
   const out = new Uint8Array(width * height * c);
   for (let y = 0; y < height; y++) {
     const sy = Math.min(img.height - 1, Math.floor((y * img.height) / height));
@@ -242,16 +239,17 @@ export function resizeNearest(img: Rgb8, width: number, height: number): Rgb8 {
 function blit(
   canvas: Uint8Array,
   canvasWidth: number,
-  img: Rgb8,
+  img: RgbImage<Uint8Array, 3 | 4>,
   x0: number,
   y0: number,
   background: number,
 ): void {
+  const c = img.channels ?? 3;
   for (let y = 0; y < img.height; y++) {
     for (let x = 0; x < img.width; x++) {
-      const src = (y * img.width + x) * img.channels;
+      const src = (y * img.width + x) * c;
       const dst = ((y0 + y) * canvasWidth + (x0 + x)) * 3;
-      const a = img.channels === 4 ? img.data[src + 3] / 255 : 1;
+      const a = c === 4 ? img.data[src + 3] / 255 : 1;
       for (let k = 0; k < 3; k++) {
         canvas[dst + k] = Math.round(img.data[src + k] * a + background * (1 - a));
       }

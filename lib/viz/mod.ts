@@ -23,8 +23,6 @@ export {
   encodePng,
   type ImageInput,
   isPng,
-  type RawImage,
-  type Rgb8,
   type TensorLike,
   toRgb8,
   type ToRgbOptions,
@@ -67,5 +65,6 @@ export {
   type Series,
 } from "./charts.ts";
 export { plotly, type PlotlyFigure, type PlotlyTrace } from "./plotly.ts";
-export { type Progress, progress, type ProgressOptions } from "./progress.ts";
+export { progress, type ProgressDisplay, type ProgressDisplayOptions } from "./progress.ts";
+export type { PixelData, RgbImage } from "../util/image.ts";
 export { type FeatureGridOptions, featureMapGrid, meanActivation } from "./features.ts";

@@ -1,8 +1,11 @@
 /**
- * Progress reporting for long notebook work: in Jupyter one output that is
- * updated in place (`display_data` with a display id, then
- * `update_display_data`), so a training loop leaves one bar instead of
- * thousands of log lines; elsewhere, throttled lines on stderr.
+ * The notebook display of progress: in Jupyter one output that is updated in place
+ * (`display_data` with a display id, then `update_display_data`), so a training loop leaves
+ * one bar instead of thousands of log lines; elsewhere, throttled lines on stderr.
+ *
+ * The kit's jobs (downloads, evaluation, fine-tuning) report on the terminal with
+ * `ProgressBar` (lib/util/progress.ts, the owner of progress bars and their
+ * `ProgressOptions`); this module is only the display a notebook drives itself.
  *
  * @module
  */
@@ -10,8 +13,8 @@
 import { displayBundle, inJupyter, type MimeBundle, updateBundle } from "./jupyter.ts";
 import { escapeXml } from "./svg.ts";
 
-/** Options for {@link progress}. */
-export interface ProgressOptions {
+/** Options of {@link progress}. */
+export interface ProgressDisplayOptions {
   /** When given, `update(n)` takes a count out of `total`; otherwise a fraction 0..1. */
   total?: number;
   /** Minimum ms between redraws (default 100 in Jupyter, 1000 on stderr); the final state always shows. */
@@ -19,7 +22,7 @@ export interface ProgressOptions {
 }
 
 /** Handle returned by {@link progress}. */
-export interface Progress {
+export interface ProgressDisplay {
   /** Reports progress: a fraction 0..1, or a count when `total` was given; optional status text. */
   update(value: number, message?: string): Promise<void>;
   /** Marks the work finished (100%) with an optional closing message. */
@@ -39,7 +42,7 @@ export interface Progress {
  * await bar.done();
  * ```
  */
-export function progress(label: string, options: ProgressOptions = {}): Progress {
+export function progress(label: string, options: ProgressDisplayOptions = {}): ProgressDisplay {
   const total = options.total;
   if (total !== undefined && !(total > 0)) {
     throw new Error(`lib/viz: progress: total must be > 0, got ${total}`);

@@ -1,24 +1,13 @@
 /**
- * Raster images for display: normalising the inputs lib/viz accepts (raw
- * pixel buffers, PNG bytes, tf.js tensors) to 8-bit RGB(A), and PNG encode/decode
+ * Raster images for display: normalising the inputs lib/viz accepts (images, the kit's
+ * {@link RgbImage}, PNG bytes, tf.js tensors) to 8-bit RGB(A), and PNG encode/decode
  * (fast-png: pure JS, so no native binary is needed under Deno).
  *
  * @module
  */
 
 import { convertIndexedToRgb, decode, encode } from "fast-png";
-
-/** Raw pixels, row-major, interleaved channels. */
-export interface RawImage {
-  /** Width in pixels. */
-  width: number;
-  /** Height in pixels. */
-  height: number;
-  /** 1 (grey), 3 (RGB) or 4 (RGBA). */
-  channels: 1 | 3 | 4;
-  /** `width * height * channels` values: 0..255 for integer arrays; see {@link ToRgbOptions} for floats. */
-  data: Uint8Array | Uint8ClampedArray | Float32Array | Int32Array | ArrayLike<number>;
-}
+import type { PixelData, RgbImage } from "../util/image.ts";
 
 /** The structural part of a tf.js tensor lib/viz reads (no tfjs import needed here). */
 export interface TensorLike {
@@ -30,20 +19,8 @@ export interface TensorLike {
   dataSync(): ArrayLike<number>;
 }
 
-/** Anything lib/viz can show as an image. */
-export type ImageInput = RawImage | Uint8Array | TensorLike;
-
-/** 8-bit image with 3 or 4 channels, ready to encode. */
-export interface Rgb8 {
-  /** Width in pixels. */
-  width: number;
-  /** Height in pixels. */
-  height: number;
-  /** 3 (RGB) or 4 (RGBA). */
-  channels: 3 | 4;
-  /** `width * height * channels` bytes. */
-  data: Uint8Array;
-}
+/** Anything lib/viz can show as an image: pixels (grey, RGB or RGBA), PNG bytes or a tensor. */
+export type ImageInput = RgbImage<PixelData, 1 | 3 | 4> | Uint8Array | TensorLike;
 
 /** How non-8-bit values map to 0..255. */
 export interface ToRgbOptions {
@@ -76,7 +53,8 @@ function isTensorLike(x: unknown): x is TensorLike {
 }
 
 /**
- * Converts any {@link ImageInput} to 8-bit RGB or RGBA (grey becomes RGB).
+ * Converts any {@link ImageInput} to 8-bit RGB or RGBA (grey becomes RGB); the result's
+ * `channels` is always set.
  *
  * @example
  * ```ts
@@ -84,7 +62,11 @@ function isTensorLike(x: unknown): x is TensorLike {
  * // img.data = [255, 0, 0]
  * ```
  */
-export function toRgb8(input: ImageInput, options: ToRgbOptions = {}, what = "image"): Rgb8 {
+export function toRgb8(
+  input: ImageInput,
+  options: ToRgbOptions = {},
+  what = "image",
+): RgbImage<Uint8Array, 3 | 4> {
   if (input instanceof Uint8Array) {
     if (isPng(input)) return decodePngRgb8(input);
     if (isJpeg(input)) {
@@ -93,7 +75,7 @@ export function toRgb8(input: ImageInput, options: ToRgbOptions = {}, what = "im
       );
     }
     throw new Error(
-      `lib/viz: ${what}: expected PNG bytes, a {width, height, channels, data} image or a tensor`,
+      `lib/viz: ${what}: expected PNG bytes, a {width, height, data, channels?} image or a tensor`,
     );
   }
   if (isTensorLike(input)) return tensorToRgb8(input, options, what);
@@ -101,11 +83,15 @@ export function toRgb8(input: ImageInput, options: ToRgbOptions = {}, what = "im
     return rawToRgb8(input, options, what);
   }
   throw new Error(
-    `lib/viz: ${what}: expected PNG bytes, a {width, height, channels, data} image or a tensor`,
+    `lib/viz: ${what}: expected PNG bytes, a {width, height, data, channels?} image or a tensor`,
   );
 }
 
-function tensorToRgb8(t: TensorLike, options: ToRgbOptions, what: string): Rgb8 {
+function tensorToRgb8(
+  t: TensorLike,
+  options: ToRgbOptions,
+  what: string,
+): RgbImage<Uint8Array, 3 | 4> {
   let shape = t.shape;
   if (shape.length === 4 && shape[0] === 1) shape = shape.slice(1);
   if (shape.length === 2) shape = [shape[0], shape[1], 1];
@@ -126,8 +112,12 @@ function tensorToRgb8(t: TensorLike, options: ToRgbOptions, what: string): Rgb8 
   return rawToRgb8({ width, height, channels: channels as 1 | 3 | 4, data }, opts, what);
 }
 
-function rawToRgb8(img: RawImage, options: ToRgbOptions, what: string): Rgb8 {
-  const { width, height, channels, data } = img;
+function rawToRgb8(
+  img: RgbImage<PixelData, 1 | 3 | 4>,
+  options: ToRgbOptions,
+  what: string,
+): RgbImage<Uint8Array, 3 | 4> {
+  const { width, height, channels = 3, data } = img;
   if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
     throw new Error(`lib/viz: ${what}: width and height must be positive integers`);
   }
@@ -176,18 +166,18 @@ function rawToRgb8(img: RawImage, options: ToRgbOptions, what: string): Rgb8 {
 }
 
 /** Encodes 8-bit RGB/RGBA pixels as PNG. */
-export function encodePng(img: Rgb8): Uint8Array {
+export function encodePng(img: RgbImage<Uint8Array, 3 | 4>): Uint8Array {
   return encode({
     width: img.width,
     height: img.height,
     data: img.data,
-    channels: img.channels,
+    channels: img.channels ?? 3,
     depth: 8,
   });
 }
 
 /** Decodes PNG bytes to 8-bit RGB/RGBA (palette, grey and 16-bit images are converted). */
-export function decodePngRgb8(bytes: Uint8Array): Rgb8 {
+export function decodePngRgb8(bytes: Uint8Array): RgbImage<Uint8Array, 3 | 4> {
   const png = decode(bytes);
   let data: ArrayLike<number> = png.data;
   let channels = png.channels;

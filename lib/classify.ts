@@ -7,6 +7,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs";
+import { checkWebGpuLimits } from "./backend/webgpu_limits.ts";
 import { imageBatches, type ImageFailure } from "./data/batches.ts";
 import type { RgbImage } from "./util/image.ts";
 import { imagenetClasses } from "./data/imagenet.ts";
@@ -317,6 +318,8 @@ export async function* classifyEach(
       }
       if (b.indices.length > 0) {
         const count = b.indices.length;
+        // On webgpu: a clear error (before upload) when a tensor exceeds the buffer limits.
+        checkWebGpuLimits(model, [count, t.size, t.size, 3]);
         const x = tf.tensor4d(b.data.subarray(0, count * per), [count, t.size, t.size, 3]);
         const y = tf.tidy(() => model.predict(x) as tf.Tensor);
         x.dispose();

@@ -63,11 +63,11 @@ Deno.test("CONVNEXT_BACKEND overrides the argument and is validated", async () =
   const r = await run(["wasm"], { env: { CONVNEXT_BACKEND: "cpu" } });
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(selected(r.out), { selected: "cpu", active: "cpu" });
-  const bad = await run(["wasm"], { env: { CONVNEXT_BACKEND: "webgpu" } });
+  const bad = await run(["wasm"], { env: { CONVNEXT_BACKEND: "webgl" } });
   assert.notEqual(bad.code, 0);
   assert.match(
     bad.err,
-    /CONVNEXT_BACKEND: unknown backend "webgpu"; expected one of: auto, tensorflow, wasm, cpu/,
+    /CONVNEXT_BACKEND: unknown backend "webgl"; expected one of: auto, tensorflow, webgpu, wasm, cpu/,
   );
 });
 

@@ -8,7 +8,7 @@ import { gradCam } from "../lib/model/gradcam.ts";
 
 await selectBackend("wasm");
 
-Deno.test("gradCam equals the hand-computed class activation map", () => {
+Deno.test("gradCam equals the hand-computed class activation map", async () => {
   const model = createConvNeXt(
     { kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], layerScaleInit: 0.7 },
     { numClasses: 6, seed: 3 },
@@ -18,7 +18,7 @@ Deno.test("gradCam equals the hand-computed class activation map", () => {
   }
   const input = tf.randomNormal([1, 96, 128, 3], 0, 1, "float32", 8) as tf.Tensor4D;
   const classIndex = 4;
-  const cam = gradCam(model, input, { classIndex });
+  const cam = await gradCam(model, input, { classIndex });
 
   const features = tf.model({
     inputs: model.inputs,
@@ -67,24 +67,26 @@ Deno.test("gradCam equals the hand-computed class activation map", () => {
   model.dispose();
 });
 
-Deno.test("gradCam: defaults to the top class; clear errors", () => {
+Deno.test("gradCam: defaults to the top class; clear errors", async () => {
   const model = createConvNeXt(
     { kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], layerScaleInit: 0.5 },
     { numClasses: 5, seed: 1 },
   );
   const input = tf.randomNormal([1, 64, 64, 3], 0, 1, "float32", 2) as tf.Tensor4D;
   const top = tf.tidy(() => tf.argMax(model.predict(input) as tf.Tensor, 1).dataSync()[0]);
-  assert.equal(gradCam(model, input).classIndex, top);
-  assert.throws(
+  assert.equal((await gradCam(model, input)).classIndex, top);
+  await assert.rejects(
     () => gradCam(model, input, { classIndex: 5 }),
     /classIndex must be an integer in \[0, 5\)/,
   );
-  assert.throws(() => gradCam(model, input, { layerName: "nope" }), /has no layer "nope"/);
-  assert.throws(
+  await assert.rejects(() => gradCam(model, input, { layerName: "nope" }), /has no layer "nope"/);
+  await assert.rejects(
     () => gradCam(model, input, { layerName: "stages_2_block_0" }),
     /not a simple chain/,
   );
-  assert.throws(() => gradCam(model, tf.zeros([2, 64, 64, 3]) as tf.Tensor4D), /one image/);
+  const batch = tf.zeros([2, 64, 64, 3]) as tf.Tensor4D;
+  await assert.rejects(() => gradCam(model, batch), /one image/);
+  batch.dispose();
   input.dispose();
   model.dispose();
 });

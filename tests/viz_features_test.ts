@@ -3,14 +3,18 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { featureMapGrid, meanActivation } from "../lib/viz/mod.ts";
 
-Deno.test("meanActivation averages over channels per position", () => {
+Deno.test("meanActivation averages over channels per position", async () => {
   // 2x3 map with 2 channels: channel 0 = i, channel 1 = 10 * i.
   const values = Array.from({ length: 6 }, (_, i) => [i, 10 * i]).flat();
-  const field = meanActivation(tf.tensor4d(values, [1, 2, 3, 2]));
+  const map = tf.tensor4d(values, [1, 2, 3, 2]);
+  const field = await meanActivation(map);
+  map.dispose();
   assert.equal(field.width, 3);
   assert.equal(field.height, 2);
   assert.deepEqual(Array.from(field.data), [0, 5.5, 11, 16.5, 22, 27.5]);
-  assert.throws(() => meanActivation(tf.zeros([2, 2, 2, 2])), /expected a feature map/);
+  const bad = tf.zeros([2, 2, 2, 2]);
+  await assert.rejects(() => meanActivation(bad), /expected a feature map/);
+  bad.dispose();
 });
 
 Deno.test("featureMapGrid shows the requested number of channels as one PNG", async () => {

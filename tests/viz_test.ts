@@ -207,20 +207,36 @@ Deno.test("showImage encodes pixels, tensors and scales to PNG", async () => {
   assert.deepEqual(pixel(big.png!, 2, 2), [255, 0, 0]);
   assert.deepEqual(pixel(big.png!, 3, 0), [0, 0, 255]);
   // A float tensor in [0, 1] maps 1 -> 255, 0.5 -> 128 (127.5 rounded), grey repeated to RGB.
-  const tensor = { shape: [1, 2], dtype: "float32", dataSync: () => new Float32Array([1, 0.5]) };
+  const tensor = {
+    shape: [1, 2],
+    dtype: "float32",
+    data: () => Promise.resolve(new Float32Array([1, 0.5])),
+  };
   const t = await showImage(tensor);
   assert.deepEqual(pixel(t.png!, 0, 0), [255, 255, 255]);
   assert.deepEqual(pixel(t.png!, 1, 0), [128, 128, 128]);
   // Floats outside [0, 1] that are not whole 0..255 pixels (a feature map) are min..max scaled:
   // -1 -> 0, 0.5 -> 255 * 1.5 / 3 = 127.5 -> 128, 2 -> 255; whole numbers 0..255 stay as they are.
-  const fmap = { shape: [1, 3], dtype: "float32", dataSync: () => new Float32Array([-1, 0.5, 2]) };
+  const fmap = {
+    shape: [1, 3],
+    dtype: "float32",
+    data: () => Promise.resolve(new Float32Array([-1, 0.5, 2])),
+  };
   const f = await showImage(fmap);
   assert.deepEqual([0, 1, 2].map((x) => pixel(f.png!, x, 0)[0]), [0, 128, 255]);
-  const whole = { shape: [1, 2], dtype: "float32", dataSync: () => new Float32Array([3, 200]) };
+  const whole = {
+    shape: [1, 2],
+    dtype: "float32",
+    data: () => Promise.resolve(new Float32Array([3, 200])),
+  };
   const w = await showImage(whole);
   assert.deepEqual([0, 1].map((x) => pixel(w.png!, x, 0)[0]), [3, 200]);
   // An int32 tensor holds 0..255 pixels as they are (a 0/1 mask stays dark).
-  const ints = { shape: [1, 2, 1], dtype: "int32", dataSync: () => new Int32Array([1, 200]) };
+  const ints = {
+    shape: [1, 2, 1],
+    dtype: "int32",
+    data: () => Promise.resolve(new Int32Array([1, 200])),
+  };
   const i = await showImage(ints);
   assert.deepEqual(pixel(i.png!, 0, 0), [1, 1, 1]);
   assert.deepEqual(pixel(i.png!, 1, 0), [200, 200, 200]);
@@ -232,12 +248,17 @@ Deno.test("showImage encodes pixels, tensors and scales to PNG", async () => {
   const again = await showImage(fig.png!);
   assert.equal(again.png, fig.png);
   assert.deepEqual([again.width, again.height], [2, 1]);
-  assert.throws(
+  await assert.rejects(
     () => toRgb8({ width: 2, height: 2, channels: 3, data: new Uint8Array(5) }),
     /data has 5 values, expected 2x2x3 = 12/,
   );
-  assert.throws(
-    () => toRgb8({ shape: [2, 2, 2], dtype: "float32", dataSync: () => new Float32Array(8) }),
+  await assert.rejects(
+    () =>
+      toRgb8({
+        shape: [2, 2, 2],
+        dtype: "float32",
+        data: () => Promise.resolve(new Float32Array(8)),
+      }),
     /\[2, 2, 2\]/,
   );
   await assert.rejects(showImage(new Uint8Array([0xff, 0xd8, 0xff, 0])), /frame header/);
@@ -339,7 +360,7 @@ Deno.test("the kit's RgbImage (no channels, as decoded) shows as RGB everywhere"
   const shown = await showImage(photo);
   assert.deepEqual(ihdr(shown.png!), { width: 2, height: 1, depth: 8, colorType: 2 });
   assert.deepEqual([pixel(shown.png!, 0, 0), pixel(shown.png!, 1, 0)], [[255, 0, 0], [0, 0, 255]]);
-  assert.deepEqual(toRgb8(photo), { ...photo, channels: 3 });
+  assert.deepEqual(await toRgb8(photo), { ...photo, channels: 3 });
   const grid = await imageGrid([photo, photo], { cols: 2, cellSize: 2, gap: 0 });
   assert.deepEqual([pixel(grid.png!, 0, 0), pixel(grid.png!, 3, 0)], [[255, 0, 0], [0, 0, 255]]);
   const overlay = await overlayHeatmap(photo, { width: 2, height: 1, data: [0, 0] }, {

@@ -6,19 +6,28 @@
  *
  * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
  * compiled plan with folded weights and all cores, lib/infer/, the
- * default of `predict` on wasm and cpu) or both (default). The `executor` column says what
+ * default of `predict` on wasm and cpu; skipped on webgpu) or both (default). The `executor` column says what
  * ran the optimized path: "kernels" (the fused WebAssembly kernels, the default) or "tfjs"
  * (the plan on TF.js kernels, with `CONVNEXT_EXECUTOR=tfjs`).
  *
  * Each architecture/path/backend runs in its own subprocess, so peak memory (the process's
- * VmHWM, worker threads included) belongs to that measurement alone.
+ * VmHWM, worker threads included) belongs to that measurement alone. On webgpu each JSON
+ * line also names the `adapter` (vendor, architecture, device, description, and
+ * `isFallbackAdapter`: true for a software adapter such as lavapipe, which is no benchmark).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend/select.ts";
+import {
+  BACKEND_REQUESTS,
+  type BackendRequest,
+  selectBackend,
+  type WebGpuAdapterDescription,
+  webGpuAdapterInfo,
+} from "../lib/backend/select.ts";
+import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
 import { inferenceThreads } from "../lib/infer/pool.ts";
@@ -46,6 +55,8 @@ export interface BenchResult {
   msPerImage: number;
   imagesPerSecond: number;
   peakRssMB: number;
+  /** On webgpu: the adapter (vendor, architecture, whether it is a software fallback...). */
+  adapter?: WebGpuAdapterDescription;
 }
 
 function die(message: string): never {
@@ -81,7 +92,14 @@ async function measure(
   iters: number,
   path: BenchPath,
 ): Promise<BenchResult[]> {
+  quietHeadlessVulkan(); // headless Linux: no "XDG_RUNTIME_DIR is invalid" noise
   const active = await selectBackend(backend);
+  if (active === "webgpu" && path === "optimized") {
+    // The kernel engine reads weights synchronously and runs on the CPU: wasm/cpu only.
+    console.error("bench: skipping the optimized path on webgpu (it is wasm/cpu-only)");
+    return [];
+  }
+  const adapter = active === "webgpu" ? webGpuAdapterInfo() : undefined;
   const model = createConvNeXt(arch, { inputShape: [size, size, 3], seed: 0 }) as ConvNeXtModel;
   // "optimized" forces the plan on any backend (generic TF.js ops), "stock" the Layers path.
   model.inferencePath = path;
@@ -113,6 +131,7 @@ async function measure(
       msPerImage: Math.round(ms * 10) / 10,
       imagesPerSecond: Math.round((1000 / ms) * 100) / 100,
       peakRssMB: peakRssMB(),
+      ...(adapter ? { adapter } : {}),
     });
   }
   model.dispose();
@@ -167,7 +186,7 @@ if (import.meta.main) {
   });
   if (values.help) {
     console.log(
-      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|wasm|cpu] [--path stock|optimized|both] [--warmup N] [--iters N] [--json]",
+      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|webgpu|wasm|cpu] [--path stock|optimized|both] [--warmup N] [--iters N] [--json]",
     );
     Deno.exit(0);
   }

@@ -7,8 +7,13 @@
  *
  * Usage:
  *   deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
- *     [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--threads N] [--no-matmul-fix]
- *     [--profile]
+ *     [--warmup 1] [--classes 1000] [--backend wasm|cpu|webgpu] [--threads N]
+ *     [--no-matmul-fix] [--profile]
+ *
+ * The backend is selected with lib/backend/select.ts (no silent fallback). On webgpu every
+ * read is asynchronous and one thread runs (the worker split of lib/train/parallel.ts is for
+ * wasm). The last line is a JSON summary; on webgpu it names the
+ * adapter (`"adapter"`), e.g. llvmpipe for Mesa's software Vulkan driver.
  *
  * `--threads 1` measures the single-threaded step only. The multi-threaded run goes first:
  * a batch too large for one wasm heap can abort the single-threaded run (reported), and an
@@ -40,12 +45,18 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
+import { type BackendRequest, selectBackend, webGpuAdapterInfo } from "../lib/backend/select.ts";
 import { installWasmTrainingKernels } from "../lib/backend/wasm_grads.ts";
+import { installWebGpuTrainingKernels } from "../lib/backend/webgpu_grads.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
 import { command, type Fail, failer, positiveInt } from "./cli.ts";
+
+/** Backends this benchmark accepts. */
+const TRAIN_BACKENDS = ["wasm", "cpu", "webgpu"] as const;
+type TrainBackend = (typeof TRAIN_BACKENDS)[number];
 
 interface BenchArgs {
   model: string;
@@ -54,7 +65,7 @@ interface BenchArgs {
   steps: number;
   warmup: number;
   classes: number;
-  backend: "wasm" | "cpu";
+  backend: TrainBackend;
   matMulFix: boolean;
   profile: boolean;
   /** Threads of the parallel run; null: automatic (min(cores, batch)). */
@@ -63,7 +74,8 @@ interface BenchArgs {
 
 const USAGE =
   `usage: deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
-  [--warmup 1] [--classes 1000] [--backend wasm|cpu] [--threads N] [--no-matmul-fix] [--profile]`;
+  [--warmup 1] [--classes 1000] [--backend wasm|cpu|webgpu] [--threads N] [--no-matmul-fix]
+  [--profile]`;
 
 function parseArgs(argv: string[]): BenchArgs {
   const fail: Fail = failer("bench:train");
@@ -85,8 +97,8 @@ function parseArgs(argv: string[]): BenchArgs {
     argv,
   );
   if (positionals.length > 0) fail(`unexpected argument "${positionals[0]}"\n${USAGE}`);
-  if (values.backend !== "wasm" && values.backend !== "cpu") {
-    fail(`--backend must be wasm or cpu, got "${values.backend}"`);
+  if (!(TRAIN_BACKENDS as readonly string[]).includes(values.backend)) {
+    fail(`--backend must be ${TRAIN_BACKENDS.join(", ")}, got "${values.backend}"`);
   }
   const warmup = values.warmup === undefined ? 1 : Number(values.warmup);
   if (!Number.isInteger(warmup) || warmup < 0) {
@@ -99,7 +111,7 @@ function parseArgs(argv: string[]): BenchArgs {
     steps: positiveInt(values.steps, "--steps", 3, fail),
     warmup,
     classes: positiveInt(values.classes, "--classes", 1000, fail),
-    backend: values.backend as "wasm" | "cpu",
+    backend: values.backend as TrainBackend,
     matMulFix: !values["no-matmul-fix"],
     profile: values.profile,
     threads: values.threads === undefined
@@ -126,21 +138,26 @@ function processCpuMs(): number | null {
 
 /**
  * Throughput of a plain 512x384x1536 matmul (GMAC/s, best of 5): the speed the machine
- * gives this process right now, to compare step times taken under different loads.
+ * gives this process right now, to compare step times taken under different loads. Reads
+ * asynchronously (webgpu cannot read synchronously under Deno).
  */
-function matmulGmacs(): number {
-  return tf.tidy(() => {
-    const a = tf.randomNormal([512, 384]);
-    const b = tf.randomNormal([384, 1536]);
-    tf.matMul(a, b).dataSync();
-    let best = Infinity;
-    for (let i = 0; i < 5; i++) {
-      const t0 = performance.now();
-      tf.matMul(a, b).dataSync();
-      best = Math.min(best, performance.now() - t0);
-    }
-    return (512 * 384 * 1536) / best / 1e6;
-  });
+async function matmulGmacs(): Promise<number> {
+  const a = tf.randomNormal([512, 384]);
+  const b = tf.randomNormal([384, 1536]);
+  const run = async () => {
+    const c = tf.matMul(a, b);
+    await c.data();
+    c.dispose();
+  };
+  await run();
+  let best = Infinity;
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    await run();
+    best = Math.min(best, performance.now() - t0);
+  }
+  tf.dispose([a, b]);
+  return (512 * 384 * 1536) / best / 1e6;
 }
 
 function heapMiB(): string {
@@ -151,11 +168,12 @@ function heapMiB(): string {
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   if (args.backend === "wasm") installWasmTrainingKernels({ matMulFix: args.matMulFix });
-  await tf.setBackend(args.backend);
-  await tf.ready();
-  if (tf.getBackend() !== args.backend) {
-    throw new Error(`bench_train: backend ${args.backend} failed to initialize`);
+  const backend = await selectBackend(args.backend as BackendRequest);
+  if (backend !== args.backend) {
+    throw new Error(`bench_train: CONVNEXT_BACKEND selected ${backend}, not ${args.backend}`);
   }
+  if (backend === "webgpu") installWebGpuTrainingKernels();
+  const adapter = backend === "webgpu" ? webGpuAdapterInfo() ?? null : null;
 
   let t0 = performance.now();
   const model = createConvNeXt(args.model, {
@@ -167,7 +185,9 @@ async function main(): Promise<void> {
   console.log(
     `${args.model}: ${(params / 1e6).toFixed(1)} M parameters, built in ${
       ((performance.now() - t0) / 1000).toFixed(1)
-    } s; backend ${args.backend}, batch ${args.batch}, ${args.size}x${args.size}, matMul fix ${
+    } s; backend ${args.backend}${
+      adapter ? ` (${adapter.description || adapter.vendor})` : ""
+    }, batch ${args.batch}, ${args.size}x${args.size}, matMul fix ${
       args.backend === "wasm" ? (args.matMulFix ? "on" : "off") : "n/a"
     }`,
   );
@@ -179,8 +199,10 @@ async function main(): Promise<void> {
   const optimizer = new AdamW(trained);
   let parallel: ParallelGradients | null = null;
   // The fine-tuning loop's step: loss gradients (split over threads or not), then AdamW.
-  const step = (): number => {
-    let loss: number;
+  // The loss is read (asynchronously) after the update is queued, so that on webgpu the
+  // read waits for the whole step.
+  const step = async (): Promise<number> => {
+    let loss: number | tf.Tensor;
     let grads: Map<string, tf.Tensor>;
     if (parallel) {
       ({ loss, grads } = parallel.gradients(x, labelIds));
@@ -189,35 +211,37 @@ async function main(): Promise<void> {
         () => crossEntropy(model.apply(x, { training: true }) as tf.Tensor, labels),
         optimizer.variables,
       );
-      loss = r.value.dataSync()[0];
-      r.value.dispose();
+      loss = r.value;
       grads = new Map(trained.map((p) => [p.name, r.grads[p.variable.name]]));
     }
     optimizer.step(grads, 1e-4);
     tf.dispose([...grads.values()]);
-    return loss;
+    if (typeof loss === "number") return loss;
+    const value = (await loss.data())[0];
+    loss.dispose();
+    return value;
   };
 
   const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
   /** Warm-up, then timed steps; returns the mean and min ms/step. */
-  const measure = (label: string): { mean: number; min: number } => {
+  const measure = async (label: string): Promise<{ mean: number; min: number }> => {
     console.log(`-- ${label}`);
     for (let i = 0; i < args.warmup; i++) {
       t0 = performance.now();
-      const loss = step();
+      const loss = await step();
       console.log(
         `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
           loss.toFixed(4)
         }, heap ${heapMiB()})`,
       );
     }
-    const gmacsBefore = matmulGmacs();
+    const gmacsBefore = await matmulGmacs();
     const times: number[] = [];
     const cpuTimes: number[] = [];
     for (let i = 0; i < args.steps; i++) {
       const cpu0 = processCpuMs();
       t0 = performance.now();
-      const loss = step();
+      const loss = await step();
       times.push(performance.now() - t0);
       const cpu1 = processCpuMs();
       const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
@@ -246,13 +270,17 @@ async function main(): Promise<void> {
     );
     console.log(
       `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
-        matmulGmacs().toFixed(1)
+        (await matmulGmacs()).toFixed(1)
       } after (lower means a busier machine)`,
     );
     return { mean: mean(times), min: Math.min(...times) };
   };
 
-  const threads = args.threads ?? (args.matMulFix ? trainThreads(args.batch) : 1);
+  if (args.backend === "webgpu" && (args.threads ?? 1) > 1) {
+    throw new Error("bench_train: --backend webgpu runs one thread (the worker split is for wasm)");
+  }
+  const threads = args.threads ??
+    (args.matMulFix && args.backend !== "webgpu" ? trainThreads(args.batch) : 1);
   if (threads > 1 && !args.matMulFix) {
     throw new Error("bench_train: --no-matmul-fix measures one thread only; add --threads 1");
   }
@@ -266,7 +294,7 @@ async function main(): Promise<void> {
       } s`,
     );
     try {
-      multi = measure(`${threads} threads`);
+      multi = await measure(`${threads} threads`);
     } finally {
       parallel.close();
       parallel = null;
@@ -274,7 +302,7 @@ async function main(): Promise<void> {
   }
   let single: { mean: number; min: number } | null = null;
   try {
-    single = measure("1 thread");
+    single = await measure("1 thread");
   } catch (e) {
     if (!multi) throw e;
     console.log(`1 thread: failed: ${(e as Error).message?.split("\n")[0] ?? e}`);
@@ -290,8 +318,8 @@ async function main(): Promise<void> {
 
   if (args.profile) {
     const start = performance.now();
-    const info = await tf.profile(() => {
-      step();
+    const info = await tf.profile(async () => {
+      await step();
     });
     const wall = performance.now() - start;
     const byKernel = new Map<string, { ms: number; calls: number }>();
@@ -316,6 +344,20 @@ async function main(): Promise<void> {
       );
     }
   }
+
+  // One machine-readable line: the single-threaded run, and the multi-threaded one if any.
+  const round = (v: number | undefined) => v === undefined ? null : Math.round(v);
+  console.log(JSON.stringify({
+    model: args.model,
+    backend: args.backend,
+    ...(adapter !== null ? { adapter } : {}),
+    batch: args.batch,
+    size: args.size,
+    params,
+    msPerStep: round(single?.mean),
+    minMsPerStep: round(single?.min),
+    ...(multi ? { threads, msPerStepThreads: round(multi.mean) } : {}),
+  }));
 }
 
 if (import.meta.main) {

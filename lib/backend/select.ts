@@ -5,18 +5,50 @@
  * fails to initialize. Here the backend that really runs is checked after selection,
  * and a mismatch is an error.
  *
+ * WebGPU (`@tensorflow/tfjs-backend-webgpu`) is imported only when it is asked for or when
+ * "auto" finds a hardware adapter: its import registers "webgpu" with a priority above
+ * wasm, and it comes with the Deno compatibility layer of ./webgpu_compat.ts.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
+import {
+  describeAdapter,
+  quietHeadlessVulkan,
+  registerWebGpuBackend,
+  type RequestAdapter,
+  requestWebGpuAdapter,
+  webGpuAdapter,
+  type WebGpuAdapterDescription,
+  webGpuBackendRegistered,
+  WebGpuUnavailable,
+} from "./webgpu_compat.ts";
+
+export { type RequestAdapter, type WebGpuAdapterDescription, WebGpuUnavailable };
 
 /** What callers may ask for. */
-export type BackendRequest = "auto" | "tensorflow" | "wasm" | "cpu";
+export type BackendRequest = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
 /** Backends that can actually run. */
 export type BackendName = Exclude<BackendRequest, "auto">;
 
 /** Accepted values of `selectBackend` and `CONVNEXT_BACKEND`. */
-export const BACKEND_REQUESTS: readonly BackendRequest[] = ["auto", "tensorflow", "wasm", "cpu"];
+export const BACKEND_REQUESTS: readonly BackendRequest[] = [
+  "auto",
+  "tensorflow",
+  "webgpu",
+  "wasm",
+  "cpu",
+];
+
+/** Options of {@link selectBackend}. */
+export interface SelectBackendOptions {
+  /**
+   * How to ask for a WebGPU adapter (default `navigator.gpu.requestAdapter`); tests inject
+   * one to simulate a machine without a GPU driver or with a hardware adapter.
+   */
+  requestAdapter?: RequestAdapter;
+}
 
 /**
  * The native TensorFlow bindings, in order of preference. They are imported by bare name,
@@ -61,6 +93,52 @@ async function importNative(): Promise<{ loaded?: string; errors: string[] }> {
   return { errors };
 }
 
+/**
+ * Registers the webgpu backend (first use) and makes it active. The adapter is requested
+ * here first so that a missing one is {@link WebGpuUnavailable}, not TF.js's generic
+ * "failed to initialize" (TF.js only logs the factory's error).
+ */
+async function activateWebGpu(requestAdapter?: RequestAdapter, found?: GPUAdapter): Promise<void> {
+  if (!requestAdapter && webGpuBackendRegistered() && tf.findBackend("webgpu") !== null) {
+    // Already created: switching back keeps the tensors that live on it.
+    await activate("webgpu");
+    return;
+  }
+  quietHeadlessVulkan();
+  let adapter: GPUAdapter | undefined = found ?? await requestWebGpuAdapter(requestAdapter);
+  // The factory takes the adapter found here once; a later re-creation asks anew.
+  const once: RequestAdapter = (options) => {
+    const a = adapter;
+    adapter = undefined;
+    return a ? Promise.resolve(a) : (requestAdapter ?? ((o) => navigator.gpu.requestAdapter(o)))(
+      options,
+    );
+  };
+  if (tf.engine().backendName === "webgpu") await activate("wasm");
+  await registerWebGpuBackend(once);
+  await activate("webgpu");
+}
+
+/**
+ * The hardware WebGPU adapter "auto" would use, or undefined: no `navigator.gpu`, no
+ * adapter, or a software one (llvmpipe/lavapipe/SwiftShader, for tests only: slower than
+ * wasm). Probing imports nothing.
+ */
+async function probeHardwareAdapter(
+  requestAdapter?: RequestAdapter,
+): Promise<GPUAdapter | undefined> {
+  if (!requestAdapter && !(globalThis.navigator as { gpu?: GPU } | undefined)?.gpu) {
+    return undefined;
+  }
+  quietHeadlessVulkan();
+  try {
+    const adapter = await requestWebGpuAdapter(requestAdapter);
+    return describeAdapter(adapter).isFallbackAdapter ? undefined : adapter;
+  } catch {
+    return undefined;
+  }
+}
+
 async function activate(name: BackendName): Promise<void> {
   const ok = await tf.setBackend(name);
   await tf.ready();
@@ -80,23 +158,30 @@ async function activate(name: BackendName): Promise<void> {
  * Select and initialize the TF.js backend, then check it is really the active one.
  *
  * - `"auto"` (default): the native TensorFlow backend when `@tensorflow/tfjs-node-gpu` or
- *   `@tensorflow/tfjs-node` is importable (mapped in the import map), otherwise wasm.
+ *   `@tensorflow/tfjs-node` is importable (mapped in the import map), else WebGPU on a
+ *   hardware adapter (never a software/fallback one), else wasm.
  * - `"tensorflow"`: the native backend, or an error saying how to install it.
+ * - `"webgpu"`: WebGPU (Vulkan, Metal or D3D12), or {@link WebGpuUnavailable} saying which
+ *   driver is missing. A software adapter is accepted when asked for by name (tests).
  * - `"wasm"`: the embedded WebAssembly backend (SIMD; single-threaded under Deno).
  * - `"cpu"`: the plain JavaScript backend (slow; for tests and gradient checks).
  *
  * The environment variable `CONVNEXT_BACKEND` overrides the argument.
  *
+ * @param options injection points for tests ({@link SelectBackendOptions}).
  * @returns the name of the backend now active.
  * @throws Error when the backend cannot be initialized (never a silent fallback).
  *
  * @example
  * ```ts
  * import { selectBackend } from "./select.ts";
- * const backend = await selectBackend(); // "tensorflow" or "wasm"
+ * const backend = await selectBackend(); // "tensorflow", "webgpu" or "wasm"
  * ```
  */
-export async function selectBackend(requested: BackendRequest = "auto"): Promise<BackendName> {
+export async function selectBackend(
+  requested: BackendRequest = "auto",
+  options: SelectBackendOptions = {},
+): Promise<BackendName> {
   const fromEnv = envOverride();
   const choice = fromEnv !== undefined
     ? validate(fromEnv, "CONVNEXT_BACKEND")
@@ -106,7 +191,7 @@ export async function selectBackend(requested: BackendRequest = "auto"): Promise
       const { loaded, errors } = await importNative();
       if (!loaded && choice === "tensorflow") {
         throw new Error(
-          `selectBackend: the "tensorflow" backend needs @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node in the import map (see README, "GPU and native TensorFlow"); ${
+          `selectBackend: the "tensorflow" backend needs @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node in the import map (see README, "GPU"); ${
             errors.join("; ")
           }`,
         );
@@ -122,6 +207,17 @@ export async function selectBackend(requested: BackendRequest = "auto"): Promise
       );
     }
   }
+  if (choice === "webgpu") {
+    await activateWebGpu(options.requestAdapter);
+    return "webgpu";
+  }
+  if (choice === "auto") {
+    const adapter = await probeHardwareAdapter(options.requestAdapter);
+    if (adapter) {
+      await activateWebGpu(options.requestAdapter, adapter);
+      return "webgpu";
+    }
+  }
   const name: BackendName = choice === "auto" ? "wasm" : choice as BackendName;
   await activate(name);
   return name;
@@ -135,4 +231,13 @@ export function activeBackend(): string {
   const name = tf.engine().backendName;
   if (!name) throw new Error("activeBackend: no backend selected yet; call selectBackend() first");
   return name;
+}
+
+/**
+ * The adapter under the webgpu backend (vendor, architecture, device, description, whether
+ * it is a software/fallback adapter), for benchmark reports; undefined until webgpu was
+ * selected.
+ */
+export function webGpuAdapterInfo(): WebGpuAdapterDescription | undefined {
+  return webGpuAdapter();
 }

@@ -32,6 +32,7 @@ import { compilePlan, type Plan, PlanUnsupported } from "./plan.ts";
 import { inferencePool } from "./pool.ts";
 import { KernelEngine } from "./engine/engine.ts";
 import { EnginePlan, EngineUnsupported, type WeightArrays } from "./engine/run.ts";
+import { checkWebGpuLimits } from "../backend/webgpu_limits.ts";
 
 /** Backends on which {@link ConvNeXtModel.predict} takes the optimized path. */
 export const FAST_BACKENDS = ["wasm", "cpu"] as const;
@@ -270,13 +271,20 @@ export class ConvNeXtModel extends tf.LayersModel {
    * (outputs equal to the stock path within float rounding: 1e-4 on logits is tested).
    */
   override predict(x: tf.Tensor | tf.Tensor[], args: PredictArgs = {}): tf.Tensor | tf.Tensor[] {
-    if (!this.usesOptimizedPath()) return super.predict(x, args);
+    if (!this.usesOptimizedPath()) {
+      // On webgpu: a clear error for tensors above the adapter's buffer limits.
+      checkWebGpuLimits(this, x, args.batchSize ?? 32);
+      return super.predict(x, args);
+    }
     return this.predictFast(x, args);
   }
 
   /** As `tf.LayersModel.predictOnBatch`, through the optimized path when it applies. */
   override predictOnBatch(x: tf.Tensor | tf.Tensor[]): tf.Tensor | tf.Tensor[] {
-    if (!this.usesOptimizedPath()) return super.predictOnBatch(x);
+    if (!this.usesOptimizedPath()) {
+      checkWebGpuLimits(this, x);
+      return super.predictOnBatch(x);
+    }
     const n = (Array.isArray(x) ? x[0] : x).shape[0];
     return this.predictFast(x, { batchSize: Math.max(1, n) });
   }

@@ -43,15 +43,15 @@ export interface GradCamResult {
  * import { createConvNeXt } from "./convnext.ts";
  * import { gradCam } from "./gradcam.ts";
  * const model = createConvNeXt("convnext_tiny");
- * const cam = gradCam(model, tf.zeros([1, 224, 224, 3]));
+ * const cam = await gradCam(model, tf.zeros([1, 224, 224, 3]));
  * console.log(cam.height, cam.width); // 7 7
  * ```
  */
-export function gradCam(
+export async function gradCam(
   model: tf.LayersModel,
   input: tf.Tensor4D,
   options: GradCamOptions = {},
-): GradCamResult {
+): Promise<GradCamResult> {
   if (input.rank !== 4 || input.shape[0] !== 1) {
     throw new Error(`gradCam: input must be one image [1, H, W, C], got [${input.shape}]`);
   }
@@ -70,32 +70,46 @@ export function gradCam(
     }
   });
   const features = tf.model({ inputs: model.inputs, outputs: model.getLayer(layerName).output });
-  return tf.tidy(() => {
-    const maps = features.predict(input) as tf.Tensor4D;
-    const scores = (x: tf.Tensor) =>
-      head.reduce((t, l) => l.apply(t) as tf.Tensor, x) as tf.Tensor2D;
-    const logits = scores(maps);
-    const classIndex = options.classIndex ?? tf.argMax(logits, 1).dataSync()[0];
+  const scores = (x: tf.Tensor) => head.reduce((t, l) => l.apply(t) as tf.Tensor, x) as tf.Tensor2D;
+  const maps = features.predict(input) as tf.Tensor4D;
+  try {
+    // Values are read with await (no dataSync): webgpu cannot read synchronously under Deno.
+    const logits = tf.tidy(() => scores(maps));
     const numClasses = logits.shape[1];
+    let values: Float32Array;
+    try {
+      values = await logits.data() as Float32Array;
+    } finally {
+      logits.dispose();
+    }
+    const classIndex = options.classIndex ??
+      values.reduce((best, v, i) => (v > values[best] ? i : best), 0);
     if (!(Number.isInteger(classIndex) && classIndex >= 0 && classIndex < numClasses)) {
       throw new Error(
         `gradCam: classIndex must be an integer in [0, ${numClasses}), got ${classIndex}`,
       );
     }
-    const score = logits.dataSync()[classIndex];
-    const grads = tf.grad((a: tf.Tensor) => tf.sum(tf.slice(scores(a), [0, classIndex], [1, 1])))(
-      maps,
-    );
-    const weights = tf.mean(grads, [1, 2], true); // [1, 1, 1, C]
-    const cam = tf.relu(tf.sum(tf.mul(maps, weights), -1)).squeeze([0]) as tf.Tensor2D;
-    const max = tf.max(cam).dataSync()[0];
-    const normed = max > 0 ? tf.div(cam, max) : cam;
-    return {
-      data: normed.dataSync() as Float32Array,
-      height: cam.shape[0],
-      width: cam.shape[1],
-      classIndex,
-      score,
-    };
-  });
+    const cam = tf.tidy(() => {
+      const grads = tf.grad((a: tf.Tensor) => tf.sum(tf.slice(scores(a), [0, classIndex], [1, 1])))(
+        maps,
+      );
+      const weights = tf.mean(grads, [1, 2], true); // [1, 1, 1, C]
+      const cam = tf.relu(tf.sum(tf.mul(maps, weights), -1)).squeeze([0]) as tf.Tensor2D;
+      // ReLU makes the map >= 0: an all-zero map (max 0) stays zero.
+      return tf.divNoNan(cam, tf.max(cam)) as tf.Tensor2D;
+    });
+    try {
+      return {
+        data: await cam.data() as Float32Array,
+        height: cam.shape[0],
+        width: cam.shape[1],
+        classIndex,
+        score: values[classIndex],
+      };
+    } finally {
+      cam.dispose();
+    }
+  } finally {
+    maps.dispose();
+  }
 }

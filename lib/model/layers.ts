@@ -280,15 +280,36 @@ export class TruncatedNormal extends InitializerBase {
     }
   }
 
+  /**
+   * How many redraw rounds make it unlikely (below 1e-6 expected samples) that any of `size`
+   * samples is still outside the bounds, at most 8 (then the rest is clipped). Computed
+   * instead of checked so that no value is read back: initializers are synchronous, and
+   * the webgpu backend cannot read synchronously under Deno. With timm's defaults (bounds at
+   * 100 standard deviations) it is 0.
+   */
+  redrawRounds(size: number): number {
+    // Upper bound of the probability outside: each tail P(z > a) <= phi(a) / a for a > 0.
+    const logTail = (a: number) =>
+      a <= 0 ? 0 : Math.min(Math.log(0.5), -a * a / 2 - Math.log(a * Math.sqrt(2 * Math.PI)));
+    const lo = logTail((this.mean - this.minval) / this.stddev);
+    const hi = logTail((this.maxval - this.mean) / this.stddev);
+    const logP = Math.max(lo, hi) + Math.log1p(Math.exp(-Math.abs(lo - hi)));
+    if (logP >= 0) return 8;
+    // Expected samples left after r rounds: size * p^(r + 1) < 1e-6.
+    const rounds = Math.ceil((Math.log(1e-6) - Math.log(Math.max(1, size))) / logP) - 1;
+    return Math.min(8, Math.max(0, rounds));
+  }
+
   /** A tensor of `shape` drawn from the distribution. */
   override apply(shape: tf.Shape, dtype?: tf.DataType): tf.Tensor {
     return tf.tidy(() => {
       const dims = shape as number[];
       let x = tf.randomNormal(dims, this.mean, this.stddev, "float32", this.seed);
-      // Redraw the (rare) samples outside the bounds; after a few rounds, clip what is left.
-      for (let round = 0; round < 8; round++) {
+      // Redraw the samples outside the bounds (a round where none is outside changes
+      // nothing); after the rounds, clip what is left.
+      const rounds = this.redrawRounds(dims.reduce((a, b) => a * b, 1));
+      for (let round = 0; round < rounds; round++) {
         const outside = tf.logicalOr(tf.less(x, this.minval), tf.greater(x, this.maxval));
-        if (!tf.any(outside).dataSync()[0]) break;
         const seed = this.seed === undefined ? undefined : this.seed + round + 1;
         x = tf.where(outside, tf.randomNormal(dims, this.mean, this.stddev, "float32", seed), x);
       }

@@ -35,8 +35,32 @@ export function crossEntropy(logits: tf.Tensor, labels: tf.Tensor, smoothing = 0
   });
 }
 
-/** Number of rows whose arg-max equals the label. */
+function correctTensor(logits: tf.Tensor, labels: tf.Tensor): tf.Scalar {
+  return tf.tidy(() => tf.sum(tf.cast(tf.equal(tf.argMax(logits, -1), labels), "int32")));
+}
+
+/**
+ * Number of rows whose arg-max equals the label, read synchronously: for the wasm/cpu
+ * training paths (./parallel.ts and its workers). On webgpu use {@link countCorrect}.
+ */
 export function correctCount(logits: tf.Tensor, labels: tf.Tensor): number {
-  return tf.tidy(() => tf.sum(tf.cast(tf.equal(tf.argMax(logits, -1), labels), "int32")))
-    .dataSync()[0];
+  const count = correctTensor(logits, labels);
+  try {
+    return count.dataSync()[0];
+  } finally {
+    count.dispose();
+  }
+}
+
+/**
+ * Number of rows whose arg-max equals the label, read with await: works on every backend,
+ * webgpu included (which cannot read synchronously under Deno).
+ */
+export async function countCorrect(logits: tf.Tensor, labels: tf.Tensor): Promise<number> {
+  const count = correctTensor(logits, labels);
+  try {
+    return (await count.data())[0];
+  } finally {
+    count.dispose();
+  }
 }

@@ -29,7 +29,7 @@ export {
   paramSettings,
   type ParamSettingsOptions,
 } from "./lr_decay.ts";
-export { correctCount, crossEntropy } from "./losses.ts";
+export { correctCount, countCorrect, crossEntropy } from "./losses.ts";
 export { ModelEma } from "./ema.ts";
 export { limitSamples, type Sample, type Split, splitStratified } from "./data.ts";
 export {

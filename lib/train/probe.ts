@@ -51,12 +51,13 @@ function sha256Hex(...parts: (string | Uint8Array)[]): string {
  * A key identifying a backbone by its weights (names, shapes and values of every weight up
  * to the embedding) and input size.
  */
-export function backboneKey(extractor: tf.LayersModel, size: number): string {
+export async function backboneKey(extractor: tf.LayersModel, size: number): Promise<string> {
   const h = createHash("sha256");
   h.update(`size=${size}\n`);
   for (const w of extractor.weights) {
     h.update(`${w.originalName}:${w.shape.join("x")}\n`);
-    const data = w.read().dataSync() as Float32Array;
+    // Read with await: webgpu cannot read synchronously under Deno.
+    const data = await w.read().data() as Float32Array;
     h.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   }
   return h.digest("hex").slice(0, 24);
@@ -94,7 +95,7 @@ export async function extractFeatures(
 ): Promise<{ features: (Float32Array | null)[]; stats: FeatureStats; dim: number }> {
   const extractor = createFeatureExtractor(model, { stages: false, embedding: true });
   const dim = extractor.outputs[0].shape[1] as number;
-  const modelKey = backboneKey(extractor, options.size);
+  const modelKey = await backboneKey(extractor, options.size);
   const dir = options.cacheDir ? join(options.cacheDir, modelKey) : undefined;
   const stats: FeatureStats = {
     requested: samples.length,

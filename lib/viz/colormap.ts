@@ -7,11 +7,15 @@
 import { emit, Figure, type OutputOptions, pngBundle } from "./figure.ts";
 import { encodePng, type ImageInput, type TensorLike, toRgb8 } from "./raster.ts";
 
-/** A 2-D scalar field: nested rows, a tensor of shape [h, w] (or [1, h, w, 1]), or raw values. */
+/**
+ * A 2-D scalar field: nested rows, a tensor of shape [h, w] (or [1, h, w, 1]), raw values,
+ * or a promise of a {@link Field} (e.g. `meanActivation(map)` as it is).
+ */
 export type HeatInput =
   | number[][]
   | TensorLike
-  | { width: number; height: number; data: ArrayLike<number> };
+  | { width: number; height: number; data: ArrayLike<number> }
+  | PromiseLike<Field>;
 
 /** A 2-D field as a flat row-major array. */
 export interface Field {
@@ -40,8 +44,12 @@ export function jet(t: number): [number, number, number] {
   return [Math.round(255 * ch(3)), Math.round(255 * ch(2)), Math.round(255 * ch(1))];
 }
 
-/** Converts any {@link HeatInput} to a flat float field. */
-export function toField(heat: HeatInput, what = "heat"): Field {
+/**
+ * Converts any {@link HeatInput} to a flat float field (asynchronously: tensors are read
+ * with `await data()`, which every backend supports).
+ */
+export async function toField(heat: HeatInput, what = "heat"): Promise<Field> {
+  if ("then" in heat && typeof heat.then === "function") heat = await heat;
   if (Array.isArray(heat)) {
     const height = heat.length;
     const width = height > 0 ? heat[0].length : 0;
@@ -50,7 +58,7 @@ export function toField(heat: HeatInput, what = "heat"): Field {
     }
     return { width, height, data: Float32Array.from(heat.flat()) };
   }
-  if ("shape" in heat && typeof heat.dataSync === "function") {
+  if ("shape" in heat && typeof heat.data === "function") {
     const dims = heat.shape.filter((d) => d !== 1);
     const shape = heat.shape.length === 2 ? heat.shape : dims;
     if (shape.length !== 2) {
@@ -60,7 +68,7 @@ export function toField(heat: HeatInput, what = "heat"): Field {
         }]`,
       );
     }
-    return { width: shape[1], height: shape[0], data: Float32Array.from(heat.dataSync()) };
+    return { width: shape[1], height: shape[0], data: Float32Array.from(await heat.data()) };
   }
   const raw = heat as { width: number; height: number; data: ArrayLike<number> };
   if (raw.data.length !== raw.width * raw.height) {
@@ -129,8 +137,8 @@ export async function overlayHeatmap(
   if (!(alpha >= 0 && alpha <= 1)) {
     throw new Error(`lib/viz: overlayHeatmap: alpha must be within 0..1, got ${alpha}`);
   }
-  const rgb = toRgb8(image, {}, "overlayHeatmap image");
-  const field = resizeBilinear(toField(heat, "overlayHeatmap heat"), rgb.width, rgb.height);
+  const rgb = await toRgb8(image, {}, "overlayHeatmap image");
+  const field = resizeBilinear(await toField(heat, "overlayHeatmap heat"), rgb.width, rgb.height);
   let [lo, hi] = options.range ?? [Infinity, -Infinity];
   if (!options.range) {
     for (const v of field.data) {

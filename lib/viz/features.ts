@@ -20,12 +20,13 @@ function dims(map: TensorLike, what: string): [number, number, number] {
  *
  * @example
  * ```ts
- * const field = meanActivation(stage2); // { width, height, data }
+ * const field = await meanActivation(stage2); // { width, height, data }
  * ```
  */
-export function meanActivation(map: TensorLike): Field {
+export async function meanActivation(map: TensorLike): Promise<Field> {
   const [h, w, c] = dims(map, "meanActivation");
-  const values = map.dataSync();
+  // await data(), not dataSync(): webgpu cannot read synchronously under Deno.
+  const values = await map.data();
   const data = new Float32Array(h * w);
   for (let i = 0; i < h * w; i++) {
     let sum = 0;
@@ -61,7 +62,7 @@ export async function featureMapGrid(
   if (!(Number.isInteger(count) && count > 0)) {
     throw new Error(`lib/viz: featureMapGrid: channels must be a positive integer`);
   }
-  const values = map.dataSync();
+  const values = await map.data();
   const means = Array.from({ length: c }, (_, k) => {
     let sum = 0;
     for (let i = 0; i < h * w; i++) sum += values[i * c + k];

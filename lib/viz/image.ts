@@ -61,7 +61,7 @@ export async function showImage(
     png = image;
     size = { width: view.getUint32(16), height: view.getUint32(20) };
   } else {
-    let rgb = toRgb8(image, options, "showImage image");
+    let rgb = await toRgb8(image, options, "showImage image");
     if (scale !== 1) {
       rgb = resizeNearest(rgb, Math.round(rgb.width * scale), Math.round(rgb.height * scale));
     }
@@ -122,7 +122,9 @@ export async function imageGrid(
   }
   const gap = options.gap ?? 2;
   const background = options.background ?? 255;
-  const rgbs = images.map((img, i) => toRgb8(img, options, `imageGrid image ${i}`));
+  const rgbs = await Promise.all(
+    images.map((img, i) => toRgb8(img, options, `imageGrid image ${i}`)),
+  );
   const cell = options.cellSize ??
     Math.max(64, ...rgbs.map((r) => Math.max(r.width, r.height)));
   if (!Number.isInteger(cell) || cell < 1) {

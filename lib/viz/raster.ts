@@ -15,8 +15,11 @@ export interface TensorLike {
   readonly shape: number[];
   /** tf.js dtype, e.g. "float32" or "int32". */
   readonly dtype: string;
-  /** Synchronous download of the values. */
-  dataSync(): ArrayLike<number>;
+  /**
+   * Download of the values. Asynchronous: the webgpu backend cannot read synchronously
+   * under Deno, so lib/viz never calls `dataSync`.
+   */
+  data(): Promise<ArrayLike<number>>;
 }
 
 /** Anything lib/viz can show as an image: pixels (grey, RGB or RGBA), PNG bytes or a tensor. */
@@ -49,7 +52,7 @@ export function isJpeg(bytes: Uint8Array): boolean {
 
 function isTensorLike(x: unknown): x is TensorLike {
   return typeof x === "object" && x !== null && Array.isArray((x as TensorLike).shape) &&
-    typeof (x as TensorLike).dataSync === "function";
+    typeof (x as TensorLike).data === "function";
 }
 
 /**
@@ -58,15 +61,15 @@ function isTensorLike(x: unknown): x is TensorLike {
  *
  * @example
  * ```ts
- * const img = toRgb8({ width: 1, height: 1, channels: 3, data: new Float32Array([1, 0, 0]) });
+ * const img = await toRgb8({ width: 1, height: 1, channels: 3, data: new Float32Array([1, 0, 0]) });
  * // img.data = [255, 0, 0]
  * ```
  */
-export function toRgb8(
+export async function toRgb8(
   input: ImageInput,
   options: ToRgbOptions = {},
   what = "image",
-): RgbImage<Uint8Array, 3 | 4> {
+): Promise<RgbImage<Uint8Array, 3 | 4>> {
   if (input instanceof Uint8Array) {
     if (isPng(input)) return decodePngRgb8(input);
     if (isJpeg(input)) {
@@ -78,7 +81,7 @@ export function toRgb8(
       `lib/viz: ${what}: expected PNG bytes, a {width, height, data, channels?} image or a tensor`,
     );
   }
-  if (isTensorLike(input)) return tensorToRgb8(input, options, what);
+  if (isTensorLike(input)) return await tensorToRgb8(input, options, what);
   if (typeof input === "object" && input !== null && "width" in input && "data" in input) {
     return rawToRgb8(input, options, what);
   }
@@ -87,11 +90,11 @@ export function toRgb8(
   );
 }
 
-function tensorToRgb8(
+async function tensorToRgb8(
   t: TensorLike,
   options: ToRgbOptions,
   what: string,
-): RgbImage<Uint8Array, 3 | 4> {
+): Promise<RgbImage<Uint8Array, 3 | 4>> {
   let shape = t.shape;
   if (shape.length === 4 && shape[0] === 1) shape = shape.slice(1);
   if (shape.length === 2) shape = [shape[0], shape[1], 1];
@@ -105,7 +108,8 @@ function tensorToRgb8(
   const [height, width, channels] = shape;
   // Integer tensors hold 0..255 pixels; floats go through the range heuristics.
   const isFloat = t.dtype === "float32";
-  const data = isFloat ? Float32Array.from(t.dataSync()) : t.dataSync();
+  const values = await t.data();
+  const data = isFloat ? Float32Array.from(values) : values as PixelData;
   const opts = !isFloat && !options.range && !options.normalize
     ? { range: [0, 255] as [number, number] }
     : options;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One short check of a machine with a GPU: which WebGPU adapter Deno gets, parity of the
+# webgpu backend (the WebGPU tests: logits against the cpu backend and PyTorch fixtures,
+# gradients against cpu), inference and training speed on webgpu, and wasm on every core
+# for comparison. Prints the numbers; paste them with the card's name into the README.
+#
+#   bash tools/gpu_check.sh                  # real sizes: convnext_tiny at 224
+#   SIZE=32 BATCHES=1,2 TRAIN_BATCH=2 bash tools/gpu_check.sh   # a quick run (software adapter)
+#
+# Needs Deno and the project's packages (`deno install --frozen`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export DENO_NO_UPDATE_CHECK=1
+# The Vulkan loader prints an error without a runtime dir on headless machines; harmless.
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+SIZE=${SIZE:-224}
+BATCHES=${BATCHES:-1,8,32}
+TRAIN_BATCH=${TRAIN_BATCH:-32}
+status=0
+step() { echo; echo "== $*"; }
+
+step "machine"
+nproc
+(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv) ||
+  echo "no nvidia-smi"
+ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null || echo "no Vulkan ICD files"
+
+step "WebGPU adapter"
+deno eval 'const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+if (!a) { console.log("no adapter"); Deno.exit(1); }
+const { vendor, architecture, device, description } = a.info;
+console.log(JSON.stringify({ vendor, architecture, device, description,
+  isFallbackAdapter: a.info.isFallbackAdapter ?? false,
+  maxBufferSize: a.limits.maxBufferSize,
+  maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize }));' || status=1
+
+step "parity: the WebGPU tests"
+deno test -A tests/webgpu_test.ts tests/webgpu_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
+
+step "inference, webgpu (stock TF.js graph)"
+deno task bench --backend webgpu --path stock --arch convnext_tiny --size "$SIZE" \
+  --batch "$BATCHES" --iters 5 --json || status=1
+
+step "inference, wasm on every core (the kernel engine)"
+deno task bench --backend wasm --path optimized --arch convnext_tiny --size "$SIZE" \
+  --batch "$BATCHES" --iters 3 --json || status=1
+
+step "training, webgpu"
+deno task bench:train --backend webgpu --model convnext_tiny --size "$SIZE" \
+  --batch "$TRAIN_BATCH" --steps 3 2>&1 | tail -n 1 || status=1
+
+exit $status

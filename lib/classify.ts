@@ -12,8 +12,15 @@ import { imageBatches, type ImageFailure } from "./data/batches.ts";
 import type { RgbImage } from "./util/image.ts";
 import { imagenetClasses } from "./data/imagenet.ts";
 import { evalTransform, type EvalTransformOptions } from "./data/transform.ts";
+import { numClasses } from "./model/architecture.ts";
+import {
+  evalTransformOptions,
+  labelsFor,
+  modelConfig,
+  type Preprocessing,
+} from "./model/config.ts";
+import { HEAD_FC } from "./model/names.ts";
 import { fetchLabels22k } from "./weights/fetch.ts";
-import { modelInfo, type Preprocessing, preprocessingFor } from "./weights/pretrained.ts";
 
 /** An image to classify: a file path, encoded bytes (JPEG, PNG...) or decoded RGB pixels. */
 export type ClassifyInput = string | Uint8Array | RgbImage;
@@ -63,8 +70,9 @@ export interface ClassifyOptions {
 }
 
 /**
- * The preprocessing a model expects: its metadata's (written when it was converted), else
- * the official 224 eval transform (resize 256, center crop 224).
+ * The preprocessing a model expects: its configuration's (`modelConfig`, written when it was
+ * converted or fine-tuned), else the official eval transform at its input size (224 for
+ * models that accept any size: resize 256, center crop 224).
  *
  * @example
  * ```ts
@@ -72,48 +80,41 @@ export interface ClassifyOptions {
  * ```
  */
 export function modelPreprocessing(model: tf.LayersModel): Preprocessing {
-  return modelInfo(model)?.preprocessing ?? preprocessingFor(224);
+  return modelConfig(model).preprocessing;
 }
 
 /**
  * The {@link imageBatches} / evalTransform options for a {@link Preprocessing}. The
  * official transform is a resize + crop below 384 px and a warp from 384 px on; a
  * preprocessing record that says otherwise cannot be reproduced and is an error.
+ * (`evalTransformOptions` of lib/model/config.ts.)
  */
 export function transformOptions(p: Preprocessing): EvalTransformOptions & { size: number } {
-  const official = p.size < 384 ? "resize-crop" : "warp";
-  if (p.mode !== official) {
-    throw new Error(
-      `preprocessing: mode "${p.mode}" at ${p.size} px is not the official eval transform ("${official}" at that size)`,
-    );
-  }
-  if (p.mean.length !== 3 || p.std.length !== 3) {
-    throw new Error(`preprocessing: mean and std need 3 values, got ${p.mean} and ${p.std}`);
-  }
-  return {
-    size: p.size,
-    cropPct: p.cropPct,
-    mean: p.mean as unknown as [number, number, number],
-    std: p.std as unknown as [number, number, number],
-  };
+  return evalTransformOptions(p);
 }
 
-/**
- * The class count of a classifier (the last dimension of its output).
- *
- * @throws Error when the model's output is not `[batch, classes]` (no classification head).
- */
-export function numClassesOf(model: tf.LayersModel): number {
-  const shape = model.outputs[0].shape;
-  const n = shape[shape.length - 1];
-  if (shape.length !== 2 || typeof n !== "number" || n < 1) {
+/** The class count of a classifier; an error for a model without a head. */
+function classifierClasses(model: tf.LayersModel): number {
+  const n = numClasses(model);
+  if (n === 0) {
     throw new Error(
       `the model's output has shape [${
-        shape.join(", ")
+        model.outputs[0].shape.join(", ")
       }], expected [batch, classes]: it has no classification head`,
     );
   }
   return n;
+}
+
+/**
+ * The class count of a classifier (the width of its head `head_fc`).
+ *
+ * @deprecated Use `numClasses(model)` (lib/model/architecture.ts), which returns 0 for a
+ *   model without a head; this wrapper throws instead.
+ * @throws Error when the model has no classification head.
+ */
+export function numClassesOf(model: tf.LayersModel): number {
+  return classifierClasses(model);
 }
 
 /**
@@ -128,14 +129,13 @@ export function numClassesOf(model: tf.LayersModel): number {
  * ```
  */
 export async function classLabels(model: tf.LayersModel): Promise<string[]> {
-  const n = numClassesOf(model);
+  const n = classifierClasses(model);
   // Fine-tuned models (deno task finetune) carry their class names.
   const own = (model.getUserDefinedMetadata() as { classes?: unknown } | undefined)?.classes;
   if (Array.isArray(own) && own.length === n && own.every((c) => typeof c === "string")) {
     return own as string[];
   }
-  const kind = modelInfo(model)?.labels ??
-    (n === 1000 ? "imagenet-1k" : n === 21841 ? "imagenet-22k" : null);
+  const kind = modelConfig(model).labels ?? labelsFor(n);
   if (kind === "imagenet-1k" && n === 1000) return imagenetClasses();
   if (kind === "imagenet-22k" && n === 21841) return await fetchLabels22k();
   return Array.from({ length: n }, (_, i) => `class ${i}`);
@@ -180,7 +180,7 @@ export function topIndices(values: ArrayLike<number>, k: number): number[] {
 /** What the head puts out: logits (default) or probabilities (softmax/sigmoid heads). */
 function headActivation(model: tf.LayersModel): string {
   try {
-    const config = model.getLayer("head_fc").getConfig() as { activation?: string };
+    const config = model.getLayer(HEAD_FC).getConfig() as { activation?: string };
     return config.activation ?? "linear";
   } catch {
     return "linear"; // not one of our models: assume logits
@@ -282,7 +282,7 @@ export async function* classifyEach(
   if (!Number.isInteger(batch) || batch < 1) {
     throw new RangeError(`classify: batch must be an integer >= 1, got ${batch}`);
   }
-  const n = numClassesOf(model);
+  const n = classifierClasses(model);
   const labels = options.labels ?? await classLabels(model);
   if (labels.length !== n) {
     throw new Error(`classify: ${labels.length} labels given for a model with ${n} classes`);

@@ -12,15 +12,15 @@ const DATA = resolve(import.meta.dirname!, "../data");
 /** Layer of each folder of lib/ (files at lib/'s root: the tasks layer). */
 const LAYER: Record<string, number> = {
   util: 0,
+  backend: 1, // TF.js backends: selection, kernels, WebGPU compatibility and limits
   data: 1,
-  infer: 1,
-  backend: 1,
   viz: 1,
-  model: 2,
-  weights: 3,
-  ".": 4, // classify.ts
-  eval: 5,
-  train: 6,
+  infer: 2,
+  model: 3,
+  weights: 4,
+  ".": 5, // classify.ts
+  eval: 6,
+  train: 7,
 };
 
 function folderOf(path: string): string {

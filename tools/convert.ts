@@ -11,11 +11,8 @@
  */
 import { command, type Fail, failer } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
-import {
-  ARCHITECTURE_NAMES,
-  type ArchitectureName,
-  isArchitectureName,
-} from "../lib/model/variants.ts";
+import { architectureOf } from "../lib/model/architecture.ts";
+import type { ArchitectureName } from "../lib/model/variants.ts";
 import { convertToDirectory } from "../lib/weights/pretrained.ts";
 
 const USAGE =
@@ -32,12 +29,12 @@ const { values, positionals } = command(USAGE, {
 }, fail);
 if (positionals.length !== 1) fail(`expected one SOURCE, got ${positionals.length}\n${USAGE}`);
 if (!values.out) fail(`--out DIR is required\n${USAGE}`);
-if (values.arch !== undefined && !isArchitectureName(values.arch)) {
-  fail(
-    `--arch: unknown architecture "${values.arch}"; expected one of: ${
-      ARCHITECTURE_NAMES.join(", ")
-    }`,
-  );
+if (values.arch !== undefined) {
+  try {
+    architectureOf(values.arch, "--arch");
+  } catch (e) {
+    fail((e as Error).message);
+  }
 }
 const numClasses = values["num-classes"] === undefined ? undefined : Number(values["num-classes"]);
 if (numClasses !== undefined && !(Number.isInteger(numClasses) && numClasses > 0)) {

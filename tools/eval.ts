@@ -17,7 +17,6 @@
  */
 import { command, type Fail, failer } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
-import { numClassesOf } from "../lib/classify.ts";
 import { imagenetWnids } from "../lib/data/imagenet.ts";
 import { loadEvalDataset } from "../lib/eval/dataset.ts";
 import {
@@ -29,7 +28,9 @@ import {
 } from "../lib/eval/evaluate.ts";
 import { mergeResults, readEvalResult } from "../lib/eval/merge.ts";
 import { writeFileAtomic } from "../lib/util/fs.ts";
-import { loadModel, modelInfo } from "../lib/weights/pretrained.ts";
+import { numClasses as classesOf } from "../lib/model/architecture.ts";
+import { labelsFor, modelConfig } from "../lib/model/config.ts";
+import { loadModel } from "../lib/weights/pretrained.ts";
 
 const USAGE = [
   "usage: deno task eval --model NAME|DIR|FILE --data DIR [--limit N] [--batch B] [--shard I/N]",
@@ -107,8 +108,15 @@ Deno.addSignalListener("SIGINT", () => {
 try {
   await selectBackend();
   const model = await loadModel(values.model);
-  const numClasses = numClassesOf(model);
-  const labels = modelInfo(model)?.labels ?? (numClasses === 1000 ? "imagenet-1k" : null);
+  const numClasses = classesOf(model);
+  if (numClasses === 0) {
+    throw new Error(
+      `the model's output has shape [${
+        model.outputs[0].shape.join(", ")
+      }], expected [batch, classes]: it has no classification head`,
+    );
+  }
+  const labels = modelConfig(model).labels ?? labelsFor(numClasses);
   const dataset = await loadEvalDataset(values.data, {
     synsets: values.synsets,
     numClasses,

@@ -2,7 +2,8 @@
  * The ConvNeXt family as TF.js Layers models, faithful to the official PyTorch code
  * (facebookresearch/ConvNeXt `models/convnext.py` and `models/convnext_isotropic.py`).
  *
- * Layer names are deterministic so that weights map by name, never by position:
+ * Layer names are deterministic so that weights map by name, never by position; `./names.ts`
+ * owns them:
  *
  * - hierarchical: `stem_conv`, `stem_norm`; `stages_{i}_downsample_norm`,
  *   `stages_{i}_downsample_conv` (i = 1..3); per block `stages_{i}_block_{j}_dwconv`,
@@ -16,13 +17,18 @@
 import * as tf from "@tensorflow/tfjs";
 import { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./layers.ts";
 import { ConvNeXtModel } from "../infer/model.ts";
+import { architectureOf, CUSTOM_ARCHITECTURE } from "./architecture.ts";
 import {
-  ARCHITECTURE_NAMES,
-  type ArchitectureName,
-  ARCHITECTURES,
-  type ArchitectureSpec,
-  isArchitectureName,
-} from "./variants.ts";
+  blockName,
+  downsampleName,
+  HEAD_FC,
+  HEAD_NORM,
+  HEAD_POOL,
+  INPUT_NAME,
+  STEM_CONV,
+  STEM_NORM,
+} from "./names.ts";
+import type { ArchitectureName, ArchitectureSpec } from "./variants.ts";
 
 /** Activations accepted for the classifier output. */
 export const CLASSIFIER_ACTIVATIONS = ["linear", "softmax", "sigmoid"] as const;
@@ -71,51 +77,20 @@ export interface ResolvedArchitecture {
 /**
  * Resolve an architecture name or spec, validating it.
  *
+ * @deprecated Use {@link architectureOf} (which also names a spec equal to an official row);
+ *   this wrapper names every spec object `"convnext_custom"`, as before.
  * @throws Error listing the valid names for an unknown architecture.
  */
 export function resolveArchitecture(
   architecture: ArchitectureName | ArchitectureSpec | string,
 ): ResolvedArchitecture {
-  if (typeof architecture === "string") {
-    if (!isArchitectureName(architecture)) {
-      throw new Error(
-        `createConvNeXt: unknown architecture "${architecture}"; expected one of: ${
-          ARCHITECTURE_NAMES.join(", ")
-        }`,
-      );
-    }
-    return { name: architecture, spec: ARCHITECTURES[architecture] };
-  }
-  const spec = architecture;
-  const positiveInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
-  if (spec?.kind === "hierarchical") {
-    if (
-      spec.depths?.length !== 4 || spec.dims?.length !== 4 || !spec.depths.every(positiveInt) ||
-      !spec.dims.every(positiveInt)
-    ) {
-      throw new Error(
-        `createConvNeXt: a hierarchical spec needs 4 positive integer depths and dims, got depths ${
-          JSON.stringify(spec.depths)
-        } dims ${JSON.stringify(spec.dims)}`,
-      );
-    }
-  } else if (spec?.kind === "isotropic") {
-    if (!positiveInt(spec.depth) || !positiveInt(spec.dim)) {
-      throw new Error(
-        `createConvNeXt: an isotropic spec needs positive integer depth and dim, got ${spec.depth}/${spec.dim}`,
-      );
-    }
-  } else {
-    throw new Error(
-      `createConvNeXt: architecture must be a name (${
-        ARCHITECTURE_NAMES.join(", ")
-      }) or a spec with kind "hierarchical" or "isotropic"`,
-    );
-  }
-  if (!(Number.isFinite(spec.layerScaleInit) && spec.layerScaleInit >= 0)) {
-    throw new Error(`createConvNeXt: spec.layerScaleInit must be >= 0, got ${spec.layerScaleInit}`);
-  }
-  return { name: "convnext_custom", spec };
+  return resolve(architecture);
+}
+
+/** The architecture and the default model name: the official name, `"convnext_custom"` for specs. */
+function resolve(architecture: ArchitectureName | ArchitectureSpec | string): ResolvedArchitecture {
+  const { name, spec } = architectureOf(architecture, "createConvNeXt");
+  return { name: typeof architecture === "string" ? name : CUSTOM_ARCHITECTURE, spec };
 }
 
 interface Resolved {
@@ -222,7 +197,8 @@ function kernelInits(opts: Resolved) {
 
 function block(
   x: Sym,
-  prefix: string,
+  stage: number | undefined,
+  index: number,
   dim: number,
   dropRate: number,
   opts: Resolved,
@@ -234,32 +210,45 @@ function block(
       padding: "same",
       useBias: true,
       depthwiseInitializer: init(),
-      name: `${prefix}_dwconv`,
+      name: blockName(stage, index, "dwconv"),
     }),
     x,
   );
-  y = apply(new LayerNorm({ epsilon: 1e-6, name: `${prefix}_norm` }), y);
+  y = apply(new LayerNorm({ epsilon: 1e-6, name: blockName(stage, index, "norm") }), y);
   // Dense on a 4-D tensor acts on the channel axis: the official pointwise nn.Linear.
   y = apply(
     tf.layers.dense({
       units: 4 * dim,
       activation: "gelu", // exact erf GELU, as nn.GELU() (not gelu_new's tanh approximation)
       kernelInitializer: init(),
-      name: `${prefix}_pwconv1`,
+      name: blockName(stage, index, "pwconv1"),
     }),
     y,
   );
   y = apply(
-    tf.layers.dense({ units: dim, kernelInitializer: init(), name: `${prefix}_pwconv2` }),
+    tf.layers.dense({
+      units: dim,
+      kernelInitializer: init(),
+      name: blockName(stage, index, "pwconv2"),
+    }),
     y,
   );
   if (opts.layerScaleInit > 0) {
-    y = apply(new LayerScale({ initValue: opts.layerScaleInit, name: `${prefix}_layer_scale` }), y);
+    y = apply(
+      new LayerScale({
+        initValue: opts.layerScaleInit,
+        name: blockName(stage, index, "layer_scale"),
+      }),
+      y,
+    );
   }
   if (dropRate > 0) {
-    y = apply(new StochasticDepth({ rate: dropRate, name: `${prefix}_drop_path` }), y);
+    y = apply(
+      new StochasticDepth({ rate: dropRate, name: blockName(stage, index, "drop_path") }),
+      y,
+    );
   }
-  return apply(tf.layers.add({ name: prefix }), [x, y]);
+  return apply(tf.layers.add({ name: blockName(stage, index) }), [x, y]);
 }
 
 function dropRates(total: number, rate: number): number[] {
@@ -288,11 +277,11 @@ export function createConvNeXt(
   architecture: ArchitectureName | ArchitectureSpec | string,
   options: ConvNeXtOptions = {},
 ): tf.LayersModel {
-  const arch = resolveArchitecture(architecture);
+  const arch = resolve(architecture);
   const opts = validateOptions(arch, options);
   const init = kernelInits(opts);
   const spec = arch.spec;
-  const input = tf.input({ shape: opts.inputShape, name: "input" });
+  const input = tf.input({ shape: opts.inputShape, name: INPUT_NAME });
 
   let x: Sym;
   if (spec.kind === "hierarchical") {
@@ -305,15 +294,15 @@ export function createConvNeXt(
         strides: 4,
         padding: "valid",
         kernelInitializer: init(),
-        name: "stem_conv",
+        name: STEM_CONV,
       }),
       input,
     );
-    x = apply(new LayerNorm({ epsilon: 1e-6, name: "stem_norm" }), x);
+    x = apply(new LayerNorm({ epsilon: 1e-6, name: STEM_NORM }), x);
     let k = 0;
     for (let i = 0; i < 4; i++) {
       if (i > 0) {
-        x = apply(new LayerNorm({ epsilon: 1e-6, name: `stages_${i}_downsample_norm` }), x);
+        x = apply(new LayerNorm({ epsilon: 1e-6, name: downsampleName(i, "norm") }), x);
         x = apply(
           tf.layers.conv2d({
             filters: spec.dims[i],
@@ -321,13 +310,13 @@ export function createConvNeXt(
             strides: 2,
             padding: "valid",
             kernelInitializer: init(),
-            name: `stages_${i}_downsample_conv`,
+            name: downsampleName(i, "conv"),
           }),
           x,
         );
       }
       for (let j = 0; j < spec.depths[i]; j++) {
-        x = block(x, `stages_${i}_block_${j}`, spec.dims[i], rates[k++], opts, init);
+        x = block(x, i, j, spec.dims[i], rates[k++], opts, init);
       }
     }
   } else {
@@ -339,20 +328,20 @@ export function createConvNeXt(
         strides: 16,
         padding: "valid",
         kernelInitializer: init(),
-        name: "stem_conv",
+        name: STEM_CONV,
       }),
       input,
     );
     for (let j = 0; j < spec.depth; j++) {
-      x = block(x, `blocks_${j}`, spec.dim, rates[j], opts, init);
+      x = block(x, undefined, j, spec.dim, rates[j], opts, init);
     }
   }
 
   if (opts.includeTop || opts.pooling === "avg") {
-    x = apply(tf.layers.globalAveragePooling2d({ name: "head_pool" }), x);
-    x = apply(new LayerNorm({ epsilon: 1e-6, name: "head_norm" }), x);
+    x = apply(tf.layers.globalAveragePooling2d({ name: HEAD_POOL }), x);
+    x = apply(new LayerNorm({ epsilon: 1e-6, name: HEAD_NORM }), x);
   } else if (opts.pooling === "max") {
-    x = apply(tf.layers.globalMaxPooling2d({ name: "head_pool" }), x);
+    x = apply(tf.layers.globalMaxPooling2d({ name: HEAD_POOL }), x);
   }
   if (opts.includeTop) {
     x = apply(
@@ -360,7 +349,7 @@ export function createConvNeXt(
         units: opts.numClasses,
         activation: opts.classifierActivation,
         kernelInitializer: init(opts.headInitScale),
-        name: "head_fc",
+        name: HEAD_FC,
       }),
       x,
     );

@@ -5,6 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { HEAD_NORM, parseLayerName } from "./names.ts";
 
 /** Which outputs {@link createFeatureExtractor} returns. */
 export interface FeatureOptions {
@@ -24,15 +25,16 @@ export interface FeatureOptions {
  * @throws Error when the model does not have ConvNeXt's layer names.
  */
 export function stageOutputNames(model: tf.LayersModel): string[] {
-  const names = model.layers.map((l) => l.name);
-  const blockOutput = /^stages_(\d)_block_(\d+)$/;
   const last = new Map<number, string>();
-  for (const name of names) {
-    const m = blockOutput.exec(name);
-    if (m) last.set(Number(m[1]), name); // layers are in topological order
+  const blocks: string[] = [];
+  for (const { name } of model.layers) {
+    const where = parseLayerName(name);
+    // Block outputs only (no sublayer part); layers are in topological order.
+    if (where?.kind !== "block" || where.part !== undefined) continue;
+    if (where.stage === undefined) blocks.push(name);
+    else if (where.stage < 4) last.set(where.stage, name);
   }
   if (last.size === 4) return [0, 1, 2, 3].map((i) => last.get(i)!);
-  const blocks = names.filter((n) => /^blocks_\d+$/.test(n));
   if (blocks.length > 0) {
     const quarter = blocks.length / 4;
     return [1, 2, 3, 4].map((q) => blocks[Math.max(0, Math.round(q * quarter) - 1)]);
@@ -68,14 +70,14 @@ export function createFeatureExtractor(
       outputs.push(model.getLayer(name).output as tf.SymbolicTensor);
     }
   }
-  const hasNorm = model.layers.some((l) => l.name === "head_norm");
+  const hasNorm = model.layers.some((l) => l.name === HEAD_NORM);
   if (options.embedding === true && !hasNorm) {
     throw new Error(
       `createFeatureExtractor: model "${model.name}" has no head_norm layer (build it with includeTop or pooling: "avg")`,
     );
   }
   if (options.embedding ?? hasNorm) {
-    outputs.push(model.getLayer("head_norm").output as tf.SymbolicTensor);
+    outputs.push(model.getLayer(HEAD_NORM).output as tf.SymbolicTensor);
   }
   if (outputs.length === 0) {
     throw new Error("createFeatureExtractor: no outputs requested (stages and embedding are off)");

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { parseLayerName } from "../model/names.ts";
 
 /** Layer groups of the official layer decay (`num_layers` in main.py). */
 export const CONVNEXT_NUM_LAYERS = 12;
@@ -29,22 +30,15 @@ export const CONVNEXT_NUM_LAYERS = 12;
  * ```
  */
 export function convnextLayerId(weightName: string): number {
-  const layer = weightName.split("/")[0];
-  if (layer === "stem_conv" || layer === "stem_norm") return 0;
-  const down = /^stages_(\d+)_downsample_/.exec(layer);
-  if (down) {
-    const stage = Number(down[1]);
-    return stage === 3 ? 12 : stage + 1;
-  }
-  const block = /^stages_(\d+)_block_(\d+)(_|$)/.exec(layer);
-  if (block) {
-    const stage = Number(block[1]);
-    const index = Number(block[2]);
-    if (stage === 0 || stage === 1) return stage + 1;
-    if (stage === 2) return 3 + Math.floor(index / 3);
+  const where = parseLayerName(weightName);
+  if (where?.kind === "stem") return 0;
+  if (where?.kind === "downsample") return where.stage === 3 ? 12 : where.stage + 1;
+  if (where?.kind === "block" && where.stage !== undefined) {
+    if (where.stage === 0 || where.stage === 1) return where.stage + 1;
+    if (where.stage === 2) return 3 + Math.floor(where.block / 3);
     return 12;
   }
-  if (/^blocks_\d+/.test(layer)) {
+  if (where?.kind === "block") {
     throw new Error(
       `layer decay: "${weightName}" belongs to an isotropic ConvNeXt; the official layer decay is defined for the hierarchical models only (use --layer-decay 1)`,
     );

@@ -8,8 +8,10 @@
 import type * as tf from "@tensorflow/tfjs";
 import { createConvNeXt } from "../model/convnext.ts";
 import { TruncatedNormal } from "../model/layers.ts";
+import { architectureOf, numClasses } from "../model/architecture.ts";
+import { HEAD_FC, layerOfWeight } from "../model/names.ts";
 import type { ArchitectureSpec } from "../model/variants.ts";
-import { loadModel, modelInfo } from "../weights/pretrained.ts";
+import { loadModel } from "../weights/pretrained.ts";
 
 /**
  * Load the starting model: a zoo name, a converted model directory, a `model.json`, or a
@@ -24,54 +26,24 @@ export async function loadBaseModel(source: string | tf.LayersModel): Promise<tf
   }
 }
 
-function weightShape(model: tf.LayersModel, name: string): number[] | undefined {
-  return model.weights.find((w) => w.originalName === name)?.shape as number[] | undefined;
-}
-
 /**
- * The architecture of a ConvNeXt Layers model, read from its layer names and weight
- * shapes (so it works for any model built by createConvNeXt, with or without metadata).
+ * The architecture of a ConvNeXt Layers model.
  *
+ * @deprecated Use `architectureOf(model).spec` (lib/model/architecture.ts), the one
+ *   architecture inference.
  * @throws Error when the model does not have ConvNeXt's layer names.
  */
 export function inferSpec(model: tf.LayersModel): ArchitectureSpec {
-  const names = new Set(model.layers.map((l) => l.name));
-  const hasScale = model.layers.some((l) => /_layer_scale$/.test(l.name));
-  // The value does not matter for loaded weights; it marks that blocks have a gamma.
-  const layerScaleInit = hasScale ? modelInfo(model)?.spec.layerScaleInit || 1e-6 : 0;
-  if (names.has("stem_norm")) {
-    const depths = [0, 1, 2, 3].map((i) => {
-      let j = 0;
-      while (names.has(`stages_${i}_block_${j}`)) j++;
-      return j;
-    });
-    const dims = [0, 1, 2, 3].map((i) =>
-      weightShape(model, `stages_${i}_block_0_pwconv2/bias`)?.[0] ?? 0
-    );
-    if (depths.some((d) => d === 0) || dims.some((d) => d === 0)) {
-      throw new Error(`model "${model.name}": incomplete ConvNeXt stages (depths ${depths})`);
-    }
-    return {
-      kind: "hierarchical",
-      depths: depths as [number, number, number, number],
-      dims: dims as [number, number, number, number],
-      layerScaleInit,
-    };
-  }
-  let depth = 0;
-  while (names.has(`blocks_${depth}`)) depth++;
-  const dim = weightShape(model, "blocks_0_pwconv2/bias")?.[0];
-  if (depth === 0 || !dim) {
-    throw new Error(
-      `model "${model.name}" is not a ConvNeXt (no stem_norm/stages_* or blocks_* layers)`,
-    );
-  }
-  return { kind: "isotropic", depth, dim, layerScaleInit };
+  return architectureOf(model).spec;
 }
 
-/** Classes of the model's head, or 0 without `head_fc`. */
+/**
+ * Classes of the model's head, or 0 without `head_fc`.
+ *
+ * @deprecated Use `numClasses(model)` (lib/model/architecture.ts).
+ */
 export function headClasses(model: tf.LayersModel): number {
-  return weightShape(model, "head_fc/bias")?.[0] ?? 0;
+  return numClasses(model);
 }
 
 /** Options of {@link rebuildForTraining}. */
@@ -102,8 +74,8 @@ export function rebuildForTraining(
   base: tf.LayersModel,
   options: RebuildOptions,
 ): { model: tf.LayersModel; newHead: boolean } {
-  const spec = inferSpec(base);
-  const newHead = headClasses(base) !== options.numClasses;
+  const { spec } = architectureOf(base);
+  const newHead = numClasses(base) !== options.numClasses;
   const model = createConvNeXt(spec, {
     numClasses: options.numClasses,
     dropPathRate: options.dropPathRate ?? 0,
@@ -113,7 +85,7 @@ export function rebuildForTraining(
   });
   const source = new Map(base.weights.map((w) => [w.originalName, w]));
   for (const w of model.weights) {
-    const isHead = w.originalName.startsWith("head_fc/");
+    const isHead = layerOfWeight(w.originalName) === HEAD_FC;
     if (isHead && newHead) continue;
     const from = source.get(w.originalName);
     if (!from || from.shape.join() !== w.shape.join()) {
@@ -126,7 +98,7 @@ export function rebuildForTraining(
   }
   if (newHead) {
     const scale = options.headInitScale ?? 1;
-    const kernel = model.getLayer("head_fc").weights[0];
+    const kernel = model.getLayer(HEAD_FC).weights[0];
     const init = new TruncatedNormal({
       stddev: 0.02 * scale,
       minval: -2 * scale,

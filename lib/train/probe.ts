@@ -14,6 +14,7 @@ import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { createFeatureExtractor } from "../model/features.ts";
 import { TruncatedNormal } from "../model/layers.ts";
+import { HEAD_FC } from "../model/names.ts";
 import { writeFileAtomic } from "../util/fs.ts";
 import type { Sample } from "./data.ts";
 import { loadBatches, type LoadPool } from "./loader.ts";
@@ -201,7 +202,7 @@ export function createProbeHead(
   const input = tf.input({ shape: [dim], name: "features" });
   const output = tf.layers.dense({
     units: numClasses,
-    name: "head_fc",
+    name: HEAD_FC,
     kernelInitializer: new TruncatedNormal({
       stddev: 0.02 * scale,
       minval: -2 * scale,

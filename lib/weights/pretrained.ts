@@ -7,8 +7,17 @@
 import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
 import { basename, extname, join } from "node:path";
-import { DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD } from "../data/transform.ts";
+import { CUSTOM_ARCHITECTURE, numClasses as headClassesOf } from "../model/architecture.ts";
+import {
+  attachModelConfig,
+  labelsFor,
+  type ModelConfig,
+  type ModelSource,
+  preprocessingFor,
+  storedModelConfig,
+} from "../model/config.ts";
 import { createConvNeXt } from "../model/convnext.ts";
+import { HEAD_FC, weightPath } from "../model/names.ts";
 import { TruncatedNormal } from "../model/layers.ts";
 import { loadSavedModel, saveModel } from "../model/io.ts";
 import type { ArchitectureName, ArchitectureSpec } from "../model/variants.ts";
@@ -24,72 +33,36 @@ import { download, type DownloadOptions } from "../util/download.ts";
 import { ensureCheckpoint } from "./fetch.ts";
 import { assertWeightsMatch, type ConvertedWeights, remapStateDict, type Weight } from "./remap.ts";
 import { readStateDict } from "./state_dict.ts";
-import { getZooEntry, isZooName, ZOO_NAMES, type ZooEntry, zooUrl } from "./zoo.ts";
+import {
+  getZooEntry,
+  isZooName,
+  ZOO_LICENSE,
+  ZOO_NAMES,
+  ZOO_ORIGIN_URL,
+  type ZooEntry,
+  zooUrl,
+} from "./zoo.ts";
 
-/** How inputs must be prepared for a model, stored with every converted model. */
-export interface Preprocessing {
-  /** Square input size. */
-  size: number;
-  /**
-   * `"resize-crop"`: shorter side to `int(size / cropPct)`, bicubic, then a center crop
-   * (below 384); `"warp"`: resize to size x size, no crop (384 and above).
-   */
-  mode: "resize-crop" | "warp";
-  /** Crop fraction for `"resize-crop"` (0.875 in the official evaluation). */
-  cropPct: number;
-  /** Resampling: PIL's bicubic with antialiasing. */
-  interpolation: "bicubic";
-  /** Per-channel mean, after scaling pixels to [0, 1]. */
-  mean: number[];
-  /** Per-channel standard deviation. */
-  std: number[];
-}
+export { type Preprocessing, preprocessingFor } from "../model/config.ts";
 
-/** The official evaluation transform for a resolution (facebookresearch/ConvNeXt `datasets.py`). */
-export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Preprocessing {
-  return {
-    size,
-    mode: size < 384 ? "resize-crop" : "warp",
-    cropPct: size < 384 ? cropPct : 1,
-    interpolation: "bicubic",
-    mean: [...IMAGENET_MEAN],
-    std: [...IMAGENET_STD],
-  };
-}
-
-/** Metadata stored with a converted model (`model.getUserDefinedMetadata()`, `convnext.json`). */
-export interface ModelInfo {
-  /** Official architecture name, or `"convnext_custom"`. */
-  architecture: string;
-  /** The architecture's shape. */
-  spec: ArchitectureSpec;
-  /** Classes of the head (0: none). */
-  numClasses: number;
-  /** Which class names index the head: ImageNet-1k, ImageNet-22k, or unknown. */
-  labels: "imagenet-1k" | "imagenet-22k" | null;
-  /** Input preparation. */
-  preprocessing: Preprocessing;
+/**
+ * The configuration stored with a converted model (`model.getUserDefinedMetadata().convnext`,
+ * `convnext.json`): a {@link ModelConfig} that says where its weights came from.
+ */
+export type ModelInfo = ModelConfig & {
   /** Where the weights came from. */
-  source: {
-    /** Zoo name, if any. */
-    zoo?: string;
-    /** Download URL, if any. */
-    url?: string;
-    /** File name of the checkpoint. */
-    file: string;
-    /** sha256 of the checkpoint file. */
-    sha256: string;
-    /** Key layout detected in the checkpoint. */
-    layout: string;
-  };
-  /** Official top-1 accuracy (zoo models). */
-  officialTop1?: number | null;
-}
+  source: ModelSource;
+};
 
-/** Reads the {@link ModelInfo} a converted model carries, if any. */
+/**
+ * Reads the {@link ModelInfo} a converted model carries, if any.
+ *
+ * @deprecated Use `modelConfig` (lib/model/config.ts), which also answers for models
+ *   without metadata; this is its stored value, for callers that need `source`.
+ */
 export function modelInfo(model: tf.LayersModel): ModelInfo | undefined {
-  const meta = model.getUserDefinedMetadata() as { convnext?: ModelInfo } | undefined;
-  return meta?.convnext;
+  const config = storedModelConfig(model);
+  return config?.source ? config as ModelInfo : undefined;
 }
 
 /**
@@ -178,11 +151,13 @@ export async function convertCheckpoint(
     pooling: withHead ? null : "avg",
     randomInit: false, // every weight is overwritten below, except a new head
   });
-  const newHead = options.dropHead && withHead ? ["head_fc/kernel", "head_fc/bias"] : [];
+  const newHead = options.dropHead && withHead
+    ? [weightPath(HEAD_FC, "kernel"), weightPath(HEAD_FC, "bias")]
+    : [];
   applyWeights(model, converted.weights, { allowMissing: newHead, label });
   if (newHead.length) {
     const scale = options.headInitScale ?? 1;
-    const kernel = model.getLayer("head_fc").weights[0];
+    const kernel = model.getLayer(HEAD_FC).weights[0];
     kernel.write(
       new TruncatedNormal({ stddev: 0.02 * scale, minval: -2 * scale, maxval: 2 * scale })
         .apply(kernel.shape),
@@ -199,13 +174,13 @@ function infoFor(
   zoo?: ZooEntry,
 ): ModelInfo {
   return {
-    architecture: converted.architecture ?? "convnext_custom",
+    architecture: converted.architecture ?? CUSTOM_ARCHITECTURE,
     spec: converted.spec,
     numClasses,
-    labels: numClasses === 1000 ? "imagenet-1k" : numClasses === 21841 ? "imagenet-22k" : null,
+    labels: labelsFor(numClasses),
     preprocessing: preprocessingFor(resolution),
     source,
-    ...(zoo ? { officialTop1: zoo.top1 } : {}),
+    ...(zoo ? { officialTop1: zoo.top1, license: ZOO_LICENSE, originUrl: ZOO_ORIGIN_URL } : {}),
   };
 }
 
@@ -321,9 +296,7 @@ async function convertLocal(
       architecture: options.architecture ?? local.zoo?.architecture,
       label: options.label ?? local.source.file,
     });
-    const numClasses = model.layers.some((l) => l.name === "head_fc")
-      ? model.outputs[0].shape[1] as number
-      : 0;
+    const numClasses = headClassesOf(model);
     if (local.zoo && !options.dropHead && converted.numClasses !== local.zoo.numClasses) {
       model.dispose();
       throw new Error(
@@ -337,7 +310,7 @@ async function convertLocal(
       local.zoo?.resolution ?? resolutionFromName(local.source.file),
       options.dropHead ? undefined : local.zoo,
     );
-    model.setUserDefinedMetadata({ convnext: info });
+    attachModelConfig(model, info);
     await saveModel(model, out, {
       overwrite: options.overwrite,
       files: { "convnext.json": JSON.stringify(info, null, 2) + "\n" },
@@ -379,8 +352,8 @@ export async function convertToDirectory(
  * - a directory (or `model.json`) written by `deno task convert` / `saveModel`;
  * - a `.pth` / `.safetensors` file: converted on the fly (not cached).
  *
- * The model's `getUserDefinedMetadata().convnext` ({@link modelInfo}) says its classes,
- * labels, resolution and preprocessing.
+ * The model's configuration (`modelConfig(model)`, lib/model/config.ts; stored in
+ * `getUserDefinedMetadata().convnext`) says its classes, labels, resolution and preprocessing.
  *
  * @example
  * ```ts
@@ -410,12 +383,13 @@ export async function loadModel(
     return (await loadSavedModel(nameOrPath)).model;
   }
   const { model, converted } = await convertCheckpoint(nameOrPath);
-  model.setUserDefinedMetadata({
-    convnext: infoFor(converted, converted.numClasses, {
+  attachModelConfig(
+    model,
+    infoFor(converted, converted.numClasses, {
       file: basename(nameOrPath),
       sha256: await sha256File(nameOrPath),
       layout: converted.layout,
     }, resolutionFromName(nameOrPath)),
-  });
+  );
   return model;
 }

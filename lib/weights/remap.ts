@@ -1,7 +1,8 @@
 /**
  * Converts a PyTorch ConvNeXt state dict (any of the layouts we meet) to TF.js weights
  * named after our layers (`stem_conv/kernel`, `stages_2_block_5_dwconv/depthwise_kernel`,
- * ...), and infers the architecture from the shapes.
+ * ...; the names come from `lib/model/names.ts`), and infers the architecture from the shapes
+ * (`architectureOf` in `lib/model/architecture.ts`).
  *
  * Each source layout is one filter function (like timm's `checkpoint_filter_fn`) that
  * maps its keys to our layer names and a role; the role says how the tensor's layout
@@ -15,12 +16,21 @@
  */
 
 import {
-  ARCHITECTURE_NAMES,
-  type ArchitectureName,
-  ARCHITECTURES,
-  type ArchitectureSpec,
-  isArchitectureName,
-} from "../model/variants.ts";
+  architectureOf,
+  CUSTOM_ARCHITECTURE,
+  numClasses as headClasses,
+} from "../model/architecture.ts";
+import {
+  blockName,
+  type BlockPart,
+  downsampleName,
+  HEAD_FC,
+  HEAD_NORM,
+  STEM_CONV,
+  STEM_NORM,
+  weightPath,
+} from "../model/names.ts";
+import type { ArchitectureName, ArchitectureSpec } from "../model/variants.ts";
 import { transpose } from "./transpose.ts";
 import type { StateDict, TensorData } from "./types.ts";
 
@@ -98,7 +108,7 @@ function rules(list: [RegExp, (m: RegExpMatchArray) => [string, Role] | undefine
   };
 }
 
-const BLOCK_ROLES: Record<string, [string, Role]> = {
+const BLOCK_ROLES: Record<string, [BlockPart, Role]> = {
   dwconv: ["dwconv", "dwconv"],
   norm: ["norm", "norm"],
   pwconv1: ["pwconv1", "dense"],
@@ -111,34 +121,37 @@ const BLOCK_ROLES: Record<string, [string, Role]> = {
  * `norm`, `head`; isotropic: `stem`, `blocks.j.*`, `norm`, `head`.
  */
 export const filterOfficial: KeyFilter = rules([
-  [new RegExp(`^downsample_layers\\.0\\.0\\.${PARAM}$`), () => ["stem_conv", "conv"]],
-  [new RegExp(`^downsample_layers\\.0\\.1\\.${PARAM}$`), () => ["stem_norm", "norm"]],
+  [new RegExp(`^downsample_layers\\.0\\.0\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
+  [new RegExp(`^downsample_layers\\.0\\.1\\.${PARAM}$`), () => [STEM_NORM, "norm"]],
   [
     new RegExp(`^downsample_layers\\.([1-3])\\.([01])\\.${PARAM}$`),
     (m) =>
       m[2] === "0"
-        ? [`stages_${m[1]}_downsample_norm`, "norm"]
-        : [`stages_${m[1]}_downsample_conv`, "conv"],
+        ? [downsampleName(Number(m[1]), "norm"), "norm"]
+        : [downsampleName(Number(m[1]), "conv"), "conv"],
   ],
   [
     new RegExp(`^stages\\.([0-3])\\.(\\d+)\\.(dwconv|norm|pwconv1|pwconv2)\\.${PARAM}$`),
-    (m) => [`stages_${m[1]}_block_${m[2]}_${BLOCK_ROLES[m[3]][0]}`, BLOCK_ROLES[m[3]][1]],
+    (m) => [blockName(Number(m[1]), Number(m[2]), BLOCK_ROLES[m[3]][0]), BLOCK_ROLES[m[3]][1]],
   ],
   [
     /^stages\.([0-3])\.(\d+)\.(gamma)$/,
-    (m) => [`stages_${m[1]}_block_${m[2]}_layer_scale`, "scale"],
+    (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
   ],
-  [new RegExp(`^stem\\.${PARAM}$`), () => ["stem_conv", "conv"]],
+  [new RegExp(`^stem\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
   [
     new RegExp(`^blocks\\.(\\d+)\\.(dwconv|norm|pwconv1|pwconv2)\\.${PARAM}$`),
-    (m) => [`blocks_${m[1]}_${BLOCK_ROLES[m[2]][0]}`, BLOCK_ROLES[m[2]][1]],
+    (m) => [blockName(undefined, Number(m[1]), BLOCK_ROLES[m[2]][0]), BLOCK_ROLES[m[2]][1]],
   ],
-  [/^blocks\.(\d+)\.(gamma)$/, (m) => [`blocks_${m[1]}_layer_scale`, "scale"]],
-  [new RegExp(`^norm\\.${PARAM}$`), () => ["head_norm", "norm"]],
-  [new RegExp(`^head\\.${PARAM}$`), () => ["head_fc", "dense"]],
+  [
+    /^blocks\.(\d+)\.(gamma)$/,
+    (m) => [blockName(undefined, Number(m[1]), "layer_scale"), "scale"],
+  ],
+  [new RegExp(`^norm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
+  [new RegExp(`^head\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
 
-const TORCHVISION_BLOCK: Record<string, [string, Role]> = {
+const TORCHVISION_BLOCK: Record<string, [BlockPart, Role]> = {
   "0": ["dwconv", "dwconv"],
   "2": ["norm", "norm"],
   "3": ["pwconv1", "dense"],
@@ -151,33 +164,33 @@ const TORCHVISION_BLOCK: Record<string, [string, Role]> = {
  * downsample; `classifier.0` norm, `classifier.2` linear.
  */
 export const filterTorchvision: KeyFilter = rules([
-  [new RegExp(`^features\\.0\\.0\\.${PARAM}$`), () => ["stem_conv", "conv"]],
-  [new RegExp(`^features\\.0\\.1\\.${PARAM}$`), () => ["stem_norm", "norm"]],
+  [new RegExp(`^features\\.0\\.0\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
+  [new RegExp(`^features\\.0\\.1\\.${PARAM}$`), () => [STEM_NORM, "norm"]],
   [
     new RegExp(`^features\\.([246])\\.([01])\\.${PARAM}$`),
     (m) => {
       const i = Number(m[1]) / 2;
       return m[2] === "0"
-        ? [`stages_${i}_downsample_norm`, "norm"]
-        : [`stages_${i}_downsample_conv`, "conv"];
+        ? [downsampleName(i, "norm"), "norm"]
+        : [downsampleName(i, "conv"), "conv"];
     },
   ],
   [
     new RegExp(`^features\\.([1357])\\.(\\d+)\\.block\\.(\\d+)\\.${PARAM}$`),
     (m) => {
       const r = TORCHVISION_BLOCK[m[3]];
-      return r ? [`stages_${(Number(m[1]) - 1) / 2}_block_${m[2]}_${r[0]}`, r[1]] : undefined;
+      return r ? [blockName((Number(m[1]) - 1) / 2, Number(m[2]), r[0]), r[1]] : undefined;
     },
   ],
   [
     /^features\.([1357])\.(\d+)\.(layer_scale)$/,
-    (m) => [`stages_${(Number(m[1]) - 1) / 2}_block_${m[2]}_layer_scale`, "scale"],
+    (m) => [blockName((Number(m[1]) - 1) / 2, Number(m[2]), "layer_scale"), "scale"],
   ],
-  [new RegExp(`^classifier\\.0\\.${PARAM}$`), () => ["head_norm", "norm"]],
-  [new RegExp(`^classifier\\.2\\.${PARAM}$`), () => ["head_fc", "dense"]],
+  [new RegExp(`^classifier\\.0\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
+  [new RegExp(`^classifier\\.2\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
 
-const TIMM_BLOCK: Record<string, [string, Role]> = {
+const TIMM_BLOCK: Record<string, [BlockPart, Role]> = {
   conv_dw: ["dwconv", "dwconv"],
   norm: ["norm", "norm"],
   "mlp.fc1": ["pwconv1", "dense"],
@@ -189,30 +202,30 @@ const TIMM_BLOCK: Record<string, [string, Role]> = {
  * `stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}`, `head.norm`, `head.fc`.
  */
 export const filterTimm: KeyFilter = rules([
-  [new RegExp(`^stem\\.0\\.${PARAM}$`), () => ["stem_conv", "conv"]],
-  [new RegExp(`^stem\\.1\\.${PARAM}$`), () => ["stem_norm", "norm"]],
+  [new RegExp(`^stem\\.0\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
+  [new RegExp(`^stem\\.1\\.${PARAM}$`), () => [STEM_NORM, "norm"]],
   [
     new RegExp(`^stages\\.([1-3])\\.downsample\\.([01])\\.${PARAM}$`),
     (m) =>
       m[2] === "0"
-        ? [`stages_${m[1]}_downsample_norm`, "norm"]
-        : [`stages_${m[1]}_downsample_conv`, "conv"],
+        ? [downsampleName(Number(m[1]), "norm"), "norm"]
+        : [downsampleName(Number(m[1]), "conv"), "conv"],
   ],
   [
     new RegExp(
       `^stages\\.([0-3])\\.blocks\\.(\\d+)\\.(conv_dw|norm|mlp\\.fc1|mlp\\.fc2)\\.${PARAM}$`,
     ),
-    (m) => [`stages_${m[1]}_block_${m[2]}_${TIMM_BLOCK[m[3]][0]}`, TIMM_BLOCK[m[3]][1]],
+    (m) => [blockName(Number(m[1]), Number(m[2]), TIMM_BLOCK[m[3]][0]), TIMM_BLOCK[m[3]][1]],
   ],
   [
     /^stages\.([0-3])\.blocks\.(\d+)\.(gamma)$/,
-    (m) => [`stages_${m[1]}_block_${m[2]}_layer_scale`, "scale"],
+    (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
   ],
-  [new RegExp(`^head\\.norm\\.${PARAM}$`), () => ["head_norm", "norm"]],
-  [new RegExp(`^head\\.fc\\.${PARAM}$`), () => ["head_fc", "dense"]],
+  [new RegExp(`^head\\.norm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
+  [new RegExp(`^head\\.fc\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
 
-const HF_BLOCK: Record<string, [string, Role]> = {
+const HF_BLOCK: Record<string, [BlockPart, Role]> = {
   dwconv: ["dwconv", "dwconv"],
   layernorm: ["norm", "norm"],
   pwconv1: ["pwconv1", "dense"],
@@ -229,30 +242,30 @@ const HF_BLOCK: Record<string, [string, Role]> = {
 export const filterHuggingFace: KeyFilter = rules([
   [
     new RegExp(`^(?:convnext\\.)?embeddings\\.patch_embeddings\\.${PARAM}$`),
-    () => ["stem_conv", "conv"],
+    () => [STEM_CONV, "conv"],
   ],
-  [new RegExp(`^(?:convnext\\.)?embeddings\\.layernorm\\.${PARAM}$`), () => ["stem_norm", "norm"]],
+  [new RegExp(`^(?:convnext\\.)?embeddings\\.layernorm\\.${PARAM}$`), () => [STEM_NORM, "norm"]],
   [
     new RegExp(
       `^(?:convnext\\.)?encoder\\.stages\\.([1-3])\\.downsampling_layer\\.([01])\\.${PARAM}$`,
     ),
     (m) =>
       m[2] === "0"
-        ? [`stages_${m[1]}_downsample_norm`, "norm"]
-        : [`stages_${m[1]}_downsample_conv`, "conv"],
+        ? [downsampleName(Number(m[1]), "norm"), "norm"]
+        : [downsampleName(Number(m[1]), "conv"), "conv"],
   ],
   [
     new RegExp(
       `^(?:convnext\\.)?encoder\\.stages\\.([0-3])\\.layers\\.(\\d+)\\.(dwconv|layernorm|pwconv1|pwconv2)\\.${PARAM}$`,
     ),
-    (m) => [`stages_${m[1]}_block_${m[2]}_${HF_BLOCK[m[3]][0]}`, HF_BLOCK[m[3]][1]],
+    (m) => [blockName(Number(m[1]), Number(m[2]), HF_BLOCK[m[3]][0]), HF_BLOCK[m[3]][1]],
   ],
   [
     /^(?:convnext\.)?encoder\.stages\.([0-3])\.layers\.(\d+)\.(layer_scale_parameter)$/,
-    (m) => [`stages_${m[1]}_block_${m[2]}_layer_scale`, "scale"],
+    (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
   ],
-  [new RegExp(`^(?:convnext\\.)?layernorm\\.${PARAM}$`), () => ["head_norm", "norm"]],
-  [new RegExp(`^classifier\\.${PARAM}$`), () => ["head_fc", "dense"]],
+  [new RegExp(`^(?:convnext\\.)?layernorm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
+  [new RegExp(`^classifier\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
 
 /** The key filter of each layout. */
@@ -276,6 +289,7 @@ function stripModulePrefix(sd: StateDict): StateDict {
  *
  * @example
  * ```ts
+ * import { detectLayout } from "./remap.ts";
  * detectLayout(["features.0.0.weight", "classifier.2.weight"]); // "torchvision"
  * ```
  */
@@ -310,104 +324,40 @@ function convert(t: TensorData, target: Target, key: string, label: string): [st
   if (target.param === "bias") {
     if (t.shape.length !== 1) bad("a vector");
     const name = target.role === "norm" ? "beta" : "bias";
-    return [`${target.layer}/${name}`, { shape: [...t.shape], data: t.data }];
+    return [weightPath(target.layer, name), { shape: [...t.shape], data: t.data }];
   }
   switch (target.role) {
     case "conv":
       if (t.shape.length !== 4) bad("OIHW (4 dims)");
-      return [`${target.layer}/kernel`, transpose(t.data, t.shape, [2, 3, 1, 0])];
+      return [weightPath(target.layer, "kernel"), transpose(t.data, t.shape, [2, 3, 1, 0])];
     case "dwconv":
       if (t.shape.length !== 4 || t.shape[1] !== 1) bad("(C, 1, kh, kw)");
-      return [`${target.layer}/depthwise_kernel`, transpose(t.data, t.shape, [2, 3, 0, 1])];
+      return [
+        weightPath(target.layer, "depthwise_kernel"),
+        transpose(t.data, t.shape, [2, 3, 0, 1]),
+      ];
     case "dense": {
       const shape = squeezeTo(t, 2);
       if (shape.length !== 2) bad("(out, in)");
-      return [`${target.layer}/kernel`, transpose(t.data, shape, [1, 0])];
+      return [weightPath(target.layer, "kernel"), transpose(t.data, shape, [1, 0])];
     }
     case "norm":
     case "scale": {
       const shape = squeezeTo(t, 1);
       if (shape.length !== 1) bad("a vector (C) or (C, 1, 1)");
-      return [`${target.layer}/gamma`, { shape, data: t.data }];
+      return [weightPath(target.layer, "gamma"), { shape, data: t.data }];
     }
   }
-}
-
-/**
- * Infers the architecture from converted weights (dims from the conv kernels, depths
- * from the block indices, layer scale from the presence of `layer_scale/gamma`).
- */
-export function inferArchitecture(
-  weights: ReadonlyMap<string, Weight>,
-  label = "checkpoint",
-): { spec: ArchitectureSpec; architecture?: ArchitectureName; numClasses: number } {
-  const names = [...weights.keys()];
-  const fc = weights.get("head_fc/kernel");
-  const numClasses = fc ? fc.shape[1] : 0;
-  const layerScale = names.some((n) => n.endsWith("_layer_scale/gamma"));
-  const width = (name: string, axis: number): number | undefined => weights.get(name)?.shape[axis];
-  const fail = (what: string): never => {
-    throw new Error(`${label}: cannot infer the architecture: ${what}`);
-  };
-  let spec: ArchitectureSpec;
-  if (names.some((n) => n.startsWith("blocks_"))) {
-    const depth = 1 + Math.max(...names.map((n) => Number(n.match(/^blocks_(\d+)_/)?.[1] ?? -1)));
-    const dim = width("stem_conv/kernel", 3) ?? width("blocks_0_dwconv/depthwise_kernel", 2) ??
-      fail("no stem conv or first block");
-    spec = { kind: "isotropic", depth, dim, layerScaleInit: layerScale ? 1e-6 : 0 };
-  } else {
-    const depths = [0, 1, 2, 3].map((i) =>
-      1 +
-      Math.max(
-        -1,
-        ...names.map((n) => Number(n.match(new RegExp(`^stages_${i}_block_(\\d+)_`))?.[1] ?? -1)),
-      )
-    );
-    const dims = [0, 1, 2, 3].map((i) =>
-      (i === 0 ? width("stem_conv/kernel", 3) : width(`stages_${i}_downsample_conv/kernel`, 3)) ??
-        width(`stages_${i}_block_0_dwconv/depthwise_kernel`, 2) ??
-        fail(`no width for stage ${i} (no downsample conv or blocks)`)
-    );
-    spec = {
-      kind: "hierarchical",
-      depths: depths as [number, number, number, number],
-      dims: dims as [number, number, number, number],
-      layerScaleInit: layerScale ? 1e-6 : 0,
-    };
-  }
-  return { spec, architecture: matchArchitecture(spec), numClasses };
-}
-
-/**
- * The official name of `spec` (same kind, depths and dims, or depth and dim, and the
- * same presence of layer scale), or undefined.
- *
- * @example
- * ```ts
- * matchArchitecture({ kind: "isotropic", depth: 18, dim: 384, layerScaleInit: 0 }); // "convnext_iso_small"
- * ```
- */
-export function matchArchitecture(spec: ArchitectureSpec): ArchitectureName | undefined {
-  return ARCHITECTURE_NAMES.find((name) => {
-    const a: ArchitectureSpec = ARCHITECTURES[name];
-    if (a.kind !== spec.kind || (a.layerScaleInit > 0) !== (spec.layerScaleInit > 0)) return false;
-    if (a.kind === "isotropic" && spec.kind === "isotropic") {
-      return a.depth === spec.depth && a.dim === spec.dim;
-    }
-    if (a.kind === "hierarchical" && spec.kind === "hierarchical") {
-      return a.depths.every((d, i) => d === spec.depths[i]) &&
-        a.dims.every((d, i) => d === spec.dims[i]);
-    }
-    return false;
-  });
 }
 
 /**
  * The TF.js weights (name -> shape, in model order) a ConvNeXt of `spec` has, per the
- * naming contract of `lib/model/`. `numClasses` 0 means no `head_fc`.
+ * naming scheme of `lib/model/names.ts`. `numClasses` 0 means no `head_fc`.
  *
  * @example
  * ```ts
+ * import { ARCHITECTURES } from "../model/variants.ts";
+ * import { expectedWeightShapes } from "./remap.ts";
  * expectedWeightShapes(ARCHITECTURES.convnext_tiny, 1000).get("head_fc/kernel"); // [768, 1000]
  * ```
  */
@@ -417,47 +367,50 @@ export function expectedWeightShapes(
   inChannels = 3,
 ): Map<string, number[]> {
   const out = new Map<string, number[]>();
-  const block = (prefix: string, c: number) => {
-    out.set(`${prefix}_dwconv/depthwise_kernel`, [7, 7, c, 1]);
-    out.set(`${prefix}_dwconv/bias`, [c]);
-    out.set(`${prefix}_norm/gamma`, [c]);
-    out.set(`${prefix}_norm/beta`, [c]);
-    out.set(`${prefix}_pwconv1/kernel`, [c, 4 * c]);
-    out.set(`${prefix}_pwconv1/bias`, [4 * c]);
-    out.set(`${prefix}_pwconv2/kernel`, [4 * c, c]);
-    out.set(`${prefix}_pwconv2/bias`, [c]);
-    if (spec.layerScaleInit > 0) out.set(`${prefix}_layer_scale/gamma`, [c]);
+  const set = (layer: string, weight: string, shape: number[]) =>
+    out.set(weightPath(layer, weight), shape);
+  const block = (stage: number | undefined, j: number, c: number) => {
+    const name = (part: BlockPart) => blockName(stage, j, part);
+    set(name("dwconv"), "depthwise_kernel", [7, 7, c, 1]);
+    set(name("dwconv"), "bias", [c]);
+    set(name("norm"), "gamma", [c]);
+    set(name("norm"), "beta", [c]);
+    set(name("pwconv1"), "kernel", [c, 4 * c]);
+    set(name("pwconv1"), "bias", [4 * c]);
+    set(name("pwconv2"), "kernel", [4 * c, c]);
+    set(name("pwconv2"), "bias", [c]);
+    if (spec.layerScaleInit > 0) set(name("layer_scale"), "gamma", [c]);
   };
   let last: number;
   if (spec.kind === "hierarchical") {
     const [c0] = spec.dims;
-    out.set("stem_conv/kernel", [4, 4, inChannels, c0]);
-    out.set("stem_conv/bias", [c0]);
-    out.set("stem_norm/gamma", [c0]);
-    out.set("stem_norm/beta", [c0]);
+    set(STEM_CONV, "kernel", [4, 4, inChannels, c0]);
+    set(STEM_CONV, "bias", [c0]);
+    set(STEM_NORM, "gamma", [c0]);
+    set(STEM_NORM, "beta", [c0]);
     for (let i = 0; i < 4; i++) {
       const c = spec.dims[i];
       if (i > 0) {
         const p = spec.dims[i - 1];
-        out.set(`stages_${i}_downsample_norm/gamma`, [p]);
-        out.set(`stages_${i}_downsample_norm/beta`, [p]);
-        out.set(`stages_${i}_downsample_conv/kernel`, [2, 2, p, c]);
-        out.set(`stages_${i}_downsample_conv/bias`, [c]);
+        set(downsampleName(i, "norm"), "gamma", [p]);
+        set(downsampleName(i, "norm"), "beta", [p]);
+        set(downsampleName(i, "conv"), "kernel", [2, 2, p, c]);
+        set(downsampleName(i, "conv"), "bias", [c]);
       }
-      for (let j = 0; j < spec.depths[i]; j++) block(`stages_${i}_block_${j}`, c);
+      for (let j = 0; j < spec.depths[i]; j++) block(i, j, c);
     }
     last = spec.dims[3];
   } else {
-    out.set("stem_conv/kernel", [16, 16, inChannels, spec.dim]);
-    out.set("stem_conv/bias", [spec.dim]);
-    for (let j = 0; j < spec.depth; j++) block(`blocks_${j}`, spec.dim);
+    set(STEM_CONV, "kernel", [16, 16, inChannels, spec.dim]);
+    set(STEM_CONV, "bias", [spec.dim]);
+    for (let j = 0; j < spec.depth; j++) block(undefined, j, spec.dim);
     last = spec.dim;
   }
-  out.set("head_norm/gamma", [last]);
-  out.set("head_norm/beta", [last]);
+  set(HEAD_NORM, "gamma", [last]);
+  set(HEAD_NORM, "beta", [last]);
   if (numClasses > 0) {
-    out.set("head_fc/kernel", [last, numClasses]);
-    out.set("head_fc/bias", [numClasses]);
+    set(HEAD_FC, "kernel", [last, numClasses]);
+    set(HEAD_FC, "bias", [numClasses]);
   }
   return out;
 }
@@ -568,25 +521,13 @@ export function remapStateDict(sd: StateDict, options: RemapOptions = {}): Conve
     weights.set(name, w);
     from.set(name, key);
   }
-  const checkpointClasses = weights.get("head_fc/kernel")?.shape[1] ?? 0;
+  const checkpointClasses = headClasses(weights);
   if (options.dropHead) {
-    weights.delete("head_fc/kernel");
-    weights.delete("head_fc/bias");
+    weights.delete(weightPath(HEAD_FC, "kernel"));
+    weights.delete(weightPath(HEAD_FC, "bias"));
   }
-  let spec: ArchitectureSpec;
-  let numClasses: number;
-  if (options.architecture !== undefined) {
-    const a = options.architecture;
-    if (typeof a === "string" && !isArchitectureName(a)) {
-      throw new Error(
-        `architecture: unknown name "${a}" (expected one of ${ARCHITECTURE_NAMES.join(", ")})`,
-      );
-    }
-    spec = typeof a === "string" ? ARCHITECTURES[a] : a;
-    numClasses = options.dropHead ? 0 : checkpointClasses;
-  } else {
-    ({ spec, numClasses } = inferArchitecture(weights, label));
-  }
+  const { name, spec } = architectureOf(options.architecture ?? weights, label);
+  const numClasses = options.dropHead ? 0 : checkpointClasses;
   const expected = expectedWeightShapes(spec, numClasses);
   // Model order, then whatever else the checkpoint had (non-strict mode keeps it).
   const ordered = new Map<string, Weight>();
@@ -606,7 +547,7 @@ export function remapStateDict(sd: StateDict, options: RemapOptions = {}): Conve
   return {
     weights: ordered,
     spec,
-    architecture: matchArchitecture(spec),
+    architecture: name === CUSTOM_ARCHITECTURE ? undefined : name,
     numClasses,
     checkpointClasses,
     layout,

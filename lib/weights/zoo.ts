@@ -22,6 +22,15 @@
 
 import { type ArchitectureName, ARCHITECTURES } from "../model/variants.ts";
 
+/**
+ * License of the official checkpoints: facebookresearch/ConvNeXt is released under the MIT
+ * license (its README, "License"; the `LICENSE` file).
+ */
+export const ZOO_LICENSE = "MIT";
+
+/** Where the official checkpoints are published (timm's `origin_url`). */
+export const ZOO_ORIGIN_URL = "https://github.com/facebookresearch/ConvNeXt";
+
 /** Default download location of the official checkpoints. */
 export const DEFAULT_BASE_URL = "https://dl.fbaipublicfiles.com/convnext/";
 

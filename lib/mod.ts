@@ -1,6 +1,11 @@
 /**
  * convnext-tfjs: ConvNeXt ("A ConvNet for the 2020s", Liu et al. 2022) for Deno and
- * TensorFlow.js.
+ * TensorFlow.js. This root module is what a user of the kit needs: backends, models, the
+ * official weights, classification, evaluation and fine-tuning. The rest lives in subpath
+ * modules: `lib/model/mod.ts` (naming scheme, layers, configuration), `lib/weights/mod.ts`
+ * (zoo, checkpoint readers, layouts), `lib/data/mod.ts` (decoding, PIL-exact resizing,
+ * transforms), `lib/eval/mod.ts`, `lib/train/mod.ts` (optimizer, schedules, probe, ...) and
+ * `lib/viz/mod.ts` (images and charts for notebooks).
  *
  * @example
  * ```ts
@@ -9,38 +14,38 @@
  * await selectBackend();
  * const model = createConvNeXt("convnext_tiny");
  * const logits = model.predict(tf.zeros([1, 224, 224, 3])) as tf.Tensor;
+ * console.log(logits.shape); // [1, 1000]
  * ```
  *
  * @module
  */
-export {
-  ARCHITECTURE_NAMES,
-  type ArchitectureName,
-  ARCHITECTURES,
-  type ArchitectureSpec,
-  type HierarchicalSpec,
-  isArchitectureName,
-  type IsotropicSpec,
-} from "./model/variants.ts";
-export {
-  CLASSIFIER_ACTIVATIONS,
-  type ConvNeXtOptions,
-  createConvNeXt,
-  resolveArchitecture,
-  type ResolvedArchitecture,
-} from "./model/convnext.ts";
-export { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./model/layers.ts";
-export { createFeatureExtractor, type FeatureOptions, stageOutputNames } from "./model/features.ts";
-export { type LoadedModel, loadSavedModel, saveModel, type SaveOptions } from "./model/io.ts";
+// Backends.
 export {
   activeBackend,
   BACKEND_REQUESTS,
   type BackendName,
   type BackendRequest,
   selectBackend,
+  type WebGpuAdapterDescription,
+  webGpuAdapterInfo,
 } from "./backend/select.ts";
+// Architectures and models.
 export {
-  applyWeights,
+  ARCHITECTURE_NAMES,
+  type ArchitectureName,
+  type ArchitectureSpec,
+  isArchitectureName,
+} from "./model/variants.ts";
+export { type ConvNeXtOptions, createConvNeXt } from "./model/convnext.ts";
+export { type Architecture, architectureOf, numClasses } from "./model/architecture.ts";
+export { type ModelConfig, modelConfig, type Preprocessing } from "./model/config.ts";
+export { ConvNeXtModel, type InferencePath, type PredictArgs } from "./infer/model.ts";
+export { closeInferencePool, inferenceThreads } from "./infer/pool.ts";
+export { createFeatureExtractor, type FeatureOptions, stageOutputNames } from "./model/features.ts";
+export { gradCam, type GradCamOptions, type GradCamResult } from "./model/gradcam.ts";
+export { type LoadedModel, loadSavedModel, saveModel, type SaveOptions } from "./model/io.ts";
+// The official weights.
+export {
   convertCheckpoint,
   type Converted,
   type ConvertOptions,
@@ -48,17 +53,14 @@ export {
   type ConvertToDirectoryOptions,
   loadModel,
   type LoadOptions,
-  type ModelInfo,
-  modelInfo,
-  type Preprocessing,
-  preprocessingFor,
 } from "./weights/pretrained.ts";
-export { getZooEntry, ZOO, ZOO_NAMES, type ZooEntry, zooUrl } from "./weights/zoo.ts";
-export { fetchLabels22k } from "./weights/fetch.ts";
-export { readStateDict } from "./weights/state_dict.ts";
-export { type Layout, remapStateDict } from "./weights/remap.ts";
-export * from "./data/mod.ts";
-export { gradCam, type GradCamOptions, type GradCamResult } from "./model/gradcam.ts";
+export { getZooEntry, ZOO_NAMES, type ZooEntry } from "./weights/zoo.ts";
+export type { DownloadOptions, DownloadProgress } from "./util/download.ts";
+// Images and classification.
+export type { RgbImage } from "./util/image.ts";
+export { decodeImage, readImage } from "./data/decode.ts";
+export { evalResizeCrop, evalTransform } from "./data/transform.ts";
+export { imagenetClasses } from "./data/imagenet.ts";
 export {
   type Classification,
   type ClassifiedItem,
@@ -67,29 +69,12 @@ export {
   type ClassifyInput,
   type ClassifyOptions,
   classLabels,
-  modelPreprocessing,
-  numClassesOf,
   type Prediction,
-  softmax,
-  topIndices,
-  transformOptions,
 } from "./classify.ts";
-export * from "./eval/mod.ts";
-export * from "./train/mod.ts";
-export {
-  ConvNeXtModel,
-  FAST_BACKENDS,
-  type InferencePath,
-  type OptimizedExecutor,
-  requestedExecutor,
-} from "./infer/model.ts";
-export { closeInferencePool, inferenceThreads } from "./infer/pool.ts";
-// Types that public signatures use, so that documentation and callers can name them.
-export type { Kwargs, LayerArgs } from "./model/layers.ts";
-export type { PredictArgs } from "./infer/model.ts";
-export type { DownloadOptions, DownloadProgress, VerifyMode } from "./util/download.ts";
-export type { StateDict, TensorData } from "./weights/types.ts";
-export type { TorchCheckpointOptions } from "./weights/torch.ts";
-export type { ConvertedWeights, RemapOptions, Weight } from "./weights/remap.ts";
-export type { Pretraining } from "./weights/zoo.ts";
-export type { ProgressOptions } from "./util/progress.ts";
+// Evaluation and fine-tuning.
+export { type EvalResult, evaluate, type EvaluateOptions } from "./eval/evaluate.ts";
+export { loadEvalDataset } from "./eval/dataset.ts";
+export { accuracyTable } from "./eval/table.ts";
+export { finetune, type FinetuneOptions, type FinetuneResult } from "./train/finetune.ts";
+export { listImageFolder } from "./data/image_folder.ts";
+export { ensureFlowerPhotos } from "./data/datasets.ts";

@@ -7,6 +7,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { createConvNeXt, selectBackend } from "../lib/mod.ts";
+import { parseLayerName } from "../lib/model/names.ts";
 import { command, type Fail, failer } from "./cli.ts";
 
 const USAGE = "usage: deno task demo [ARCHITECTURE] [--size 224]";
@@ -24,7 +25,9 @@ try {
   let skipping = false;
   model.summary(150, [0.33, 0.53, 0.73, 0.83], (line: string) => {
     if (/^[a-z]/i.test(line)) {
-      skipping = /^(stages|blocks)_/.test(line) && !/^(stages_0_block_0|blocks_0)[_ ]/.test(line);
+      const where = parseLayerName(line.split(" ")[0]);
+      const first = where?.kind === "block" && where.block === 0 && (where.stage ?? 0) === 0;
+      skipping = (where?.kind === "block" || where?.kind === "downsample") && !first;
     }
     if (!skipping) console.log(line);
   });

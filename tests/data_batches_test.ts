@@ -43,28 +43,56 @@ for (const workers of [0, 2]) {
   });
 }
 
-Deno.test("imageBatches prefetches: the next batch is ready while the consumer works", async () => {
-  const inputs = [...photos, ...photos];
-  /** Time spent waiting in next() for batches 2.., with a 'model' taking 800 ms per batch. */
-  async function waits(prefetch: number): Promise<number[]> {
-    const it = imageBatches(inputs, { size: 224, batch: 2, prefetch, workers: 1 });
-    const out: number[] = [];
-    let r = await it.next();
-    while (!r.done) {
-      await new Promise((res) => setTimeout(res, 800));
-      const t = performance.now();
-      r = await it.next();
-      if (!r.done) out.push(performance.now() - t);
+/**
+ * Runs imageBatches over 8 photos in batches of 2 with a consumer that, holding batch k,
+ * calls `hold(k, counts)` before asking for the next; `counts` are the pool's started and
+ * finished image loads so far (the pool's `run` is wrapped to count them).
+ */
+async function consume(
+  prefetch: number,
+  hold: (k: number, counts: { started: number; finished: number }) => Promise<void>,
+): Promise<number> {
+  const counts = { started: 0, finished: 0 };
+  const original = PreprocessPool.prototype.run;
+  PreprocessPool.prototype.run = async function (this: PreprocessPool, ...args) {
+    counts.started++;
+    try {
+      return await original.apply(this, args);
+    } finally {
+      counts.finished++;
     }
-    return out;
+  };
+  try {
+    let k = 0;
+    const inputs = [...photos, ...photos];
+    for await (const _ of imageBatches(inputs, { size: 224, batch: 2, prefetch, workers: 1 })) {
+      if (k < 3) await hold(k, counts);
+      k++;
+    }
+    return k;
+  } finally {
+    PreprocessPool.prototype.run = original;
   }
-  const ahead = await waits(2);
-  const none = await waits(0);
-  assert.equal(ahead.length, 3);
-  // With prefetching the batch was prepared during the 800 ms; without, the consumer
-  // waits for the whole read/decode/resize of two photos.
-  assert.ok(Math.max(...ahead) < 50, `prefetch waits ${ahead}`);
-  assert.ok(Math.min(...none) > Math.max(...ahead), `no-prefetch waits ${none}`);
+}
+
+Deno.test("imageBatches prefetches: the next batch is prepared while the consumer works", async () => {
+  // Holding batch k, the consumer waits for batch k+1's two loads to finish before it asks
+  // for it: with prefetching they do (the wait is only bounded against a hang).
+  const batches = await consume(2, async (k, counts) => {
+    for (let tries = 0; counts.finished < 2 * (k + 2); tries++) {
+      assert.ok(tries < 600, `batch ${k + 1} was not prepared while batch ${k} was held`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  });
+  assert.equal(batches, 4);
+});
+
+Deno.test("imageBatches without prefetch loads nothing until the consumer asks", async () => {
+  const batches = await consume(0, async (k, counts) => {
+    await new Promise((res) => setTimeout(res, 200));
+    assert.equal(counts.started, 2 * (k + 1), `loads started while batch ${k} was held`);
+  });
+  assert.equal(batches, 4);
 });
 
 Deno.test("breaking out of imageBatches early closes the pool (no leaked workers)", async () => {

@@ -37,7 +37,7 @@ function table(image: string, model: string, top: Prediction[]): string {
 }
 
 /**
- * One JSON line, spaced as the issue writes it (and as Python's json.dumps does):
+ * One JSON line, spaced as Python's json.dumps does (so Python tools read it alike):
  * `{"image": "a.jpg", "model": "m", "top": [{"index": 1, "label": "x", "probability": 0.5}]}`.
  */
 function jsonLine(image: string, model: string, top: Prediction[]): string {

@@ -50,7 +50,7 @@ export class LayerNorm extends tf.layers.Layer {
   private beta?: tf.LayerVariable;
 
   /**
-   * Creates the layer (or initializer).
+   * A LayerNorm over the last axis (channels last), as ConvNeXt's `LayerNorm`.
    *
    * @param args layer options; `epsilon` defaults to 1e-6.
    */
@@ -116,7 +116,7 @@ export class LayerScale extends tf.layers.Layer {
   private gamma?: tf.LayerVariable;
 
   /**
-   * Creates the layer (or initializer).
+   * A learnable per-channel scale (ConvNeXt's `gamma`), starting at `args.initValue`.
    *
    * @param args layer options with the initial scale.
    */
@@ -181,7 +181,8 @@ export class StochasticDepth extends tf.layers.Layer {
   readonly rate: number;
 
   /**
-   * Creates the layer (or initializer).
+   * Drop path: in training, zeroes a whole residual branch per sample with probability
+   * `args.rate` (and rescales the kept ones); the identity at inference.
    *
    * @param args layer options with the drop rate, in [0, 1).
    */
@@ -264,7 +265,7 @@ export class TruncatedNormal extends InitializerBase {
   readonly seed?: number;
 
   /**
-   * Creates the layer (or initializer).
+   * A normal distribution redrawn outside [a, b], as timm's `trunc_normal_`.
    *
    * @param args distribution parameters (timm's defaults: mean 0, std 0.02, bounds +-2).
    */

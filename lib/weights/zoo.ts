@@ -15,7 +15,8 @@
  *   (`convnext_base_22k_1k_224.pth`: "Acc@1 85.820 Acc@5 97.868"); every other
  *   top-5 is `null`.
  * - Some files carry an `_ema` suffix (weights of the exponential moving average);
- *   our names drop it, as the issue's naming asks: `convnext_tiny_1k_224`.
+ *   our names drop it (`convnext_tiny_1k_224`): which weights a name means is the zoo's
+ *   business, not the user's.
  *
  * @module
  */

@@ -36,3 +36,20 @@ Deno.test("lib/mod.ts: the user's API, no internals", async () => {
     assert.ok(!names.includes(internal), `lib/mod.ts exports the internal ${internal}`);
   }
 });
+
+Deno.test("createConvNeXt before selectBackend: one line saying to call selectBackend", async () => {
+  const code = `import { createConvNeXt } from "./lib/mod.ts";
+try { createConvNeXt("convnext_tiny"); console.log("built"); }
+catch (e) { console.log(e.message); }`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    cwd: new URL(".", ROOT).pathname,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  assert.match(
+    text,
+    /^createConvNeXt: no TF\.js backend is ready yet; call `await selectBackend\(\)`/,
+  );
+});

@@ -257,6 +257,25 @@ function dropRates(total: number, rate: number): number[] {
 }
 
 /**
+ * Throws a clear error when no TF.js backend is ready. TF.js picks the highest-priority
+ * registered backend on first use; the kit registers wasm, whose initialization is
+ * asynchronous, so a model built before `await selectBackend()` would otherwise fail with
+ * TF.js's "has not yet been initialized" from deep inside the first layer.
+ */
+function requireBackend(caller: string): void {
+  if (tf.engine().backendName) return;
+  try {
+    tf.backend(); // initializes a synchronous backend (e.g. cpu alone) if that is what's there
+  } catch (e) {
+    throw new Error(
+      `${caller}: no TF.js backend is ready yet; call \`await selectBackend()\` first (${
+        (e as Error).message.split(".")[0]
+      })`,
+    );
+  }
+}
+
+/**
  * Build a ConvNeXt as a `tf.LayersModel`: `summary()`, `fit()`, save/load and any layer's
  * output (`model.getLayer("stages_2_block_5")`) work as for any Layers model.
  *
@@ -279,6 +298,7 @@ export function createConvNeXt(
 ): tf.LayersModel {
   const arch = resolve(architecture);
   const opts = validateOptions(arch, options);
+  requireBackend("createConvNeXt");
   const init = kernelInits(opts);
   const spec = arch.spec;
   const input = tf.input({ shape: opts.inputShape, name: INPUT_NAME });

@@ -21,6 +21,7 @@ import { mergeResults, readEvalResult } from "../lib/eval/merge.ts";
 import { accuracyTable, IMAGENET_VAL_SIZE } from "../lib/eval/table.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
+import { OptionError } from "../lib/util/errors.ts";
 
 const FIX = new URL("./fixtures/eval/", import.meta.url).pathname;
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -258,8 +259,11 @@ Deno.test("selectIndices and parseShard", () => {
   assert.deepEqual(selectIndices(7, { index: 1, count: 3 }), [1, 4]);
   assert.deepEqual(selectIndices(7, undefined, 3), [0, 1, 2]);
   assert.deepEqual(parseShard("2/4"), { index: 2, count: 4 });
-  assert.throws(() => parseShard("4/4"), /--shard: expected I\/N/);
-  assert.throws(() => parseShard("a"), /--shard/);
+  assert.throws(() => parseShard("4/4"), /^OptionError: shard: expected I\/N/);
+  assert.throws(
+    () => parseShard("a"),
+    (e: Error) => e instanceof OptionError && e.option === "shard",
+  );
 });
 
 Deno.test("accuracy table: official top-1 from the zoo, partial runs flagged", () => {

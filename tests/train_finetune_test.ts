@@ -16,6 +16,7 @@ import { readImage } from "../lib/data/decode.ts";
 import { finetune } from "../lib/train/finetune.ts";
 import { LoadPool } from "../lib/train/loader.ts";
 import { clearFeatureMemoryCache } from "../lib/train/probe.ts";
+import { OptionError } from "../lib/util/errors.ts";
 import { makeSyntheticDataset, makeTinyModel, SYNTHETIC_CLASSES } from "./train_helpers.ts";
 
 installWasmTrainingKernels();
@@ -87,14 +88,64 @@ Deno.test("full fine-tuning: loss falls, validation beats chance, outputs are co
   assert.equal(logits.shape[1], 3);
   model.dispose();
 
-  // The checkpoint holds the last epoch; without --resume the directory is refused.
+  // The checkpoint holds the last epoch; without resume the directory is refused.
   const state = JSON.parse(await Deno.readTextFile(join(out, "checkpoint", "state.json")));
   assert.equal(state.state.epoch, 3);
   assert.equal(state.state.step, 3 * 3);
   await assert.rejects(
     () => finetune({ model: baseDir, data: root, out, epochs: 3, size: SIZE, quiet: true }),
-    /holds a checkpoint .* pass --resume/,
+    (e: Error) =>
+      e instanceof OptionError && e.option === "out" &&
+      /^finetune: out .* holds a checkpoint .* pass resume: true to continue it or choose another out$/
+        .test(e.message),
   );
+  // The command line says the same with its flags.
+  const cli = await finetuneCli(["--model", baseDir, "--data", root, "--out", out]);
+  assert.equal(cli.code, 1);
+  assert.match(
+    cli.stderr,
+    /^finetune: --out .* holds a checkpoint .* pass --resume to continue it or choose another --out$/m,
+  );
+});
+
+/** Runs `deno task finetune` with `args` on the cpu backend. */
+async function finetuneCli(args: string[]): Promise<{ code: number; stderr: string }> {
+  const tool = new URL("../tools/finetune.ts", import.meta.url).pathname;
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", tool, "--backend", "cpu", "--quiet", ...args],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code, stderr: new TextDecoder().decode(stderr) };
+}
+
+Deno.test("bad options: the library names the option, the command line its flag", async () => {
+  const out = join(tmp, "bad");
+  await assert.rejects(
+    () => finetune({ model: baseDir, data: root, out, epochs: 0, quiet: true }),
+    (e: Error) =>
+      e instanceof OptionError && e.option === "epochs" &&
+      e.message === "finetune: epochs must be an integer >= 1, got 0",
+  );
+  await assert.rejects(
+    () => finetune({ model: baseDir, data: root, out, minLr: -1, quiet: true }),
+    /^OptionError: finetune: minLr must be a number >= 0, got -1$/,
+  );
+  await assert.rejects(
+    () => finetune({ model: baseDir, data: root, out, mode: "probe", dropPath: 0.2, quiet: true }),
+    /^OptionError: finetune: dropPath must be 0 in probe mode/,
+  );
+  const cli = await finetuneCli([
+    "--model",
+    baseDir,
+    "--data",
+    root,
+    "--out",
+    out,
+    "--min-lr=-1",
+  ]);
+  assert.equal(cli.code, 1);
+  assert.match(cli.stderr, /^finetune: --min-lr must be a number >= 0, got -1$/m);
 });
 
 Deno.test("linear probe: trains a head on features computed once, then from the cache", async () => {

@@ -5,6 +5,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { OptionError } from "../lib/util/errors.ts";
 
 type OptionsConfig = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
 
@@ -62,4 +63,29 @@ export function positiveInt(
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) fail(`${flag} expects a positive integer, got "${value}"`);
   return n;
+}
+
+/** The flag of a library option: camelCase becomes `--kebab-case` (`minLr` -> `--min-lr`). */
+export function flagOf(option: string): string {
+  return `--${option.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/**
+ * The one-line message of an error thrown by the library, for the command `name`: its first
+ * line, without a leading `name: ` (the {@link failer} adds it), and with the options of an
+ * {@link OptionError} written as flags (`flags` maps an option to its flag where that is not
+ * {@link flagOf}'s). A value passed for an option becomes the flag with it
+ * (`resume: true` -> `--resume`, `size: 224` -> `--size 224`).
+ */
+export function errorLine(e: unknown, name: string, flags: Record<string, string> = {}): string {
+  const flag = (option: string) => flags[option] ?? flagOf(option);
+  const message = e instanceof OptionError
+    ? e.format((option, value) =>
+      value === undefined || value === true ? flag(option) : `${flag(option)} ${value}`
+    )
+    : e instanceof Error
+    ? e.message
+    : String(e);
+  const line = message.split("\n")[0];
+  return line.startsWith(`${name}: `) ? line.slice(name.length + 2) : line;
 }

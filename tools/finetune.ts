@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { command, type Fail, failer } from "./cli.ts";
+import { command, errorLine, type Fail, failer } from "./cli.ts";
 import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend/select.ts";
 import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
 
@@ -120,7 +120,8 @@ try {
   if (controller.signal.aborted) {
     fail(`interrupted; continue with the same arguments plus --resume`, 130);
   }
-  fail((e as Error).message.split("\n")[0], 1);
+  // The library names options (`epochs`, `resume: true`); say them as this tool's flags.
+  fail(errorLine(e, "finetune"), 1);
 } finally {
   Deno.removeSignalListener("SIGINT", onInterrupt);
 }

@@ -26,6 +26,7 @@ import { removeIfExists, writeFileAtomic } from "../util/fs.ts";
 import { modelInfo, type Preprocessing, preprocessingFor } from "../weights/pretrained.ts";
 import { getZooEntry, isZooName } from "../weights/zoo.ts";
 import type { EvalDataset } from "./dataset.ts";
+import { OptionError } from "../util/errors.ts";
 
 /** A shard of the work: images k with `k % count === index`. */
 export interface Shard {
@@ -83,7 +84,7 @@ export interface EvalResult {
   officialTop1: number | null;
   /** The shard evaluated, or null for all images. */
   shard: Shard | null;
-  /** `--limit`, or null. */
+  /** The `limit` option, or null. */
   limit: number | null;
   /** Images assigned to this run (after shard and limit): count + errors. */
   total: number;
@@ -180,7 +181,10 @@ export function parseShard(text: string): Shard {
   const index = m ? Number(m[1]) : NaN;
   const count = m ? Number(m[2]) : NaN;
   if (!m || !(count >= 1) || !(index < count)) {
-    throw new Error(`--shard: expected I/N with 0 <= I < N (e.g. 0/4), got "${text}"`);
+    throw new OptionError(
+      "shard",
+      (name) => `${name("shard")}: expected I/N with 0 <= I < N (e.g. 0/4), got "${text}"`,
+    );
   }
   return { index, count };
 }
@@ -243,7 +247,7 @@ async function readPartial(path: string, key: PartialKey): Promise<PartialFile |
   if (JSON.stringify(data.key) !== JSON.stringify(key)) {
     throw new Error(
       `${path} holds progress of a different run (${JSON.stringify(data.key)}); ` +
-        `rerun with the same model, data, --shard and --limit, or delete it to start over`,
+        `rerun with the same model, data, shard and limit, or delete it to start over`,
     );
   }
   return data;
@@ -279,6 +283,44 @@ export async function evaluate(
   dataset: EvalDataset,
   options: EvaluateOptions = {},
 ): Promise<EvalResult> {
+  const setup = prepareRun(model, dataset, options);
+  const partial = options.out ? partialPath(options.out) : undefined;
+  const previous = partial ? await readPartial(partial, setup.key) : undefined;
+  const tally = new Tally(previous);
+  const progress = new RunProgress(setup, options, tally, previous, partial);
+  await predictAll(setup, options, tally, progress);
+  const result = resultOf(setup, options, tally, progress.elapsed());
+  if (options.out) {
+    await writeFileAtomic(options.out, JSON.stringify(result, null, 1) + "\n");
+    if (partial) await removeIfExists(partial);
+  }
+  return result;
+}
+
+/** What a run evaluates, decided from the model, the dataset and the options. */
+interface RunSetup {
+  model: tf.LayersModel;
+  dataset: EvalDataset;
+  /** The model's name in the result. */
+  name: string;
+  info: ReturnType<typeof modelInfo>;
+  numClasses: number;
+  preprocessing: Preprocessing;
+  /** The eval transform of the preprocessing. */
+  transform: ReturnType<typeof transformOptions>;
+  batch: number;
+  /** Dataset positions this run covers (after shard and limit). */
+  selected: number[];
+  /** What a partial file must agree on. */
+  key: PartialKey;
+}
+
+/** Checks the options against the model and the data and decides what the run covers. */
+function prepareRun(
+  model: tf.LayersModel,
+  dataset: EvalDataset,
+  options: EvaluateOptions,
+): RunSetup {
   const batch = options.batch ?? 32;
   if (!Number.isInteger(batch) || batch < 1) {
     throw new RangeError(`evaluate: batch must be an integer >= 1, got ${batch}`);
@@ -291,14 +333,13 @@ export async function evaluate(
     model.name;
   const numClasses = numClassesOf(model);
   const preprocessing = info?.preprocessing ?? preprocessingFor(224);
-  const t = transformOptions(preprocessing);
+  const transform = transformOptions(preprocessing);
   const maxLabel = dataset.samples.reduce((m, s) => Math.max(m, s.label), -1);
   if (maxLabel >= numClasses) {
     throw new Error(
       `evaluate: the data has labels up to ${maxLabel} but the model ${numClasses} classes`,
     );
   }
-  const k5 = Math.min(5, numClasses);
   const selected = selectIndices(dataset.samples.length, options.shard, options.limit);
   const key: PartialKey = {
     model: name,
@@ -306,148 +347,252 @@ export async function evaluate(
     datasetFingerprint: dataset.fingerprint,
     shard: options.shard ?? null,
     limit: options.limit ?? null,
-    size: t.size,
+    size: transform.size,
     cropPct: preprocessing.cropPct,
   };
-  const partial = options.out ? partialPath(options.out) : undefined;
-  const previous = partial ? await readPartial(partial, key) : undefined;
-  const predictions = new Map<number, EvalPrediction>();
-  const errors = new Map<number, EvalError>();
-  for (const p of previous?.predictions ?? []) predictions.set(p.index, p);
-  for (const e of previous?.errors ?? []) errors.set(e.index, e);
-  const resumed = predictions.size + errors.size;
-  let correct1 = 0;
-  let correct5 = 0;
-  for (const p of predictions.values()) {
-    if (p.top5[0] === p.label) correct1++;
-    if (p.top5.includes(p.label)) correct5++;
+  return {
+    model,
+    dataset,
+    name,
+    info,
+    numClasses,
+    preprocessing,
+    transform,
+    batch,
+    selected,
+    key,
+  };
+}
+
+/** The predictions and errors so far (a resumed run's included) and the top-k counts. */
+class Tally {
+  readonly predictions = new Map<number, EvalPrediction>();
+  readonly errors = new Map<number, EvalError>();
+  /** Images taken over from the partial file. */
+  readonly resumed: number;
+  correct1 = 0;
+  correct5 = 0;
+
+  constructor(previous: PartialFile | undefined) {
+    for (const p of previous?.predictions ?? []) this.predictions.set(p.index, p);
+    for (const e of previous?.errors ?? []) this.errors.set(e.index, e);
+    this.resumed = this.predictions.size + this.errors.size;
+    for (const p of this.predictions.values()) this.#count(p);
   }
 
-  const todo = selected.filter((k) => !predictions.has(k) && !errors.has(k));
-  const bar = new ProgressBar({
-    label: `eval ${name}`,
-    itemName: "img",
-    ...options.progress,
-    total: selected.length,
-  });
-  bar.setStartValue(resumed);
-  const start = performance.now();
-  const elapsed = () => (previous?.elapsedSeconds ?? 0) + (performance.now() - start) / 1000;
-  let lastSave = performance.now();
-  let sinceSave = 0;
-  const saveEvery = options.saveEvery ?? 20;
-  const save = async () => {
-    if (!partial) return;
+  #count(p: EvalPrediction): void {
+    if (p.top5[0] === p.label) this.correct1++;
+    if (p.top5.includes(p.label)) this.correct5++;
+  }
+
+  /** Images done (predicted or unreadable). */
+  get done(): number {
+    return this.predictions.size + this.errors.size;
+  }
+
+  /** Records a prediction. */
+  predicted(p: EvalPrediction): void {
+    this.predictions.set(p.index, p);
+    this.#count(p);
+  }
+
+  /** Predictions in dataset order. */
+  sortedPredictions(): EvalPrediction[] {
+    return [...this.predictions.values()].sort((a, b) => a.index - b.index);
+  }
+
+  /** Errors in dataset order. */
+  sortedErrors(): EvalError[] {
+    return [...this.errors.values()].sort((a, b) => a.index - b.index);
+  }
+}
+
+/**
+ * The progress of a run: the bar, the elapsed time (a resumed run's included) and the
+ * partial file, saved every `saveEvery` batches and at least once a minute.
+ */
+class RunProgress {
+  readonly bar: ProgressBar;
+  readonly #tally: Tally;
+  readonly #key: PartialKey;
+  readonly #partial: string | undefined;
+  readonly #earlierSeconds: number;
+  readonly #saveEvery: number;
+  readonly #start = performance.now();
+  #lastSave = performance.now();
+  #sinceSave = 0;
+
+  constructor(
+    setup: RunSetup,
+    options: EvaluateOptions,
+    tally: Tally,
+    previous: PartialFile | undefined,
+    partial: string | undefined,
+  ) {
+    this.bar = new ProgressBar({
+      label: `eval ${setup.name}`,
+      itemName: "img",
+      ...options.progress,
+      total: setup.selected.length,
+    });
+    this.bar.setStartValue(tally.resumed);
+    this.#tally = tally;
+    this.#key = setup.key;
+    this.#partial = partial;
+    this.#earlierSeconds = previous?.elapsedSeconds ?? 0;
+    this.#saveEvery = options.saveEvery ?? 20;
+  }
+
+  /** The partial file's path, if the run has an `out`. */
+  get partial(): string | undefined {
+    return this.#partial;
+  }
+
+  /** Seconds spent evaluating, over this run and the runs it resumes. */
+  elapsed(): number {
+    return this.#earlierSeconds + (performance.now() - this.#start) / 1000;
+  }
+
+  /** After a batch: the bar, and a save when it is due. */
+  async batchDone(): Promise<void> {
+    const { predictions, errors, correct1, correct5 } = this.#tally;
+    const n = predictions.size;
+    this.bar.update(n + errors.size, {
+      top1: `${percent(correct1, n).toFixed(2)}%`,
+      top5: `${percent(correct5, n).toFixed(2)}%`,
+      ...(errors.size ? { errors: errors.size } : {}),
+    });
+    this.#sinceSave++;
+    if (this.#sinceSave >= this.#saveEvery || performance.now() - this.#lastSave > 60_000) {
+      await this.save();
+    }
+  }
+
+  /** Writes the partial file (a no-op without `out`). */
+  async save(): Promise<void> {
+    if (!this.#partial) return;
     const data: PartialFile = {
       kind: "convnext-eval-partial",
       version: 1,
-      key,
-      elapsedSeconds: elapsed(),
-      predictions: [...predictions.values()].sort((a, b) => a.index - b.index),
-      errors: [...errors.values()].sort((a, b) => a.index - b.index),
+      key: this.#key,
+      elapsedSeconds: this.elapsed(),
+      predictions: this.#tally.sortedPredictions(),
+      errors: this.#tally.sortedErrors(),
     };
-    await writeFileAtomic(partial, JSON.stringify(data));
-    lastSave = performance.now();
-    sinceSave = 0;
-  };
+    await writeFileAtomic(this.#partial, JSON.stringify(data));
+    this.#lastSave = performance.now();
+    this.#sinceSave = 0;
+  }
+}
+
+/**
+ * Predicts every selected image not done yet, batch by batch, saving progress on the way.
+ *
+ * @throws EvalAbortedError when `signal` stops the run; any other error after saving.
+ */
+async function predictAll(
+  setup: RunSetup,
+  options: EvaluateOptions,
+  tally: Tally,
+  progress: RunProgress,
+): Promise<void> {
+  const { dataset, batch } = setup;
+  const bar = progress.bar;
   const reportError = options.onError ?? ((e: EvalError) => {
     bar.abort(); // end a redrawn line first (a no-op when not on a terminal)
     console.error(`eval: ${e.message}`);
   });
-
+  const todo = setup.selected.filter((k) => !tally.predictions.has(k) && !tally.errors.has(k));
   try {
     const paths = todo.map((k) => dataset.samples[k].path);
-    for await (
-      const b of imageBatches(paths, { ...t, batch, workers: options.workers ?? evalWorkerCount() })
-    ) {
+    const workers = options.workers ?? evalWorkerCount();
+    for await (const b of imageBatches(paths, { ...setup.transform, batch, workers })) {
       for (const f of b.failures) {
         const k = todo[f.index];
         const e = { index: k, image: dataset.samples[k].name, message: f.message };
-        errors.set(k, e);
+        tally.errors.set(k, e);
         reportError(e);
       }
-      if (b.indices.length > 0) {
-        const x = tf.tensor4d(b.data, b.shape);
-        const y = tf.tidy(() => model.predict(x) as tf.Tensor);
-        x.dispose();
-        let logits: Float32Array;
-        try {
-          logits = await y.data() as Float32Array;
-        } finally {
-          y.dispose();
-        }
-        const indices = b.indices.map((i) => todo[i]);
-        indices.forEach((k, row) => {
-          const sample = dataset.samples[k];
-          const top5 = topIndices(logits.subarray(row * numClasses, (row + 1) * numClasses), k5);
-          predictions.set(k, { index: k, image: sample.name, label: sample.label, top5 });
-          if (top5[0] === sample.label) correct1++;
-          if (top5.includes(sample.label)) correct5++;
-        });
-        options.onBatch?.({
-          indices,
-          logits,
-          done: predictions.size + errors.size,
-          total: selected.length,
-        });
-      }
-      const n = predictions.size;
-      bar.update(n + errors.size, {
-        top1: `${percent(correct1, n).toFixed(2)}%`,
-        top5: `${percent(correct5, n).toFixed(2)}%`,
-        ...(errors.size ? { errors: errors.size } : {}),
-      });
-      sinceSave++;
-      if (sinceSave >= saveEvery || performance.now() - lastSave > 60_000) await save();
+      if (b.indices.length > 0) await predictBatch(setup, options, tally, b, todo);
+      await progress.batchDone();
       if (options.signal?.aborted) {
-        await save();
+        await progress.save();
         bar.abort();
-        throw new EvalAbortedError(predictions.size + errors.size, partial);
+        throw new EvalAbortedError(tally.done, progress.partial);
       }
     }
   } catch (e) {
     if (!(e instanceof EvalAbortedError)) {
       // Keep what is done for a rerun, whatever stopped us.
-      await save().catch(() => {});
+      await progress.save().catch(() => {});
       bar.abort();
     }
     throw e;
   }
   bar.done();
+}
 
-  const seconds = elapsed();
-  const count = predictions.size;
-  const result: EvalResult = {
+/** One batch's forward pass: each readable image's top-5, recorded in `tally`. */
+async function predictBatch(
+  setup: RunSetup,
+  options: EvaluateOptions,
+  tally: Tally,
+  b: { data: Float32Array; shape: [number, number, number, number]; indices: number[] },
+  todo: number[],
+): Promise<void> {
+  const { model, dataset, numClasses } = setup;
+  const x = tf.tensor4d(b.data, b.shape);
+  const y = tf.tidy(() => model.predict(x) as tf.Tensor);
+  x.dispose();
+  let logits: Float32Array;
+  try {
+    logits = await y.data() as Float32Array;
+  } finally {
+    y.dispose();
+  }
+  const k5 = Math.min(5, numClasses);
+  const indices = b.indices.map((i) => todo[i]);
+  indices.forEach((k, row) => {
+    const sample = dataset.samples[k];
+    const top5 = topIndices(logits.subarray(row * numClasses, (row + 1) * numClasses), k5);
+    tally.predicted({ index: k, image: sample.name, label: sample.label, top5 });
+  });
+  options.onBatch?.({ indices, logits, done: tally.done, total: setup.selected.length });
+}
+
+/** The result of a finished run. */
+function resultOf(
+  setup: RunSetup,
+  options: EvaluateOptions,
+  tally: Tally,
+  seconds: number,
+): EvalResult {
+  const { model, dataset, name, info } = setup;
+  const count = tally.predictions.size;
+  return {
     model: name,
     architecture: info?.architecture ?? "unknown",
     modelSha256: info?.source.sha256 ?? null,
     data: dataset.root,
     layout: dataset.layout,
     count,
-    top1: percent(correct1, count),
-    top5: percent(correct5, count),
-    correct1,
-    correct5,
+    top1: percent(tally.correct1, count),
+    top5: percent(tally.correct5, count),
+    correct1: tally.correct1,
+    correct5: tally.correct5,
     officialTop1: officialTop1(model, name),
     shard: options.shard ?? null,
     limit: options.limit ?? null,
-    total: selected.length,
+    total: setup.selected.length,
     datasetSize: dataset.samples.length,
     datasetFingerprint: dataset.fingerprint,
-    numClasses,
-    preprocessing,
+    numClasses: setup.numClasses,
+    preprocessing: setup.preprocessing,
     backend: activeBackend(),
     elapsedSeconds: seconds,
     imagesPerSecond: seconds > 0 ? count / seconds : 0,
-    resumed,
-    errors: [...errors.values()].sort((a, b) => a.index - b.index),
-    ...(options.predictions
-      ? { predictions: [...predictions.values()].sort((a, b) => a.index - b.index) }
-      : {}),
+    resumed: tally.resumed,
+    errors: tally.sortedErrors(),
+    ...(options.predictions ? { predictions: tally.sortedPredictions() } : {}),
   };
-  if (options.out) {
-    await writeFileAtomic(options.out, JSON.stringify(result, null, 1) + "\n");
-    if (partial) await removeIfExists(partial);
-  }
-  return result;
 }

@@ -228,6 +228,14 @@ function className(layer: Layer): string {
  * ```
  */
 export function compilePlan(model: tf.LayersModel): Plan {
+  const inputChannels = checkInputOutput(model);
+  const builder = new PlanBuilder(model);
+  for (const layer of model.layers) builder.add(layer);
+  return builder.finish(inputChannels);
+}
+
+/** The model's input channels; one input `[batch, h, w, channels]` and one output only. */
+function checkInputOutput(model: tf.LayersModel): number {
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {
     unsupported(`model has ${model.inputs.length} inputs and ${model.outputs.length} outputs`);
   }
@@ -236,7 +244,11 @@ export function compilePlan(model: tf.LayersModel): Plan {
   if (inputShape.length !== 4 || inputChannels == null) {
     unsupported(`input shape ${JSON.stringify(inputShape)} (expected [batch, h, w, channels])`);
   }
-  // Consumers of every symbolic tensor, to know which intermediates a fusion may hide.
+  return inputChannels;
+}
+
+/** Consumers of every symbolic tensor, to know which intermediates a fusion may hide. */
+function consumersOf(model: tf.LayersModel): Map<number, Layer[]> {
   const consumers = new Map<number, Layer[]>();
   for (const layer of model.layers) {
     if (className(layer) === "InputLayer") continue;
@@ -244,153 +256,195 @@ export function compilePlan(model: tf.LayersModel): Plan {
       consumers.set(t.id, [...(consumers.get(t.id) ?? []), layer]);
     }
   }
-  const outputId = model.outputs[0].id;
-  const only = (t: Sym, cls: string[]): Layer | null => {
-    const users = consumers.get(t.id) ?? [];
-    if (t.id === outputId || users.length !== 1) return null;
-    return cls.includes(className(users[0])) ? users[0] : null;
-  };
+  return consumers;
+}
 
-  const slots = new Map<number, number>();
-  let nextSlot = 0;
-  const slotOf = (t: Sym): number => {
-    const s = slots.get(t.id);
+/** A layer being compiled: its class, config and single inbound node. */
+interface LayerNode {
+  layer: Layer;
+  cls: string;
+  config: Config;
+  inputs: Sym[];
+  output: Sym;
+}
+
+/**
+ * The plan under construction: slots numbered in definition order, steps and weight
+ * sources in model layer order, and the layers already folded into a fused block.
+ */
+class PlanBuilder {
+  readonly #steps: PlanStep[] = [];
+  readonly #sources: PlanSource[] = [];
+  readonly #slots = new Map<number, number>();
+  readonly #done = new Set<Layer>();
+  readonly #only: (t: Sym, cls: string[]) => Layer | null;
+  readonly #model: tf.LayersModel;
+  readonly #input: number;
+  #nextSlot = 0;
+
+  constructor(model: tf.LayersModel) {
+    this.#model = model;
+    const consumers = consumersOf(model);
+    const outputId = model.outputs[0].id;
+    // The single consumer of `t` if it has one of the classes `cls` (never the output).
+    this.#only = (t, cls) => {
+      const users = consumers.get(t.id) ?? [];
+      if (t.id === outputId || users.length !== 1) return null;
+      return cls.includes(className(users[0])) ? users[0] : null;
+    };
+    this.#input = this.#define(model.inputs[0]);
+  }
+
+  #slotOf(t: Sym): number {
+    const s = this.#slots.get(t.id);
     if (s === undefined) unsupported(`tensor ${t.name} is used before it is computed`);
     return s;
-  };
-  const define = (t: Sym): number => {
-    const s = nextSlot++;
-    slots.set(t.id, s);
+  }
+
+  #define(t: Sym): number {
+    const s = this.#nextSlot++;
+    this.#slots.set(t.id, s);
     return s;
-  };
+  }
 
-  const steps: PlanStep[] = [];
-  const sources: PlanSource[] = [];
-  const done = new Set<Layer>();
-  const input = define(model.inputs[0]);
+  /** The slot of a one-input layer's input. */
+  #one(node: LayerNode): number {
+    if (node.inputs.length !== 1) unsupported(`${node.layer.name}: ${node.inputs.length} inputs`);
+    return this.#slotOf(node.inputs[0]);
+  }
 
-  for (const layer of model.layers) {
-    if (done.has(layer)) continue;
-    done.add(layer);
+  /** A step whose weights are the layer's own. */
+  #pushOwn(step: PlanStep & { prefix: string }): void {
+    this.#steps.push(step);
+    this.#sources.push({ prefix: step.prefix, layers: [step.prefix] });
+  }
+
+  /** Compiles `layer` (a no-op for the input and for layers fused into a block). */
+  add(layer: Layer): void {
+    if (this.#done.has(layer)) return;
+    this.#done.add(layer);
     const cls = className(layer);
-    if (cls === "InputLayer") continue;
+    if (cls === "InputLayer") return;
     const { inputs, outputs } = edges(layer);
     if (outputs.length !== 1) unsupported(`${layer.name}: ${outputs.length} outputs`);
-    const config = layer.getConfig() as Config;
-    const one = () => {
-      if (inputs.length !== 1) unsupported(`${layer.name}: ${inputs.length} inputs`);
-      return slotOf(inputs[0]);
-    };
-    /** A plain (depthwise) convolution step, with the layer's strides, padding, bias, activation. */
-    const spatialStep = (op: "conv" | "depthwise") => {
-      checkSpatial(layer, config, true);
-      const x = one();
-      steps.push({
-        op,
-        input: x,
-        output: define(outputs[0]),
-        prefix: layer.name,
-        strides: pair(config.strides ?? 1, `${layer.name}.strides`),
-        padding: config.padding as "valid" | "same",
-        bias: config.useBias !== false,
-        activation: activationOf(layer),
-      });
-      sources.push({ prefix: layer.name, layers: [layer.name] });
-    };
+    const node = { layer, cls, config: layer.getConfig() as Config, inputs, output: outputs[0] };
+    this.#compile(node);
+  }
+
+  #compile(node: LayerNode): void {
+    const { layer, cls, config } = node;
     switch (cls) {
-      case "DepthwiseConv2D": {
-        const fused = matchBlock(layer, only);
-        if (fused) {
-          const x = one();
-          fused.layers.forEach((l) => done.add(l));
-          const prefix = fused.add.name;
-          steps.push({
-            op: "block",
-            input: x,
-            output: define(edges(fused.add).outputs[0]),
-            prefix,
-            kernelSize: fused.kernelSize,
-            epsilon: fused.epsilon,
-          });
-          sources.push({ prefix, layers: fused.layers.map((l) => l.name) });
-          break;
-        }
+      case "DepthwiseConv2D":
+        if (this.#block(node)) return;
         if (config.depthMultiplier !== 1) unsupported(`${layer.name}: depthMultiplier`);
-        spatialStep("depthwise");
-        break;
-      }
-      case "Conv2D": {
+        return this.#spatial(node, "depthwise");
+      case "Conv2D":
         if ((config.groups ?? 1) !== 1) unsupported(`${layer.name}: groups`);
-        spatialStep("conv");
-        break;
-      }
+        return this.#spatial(node, "conv");
       case "ConvNeXtLayerNorm": {
-        const x = one();
-        steps.push({
-          op: "layerNorm",
-          input: x,
-          output: define(outputs[0]),
-          prefix: layer.name,
-          epsilon: Number(config.epsilon),
-        });
-        sources.push({ prefix: layer.name, layers: [layer.name] });
-        break;
+        const x = this.#one(node);
+        const output = this.#define(node.output);
+        const epsilon = Number(config.epsilon);
+        return this.#pushOwn({ op: "layerNorm", input: x, output, prefix: layer.name, epsilon });
       }
       case "Dense": {
-        const x = one();
-        steps.push({
+        const x = this.#one(node);
+        return this.#pushOwn({
           op: "dense",
           input: x,
-          output: define(outputs[0]),
+          output: this.#define(node.output),
           prefix: layer.name,
           bias: config.useBias !== false,
           activation: activationOf(layer),
         });
-        sources.push({ prefix: layer.name, layers: [layer.name] });
-        break;
       }
       case "LayerScale": {
-        const x = one();
-        steps.push({ op: "scale", input: x, output: define(outputs[0]), prefix: layer.name });
-        sources.push({ prefix: layer.name, layers: [layer.name] });
-        break;
+        const x = this.#one(node);
+        const output = this.#define(node.output);
+        return this.#pushOwn({ op: "scale", input: x, output, prefix: layer.name });
       }
       case "GlobalAveragePooling2D":
-      case "GlobalMaxPooling2D": {
-        if ((config.dataFormat ?? "channelsLast") !== "channelsLast") {
-          unsupported(`${layer.name}: dataFormat`);
-        }
-        if (config.keepDims) unsupported(`${layer.name}: keepDims`);
-        const x = one();
-        steps.push({
-          op: cls === "GlobalAveragePooling2D" ? "avgPool" : "maxPool",
-          input: x,
-          output: define(outputs[0]),
-        });
-        break;
-      }
+      case "GlobalMaxPooling2D":
+        return this.#pool(node);
       case "Add": {
-        steps.push({ op: "add", inputs: inputs.map(slotOf), output: define(outputs[0]) });
-        break;
+        const inputs = node.inputs.map((t) => this.#slotOf(t));
+        this.#steps.push({ op: "add", inputs, output: this.#define(node.output) });
+        return;
       }
       case "StochasticDepth":
       case "Dropout": {
-        const x = one();
-        steps.push({ op: "identity", input: x, output: define(outputs[0]) });
-        break;
+        const x = this.#one(node);
+        this.#steps.push({ op: "identity", input: x, output: this.#define(node.output) });
+        return;
       }
       default:
         unsupported(`${layer.name}: layer class ${cls}`);
     }
   }
-  const output = slotOf(model.outputs[0]);
-  const lastUse = new Array<number>(nextSlot).fill(-1);
-  steps.forEach((step, i) => {
-    const reads = step.op === "add" ? step.inputs : [step.input];
-    for (const s of reads) lastUse[s] = i;
-  });
-  lastUse[output] = steps.length; // never freed by the executor
-  return { input, output, inputChannels, steps, lastUse, sources };
+
+  /** A whole ConvNeXt block starting at this depthwise conv, if it matches; else false. */
+  #block(node: LayerNode): boolean {
+    const fused = matchBlock(node.layer, this.#only);
+    if (!fused) return false;
+    const x = this.#one(node);
+    fused.layers.forEach((l) => this.#done.add(l));
+    const prefix = fused.add.name;
+    this.#steps.push({
+      op: "block",
+      input: x,
+      output: this.#define(edges(fused.add).outputs[0]),
+      prefix,
+      kernelSize: fused.kernelSize,
+      epsilon: fused.epsilon,
+    });
+    this.#sources.push({ prefix, layers: fused.layers.map((l) => l.name) });
+    return true;
+  }
+
+  /** A plain (depthwise) convolution step, with the layer's strides, padding, bias, activation. */
+  #spatial(node: LayerNode, op: "conv" | "depthwise"): void {
+    const { layer, config } = node;
+    checkSpatial(layer, config, true);
+    const x = this.#one(node);
+    this.#pushOwn({
+      op,
+      input: x,
+      output: this.#define(node.output),
+      prefix: layer.name,
+      strides: pair(config.strides ?? 1, `${layer.name}.strides`),
+      padding: config.padding as "valid" | "same",
+      bias: config.useBias !== false,
+      activation: activationOf(layer),
+    });
+  }
+
+  /** A global average or max pooling step (channels last, no kept dimensions). */
+  #pool(node: LayerNode): void {
+    const { layer, config } = node;
+    if ((config.dataFormat ?? "channelsLast") !== "channelsLast") {
+      unsupported(`${layer.name}: dataFormat`);
+    }
+    if (config.keepDims) unsupported(`${layer.name}: keepDims`);
+    const x = this.#one(node);
+    this.#steps.push({
+      op: node.cls === "GlobalAveragePooling2D" ? "avgPool" : "maxPool",
+      input: x,
+      output: this.#define(node.output),
+    });
+  }
+
+  /** The plan, with each slot's last reader (the output slot is never freed). */
+  finish(inputChannels: number): Plan {
+    const output = this.#slotOf(this.#model.outputs[0]);
+    const steps = this.#steps;
+    const lastUse = new Array<number>(this.#nextSlot).fill(-1);
+    steps.forEach((step, i) => {
+      const reads = step.op === "add" ? step.inputs : [step.input];
+      for (const s of reads) lastUse[s] = i;
+    });
+    lastUse[output] = steps.length; // never freed by the executor
+    return { input: this.#input, output, inputChannels, steps, lastUse, sources: this.#sources };
+  }
 }
 
 interface BlockMatch {

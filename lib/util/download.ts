@@ -173,6 +173,40 @@ interface AttemptContext {
   validator?: string;
 }
 
+/**
+ * The abort signal of one attempt: the caller's abort, or a stall (no data for
+ * `stallMs`; each chunk re-arms the timer). Dispose when the attempt ends.
+ */
+class AttemptSignal {
+  readonly controller = new AbortController();
+  readonly stallMs: number;
+  /** The stall timer fired. */
+  stalled = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  readonly #user: AbortSignal | undefined;
+  readonly #onUserAbort = () => this.controller.abort(this.#user?.reason);
+
+  constructor(user: AbortSignal | undefined, stallMs: number) {
+    this.#user = user;
+    this.stallMs = stallMs;
+    user?.addEventListener("abort", this.#onUserAbort, { once: true });
+  }
+
+  /** (Re)starts the stall timer. */
+  arm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.stalled = true;
+      this.controller.abort(new Error(`no data for ${this.stallMs / 1000} s`));
+    }, this.stallMs);
+  }
+
+  [Symbol.dispose](): void {
+    clearTimeout(this.#timer);
+    this.#user?.removeEventListener("abort", this.#onUserAbort);
+  }
+}
+
 /** One HTTP request. Resolves when `part` holds the complete file. */
 async function attempt(ctx: AttemptContext): Promise<void> {
   const { url, part, opts } = ctx;
@@ -184,118 +218,134 @@ async function attempt(ctx: AttemptContext): Promise<void> {
     // server send all of the new file (200) instead of a mismatched tail (206).
     if (ctx.validator) headers.set("if-range", ctx.validator);
   }
-  const stallMs = opts.stallTimeoutMs ?? 60_000;
-  const controller = new AbortController();
-  const onUserAbort = () => controller.abort(opts.signal?.reason);
-  opts.signal?.addEventListener("abort", onUserAbort, { once: true });
-  let stalled = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const armStallTimer = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      stalled = true;
-      controller.abort(new Error(`no data for ${stallMs / 1000} s`));
-    }, stallMs);
-  };
-  let bar: ProgressBar | undefined;
-  let written = 0;
+  using signal = new AttemptSignal(opts.signal, opts.stallTimeoutMs ?? 60_000);
+  signal.arm();
+  let res: Response;
   try {
-    armStallTimer();
-    let res: Response;
-    try {
-      res = await ctx.fetchFn(url, { headers, signal: controller.signal });
-    } catch (e) {
-      if (opts.signal?.aborted) throw e;
-      throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
-    }
-    const etag = res.headers.get("etag");
-    const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
-    if (validator) ctx.validator = validator;
+    res = await ctx.fetchFn(url, { headers, signal: signal.controller.signal });
+  } catch (e) {
+    if (opts.signal?.aborted) throw e;
+    throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
+  }
+  const etag = res.headers.get("etag");
+  const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
+  if (validator) ctx.validator = validator;
+  const range = await responseRange(ctx, res, offset);
+  if (range === "complete") return;
+  if (!res.body) throw new RetryableError(`download ${url}: empty response body`, 0, true);
+  await receiveBody(ctx, res.body, range, signal);
+}
 
-    let start: number;
-    let total: number | undefined;
-    if (res.status === 416 && offset > 0) {
+/**
+ * Where the response's bytes go in the file and its announced size, from its status:
+ * 206 continues the `.part`, 200 starts over, 416 may mean the `.part` is complete.
+ *
+ * @throws RetryableError for a retryable status or a mismatched range (the `.part` is
+ *   removed then); FatalError for another HTTP error.
+ */
+async function responseRange(
+  ctx: AttemptContext,
+  res: Response,
+  offset: number,
+): Promise<{ start: number; total: number | undefined } | "complete"> {
+  const { url, part } = ctx;
+  if (res.status === 416 && offset > 0) {
+    await res.body?.cancel();
+    const size = unsatisfiedRangeTotal(res.headers.get("content-range"));
+    if (size === offset) return "complete"; // The .part was already complete.
+    await removeIfExists(part);
+    throw new RetryableError(
+      `download ${url}: the server cannot resume from byte ${offset}; starting over`,
+      0,
+      false,
+      true,
+    );
+  }
+  if (res.status === 206) {
+    const range = parseContentRange(res.headers.get("content-range"));
+    if (!range || range.start !== offset) {
       await res.body?.cancel();
-      const size = unsatisfiedRangeTotal(res.headers.get("content-range"));
-      if (size === offset) return; // The .part was already complete.
       await removeIfExists(part);
       throw new RetryableError(
-        `download ${url}: the server cannot resume from byte ${offset}; starting over`,
+        `download ${url}: asked for bytes from ${offset}, the server sent ` +
+          `"${res.headers.get("content-range")}"; starting over`,
         0,
         false,
         true,
       );
-    } else if (res.status === 206) {
-      const range = parseContentRange(res.headers.get("content-range"));
-      if (!range || range.start !== offset) {
-        await res.body?.cancel();
-        await removeIfExists(part);
-        throw new RetryableError(
-          `download ${url}: asked for bytes from ${offset}, the server sent ` +
-            `"${res.headers.get("content-range")}"; starting over`,
-          0,
-          false,
-          true,
-        );
-      }
-      start = offset;
-      total = range.total;
-    } else if (res.ok) {
-      // 200: a fresh download, or a server that ignores Range (then start over).
-      start = 0;
-      const length = res.headers.get("content-length");
-      total = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
-    } else {
-      await res.body?.cancel();
-      const message = httpMessage(url, res);
-      if (res.status >= 500 || res.status === 408 || res.status === 429) {
-        throw new RetryableError(message, 0, false, false, res.status);
-      }
-      throw new FatalError(message, "http", res.status);
     }
-    if (!res.body) throw new RetryableError(`download ${url}: empty response body`, 0, true);
-
-    if (!opts.quiet) {
-      bar = new ProgressBar({ label: basename(ctx.dest), unit: "bytes", ...opts.progress, total });
-      bar.setStartValue(start);
-    }
-    let received = start;
-    const report = () => {
-      bar?.update(received);
-      opts.onProgress?.({ url, received, total });
+    return { start: offset, total: range.total };
+  }
+  if (res.ok) {
+    // 200: a fresh download, or a server that ignores Range (then start over).
+    const length = res.headers.get("content-length");
+    return {
+      start: 0,
+      total: length !== null && /^\d+$/.test(length) ? Number(length) : undefined,
     };
-    {
-      using file = await Deno.open(part, {
-        write: true,
-        create: true,
-        append: start > 0,
-        truncate: start === 0,
-      });
-      try {
-        for await (const chunk of res.body) {
-          armStallTimer();
-          let off = 0;
-          while (off < chunk.length) off += await file.write(chunk.subarray(off));
-          received += chunk.length;
-          written += chunk.length;
-          if (total !== undefined && received > total) {
-            throw new FatalError(
-              `download ${url}: corrupt: the server sent more than the announced ${total} bytes`,
-              "corrupt",
-            );
-          }
-          report();
+  }
+  await res.body?.cancel();
+  const message = httpMessage(url, res);
+  if (res.status >= 500 || res.status === 408 || res.status === 429) {
+    throw new RetryableError(message, 0, false, false, res.status);
+  }
+  throw new FatalError(message, "http", res.status);
+}
+
+/**
+ * Streams the response body into the `.part` from byte `start`, with the progress bar.
+ *
+ * @throws RetryableError when the connection is lost, stalls or ends early; FatalError
+ *   when the server sends more than it announced.
+ */
+async function receiveBody(
+  ctx: AttemptContext,
+  body: ReadableStream<Uint8Array>,
+  { start, total }: { start: number; total: number | undefined },
+  signal: AttemptSignal,
+): Promise<void> {
+  const { url, part, opts } = ctx;
+  let bar: ProgressBar | undefined;
+  if (!opts.quiet) {
+    bar = new ProgressBar({ label: basename(ctx.dest), unit: "bytes", ...opts.progress, total });
+    bar.setStartValue(start);
+  }
+  let received = start;
+  let written = 0;
+  try {
+    using file = await Deno.open(part, {
+      write: true,
+      create: true,
+      append: start > 0,
+      truncate: start === 0,
+    });
+    try {
+      for await (const chunk of body) {
+        signal.arm();
+        let off = 0;
+        while (off < chunk.length) off += await file.write(chunk.subarray(off));
+        received += chunk.length;
+        written += chunk.length;
+        if (total !== undefined && received > total) {
+          throw new FatalError(
+            `download ${url}: corrupt: the server sent more than the announced ${total} bytes`,
+            "corrupt",
+          );
         }
-      } catch (e) {
-        if (e instanceof FatalError || opts.signal?.aborted) throw e;
-        const why = stalled ? `stalled (no data for ${stallMs / 1000} s)` : errorText(e);
-        throw new RetryableError(
-          `download ${url}: connection lost after ${received}` +
-            `${total === undefined ? "" : ` of ${total}`} bytes: ${why}`,
-          written,
-          !stalled,
-        );
+        bar?.update(received);
+        opts.onProgress?.({ url, received, total });
       }
+    } catch (e) {
+      if (e instanceof FatalError || opts.signal?.aborted) throw e;
+      const why = signal.stalled
+        ? `stalled (no data for ${signal.stallMs / 1000} s)`
+        : errorText(e);
+      throw new RetryableError(
+        `download ${url}: connection lost after ${received}` +
+          `${total === undefined ? "" : ` of ${total}`} bytes: ${why}`,
+        written,
+        !signal.stalled,
+      );
     }
     if (total !== undefined && received < total) {
       throw new RetryableError(
@@ -307,8 +357,6 @@ async function attempt(ctx: AttemptContext): Promise<void> {
     bar?.done();
     bar = undefined;
   } finally {
-    clearTimeout(timer);
-    opts.signal?.removeEventListener("abort", onUserAbort);
     bar?.abort();
   }
 }
@@ -337,71 +385,110 @@ export async function download(
   opts: DownloadOptions = {},
 ): Promise<DownloadResult> {
   const retries = opts.retries ?? 3;
-  const backoffMs = opts.backoffMs ?? 500;
   if (!Number.isInteger(retries) || retries < 0) {
     throw new Error(`download: retries must be an integer >= 0, got ${retries}`);
   }
   const part = `${dest}.part`;
   await Deno.mkdir(dirname(dest), { recursive: true });
   const ctx: AttemptContext = { url, dest, part, opts, fetchFn: opts.fetch ?? fetch };
+  const attempts = await attemptWithRetries(ctx, retries);
+  const sha256 = await verifyPart(ctx);
+  // Record first, rename second: a file at `dest` then always has its record.
+  await writeSha256Record(dest, sha256);
+  await Deno.rename(part, dest);
+  return { path: dest, size: await fileSize(dest), sha256, attempts };
+}
+
+/**
+ * Attempts until the `.part` is complete, with exponential backoff between retryable
+ * failures; returns the number of attempts.
+ *
+ * @throws DownloadError when aborted, on a fatal failure, or after the last retry.
+ */
+async function attemptWithRetries(ctx: AttemptContext, retries: number): Promise<number> {
+  const { url, opts } = ctx;
+  const backoffMs = opts.backoffMs ?? 500;
   const notice = (text: string) => {
     if (!opts.quiet) (opts.progress?.write ?? ((t) => console.error(t.trimEnd())))(`${text}\n`);
   };
-
-  let attempts = 0;
-  for (;;) {
-    attempts++;
+  for (let attempts = 1;; attempts++) {
+    let failure: RetryableError;
     try {
       await attempt(ctx);
-      break;
+      return attempts;
     } catch (e) {
-      if (opts.signal?.aborted) {
-        // Cancelled by the caller: keep the .part so a later call resumes.
-        throw new DownloadError(`download ${url}: aborted`, "aborted", undefined, { cause: e });
-      }
-      if (e instanceof FatalError) {
-        await removeIfExists(part);
-        throw new DownloadError(e.message, e.kind, e.status);
-      }
-      if (!(e instanceof RetryableError)) {
-        await removeIfExists(part);
-        throw e;
-      }
-      if (attempts > retries) {
-        // A server that keeps ending responses early without delivering anything
-        // new has a truncated file: remove the partial copy.
-        if (e.short && e.progressed === 0) {
-          await removeIfExists(part);
-          throw new DownloadError(
-            `${e.message} (after ${attempts} attempts; the file on the server is truncated or corrupt)`,
-            "corrupt",
-          );
-        }
-        const kept = (await fileSize(part)) > 0
-          ? `; the partial file ${part} is kept and the next run resumes it`
-          : "";
-        throw new DownloadError(
-          `${e.message} (after ${attempts} attempts)${kept}`,
-          e.status === undefined ? "network" : "http",
-          e.status,
-        );
-      }
-      const delay = e.immediate ? 0 : backoffMs * 2 ** (attempts - 1);
-      notice(
-        `${e.message}; retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempts + 1} of ${
-          retries + 1
-        })`,
-      );
-      try {
-        await sleep(delay, opts.signal);
-      } catch (abortReason) {
-        throw new DownloadError(`download ${url}: aborted`, "aborted", undefined, {
-          cause: abortReason,
-        });
-      }
+      failure = await retryableOrThrow(ctx, e);
+    }
+    if (attempts > retries) throw await finalFailure(ctx, failure, attempts);
+    const delay = failure.immediate ? 0 : backoffMs * 2 ** (attempts - 1);
+    notice(
+      `${failure.message}; retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempts + 1} of ${
+        retries + 1
+      })`,
+    );
+    try {
+      await sleep(delay, opts.signal);
+    } catch (abortReason) {
+      throw new DownloadError(`download ${url}: aborted`, "aborted", undefined, {
+        cause: abortReason,
+      });
     }
   }
+}
 
+/**
+ * A failed attempt's error if a retry may fix it; otherwise throws what the caller gets
+ * (the `.part` is kept after an abort, for a later resume, and removed otherwise).
+ */
+async function retryableOrThrow(ctx: AttemptContext, e: unknown): Promise<RetryableError> {
+  if (ctx.opts.signal?.aborted) {
+    // Cancelled by the caller: keep the .part so a later call resumes.
+    throw new DownloadError(`download ${ctx.url}: aborted`, "aborted", undefined, { cause: e });
+  }
+  if (e instanceof FatalError) {
+    await removeIfExists(ctx.part);
+    throw new DownloadError(e.message, e.kind, e.status);
+  }
+  if (!(e instanceof RetryableError)) {
+    await removeIfExists(ctx.part);
+    throw e;
+  }
+  return e;
+}
+
+/** The error after the last retry failed with `e`. */
+async function finalFailure(
+  ctx: AttemptContext,
+  e: RetryableError,
+  attempts: number,
+): Promise<DownloadError> {
+  const { part } = ctx;
+  // A server that keeps ending responses early without delivering anything new has a
+  // truncated file: remove the partial copy.
+  if (e.short && e.progressed === 0) {
+    await removeIfExists(part);
+    return new DownloadError(
+      `${e.message} (after ${attempts} attempts; the file on the server is truncated or corrupt)`,
+      "corrupt",
+    );
+  }
+  const kept = (await fileSize(part)) > 0
+    ? `; the partial file ${part} is kept and the next run resumes it`
+    : "";
+  return new DownloadError(
+    `${e.message} (after ${attempts} attempts)${kept}`,
+    e.status === undefined ? "network" : "http",
+    e.status,
+  );
+}
+
+/**
+ * Checks the complete `.part` (format, expected sha256) and returns its sha256.
+ *
+ * @throws DownloadError `corrupt` (the `.part` is removed).
+ */
+async function verifyPart(ctx: AttemptContext): Promise<string> {
+  const { url, dest, part, opts } = ctx;
   try {
     await runVerify(opts.verify ?? "auto", dest, part);
   } catch (e) {
@@ -416,8 +503,5 @@ export async function download(
       "corrupt",
     );
   }
-  // Record first, rename second: a file at `dest` then always has its record.
-  await writeSha256Record(dest, sha256);
-  await Deno.rename(part, dest);
-  return { path: dest, size: await fileSize(dest), sha256, attempts };
+  return sha256;
 }

@@ -69,6 +69,13 @@ function toJson(value: unknown): unknown {
   );
 }
 
+/** Title, size and axis titles of the fallback, from the Plotly layout. */
+interface FallbackFrame {
+  common: { title: string | undefined; width: number; height: number };
+  xTitle: string | undefined;
+  yTitle: string | undefined;
+}
+
 /**
  * Renders the static fallback for a Plotly figure (undefined when no trace type is supported).
  */
@@ -78,33 +85,49 @@ export async function plotlyFallback(figure: PlotlyFigure): Promise<RenderedSvg 
     ["bar", "scatter", "scattergl", "heatmap"].includes(t.type ?? "scatter")
   );
   if (traces.length === 0) return undefined;
-  const xTitle = titleOf((layout.xaxis as Record<string, unknown> | undefined)?.title);
-  const yTitle = titleOf((layout.yaxis as Record<string, unknown> | undefined)?.title);
-  const common = {
-    title: titleOf(layout.title),
-    width: typeof layout.width === "number" ? layout.width : 640,
-    height: typeof layout.height === "number" ? layout.height : 400,
+  const frame: FallbackFrame = {
+    common: {
+      title: titleOf(layout.title),
+      width: typeof layout.width === "number" ? layout.width : 640,
+      height: typeof layout.height === "number" ? layout.height : 400,
+    },
+    xTitle: titleOf((layout.xaxis as Record<string, unknown> | undefined)?.title),
+    yTitle: titleOf((layout.yaxis as Record<string, unknown> | undefined)?.title),
   };
   const heat = traces.find((t) => t.type === "heatmap");
-  if (heat) {
-    const z = Array.from(heat.z ?? [], (row) => Array.from(row, Number));
-    const xs = heat.x ? Array.from(heat.x, String) : (z[0] ?? []).map((_, j) => String(j));
-    const ys = heat.y ? Array.from(heat.y, String) : z.map((_, i) => String(i));
-    const cells = z.flatMap((row, i) => row.map((v, j) => ({ x: xs[j], y: ys[i], v })));
-    return await renderPlot((Plot) => ({
-      ...common,
-      marginLeft: 80,
-      x: { domain: xs, label: xTitle ?? null },
-      // Plotly draws row 0 at the bottom.
-      y: { domain: [...ys].reverse(), label: yTitle ?? null },
-      color: { scheme: "viridis" },
-      marks: [Plot.cell(cells, { x: "x", y: "y", fill: "v" })],
-    }));
-  }
-  const rows: Row[] = [];
-  const bars: Row[] = [];
-  const markers: Row[] = [];
-  let horizontal = false;
+  if (heat) return await heatmapFallback(heat, frame);
+  return await xyFallback(traces, layout, frame);
+}
+
+/** A heatmap trace as Observable Plot cells. */
+function heatmapFallback(heat: PlotlyTrace, frame: FallbackFrame): Promise<RenderedSvg> {
+  const z = Array.from(heat.z ?? [], (row) => Array.from(row, Number));
+  const xs = heat.x ? Array.from(heat.x, String) : (z[0] ?? []).map((_, j) => String(j));
+  const ys = heat.y ? Array.from(heat.y, String) : z.map((_, i) => String(i));
+  const cells = z.flatMap((row, i) => row.map((v, j) => ({ x: xs[j], y: ys[i], v })));
+  return renderPlot((Plot) => ({
+    ...frame.common,
+    marginLeft: 80,
+    x: { domain: xs, label: frame.xTitle ?? null },
+    // Plotly draws row 0 at the bottom.
+    y: { domain: [...ys].reverse(), label: frame.yTitle ?? null },
+    color: { scheme: "viridis" },
+    marks: [Plot.cell(cells, { x: "x", y: "y", fill: "v" })],
+  }));
+}
+
+/** The points of bar, line and marker traces, by how they are drawn. */
+interface XyRows {
+  lines: Row[];
+  bars: Row[];
+  markers: Row[];
+  /** Some bar trace is horizontal. */
+  horizontal: boolean;
+}
+
+/** Splits the traces' points into bars, lines and markers, as Plotly would draw them. */
+function xyRows(traces: PlotlyTrace[]): XyRows {
+  const r: XyRows = { lines: [], bars: [], markers: [], horizontal: false };
   traces.forEach((t, k) => {
     const name = t.name ?? `trace ${k}`;
     const ys = Array.from(t.y ?? []);
@@ -112,15 +135,26 @@ export async function plotlyFallback(figure: PlotlyFigure): Promise<RenderedSvg 
     const n = Math.min(xs.length, ys.length);
     const points = Array.from({ length: n }, (_, i) => ({ trace: name, x: xs[i], y: ys[i] }));
     if (t.type === "bar") {
-      horizontal ||= t.orientation === "h";
-      bars.push(...points);
+      r.horizontal ||= t.orientation === "h";
+      r.bars.push(...points);
       return;
     }
     // Plotly's default mode: lines+markers below 20 points, else lines.
     const mode = t.mode ?? (n < 20 ? "lines+markers" : "lines");
-    if (mode.includes("lines")) rows.push(...points);
-    if (mode.includes("markers")) markers.push(...points);
+    if (mode.includes("lines")) r.lines.push(...points);
+    if (mode.includes("markers")) r.markers.push(...points);
   });
+  return r;
+}
+
+/** Bar, scatter and line traces as Observable Plot marks. */
+function xyFallback(
+  traces: PlotlyTrace[],
+  layout: Record<string, unknown>,
+  frame: FallbackFrame,
+): Promise<RenderedSvg> {
+  const { lines, bars, markers, horizontal } = xyRows(traces);
+  const { common, xTitle, yTitle } = frame;
   const multi = traces.length > 1;
   const stroke = multi ? "trace" : undefined;
   // Plotly groups bars of several traces side by side unless barmode is "stack".
@@ -132,33 +166,22 @@ export async function plotlyFallback(figure: PlotlyFigure): Promise<RenderedSvg 
       : undefined;
   // Plotly puts the first category of horizontal bars at the bottom.
   const cats = horizontal ? categories("y")?.reverse() : categories("x");
-  return await renderPlot((Plot) => {
+  return renderPlot((Plot) => {
     const marks: PlotModule.Markish[] = [];
-    if (bars.length && horizontal) {
-      marks.push(
-        grouped
-          ? Plot.barX(bars, { fy: "y", y: "trace", x: "x", fill: "trace" })
-          : Plot.barX(bars, { y: "y", x: "x", fill: multi ? "trace" : PLOTLY_BLUE }),
-      );
-    } else if (bars.length) {
-      marks.push(
-        grouped
-          ? Plot.barY(bars, { fx: "x", x: "trace", y: "y", fill: "trace" })
-          : Plot.barY(bars, { x: "x", y: "y", fill: multi ? "trace" : PLOTLY_BLUE }),
-      );
-    }
-    if (rows.length) marks.push(Plot.line(rows, { x: "x", y: "y", stroke }));
+    if (bars.length) marks.push(barMark(Plot, bars, { horizontal, grouped, multi }));
+    if (lines.length) marks.push(Plot.line(lines, { x: "x", y: "y", stroke }));
     if (markers.length) {
       marks.push(Plot.dot(markers, { x: "x", y: "y", fill: stroke ?? "currentColor", r: 3 }));
     }
     // Category axes keep the figure's order (band scales would sort them).
     const band = { domain: names, axis: null };
     const catAxis = (title: string | undefined) => ({ domain: cats, label: title ?? null });
+    const color = multi ? { legend: true, domain: names } : undefined;
     if (horizontal) {
       return {
         ...common,
         marginLeft: 100,
-        color: multi ? { legend: true, domain: names } : undefined,
+        color,
         x: { label: xTitle ?? null, grid: true },
         ...(grouped
           ? { fy: catAxis(yTitle), y: band }
@@ -168,7 +191,7 @@ export async function plotlyFallback(figure: PlotlyFigure): Promise<RenderedSvg 
     }
     return {
       ...common,
-      color: multi ? { legend: true, domain: names } : undefined,
+      color,
       y: { label: yTitle ?? null, grid: true },
       ...(grouped
         ? { fx: catAxis(xTitle), x: band }
@@ -176,6 +199,23 @@ export async function plotlyFallback(figure: PlotlyFigure): Promise<RenderedSvg 
       marks,
     };
   });
+}
+
+/** The bar mark: one bar per point, grouped side by side per category with several traces. */
+function barMark(
+  Plot: typeof PlotModule,
+  bars: Row[],
+  how: { horizontal: boolean; grouped: boolean; multi: boolean },
+): PlotModule.Markish {
+  const fill = how.multi ? "trace" : PLOTLY_BLUE;
+  if (how.horizontal) {
+    return how.grouped
+      ? Plot.barX(bars, { fy: "y", y: "trace", x: "x", fill: "trace" })
+      : Plot.barX(bars, { y: "y", x: "x", fill });
+  }
+  return how.grouped
+    ? Plot.barY(bars, { fx: "x", x: "trace", y: "y", fill: "trace" })
+    : Plot.barY(bars, { x: "x", y: "y", fill });
 }
 
 /**

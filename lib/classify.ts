@@ -60,7 +60,7 @@ export interface ClassifyOptions {
   workers?: number;
   /** Display names of the inputs (default: the path, `<bytes #i>` or `<image #i>`). */
   names?: readonly string[];
-  /** Input preparation (default: the model's, see {@link modelPreprocessing}). */
+  /** Input preparation (default: the model's, `modelConfig(model).preprocessing`). */
   preprocessing?: Preprocessing;
   /**
    * Called for each image that cannot be read (missing file, not an image); the image is
@@ -70,31 +70,10 @@ export interface ClassifyOptions {
 }
 
 /**
- * The preprocessing a model expects: its configuration's (`modelConfig`, written when it was
- * converted or fine-tuned), else the official eval transform at its input size (224 for
- * models that accept any size: resize 256, center crop 224).
- *
- * @example
- * ```ts
- * modelPreprocessing(model); // { size: 224, mode: "resize-crop", cropPct: 0.875, ... }
- * ```
+ * The class count of a classifier: {@link numClasses} of its head, and an error naming the
+ * output shape for a model without one (a feature extractor's embedding is no class list).
  */
-export function modelPreprocessing(model: tf.LayersModel): Preprocessing {
-  return modelConfig(model).preprocessing;
-}
-
-/**
- * The {@link imageBatches} / evalTransform options for a {@link Preprocessing}. The
- * official transform is a resize + crop below 384 px and a warp from 384 px on; a
- * preprocessing record that says otherwise cannot be reproduced and is an error.
- * (`evalTransformOptions` of lib/model/config.ts.)
- */
-export function transformOptions(p: Preprocessing): EvalTransformOptions & { size: number } {
-  return evalTransformOptions(p);
-}
-
-/** The class count of a classifier; an error for a model without a head. */
-function classifierClasses(model: tf.LayersModel): number {
+export function classifierClasses(model: tf.LayersModel): number {
   const n = numClasses(model);
   if (n === 0) {
     throw new Error(
@@ -104,17 +83,6 @@ function classifierClasses(model: tf.LayersModel): number {
     );
   }
   return n;
-}
-
-/**
- * The class count of a classifier (the width of its head `head_fc`).
- *
- * @deprecated Use `numClasses(model)` (lib/model/architecture.ts), which returns 0 for a
- *   model without a head; this wrapper throws instead.
- * @throws Error when the model has no classification head.
- */
-export function numClassesOf(model: tf.LayersModel): number {
-  return classifierClasses(model);
 }
 
 /**
@@ -287,7 +255,7 @@ export async function* classifyEach(
   if (labels.length !== n) {
     throw new Error(`classify: ${labels.length} labels given for a model with ${n} classes`);
   }
-  const t = transformOptions(options.preprocessing ?? modelPreprocessing(model));
+  const t = evalTransformOptions(options.preprocessing ?? modelConfig(model).preprocessing);
   const probabilities = headActivation(model) !== "linear";
   const names = images.map((img, i) =>
     options.names?.[i] ??

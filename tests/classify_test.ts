@@ -6,14 +6,8 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { selectBackend } from "../lib/backend/select.ts";
-import {
-  classify,
-  classifyEach,
-  classLabels,
-  softmax,
-  topIndices,
-  transformOptions,
-} from "../lib/classify.ts";
+import { classify, classifyEach, classLabels, softmax, topIndices } from "../lib/classify.ts";
+import { evalTransformOptions } from "../lib/model/config.ts";
 import type { ImageFailure } from "../lib/data/batches.ts";
 import { readImage } from "../lib/data/decode.ts";
 import { imagenetClasses } from "../lib/data/imagenet.ts";
@@ -137,9 +131,9 @@ Deno.test("softmax, topIndices and the transform options", () => {
   assert.ok(Math.abs(p[0] - 0.25) < 1e-15 && Math.abs(p[1] - 0.75) < 1e-15);
   assert.deepEqual(topIndices([0.1, 3, 2, 3, -1], 3), [1, 3, 2]);
   assert.deepEqual(topIndices([5, 4], 5), [0, 1]);
-  assert.equal(transformOptions(preprocessingFor(384)).size, 384);
+  assert.equal(evalTransformOptions(preprocessingFor(384)).size, 384);
   assert.throws(
-    () => transformOptions({ ...preprocessingFor(224), mode: "warp" }),
+    () => evalTransformOptions({ ...preprocessingFor(224), mode: "warp" }),
     /not the official eval transform/,
   );
 });

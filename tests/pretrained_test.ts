@@ -6,7 +6,8 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { selectBackend } from "../lib/backend/select.ts";
-import { convertCheckpoint, loadModel, modelInfo } from "../lib/weights/pretrained.ts";
+import { convertCheckpoint, loadModel } from "../lib/weights/pretrained.ts";
+import { storedModelConfig } from "../lib/model/config.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
 
 await selectBackend("wasm");
@@ -122,11 +123,11 @@ Deno.test("zoo name: download (resumed after a cut), convert, cache; then offlin
       assert.deepEqual(requests.map((r) => r.range), [null, "bytes=100000-"]);
       const diff = maxDiffToReference(model);
       assert.ok(diff <= 1e-4, `max |logits - PyTorch| = ${diff}`);
-      const info = modelInfo(model)!;
+      const info = storedModelConfig(model)!;
       assert.equal(info.architecture, "convnext_tiny");
       assert.equal(info.numClasses, 1000);
       assert.equal(info.labels, "imagenet-1k");
-      assert.equal(info.source.layout, "official");
+      assert.equal(info.source?.layout, "official");
       assert.equal(info.preprocessing.mode, "resize-crop");
       assert.equal(info.preprocessing.cropPct, 0.875);
       model.dispose();
@@ -140,7 +141,7 @@ Deno.test("zoo name: download (resumed after a cut), convert, cache; then offlin
       ]);
       const recorded = (await Deno.readTextFile(join(cache, "checkpoints", `${tiny.file}.sha256`)))
         .trim().split(/\s+/)[0];
-      assert.equal(info.source.sha256, recorded);
+      assert.equal(info.source?.sha256, recorded);
     });
   } finally {
     await server.shutdown();
@@ -149,7 +150,7 @@ Deno.test("zoo name: download (resumed after a cut), convert, cache; then offlin
   await withEnv({ CONVNEXT_BASE_URL: base, CONVNEXT_CACHE: cache }, async () => {
     const again = await loadModel("convnext_tiny_1k_224", quiet);
     assert.ok(maxDiffToReference(again) <= 1e-4);
-    assert.equal(modelInfo(again)!.architecture, "convnext_tiny");
+    assert.equal(storedModelConfig(again)!.architecture, "convnext_tiny");
     again.dispose();
   });
   await Deno.remove(cache, { recursive: true });
@@ -189,8 +190,8 @@ Deno.test("404, truncated file and hostile pickle: clear errors, no partial file
 
 Deno.test("loadModel: a checkpoint path converts on the fly; bad names list the zoo", async () => {
   const model = await loadModel(fromFixture("checkpoints/torchvision_mini.pth"));
-  const info = modelInfo(model)!;
-  assert.equal(info.source.layout, "torchvision");
+  const info = storedModelConfig(model)!;
+  assert.equal(info.source?.layout, "torchvision");
   assert.equal(info.architecture, "convnext_custom");
   model.dispose();
   await assert.rejects(
@@ -238,7 +239,7 @@ Deno.test("deno task convert: writes a loadable model directory with its metadat
   assert.equal(meta.source.file, "torchvision_mini.pth");
   assert.match(meta.source.sha256, /^[0-9a-f]{64}$/);
   const model = await loadModel(out);
-  assert.deepEqual(modelInfo(model), meta);
+  assert.deepEqual(storedModelConfig(model), meta);
   model.dispose();
   // An existing directory is kept unless --overwrite; errors are one line, exit code 1.
   const again = await run([fromFixture("checkpoints/torchvision_mini.pth"), "--out", out]);

@@ -14,7 +14,7 @@ import {
   loadSavedModel,
   saveModel,
 } from "../lib/mod.ts";
-import { modelPreprocessing } from "../lib/classify.ts";
+import { modelConfig } from "../lib/model/config.ts";
 import { gradCam } from "../lib/model/gradcam.ts";
 import { selectBackend, webGpuAdapterInfo } from "../lib/backend/select.ts";
 import {
@@ -323,7 +323,7 @@ Deno.test("classify, feature maps and Grad-CAM on webgpu equal the cpu backend's
   const model = createConvNeXt(HIER, { numClasses: 5, seed: 2 });
   const pixels = new Uint8Array(40 * 40 * 3).map((_, i) => (i * 37) % 256);
   const image = { width: 40, height: 40, data: pixels };
-  const preprocessing = { ...modelPreprocessing(model), size: 40 };
+  const preprocessing = { ...modelConfig(model).preprocessing, size: 40 };
   const labels = ["a", "b", "c", "d", "e"];
   const opts = { labels, topK: 3, workers: 0, preprocessing };
   const [onGpu] = await classify(model, [image], opts);

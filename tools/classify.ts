@@ -12,13 +12,21 @@
  *
  * @module
  */
-import { command, type Fail, failer, positiveInt } from "./cli.ts";
+import {
+  BACKEND_OPTION,
+  BACKEND_USAGE,
+  backendFlag,
+  command,
+  type Fail,
+  failer,
+  positiveInt,
+} from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { classifyEach, type Prediction } from "../lib/classify.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 
 const USAGE =
-  "usage: deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] IMAGE...";
+  `usage: deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] ${BACKEND_USAGE} IMAGE...`;
 const DEFAULT_MODEL = "convnext_tiny_1k_224";
 
 /** A small aligned table: rank, probability, class index and name. */
@@ -54,15 +62,17 @@ const { values, positionals } = command(USAGE, {
   top: { type: "string" },
   json: { type: "boolean", default: false },
   batch: { type: "string" },
+  ...BACKEND_OPTION,
 }, fail);
 if (positionals.length === 0) fail(`no IMAGE given\n${USAGE}`);
 const topK = positiveInt(values.top, "--top", 5, fail);
 const batch = positiveInt(values.batch, "--batch", 16, fail);
 const name = values.model!;
+const backend = backendFlag(values.backend, fail);
 
 let model;
 try {
-  await selectBackend();
+  await selectBackend(backend);
   model = await loadModel(name);
 } catch (e) {
   fail((e as Error).message.split("\n")[0], 1);

@@ -5,6 +5,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { BACKEND_REQUESTS, type BackendRequest } from "../lib/backend/select.ts";
 import { OptionError } from "../lib/util/errors.ts";
 
 type OptionsConfig = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
@@ -88,4 +89,19 @@ export function errorLine(e: unknown, name: string, flags: Record<string, string
     : String(e);
   const line = message.split("\n")[0];
   return line.startsWith(`${name}: `) ? line.slice(name.length + 2) : line;
+}
+
+/** The `--backend` option of every command (`CONVNEXT_BACKEND` overrides it, as for the library). */
+export const BACKEND_OPTION = { backend: { type: "string", default: "auto" } } as const;
+
+/** The usage text of {@link BACKEND_OPTION}. */
+export const BACKEND_USAGE = `[--backend ${BACKEND_REQUESTS.join("|")}]`;
+
+/** The validated `--backend` value, or a one-line error through `fail`. */
+export function backendFlag(value: string | undefined, fail: Fail): BackendRequest {
+  const v = value ?? "auto";
+  if (!(BACKEND_REQUESTS as readonly string[]).includes(v)) {
+    fail(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${v}"`);
+  }
+  return v as BackendRequest;
 }

@@ -9,14 +9,14 @@
  *
  * @module
  */
-import { command, type Fail, failer } from "./cli.ts";
+import { BACKEND_OPTION, BACKEND_USAGE, backendFlag, command, type Fail, failer } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { architectureOf } from "../lib/model/architecture.ts";
 import type { ArchitectureName } from "../lib/model/variants.ts";
 import { convertToDirectory } from "../lib/weights/pretrained.ts";
 
 const USAGE =
-  "usage: deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N] [--head-init-scale X] [--overwrite]";
+  `usage: deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N] [--head-init-scale X] [--overwrite] ${BACKEND_USAGE}`;
 
 const fail: Fail = failer("convert");
 const { values, positionals } = command(USAGE, {
@@ -26,7 +26,9 @@ const { values, positionals } = command(USAGE, {
   "num-classes": { type: "string" },
   "head-init-scale": { type: "string" },
   overwrite: { type: "boolean", default: false },
+  ...BACKEND_OPTION,
 }, fail);
+const backend = backendFlag(values.backend, fail);
 if (positionals.length !== 1) fail(`expected one SOURCE, got ${positionals.length}\n${USAGE}`);
 if (!values.out) fail(`--out DIR is required\n${USAGE}`);
 if (values.arch !== undefined) {
@@ -48,7 +50,7 @@ if (headInitScale !== undefined && !(headInitScale > 0)) {
 }
 
 try {
-  await selectBackend();
+  await selectBackend(backend);
   const start = performance.now();
   const info = await convertToDirectory(positionals[0], values.out, {
     architecture: values.arch as ArchitectureName | undefined,

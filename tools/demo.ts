@@ -8,18 +8,23 @@
 import * as tf from "@tensorflow/tfjs";
 import { createConvNeXt, selectBackend } from "../lib/mod.ts";
 import { parseLayerName } from "../lib/model/names.ts";
-import { command, type Fail, failer } from "./cli.ts";
+import { BACKEND_OPTION, BACKEND_USAGE, backendFlag, command, type Fail, failer } from "./cli.ts";
 
-const USAGE = "usage: deno task demo [ARCHITECTURE] [--size 224]";
+const USAGE = `usage: deno task demo [ARCHITECTURE] [--size 224] ${BACKEND_USAGE}`;
 const fail: Fail = failer("demo");
-const { values, positionals } = command(USAGE, { size: { type: "string", default: "224" } }, fail);
+const { values, positionals } = command(
+  USAGE,
+  { size: { type: "string", default: "224" }, ...BACKEND_OPTION },
+  fail,
+);
+const requested = backendFlag(values.backend, fail);
 const arch = positionals[0] ?? "convnext_tiny";
 const size = Number(values.size);
 if (!Number.isInteger(size) || size < 32) {
   fail(`--size expects an integer >= 32, got "${values.size}"`);
 }
 try {
-  const backend = await selectBackend();
+  const backend = await selectBackend(requested);
   const model = createConvNeXt(arch);
   // The full table has hundreds of rows; show the stem, the first block, the head and totals.
   let skipping = false;

@@ -15,7 +15,15 @@
  *
  * @module
  */
-import { command, type Fail, failer } from "./cli.ts";
+import {
+  BACKEND_OPTION,
+  BACKEND_USAGE,
+  backendFlag,
+  command,
+  errorLine,
+  type Fail,
+  failer,
+} from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { imagenetWnids } from "../lib/data/imagenet.ts";
 import { loadEvalDataset } from "../lib/eval/dataset.ts";
@@ -35,6 +43,7 @@ import { loadModel } from "../lib/weights/pretrained.ts";
 const USAGE = [
   "usage: deno task eval --model NAME|DIR|FILE --data DIR [--limit N] [--batch B] [--shard I/N]",
   "                      [--out FILE.json] [--synsets FILE] [--predictions] [--workers W]",
+  `                      ${BACKEND_USAGE}`,
   "       deno task eval --merge SHARD.json... [--out ALL.json]",
 ].join("\n");
 
@@ -65,7 +74,9 @@ const { values, positionals } = command(USAGE, {
   predictions: { type: "boolean", default: false },
   workers: { type: "string" },
   merge: { type: "boolean", default: false },
+  ...BACKEND_OPTION,
 }, fail);
+const backend = backendFlag(values.backend, fail);
 
 if (values.merge) {
   if (positionals.length === 0) fail(`--merge needs the shard result files\n${USAGE}`);
@@ -93,7 +104,7 @@ let shard: Shard | undefined;
 try {
   shard = values.shard === undefined ? undefined : parseShard(values.shard);
 } catch (e) {
-  fail((e as Error).message);
+  fail(errorLine(e, "eval"));
 }
 
 const controller = new AbortController();
@@ -106,7 +117,7 @@ Deno.addSignalListener("SIGINT", () => {
 });
 
 try {
-  await selectBackend();
+  await selectBackend(backend);
   const model = await loadModel(values.model);
   const numClasses = classesOf(model);
   if (numClasses === 0) {

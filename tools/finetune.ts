@@ -6,7 +6,7 @@
  *     [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S]
  *     [--ema] [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224]
  *     [--val-split F] [--limit N] [--resume] [--workers N] [--features-cache DIR]
- *     [--backend auto|tensorflow|wasm|cpu] [--quiet]
+ *     ${BACKEND_USAGE} [--quiet]
  *
  * Writes OUT/metrics.jsonl (one JSON object per epoch), OUT/checkpoint/ (every epoch,
  * atomically; `--resume` continues from it exactly), OUT/best/ (the best model by validation
@@ -16,8 +16,8 @@
  *
  * @module
  */
-import { command, errorLine, type Fail, failer } from "./cli.ts";
-import { BACKEND_REQUESTS, type BackendRequest, selectBackend } from "../lib/backend/select.ts";
+import { BACKEND_USAGE, backendFlag, command, errorLine, type Fail, failer } from "./cli.ts";
+import { selectBackend } from "../lib/backend/select.ts";
 import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
 
 const USAGE =
@@ -25,7 +25,7 @@ const USAGE =
   [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
   [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S] [--ema]
   [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224] [--val-split F] [--limit N]
-  [--resume] [--workers N] [--features-cache DIR] [--backend auto|tensorflow|wasm|cpu] [--quiet]`;
+  [--resume] [--workers N] [--features-cache DIR] ${BACKEND_USAGE} [--quiet]`;
 
 const fail: Fail = failer("finetune");
 
@@ -72,9 +72,7 @@ for (const flag of ["model", "data", "out"]) {
 if (values.mode !== undefined && values.mode !== "full" && values.mode !== "probe") {
   fail(`--mode: expected "full" or "probe", got "${values.mode}"`);
 }
-if (!(BACKEND_REQUESTS as readonly string[]).includes(values.backend as string)) {
-  fail(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${values.backend}"`);
-}
+const backend = backendFlag(values.backend as string | undefined, fail);
 
 const options: FinetuneOptions = {
   model: values.model as string,
@@ -105,8 +103,7 @@ const onInterrupt = () => {
 Deno.addSignalListener("SIGINT", onInterrupt);
 
 try {
-  const backend = await selectBackend(values.backend as BackendRequest);
-  console.error(`finetune: backend ${backend}`);
+  console.error(`finetune: backend ${await selectBackend(backend)}`);
   const result = await finetune({ ...options, signal: controller.signal });
   console.error(
     `finetune: done; best model ${result.bestDir}` +

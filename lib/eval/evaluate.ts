@@ -20,10 +20,15 @@
 import * as tf from "@tensorflow/tfjs";
 import { imageBatches } from "../data/batches.ts";
 import { activeBackend } from "../backend/select.ts";
-import { numClassesOf, topIndices, transformOptions } from "../classify.ts";
+import { classifierClasses, topIndices } from "../classify.ts";
 import { ProgressBar, type ProgressOptions } from "../util/progress.ts";
 import { removeIfExists, writeFileAtomic } from "../util/fs.ts";
-import { modelInfo, type Preprocessing, preprocessingFor } from "../weights/pretrained.ts";
+import {
+  evalTransformOptions,
+  type Preprocessing,
+  preprocessingFor,
+  storedModelConfig,
+} from "../model/config.ts";
 import { getZooEntry, isZooName } from "../weights/zoo.ts";
 import type { EvalDataset } from "./dataset.ts";
 import { OptionError } from "../util/errors.ts";
@@ -259,7 +264,7 @@ function percent(n: number, d: number): number {
 
 /** Official top-1 of a model: its metadata's, else the zoo's for a zoo name. */
 function officialTop1(model: tf.LayersModel, name: string): number | null {
-  const fromInfo = modelInfo(model)?.officialTop1;
+  const fromInfo = storedModelConfig(model)?.officialTop1;
   if (fromInfo !== undefined && fromInfo !== null) return fromInfo;
   return isZooName(name) ? getZooEntry(name).top1 : null;
 }
@@ -303,11 +308,11 @@ interface RunSetup {
   dataset: EvalDataset;
   /** The model's name in the result. */
   name: string;
-  info: ReturnType<typeof modelInfo>;
+  info: ReturnType<typeof storedModelConfig>;
   numClasses: number;
   preprocessing: Preprocessing;
   /** The eval transform of the preprocessing. */
-  transform: ReturnType<typeof transformOptions>;
+  transform: ReturnType<typeof evalTransformOptions>;
   batch: number;
   /** Dataset positions this run covers (after shard and limit). */
   selected: number[];
@@ -328,12 +333,12 @@ function prepareRun(
   if (options.limit !== undefined && !(Number.isInteger(options.limit) && options.limit >= 1)) {
     throw new RangeError(`evaluate: limit must be an integer >= 1, got ${options.limit}`);
   }
-  const info = modelInfo(model);
-  const name = options.modelName ?? info?.source.zoo ?? info?.source.file ?? info?.architecture ??
-    model.name;
-  const numClasses = numClassesOf(model);
+  const info = storedModelConfig(model);
+  const name = options.modelName ?? info?.source?.zoo ?? info?.source?.file ??
+    info?.architecture ?? model.name;
+  const numClasses = classifierClasses(model);
   const preprocessing = info?.preprocessing ?? preprocessingFor(224);
-  const transform = transformOptions(preprocessing);
+  const transform = evalTransformOptions(preprocessing);
   const maxLabel = dataset.samples.reduce((m, s) => Math.max(m, s.label), -1);
   if (maxLabel >= numClasses) {
     throw new Error(
@@ -343,7 +348,7 @@ function prepareRun(
   const selected = selectIndices(dataset.samples.length, options.shard, options.limit);
   const key: PartialKey = {
     model: name,
-    modelSha256: info?.source.sha256 ?? null,
+    modelSha256: info?.source?.sha256 ?? null,
     datasetFingerprint: dataset.fingerprint,
     shard: options.shard ?? null,
     limit: options.limit ?? null,
@@ -572,7 +577,7 @@ function resultOf(
   return {
     model: name,
     architecture: info?.architecture ?? "unknown",
-    modelSha256: info?.source.sha256 ?? null,
+    modelSha256: info?.source?.sha256 ?? null,
     data: dataset.root,
     layout: dataset.layout,
     count,

@@ -74,19 +74,6 @@ export interface ResolvedArchitecture {
   spec: ArchitectureSpec;
 }
 
-/**
- * Resolve an architecture name or spec, validating it.
- *
- * @deprecated Use {@link architectureOf} (which also names a spec equal to an official row);
- *   this wrapper names every spec object `"convnext_custom"`, as before.
- * @throws Error listing the valid names for an unknown architecture.
- */
-export function resolveArchitecture(
-  architecture: ArchitectureName | ArchitectureSpec | string,
-): ResolvedArchitecture {
-  return resolve(architecture);
-}
-
 /** The architecture and the default model name: the official name, `"convnext_custom"` for specs. */
 function resolve(architecture: ArchitectureName | ArchitectureSpec | string): ResolvedArchitecture {
   const { name, spec } = architectureOf(architecture, "createConvNeXt");

@@ -21,7 +21,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
-import { modelInfo } from "../weights/pretrained.ts";
+import { installWebGpuTrainingKernels } from "../backend/webgpu_grads.ts";
+import { storedModelConfig } from "../model/config.ts";
 import { writeFileAtomic } from "../util/fs.ts";
 import type { Sample } from "./data.ts";
 import { LoadPool } from "./loader.ts";
@@ -173,12 +174,13 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
   const disposables: { dispose(): void }[] = [];
   let pool: LoadPool | undefined;
   try {
-    const baseInfo = modelInfo(base);
+    const baseInfo = storedModelConfig(base);
     const o = withSize(settings, baseInfo?.preprocessing.size ?? 224);
     const plan = planRun(options, o, classes, samples);
     log(planSummary(plan));
     const checkpoint = options.resume ? await loadResumeCheckpoint(plan, log) : undefined;
     if (tf.getBackend() === "wasm" && o.mode === "full") installWasmTrainingKernels();
+    if (tf.getBackend() === "webgpu") installWebGpuTrainingKernels();
 
     const skips = new SkipLog(log);
     pool = new LoadPool(options.workers);

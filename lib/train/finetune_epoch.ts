@@ -9,12 +9,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { basename, join, resolve } from "node:path";
 import { saveModel } from "../model/io.ts";
-import { type modelInfo, preprocessingFor } from "../weights/pretrained.ts";
+import { MODEL_CONFIG_KEY, preprocessingFor, type storedModelConfig } from "../model/config.ts";
+import { HEAD_FC } from "../model/names.ts";
+import { CUSTOM_ARCHITECTURE } from "../model/architecture.ts";
 import { writeFileAtomic } from "../util/fs.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { saveCheckpoint } from "./checkpoint.ts";
 import { ModelEma } from "./ema.ts";
-import { correctCount, crossEntropy } from "./losses.ts";
+import { countCorrect, crossEntropy } from "./losses.ts";
 import { AdamW, modelParams } from "./optimizer.ts";
 import { ParallelGradients, trainThreads } from "./parallel.ts";
 import { validationReport } from "./report.ts";
@@ -83,7 +85,7 @@ export interface EpochContext {
   /** The run's state, updated by each epoch. */
   state: RunState;
   /** The starting model's metadata (for `best/`'s). */
-  baseInfo: ReturnType<typeof modelInfo>;
+  baseInfo: ReturnType<typeof storedModelConfig>;
   /** Run options that act during the epochs. */
   options: Pick<FinetuneOptions, "data" | "quiet" | "signal" | "onBatch">;
   /** Log lines. */
@@ -215,7 +217,7 @@ async function batchGradients(
       }, trainer.optimizer.variables),
   );
   const loss = (await value.data())[0] * o.updateFreq;
-  const correct = correctCount(logits!, labels);
+  const correct = await countCorrect(logits!, labels);
   tf.dispose([value, logits!, labels, b.x]);
   const named = new Map(
     Object.entries(grads).map(([k, g]) => [trainer.paramName.get(k)!, g] as const),
@@ -346,22 +348,22 @@ function epochLine(
 
 /** Copies the probe head's weights into the full model's `head_fc`. */
 function copyHead(head: tf.LayersModel, full: tf.LayersModel): void {
-  const target = new Map(full.getLayer("head_fc").weights.map((w) => [w.originalName, w]));
-  for (const w of head.getLayer("head_fc").weights) target.get(w.originalName)!.write(w.read());
+  const target = new Map(full.getLayer(HEAD_FC).weights.map((w) => [w.originalName, w]));
+  for (const w of head.getLayer(HEAD_FC).weights) target.get(w.originalName)!.write(w.read());
 }
 
 /** Metadata stored with the best model: the ModelInfo of the new task and the class names. */
 function bestMetadata(
   model: tf.LayersModel,
-  baseInfo: ReturnType<typeof modelInfo>,
+  baseInfo: ReturnType<typeof storedModelConfig>,
   plan: RunPlan,
   best: NonNullable<FinetuneResult["best"]>,
   data: string,
 ): Record<string, unknown> {
   const { o, classes, modelLabel } = plan;
   return {
-    convnext: {
-      architecture: baseInfo?.architecture ?? "convnext_custom",
+    [MODEL_CONFIG_KEY]: {
+      architecture: baseInfo?.architecture ?? CUSTOM_ARCHITECTURE,
       spec: baseInfo?.spec ?? undefined,
       numClasses: classes.length,
       labels: null,

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { OptionError } from "../util/errors.ts";
 import { parseLayerName } from "../model/names.ts";
 
 /** Layer groups of the official layer decay (`num_layers` in main.py). */
@@ -39,8 +40,12 @@ export function convnextLayerId(weightName: string): number {
     return 12;
   }
   if (where?.kind === "block") {
-    throw new Error(
-      `layer decay: "${weightName}" belongs to an isotropic ConvNeXt; the official layer decay is defined for the hierarchical models only (use --layer-decay 1)`,
+    throw new OptionError(
+      "layerDecay",
+      (name) =>
+        `layer decay: "${weightName}" belongs to an isotropic ConvNeXt; the official layer decay is defined for the hierarchical models only (use ${
+          name("layerDecay", 1)
+        })`,
     );
   }
   return CONVNEXT_NUM_LAYERS + 1;

@@ -51,13 +51,7 @@ export {
   type FeatureStats,
   type ProbeHeadOptions,
 } from "./probe.ts";
-export {
-  headClasses,
-  inferSpec,
-  loadBaseModel,
-  rebuildForTraining,
-  type RebuildOptions,
-} from "./model_setup.ts";
+export { loadBaseModel, rebuildForTraining, type RebuildOptions } from "./model_setup.ts";
 export {
   type Checkpoint,
   type CheckpointTensor,

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { OptionError } from "../util/errors.ts";
 import type * as tf from "@tensorflow/tfjs";
 import { createConvNeXt } from "../model/convnext.ts";
 import { TruncatedNormal } from "../model/layers.ts";
@@ -22,28 +23,11 @@ export async function loadBaseModel(source: string | tf.LayersModel): Promise<tf
   try {
     return await loadModel(source);
   } catch (e) {
-    throw new Error(`--model ${source}: ${(e as Error).message.split("\n")[0]}`);
+    throw new OptionError(
+      "model",
+      (name) => `${name("model")} ${source}: ${(e as Error).message.split("\n")[0]}`,
+    );
   }
-}
-
-/**
- * The architecture of a ConvNeXt Layers model.
- *
- * @deprecated Use `architectureOf(model).spec` (lib/model/architecture.ts), the one
- *   architecture inference.
- * @throws Error when the model does not have ConvNeXt's layer names.
- */
-export function inferSpec(model: tf.LayersModel): ArchitectureSpec {
-  return architectureOf(model).spec;
-}
-
-/**
- * Classes of the model's head, or 0 without `head_fc`.
- *
- * @deprecated Use `numClasses(model)` (lib/model/architecture.ts).
- */
-export function headClasses(model: tf.LayersModel): number {
-  return numClasses(model);
 }
 
 /** Options of {@link rebuildForTraining}. */

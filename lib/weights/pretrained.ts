@@ -55,17 +55,6 @@ export type ModelInfo = ModelConfig & {
 };
 
 /**
- * Reads the {@link ModelInfo} a converted model carries, if any.
- *
- * @deprecated Use `modelConfig` (lib/model/config.ts), which also answers for models
- *   without metadata; this is its stored value, for callers that need `source`.
- */
-export function modelInfo(model: tf.LayersModel): ModelInfo | undefined {
-  const config = storedModelConfig(model);
-  return config?.source ? config as ModelInfo : undefined;
-}
-
-/**
  * Assign converted weights to a model by name. Strict: every model weight must be given
  * with the right shape and nothing else, except names in `allowMissing` (e.g. a new head).
  *

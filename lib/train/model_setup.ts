@@ -11,7 +11,6 @@ import { createConvNeXt } from "../model/convnext.ts";
 import { TruncatedNormal } from "../model/layers.ts";
 import { architectureOf, numClasses } from "../model/architecture.ts";
 import { HEAD_FC, layerOfWeight } from "../model/names.ts";
-import type { ArchitectureSpec } from "../model/variants.ts";
 import { loadModel } from "../weights/pretrained.ts";
 
 /**

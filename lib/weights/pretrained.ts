@@ -14,7 +14,6 @@ import {
   type ModelConfig,
   type ModelSource,
   preprocessingFor,
-  storedModelConfig,
 } from "../model/config.ts";
 import { createConvNeXt } from "../model/convnext.ts";
 import { HEAD_FC, weightPath } from "../model/names.ts";

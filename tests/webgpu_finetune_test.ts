@@ -48,3 +48,5 @@ for (const mode of ["full", "probe"] as const) {
     model.dispose();
   });
 }
+
+globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));

@@ -218,7 +218,8 @@ export async function registerWebGpuBackend(requestAdapter?: RequestAdapter): Pr
 }
 
 /**
- * On Linux without `XDG_RUNTIME_DIR`, points it at a fresh private temp dir, which keeps
+ * On Linux without `XDG_RUNTIME_DIR`, points it at a private dir (one per user under the temp
+ * dir, reused by every process, so that none is left behind per run), which keeps
  * libwayland-client from printing "error: XDG_RUNTIME_DIR is invalid or not set" (harmless)
  * when the Vulkan loader starts. Call it before the first adapter request. Opt-in (tests and
  * benchmarks), since it changes the environment that child processes inherit.
@@ -228,11 +229,29 @@ export async function registerWebGpuBackend(requestAdapter?: RequestAdapter): Pr
 export function quietHeadlessVulkan(): string | undefined {
   try {
     if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return undefined;
-    const dir = Deno.makeTempDirSync({ prefix: "xdg-runtime-" });
-    Deno.chmodSync(dir, 0o700);
+    const dir = privateRuntimeDir();
     Deno.env.set("XDG_RUNTIME_DIR", dir);
     return dir;
   } catch {
     return undefined; // no --allow-env/--allow-write: the message stays, nothing breaks
   }
+}
+
+/**
+ * `<tmp>/convnext-xdg-runtime-<uid>`, created 0700. A name others can predict must be ours:
+ * a directory (not a link) owned by this user with no access for others; else a fresh one.
+ */
+function privateRuntimeDir(): string {
+  const tmp = Deno.env.get("TMPDIR") || "/tmp";
+  const dir = `${tmp}/convnext-xdg-runtime-${Deno.uid()}`;
+  try {
+    Deno.mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+  }
+  const st = Deno.lstatSync(dir);
+  if (st.isDirectory && st.uid === Deno.uid() && ((st.mode ?? 0) & 0o077) === 0) return dir;
+  const fresh = Deno.makeTempDirSync({ prefix: "xdg-runtime-" });
+  Deno.chmodSync(fresh, 0o700);
+  return fresh;
 }

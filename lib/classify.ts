@@ -78,7 +78,7 @@ export function classifierClasses(model: tf.LayersModel): number {
   if (n === 0) {
     throw new Error(
       `the model's output has shape [${
-        model.outputs[0].shape.join(", ")
+        model.outputs[0].shape.map((d) => d ?? "batch").join(", ")
       }], expected [batch, classes]: it has no classification head`,
     );
   }

@@ -123,7 +123,7 @@ try {
   if (numClasses === 0) {
     throw new Error(
       `the model's output has shape [${
-        model.outputs[0].shape.join(", ")
+        model.outputs[0].shape.map((d) => d ?? "batch").join(", ")
       }], expected [batch, classes]: it has no classification head`,
     );
   }

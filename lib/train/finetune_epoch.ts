@@ -161,6 +161,16 @@ async function trainEpoch(ctx: EpochContext, epoch: number): Promise<EpochTraini
     const step = epoch * stepsPerEpoch + Math.floor(b.index / o.updateFreq);
     const n = b.labels.length;
     const g = await batchGradients(trainer, o, b, epoch);
+    if (!Number.isFinite(g.loss)) {
+      // A NaN loss would train on NaN for every later step and still exit 0.
+      tf.dispose([...g.grads.values(), ...(acc?.values() ?? [])]);
+      bar.abort();
+      throw new Error(
+        `finetune: the loss is ${g.loss} at epoch ${epoch + 1}, step ${step + 1} (micro-batch ${
+          b.index + 1
+        }): lower lr, or check the model's weights and the data`,
+      );
+    }
     lossSum += g.loss * n;
     correct += g.correct;
     seen += n;

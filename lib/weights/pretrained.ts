@@ -32,6 +32,7 @@ import { download, type DownloadOptions } from "../util/download.ts";
 import { ensureCheckpoint } from "./fetch.ts";
 import { assertWeightsMatch, type ConvertedWeights, remapStateDict, type Weight } from "./remap.ts";
 import { readStateDict } from "./state_dict.ts";
+import type { StateDict } from "./types.ts";
 import {
   getZooEntry,
   isZooName,
@@ -79,6 +80,41 @@ export function applyWeights(
   }
 }
 
+/** Index of the first NaN or infinity in `data`, or -1. */
+function firstNonFinite(data: ArrayLike<number>): number {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return i;
+  return -1;
+}
+
+/**
+ * A weight that is NaN or infinite would turn every prediction into NaN (`NaN%` with exit
+ * code 0): an error naming the tensor instead.
+ */
+function assertFiniteStateDict(stateDict: StateDict, label: string): void {
+  for (const [key, t] of stateDict) {
+    const i = firstNonFinite(t.data);
+    if (i >= 0) {
+      throw new Error(`${label}: tensor "${key}" holds a non-finite value (${t.data[i]} at ${i})`);
+    }
+  }
+}
+
+/** A saved model whose weights are all finite (a damaged or diverged one is an error). */
+async function loadChecked(path: string): Promise<tf.LayersModel> {
+  const { model } = await loadSavedModel(path);
+  for (const w of model.weights) {
+    const data = await w.read().data();
+    const i = firstNonFinite(data);
+    if (i >= 0) {
+      model.dispose();
+      throw new Error(
+        `${path}: weight "${w.originalName}" holds a non-finite value (${data[i]} at ${i})`,
+      );
+    }
+  }
+  return model;
+}
+
 /** Options of {@link convertCheckpoint}. */
 export interface ConvertOptions {
   /** The architecture; default: inferred from the checkpoint's shapes. */
@@ -118,6 +154,7 @@ export async function convertCheckpoint(
 ): Promise<Converted> {
   const label = options.label ?? (typeof source === "string" ? basename(source) : "checkpoint");
   const stateDict = await readStateDict(source);
+  assertFiniteStateDict(stateDict, label);
   const converted = remapStateDict(stateDict, {
     architecture: options.architecture,
     dropHead: options.dropHead,
@@ -361,14 +398,14 @@ export async function loadModel(
   }
   if (local.cacheDir) {
     if (!options.refresh && await exists(join(local.cacheDir, "model.json"))) {
-      return (await loadSavedModel(local.cacheDir)).model;
+      return await loadChecked(local.cacheDir);
     }
     local = await locate(nameOrPath, options.download);
     return (await convertLocal(local, local.cacheDir!, { overwrite: true })).model;
   }
   const stat = await Deno.stat(nameOrPath);
   if (stat.isDirectory || nameOrPath.endsWith(".json")) {
-    return (await loadSavedModel(nameOrPath)).model;
+    return await loadChecked(nameOrPath);
   }
   const { model, converted } = await convertCheckpoint(nameOrPath);
   attachModelConfig(

@@ -17,8 +17,9 @@
 import { STATUS_CODES } from "node:http";
 import { basename, dirname } from "node:path";
 import { ProgressBar, type ProgressOptions } from "./progress.ts";
-import { removeIfExists } from "./fs.ts";
-import { sha256File, writeSha256Record } from "./cache.ts";
+import { exists, removeIfExists } from "./fs.ts";
+import { sha256File, verifySha256Record, writeSha256Record } from "./cache.ts";
+import { withFileLock } from "./lock.ts";
 import { runVerify, type VerifyMode } from "./integrity.ts";
 
 export { checkSafetensorsFile, checkZipFile, type VerifyMode } from "./integrity.ts";
@@ -361,6 +362,11 @@ async function receiveBody(
   }
 }
 
+/** A notice on stderr (or the progress writer), unless `quiet`. */
+function notice(opts: DownloadOptions, text: string): void {
+  if (!opts.quiet) (opts.progress?.write ?? ((t) => console.error(t.trimEnd())))(`${text}\n`);
+}
+
 /**
  * Downloads `url` to `dest`: streamed into `dest + ".part"`, resumed with
  * `Range: bytes=N-` after an interruption, retried with exponential backoff,
@@ -390,13 +396,26 @@ export async function download(
   }
   const part = `${dest}.part`;
   await Deno.mkdir(dirname(dest), { recursive: true });
-  const ctx: AttemptContext = { url, dest, part, opts, fetchFn: opts.fetch ?? fetch };
-  const attempts = await attemptWithRetries(ctx, retries);
-  const sha256 = await verifyPart(ctx);
-  // Record first, rename second: a file at `dest` then always has its record.
-  await writeSha256Record(dest, sha256);
-  await Deno.rename(part, dest);
-  return { path: dest, size: await fileSize(dest), sha256, attempts };
+  const existed = await exists(dest);
+  // One process at a time writes `.part` and renames; one that waited for another's
+  // download of the same file takes that file instead of downloading it again.
+  return await withFileLock(dest, async () => {
+    if (!existed && await exists(dest)) {
+      return {
+        path: dest,
+        size: await fileSize(dest),
+        sha256: await verifySha256Record(dest),
+        attempts: 0,
+      };
+    }
+    const ctx: AttemptContext = { url, dest, part, opts, fetchFn: opts.fetch ?? fetch };
+    const attempts = await attemptWithRetries(ctx, retries);
+    const sha256 = await verifyPart(ctx);
+    // Record first, rename second: a file at `dest` then always has its record.
+    await writeSha256Record(dest, sha256);
+    await Deno.rename(part, dest);
+    return { path: dest, size: await fileSize(dest), sha256, attempts };
+  }, { onWait: () => notice(opts, `waiting for another process downloading ${basename(dest)}`) });
 }
 
 /**
@@ -408,9 +427,6 @@ export async function download(
 async function attemptWithRetries(ctx: AttemptContext, retries: number): Promise<number> {
   const { url, opts } = ctx;
   const backoffMs = opts.backoffMs ?? 500;
-  const notice = (text: string) => {
-    if (!opts.quiet) (opts.progress?.write ?? ((t) => console.error(t.trimEnd())))(`${text}\n`);
-  };
   for (let attempts = 1;; attempts++) {
     let failure: RetryableError;
     try {
@@ -422,6 +438,7 @@ async function attemptWithRetries(ctx: AttemptContext, retries: number): Promise
     if (attempts > retries) throw await finalFailure(ctx, failure, attempts);
     const delay = failure.immediate ? 0 : backoffMs * 2 ** (attempts - 1);
     notice(
+      opts,
       `${failure.message}; retrying in ${(delay / 1000).toFixed(1)} s (attempt ${attempts + 1} of ${
         retries + 1
       })`,

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { withFileLock } from "../util/lock.ts";
 import * as tf from "@tensorflow/tfjs";
 import { createHash } from "node:crypto";
 import { basename, extname, join } from "node:path";
@@ -400,8 +401,13 @@ export async function loadModel(
     if (!options.refresh && await exists(join(local.cacheDir, "model.json"))) {
       return await loadChecked(local.cacheDir);
     }
-    local = await locate(nameOrPath, options.download);
-    return (await convertLocal(local, local.cacheDir!, { overwrite: true })).model;
+    const dir = local.cacheDir;
+    // One process converts; another that waited loads its result.
+    return await withFileLock(dir, async () => {
+      if (!options.refresh && await exists(join(dir, "model.json"))) return await loadChecked(dir);
+      const found = await locate(nameOrPath, options.download);
+      return (await convertLocal(found, dir, { overwrite: true })).model;
+    });
   }
   const stat = await Deno.stat(nameOrPath);
   if (stat.isDirectory || nameOrPath.endsWith(".json")) {

@@ -54,6 +54,35 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   }
 }
 
+/** Whether process `pid` is gone (Linux: no /proc entry; elsewhere it cannot tell: false). */
+async function processGone(pid: number): Promise<boolean> {
+  if (Deno.build.os !== "linux" || pid === Deno.pid) return false;
+  return !(await exists(`/proc/${pid}`));
+}
+
+/**
+ * Removes the temporary siblings of `path` (`.<name>.tmp-<pid>-…`, `.<name>.old-<pid>-…`)
+ * left by processes that no longer run: a Ctrl-C during a conversion kills the process before
+ * it can clean up, and its partial copy (87 MB for convnext_tiny) would stay forever.
+ */
+export async function removeStaleTemps(path: string): Promise<string[]> {
+  const prefix = `.${basename(path)}.`;
+  const removed: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dirname(path))) {
+      const m = e.name.startsWith(prefix) &&
+        /^(?:tmp|old)-(\d+)-[0-9a-f]{8}$/.exec(e.name.slice(prefix.length));
+      if (m && await processGone(Number(m[1]))) {
+        await removeIfExists(join(dirname(path), e.name));
+        removed.push(e.name);
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return removed;
+}
+
 /**
  * Builds a directory atomically: `fn` fills a fresh temporary directory next to
  * `finalDir`, which is then renamed to `finalDir`. If `fn` throws, the temporary
@@ -73,6 +102,7 @@ export async function withTempDir<T>(
 ): Promise<T> {
   const parent = dirname(finalDir);
   await Deno.mkdir(parent, { recursive: true });
+  await removeStaleTemps(finalDir);
   const tmp = join(parent, `.${basename(finalDir)}.tmp-${tempSuffix()}`);
   await Deno.mkdir(tmp);
   let result: T;

@@ -15,6 +15,17 @@ export const PLAN_ACTIVATIONS = ["linear", "relu", "gelu", "sigmoid", "softmax"]
 /** An activation a plan step may apply. */
 export type PlanActivation = (typeof PLAN_ACTIVATIONS)[number];
 
+/**
+ * The slots a step reads and writes: indices into the executor's list of intermediate
+ * tensors, so that a step's result can be freed once its last reader has run.
+ */
+export interface StepSlots {
+  /** The slot this step reads. */
+  input: number;
+  /** The slot this step writes. */
+  output: number;
+}
+
 /** A ConvNeXt block, fused: `out = in + MLP(LN(dwconv(in)))` with folded weights. */
 export interface BlockStep {
   /** Step kind. */
@@ -35,13 +46,9 @@ export interface BlockStep {
  * A Conv2D, or a depthwise Conv2D outside a fusable block. Weights `<prefix>/kernel`,
  * optional `/bias`.
  */
-export interface SpatialStep {
+export interface SpatialStep extends StepSlots {
   /** Step kind: which convolution. */
   op: "conv" | "depthwise";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
   /** Weight key prefix. */
   prefix: string;
   /** Strides `[sh, sw]`. */
@@ -55,13 +62,9 @@ export interface SpatialStep {
 }
 
 /** LayerNorm over the last axis. Weights `<prefix>/gamma`, `<prefix>/beta`. */
-export interface LayerNormStep {
+export interface LayerNormStep extends StepSlots {
   /** Step kind. */
   op: "layerNorm";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
   /** Weight key prefix. */
   prefix: string;
   /** Variance epsilon. */
@@ -69,13 +72,9 @@ export interface LayerNormStep {
 }
 
 /** Dense on the last axis. Weights `<prefix>/kernel`, optional `/bias`. */
-export interface DenseStep {
+export interface DenseStep extends StepSlots {
   /** Step kind. */
   op: "dense";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
   /** Weight key prefix. */
   prefix: string;
   /** Whether `<prefix>/bias` exists. */
@@ -85,25 +84,17 @@ export interface DenseStep {
 }
 
 /** Per-channel scale (`x * gamma`). Weight `<prefix>/gamma`. */
-export interface ScaleStep {
+export interface ScaleStep extends StepSlots {
   /** Step kind. */
   op: "scale";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
   /** Weight key prefix. */
   prefix: string;
 }
 
 /** Global average or max pooling over the two spatial axes. */
-export interface PoolStep {
+export interface PoolStep extends StepSlots {
   /** Step kind. */
   op: "avgPool" | "maxPool";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
 }
 
 /** Element-wise sum of several slots. */
@@ -117,13 +108,9 @@ export interface AddStep {
 }
 
 /** Identity at inference (stochastic depth, dropout). */
-export interface IdentityStep {
+export interface IdentityStep extends StepSlots {
   /** Step kind. */
   op: "identity";
-  /** Input slot. */
-  input: number;
-  /** Output slot. */
-  output: number;
 }
 
 /** One step of a {@link Plan}. */

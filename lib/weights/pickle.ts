@@ -7,7 +7,10 @@
  * sets as `Set`) and calls the handlers the caller whitelisted for named globals.
  * Any other global, any call of a non-callable, and any opcode outside the data
  * subset (INST, OBJ, EXT*, out-of-band buffers, protocol-0 text opcodes) is an error
- * naming it.
+ * naming it. A hostile pickle costs time and memory linear in its size: integers are
+ * built in one pass and capped at {@link MAX_LONG_BYTES}, containers are filled without
+ * recursion or argument spreading, and every error (a handler's too) is one line that
+ * names the pickle.
  *
  * @module
  */
@@ -43,6 +46,11 @@ export interface UnpickleOptions {
   /** What to call the pickle in error messages (e.g. `"ckpt.pth: archive/data.pkl"`). */
   readonly label?: string;
 }
+
+const HEX: readonly string[] = Array.from(
+  { length: 256 },
+  (_, i) => i.toString(16).padStart(2, "0"),
+);
 
 const OPCODE_NAMES: Record<number, string> = {
   0x28: "MARK",
@@ -119,6 +127,21 @@ const OPCODE_NAMES: Record<number, string> = {
 const MARK = Symbol("MARK");
 
 /**
+ * Longest integer accepted (LONG1/LONG4), in bytes. Checkpoints hold small ints (epochs,
+ * steps, seeds); a huge one only costs time and memory in whatever handles it next.
+ */
+export const MAX_LONG_BYTES = 1024;
+
+/** An error the reader raised itself, already naming the pickle. */
+class PickleError extends Error {}
+
+/** Keeps an error message on one line, whatever strings a hostile pickle put in it. */
+function oneLine(msg: string): string {
+  // deno-lint-ignore no-control-regex
+  return msg.replace(/[\x00-\x1f\x7f]+/g, " ");
+}
+
+/**
  * Reads one pickle and returns the object it describes, without running any code.
  *
  * @example
@@ -140,7 +163,17 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions = {}): unkn
   let pos = 0;
 
   const fail = (msg: string): never => {
-    throw new Error(`${label}: ${msg}`);
+    throw new PickleError(oneLine(`${label}: ${msg}`));
+  };
+  // Whitelisted handlers and the persistent-id loader know nothing of the file: their
+  // errors get the pickle's label here, so every error names where it came from.
+  const guarded = <T>(f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof PickleError) throw e;
+      return fail(e instanceof Error ? e.message : String(e));
+    }
   };
   const need = (n: number): number => {
     if (n < 0 || pos + n > bytes.length) fail(`truncated pickle (needs ${n} bytes at byte ${pos})`);
@@ -212,7 +245,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions = {}): unkn
     const g = callable as PickleGlobal;
     if (!g.call) return fail(`${op} of non-callable global ${g.qualname}`);
     if (!Array.isArray(args)) return fail(`${op} of ${g.qualname}: arguments are not a tuple`);
-    return g.call(args);
+    return guarded(() => g.call!(args));
   };
   const setItems = (dict: unknown, items: unknown[]): void => {
     if (!(dict instanceof Map)) fail(`SETITEM(S) on a ${describe(dict)}, expected a dict`);
@@ -223,239 +256,261 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions = {}): unkn
   };
   const append = (list: unknown, items: unknown[]): void => {
     if (!Array.isArray(list)) fail(`APPEND(S) on a ${describe(list)}, expected a list`);
-    (list as unknown[]).push(...items);
+    // One by one: push(...items) passes every item as an argument and overflows the
+    // stack for a few hundred thousand of them.
+    const l = list as unknown[];
+    for (let i = 0; i < items.length; i++) l.push(items[i]);
   };
   const int = (x: bigint): number | bigint =>
     x >= BigInt(Number.MIN_SAFE_INTEGER) && x <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(x) : x;
-  const long = (b: Uint8Array): number | bigint => {
-    let x = 0n;
-    for (let i = b.length - 1; i >= 0; i--) x = (x << 8n) | BigInt(b[i]);
-    if (b.length && b[b.length - 1] & 0x80) x -= 1n << BigInt(8 * b.length);
+  // Little-endian two's complement. Built from one hex string in linear time: shifting
+  // a BigInt byte by byte is quadratic (minutes for a 300 kB integer).
+  const long = (n: number): number | bigint => {
+    if (n > MAX_LONG_BYTES) {
+      fail(`integer of ${n} bytes at byte ${pos} is too large (at most ${MAX_LONG_BYTES} bytes)`);
+    }
+    const b = take(n);
+    if (b.length === 0) return 0;
+    const hex = new Array<string>(b.length);
+    for (let i = 0; i < b.length; i++) hex[b.length - 1 - i] = HEX[b[i]];
+    let x = BigInt("0x" + hex.join(""));
+    if (b[b.length - 1] & 0x80) x -= 1n << BigInt(8 * b.length);
     return int(x);
   };
 
-  while (true) {
-    if (pos >= bytes.length) fail(`truncated pickle (no STOP opcode)`);
-    const at = pos;
-    const op = bytes[pos++];
-    switch (op) {
-      case 0x80: // PROTO
-        if (u8() > 5) fail(`unsupported pickle protocol ${bytes[pos - 1]}`);
-        break;
-      case 0x95: // FRAME: a length prefix for buffering only
-        u64();
-        break;
-      case 0x2e: { // STOP
-        const result = pop();
-        return result;
-      }
-      case 0x28: // MARK
-        metastack.push(stack);
-        stack = [];
-        break;
-      case 0x30: // POP
-        if (stack.length) stack.pop();
-        else popMark();
-        break;
-      case 0x31: // POP_MARK
-        popMark();
-        break;
-      case 0x32: // DUP
-        stack.push(top());
-        break;
-      case 0x4e: // NONE
-        stack.push(null);
-        break;
-      case 0x88: // NEWTRUE
-        stack.push(true);
-        break;
-      case 0x89: // NEWFALSE
-        stack.push(false);
-        break;
-      case 0x4a: // BININT
-        stack.push(dv.getInt32(need(4), true));
-        break;
-      case 0x4b: // BININT1
-        stack.push(u8());
-        break;
-      case 0x4d: // BININT2
-        stack.push(u16());
-        break;
-      case 0x8a: // LONG1
-        stack.push(long(take(u8())));
-        break;
-      case 0x8b: // LONG4
-        stack.push(long(take(u32())));
-        break;
-      case 0x47: // BINFLOAT (big-endian double)
-        stack.push(dv.getFloat64(need(8), false));
-        break;
-      case 0x58: // BINUNICODE
-        stack.push(str(u32()));
-        break;
-      case 0x8c: // SHORT_BINUNICODE
-        stack.push(str(u8()));
-        break;
-      case 0x8d: // BINUNICODE8
-        stack.push(str(u64()));
-        break;
-      case 0x54: // BINSTRING (Python 2 str)
-        stack.push(latin1.decode(take(dv.getInt32(need(4), true))));
-        break;
-      case 0x55: // SHORT_BINSTRING
-        stack.push(latin1.decode(take(u8())));
-        break;
-      case 0x42: // BINBYTES
-        stack.push(take(u32()).slice());
-        break;
-      case 0x43: // SHORT_BINBYTES
-        stack.push(take(u8()).slice());
-        break;
-      case 0x8e: // BINBYTES8
-      case 0x96: // BYTEARRAY8
-        stack.push(take(u64()).slice());
-        break;
-      case 0x5d: // EMPTY_LIST
-        stack.push([]);
-        break;
-      case 0x61: { // APPEND
-        const x = pop();
-        append(top(), [x]);
-        break;
-      }
-      case 0x65: { // APPENDS
-        const items = popMark();
-        append(top(), items);
-        break;
-      }
-      case 0x6c: { // LIST
-        const items = popMark(); // before touching `stack`: popMark replaces it
-        stack.push(items);
-        break;
-      }
-      case 0x29: // EMPTY_TUPLE
-        stack.push([]);
-        break;
-      case 0x74: { // TUPLE
-        const items = popMark();
-        stack.push(items);
-        break;
-      }
-      case 0x85: // TUPLE1
-        stack.push([pop()]);
-        break;
-      case 0x86: { // TUPLE2
-        const b = pop();
-        const a = pop();
-        stack.push([a, b]);
-        break;
-      }
-      case 0x87: { // TUPLE3
-        const c = pop();
-        const b = pop();
-        const a = pop();
-        stack.push([a, b, c]);
-        break;
-      }
-      case 0x7d: // EMPTY_DICT
-        stack.push(new Map());
-        break;
-      case 0x64: { // DICT
-        const d = new Map();
-        setItems(d, popMark());
-        stack.push(d);
-        break;
-      }
-      case 0x73: { // SETITEM
-        const v = pop();
-        const k = pop();
-        setItems(top(), [k, v]);
-        break;
-      }
-      case 0x75: { // SETITEMS
-        const items = popMark();
-        setItems(top(), items);
-        break;
-      }
-      case 0x8f: // EMPTY_SET
-        stack.push(new Set());
-        break;
-      case 0x90: { // ADDITEMS
-        const items = popMark();
-        const s = top();
-        if (!(s instanceof Set)) fail(`ADDITEMS on a ${describe(s)}, expected a set`);
-        for (const x of items) (s as Set<unknown>).add(x);
-        break;
-      }
-      case 0x91: { // FROZENSET
-        const items = popMark();
-        stack.push(new Set(items));
-        break;
-      }
-      case 0x71: // BINPUT
-        memo.set(u8(), top());
-        break;
-      case 0x72: // LONG_BINPUT
-        memo.set(u32(), top());
-        break;
-      case 0x94: // MEMOIZE
-        memo.set(memo.size, top());
-        break;
-      case 0x68: // BINGET
-        stack.push(memoGet(u8()));
-        break;
-      case 0x6a: // LONG_BINGET
-        stack.push(memoGet(u32()));
-        break;
-      case 0x63: { // GLOBAL "module\nname\n"
-        const module = line();
-        const name = line();
-        stack.push(findGlobal(module, name));
-        break;
-      }
-      case 0x93: { // STACK_GLOBAL
-        const name = pop();
-        const module = pop();
-        if (typeof module !== "string" || typeof name !== "string") {
-          fail(`STACK_GLOBAL with non-string module/name`);
+  // Anything else that goes wrong (a BigInt or string too large for the engine...) still
+  // gets the pickle's name and stays one line.
+  try {
+    while (true) {
+      if (pos >= bytes.length) fail(`truncated pickle (no STOP opcode)`);
+      const at = pos;
+      const op = bytes[pos++];
+      switch (op) {
+        case 0x80: // PROTO
+          if (u8() > 5) fail(`unsupported pickle protocol ${bytes[pos - 1]}`);
+          break;
+        case 0x95: // FRAME: a length prefix for buffering only
+          u64();
+          break;
+        case 0x2e: { // STOP
+          const result = pop();
+          return result;
         }
-        stack.push(findGlobal(module as string, name as string));
-        break;
-      }
-      case 0x52: { // REDUCE
-        const args = pop();
-        const callable = pop();
-        stack.push(callGlobal(callable, args, "REDUCE"));
-        break;
-      }
-      case 0x81: { // NEWOBJ: cls.__new__(cls, *args)
-        const args = pop();
-        const cls = pop();
-        stack.push(callGlobal(cls, args, "NEWOBJ"));
-        break;
-      }
-      case 0x62: { // BUILD: obj.__setstate__(state), applied to data only
-        const state = pop();
-        const obj = top();
-        if (obj instanceof PickleObject) obj.state = state;
-        // An OrderedDict's BUILD state is its instance __dict__ (torch puts the
-        // state dict's `_metadata` there): nothing to apply to a Map.
-        else if (!(obj instanceof Map)) fail(`BUILD on a ${describe(obj)} is not supported`);
-        break;
-      }
-      case 0x51: { // BINPERSID
-        const pid = pop();
-        if (!options.persistentLoad) fail(`persistent id ${describe(pid)} without a loader`);
-        stack.push(options.persistentLoad!(pid));
-        break;
-      }
-      default: {
-        const name = OPCODE_NAMES[op] ?? "unknown";
-        fail(
-          `unsupported pickle opcode ${name} (0x${op.toString(16).padStart(2, "0")}) at byte ${at}`,
-        );
+        case 0x28: // MARK
+          metastack.push(stack);
+          stack = [];
+          break;
+        case 0x30: // POP
+          if (stack.length) stack.pop();
+          else popMark();
+          break;
+        case 0x31: // POP_MARK
+          popMark();
+          break;
+        case 0x32: // DUP
+          stack.push(top());
+          break;
+        case 0x4e: // NONE
+          stack.push(null);
+          break;
+        case 0x88: // NEWTRUE
+          stack.push(true);
+          break;
+        case 0x89: // NEWFALSE
+          stack.push(false);
+          break;
+        case 0x4a: // BININT
+          stack.push(dv.getInt32(need(4), true));
+          break;
+        case 0x4b: // BININT1
+          stack.push(u8());
+          break;
+        case 0x4d: // BININT2
+          stack.push(u16());
+          break;
+        case 0x8a: // LONG1
+          stack.push(long(u8()));
+          break;
+        case 0x8b: // LONG4
+          stack.push(long(u32()));
+          break;
+        case 0x47: // BINFLOAT (big-endian double)
+          stack.push(dv.getFloat64(need(8), false));
+          break;
+        case 0x58: // BINUNICODE
+          stack.push(str(u32()));
+          break;
+        case 0x8c: // SHORT_BINUNICODE
+          stack.push(str(u8()));
+          break;
+        case 0x8d: // BINUNICODE8
+          stack.push(str(u64()));
+          break;
+        case 0x54: // BINSTRING (Python 2 str)
+          stack.push(latin1.decode(take(dv.getInt32(need(4), true))));
+          break;
+        case 0x55: // SHORT_BINSTRING
+          stack.push(latin1.decode(take(u8())));
+          break;
+        case 0x42: // BINBYTES
+          stack.push(take(u32()).slice());
+          break;
+        case 0x43: // SHORT_BINBYTES
+          stack.push(take(u8()).slice());
+          break;
+        case 0x8e: // BINBYTES8
+        case 0x96: // BYTEARRAY8
+          stack.push(take(u64()).slice());
+          break;
+        case 0x5d: // EMPTY_LIST
+          stack.push([]);
+          break;
+        case 0x61: { // APPEND
+          const x = pop();
+          append(top(), [x]);
+          break;
+        }
+        case 0x65: { // APPENDS
+          const items = popMark();
+          append(top(), items);
+          break;
+        }
+        case 0x6c: { // LIST
+          const items = popMark(); // before touching `stack`: popMark replaces it
+          stack.push(items);
+          break;
+        }
+        case 0x29: // EMPTY_TUPLE
+          stack.push([]);
+          break;
+        case 0x74: { // TUPLE
+          const items = popMark();
+          stack.push(items);
+          break;
+        }
+        case 0x85: // TUPLE1
+          stack.push([pop()]);
+          break;
+        case 0x86: { // TUPLE2
+          const b = pop();
+          const a = pop();
+          stack.push([a, b]);
+          break;
+        }
+        case 0x87: { // TUPLE3
+          const c = pop();
+          const b = pop();
+          const a = pop();
+          stack.push([a, b, c]);
+          break;
+        }
+        case 0x7d: // EMPTY_DICT
+          stack.push(new Map());
+          break;
+        case 0x64: { // DICT
+          const d = new Map();
+          setItems(d, popMark());
+          stack.push(d);
+          break;
+        }
+        case 0x73: { // SETITEM
+          const v = pop();
+          const k = pop();
+          setItems(top(), [k, v]);
+          break;
+        }
+        case 0x75: { // SETITEMS
+          const items = popMark();
+          setItems(top(), items);
+          break;
+        }
+        case 0x8f: // EMPTY_SET
+          stack.push(new Set());
+          break;
+        case 0x90: { // ADDITEMS
+          const items = popMark();
+          const s = top();
+          if (!(s instanceof Set)) fail(`ADDITEMS on a ${describe(s)}, expected a set`);
+          for (const x of items) (s as Set<unknown>).add(x);
+          break;
+        }
+        case 0x91: { // FROZENSET
+          const items = popMark();
+          stack.push(new Set(items));
+          break;
+        }
+        case 0x71: // BINPUT
+          memo.set(u8(), top());
+          break;
+        case 0x72: // LONG_BINPUT
+          memo.set(u32(), top());
+          break;
+        case 0x94: // MEMOIZE
+          memo.set(memo.size, top());
+          break;
+        case 0x68: // BINGET
+          stack.push(memoGet(u8()));
+          break;
+        case 0x6a: // LONG_BINGET
+          stack.push(memoGet(u32()));
+          break;
+        case 0x63: { // GLOBAL "module\nname\n"
+          const module = line();
+          const name = line();
+          stack.push(findGlobal(module, name));
+          break;
+        }
+        case 0x93: { // STACK_GLOBAL
+          const name = pop();
+          const module = pop();
+          if (typeof module !== "string" || typeof name !== "string") {
+            fail(`STACK_GLOBAL with non-string module/name`);
+          }
+          stack.push(findGlobal(module as string, name as string));
+          break;
+        }
+        case 0x52: { // REDUCE
+          const args = pop();
+          const callable = pop();
+          stack.push(callGlobal(callable, args, "REDUCE"));
+          break;
+        }
+        case 0x81: { // NEWOBJ: cls.__new__(cls, *args)
+          const args = pop();
+          const cls = pop();
+          stack.push(callGlobal(cls, args, "NEWOBJ"));
+          break;
+        }
+        case 0x62: { // BUILD: obj.__setstate__(state), applied to data only
+          const state = pop();
+          const obj = top();
+          if (obj instanceof PickleObject) obj.state = state;
+          // An OrderedDict's BUILD state is its instance __dict__ (torch puts the
+          // state dict's `_metadata` there): nothing to apply to a Map.
+          else if (!(obj instanceof Map)) fail(`BUILD on a ${describe(obj)} is not supported`);
+          break;
+        }
+        case 0x51: { // BINPERSID
+          const pid = pop();
+          if (!options.persistentLoad) fail(`persistent id ${describe(pid)} without a loader`);
+          stack.push(guarded(() => options.persistentLoad!(pid)));
+          break;
+        }
+        default: {
+          const name = OPCODE_NAMES[op] ?? "unknown";
+          fail(
+            `unsupported pickle opcode ${name} (0x${
+              op.toString(16).padStart(2, "0")
+            }) at byte ${at}`,
+          );
+        }
       }
     }
+  } catch (e) {
+    if (e instanceof PickleError) throw e;
+    throw new Error(
+      oneLine(`${label}: ${e instanceof Error ? e.message : String(e)} (at byte ${pos})`),
+    );
   }
 }
 

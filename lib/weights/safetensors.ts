@@ -3,13 +3,15 @@
  *
  * Layout: an 8-byte little-endian header length N, N bytes of JSON
  * (`{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`), then
- * the tensor bytes, offsets relative to the end of the header. Nothing is executed.
+ * the tensor bytes, offsets relative to the end of the header. Nothing is executed, and
+ * every range is checked (inside the data, no two tensors sharing bytes) before any
+ * tensor is read.
  *
  * @module
  */
 
 import { decodeToFloat32, type DType, DTYPE_SIZE } from "./dtype.ts";
-import { openSource } from "./source.ts";
+import { openCheckpointSource } from "./source.ts";
 import type { StateDict } from "./types.ts";
 
 export type { StateDict, TensorData } from "./types.ts";
@@ -30,6 +32,11 @@ const DTYPES: Record<string, DType> = {
 /** Largest header accepted (the format's own limit is 100 MB). */
 const MAX_HEADER = 100_000_000;
 
+/** A tensor name for an error message: quoted, control characters escaped, shortened. */
+function quote(name: string): string {
+  return JSON.stringify(name.length > 200 ? `${name.slice(0, 200)}...` : name);
+}
+
 interface HeaderEntry {
   dtype: DType;
   shape: number[];
@@ -48,7 +55,7 @@ interface HeaderEntry {
  * ```
  */
 export async function readSafetensors(source: string | Uint8Array): Promise<StateDict> {
-  const src = await openSource(source);
+  const src = await openCheckpointSource(source);
   try {
     const label = src.label;
     const bad = (msg: string): never => {
@@ -77,10 +84,10 @@ export async function readSafetensors(source: string | Uint8Array): Promise<Stat
       if (name === "__metadata__") continue;
       const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       const dtype = DTYPES[String(e?.dtype)];
-      if (!dtype) bad(`tensor "${name}" has unsupported dtype ${JSON.stringify(e?.dtype)}`);
+      if (!dtype) bad(`tensor ${quote(name)} has unsupported dtype ${JSON.stringify(e?.dtype)}`);
       const shape = e.shape;
       if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-        bad(`tensor "${name}" has a bad shape ${JSON.stringify(shape)}`);
+        bad(`tensor ${quote(name)} has a bad shape ${JSON.stringify(shape)}`);
       }
       const off = e.data_offsets;
       if (
@@ -88,7 +95,7 @@ export async function readSafetensors(source: string | Uint8Array): Promise<Stat
         off[0] < 0 || off[1] < off[0] || off[1] > dataSize
       ) {
         bad(
-          `tensor "${name}" has bad data_offsets ${
+          `tensor ${quote(name)} has bad data_offsets ${
             JSON.stringify(off)
           } (data is ${dataSize} bytes; truncated?)`,
         );
@@ -96,9 +103,27 @@ export async function readSafetensors(source: string | Uint8Array): Promise<Stat
       const numel = (shape as number[]).reduce((a, b) => a * b, 1);
       const [begin, end] = off as number[];
       if (end - begin !== numel * DTYPE_SIZE[dtype]) {
-        bad(`tensor "${name}" spans ${end - begin} bytes, expected ${numel * DTYPE_SIZE[dtype]}`);
+        bad(
+          `tensor ${quote(name)} spans ${end - begin} bytes, expected ${numel * DTYPE_SIZE[dtype]}`,
+        );
       }
       entries.set(name, { dtype, shape: shape as number[], begin, end });
+    }
+    // Each byte belongs to one tensor at most: overlapping ranges would let a small file
+    // decode the same bytes many times over (and no writer produces them).
+    const byBegin = [...entries].filter(([, e]) => e.end > e.begin).sort((a, b) =>
+      a[1].begin - b[1].begin
+    );
+    for (let i = 1; i < byBegin.length; i++) {
+      const [prevName, prev] = byBegin[i - 1];
+      const [name, e] = byBegin[i];
+      if (e.begin < prev.end) {
+        bad(
+          `tensor ${quote(name)} (bytes ${e.begin}..${e.end}) overlaps tensor ${
+            quote(prevName)
+          } (bytes ${prev.begin}..${prev.end})`,
+        );
+      }
     }
     const out: StateDict = new Map();
     for (const [name, e] of entries) {

@@ -112,3 +112,37 @@ function checkRange(label: string, size: number, offset: number, length: number)
     );
   }
 }
+
+/**
+ * Opens a checkpoint path (or wraps its bytes) as a {@link ByteSource}, refusing what is
+ * not a regular file: a directory would otherwise fail later with the OS's bare
+ * "Is a directory", and a FIFO or device would block or never end.
+ *
+ * @example
+ * ```ts
+ * import { openCheckpointSource } from "./source.ts";
+ * const path = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const src = await openCheckpointSource(path.pathname);
+ * console.log(src.size); // bytes, read on demand
+ * src.close();
+ * ```
+ */
+export async function openCheckpointSource(source: string | Uint8Array): Promise<ByteSource> {
+  if (typeof source === "string") {
+    let info: Deno.FileInfo | undefined;
+    try {
+      info = await Deno.stat(source);
+    } catch {
+      // Missing or unreadable: openSource says so with the OS's reason.
+    }
+    if (info?.isDirectory) {
+      throw new Error(`${source}: expected a checkpoint file (.pth/.safetensors), got a directory`);
+    }
+    if (info && !info.isFile) {
+      throw new Error(
+        `${source}: expected a checkpoint file (.pth/.safetensors), got a special file (FIFO, socket or device)`,
+      );
+    }
+  }
+  return await openSource(source);
+}

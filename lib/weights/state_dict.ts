@@ -6,8 +6,8 @@
  */
 
 import { readSafetensors } from "./safetensors.ts";
-import { openSource } from "./source.ts";
 import { readTorchCheckpoint, sniffFormat, type TorchCheckpointOptions } from "./torch.ts";
+import { openCheckpointSource } from "./source.ts";
 import type { StateDict } from "./types.ts";
 
 export type { StateDict, TensorData } from "./types.ts";
@@ -27,7 +27,7 @@ export async function readStateDict(
   source: string | Uint8Array,
   options: TorchCheckpointOptions = {},
 ): Promise<StateDict> {
-  const src = await openSource(source);
+  const src = await openCheckpointSource(source);
   let head: Uint8Array;
   try {
     head = (await src.read(0, Math.min(512, src.size))).slice();

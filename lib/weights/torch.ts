@@ -5,14 +5,17 @@
  * storages by persistent id) and one entry `<root>/data/<key>` per storage. The pickle
  * is read with the safe reader of `pickle.ts` and a whitelist of the few torch globals
  * a state dict uses; storages are read on demand, only for the tensors of the chosen
- * state dict (a training checkpoint's optimizer state is never loaded).
+ * state dict (a training checkpoint's optimizer state is never loaded). Before any storage
+ * is read, every storage is checked against its archive entry and every view (offset,
+ * shape, stride) against its storage, so a hostile file fails for the price of its pickle.
  *
  * @module
  */
 
 import { decodeToFloat32, type DType, DTYPE_SIZE } from "./dtype.ts";
 import { describe, type PickleGlobal, PickleObject, unpickle } from "./pickle.ts";
-import { type ByteSource, openSource } from "./source.ts";
+import type { ByteSource } from "./source.ts";
+import { openCheckpointSource } from "./source.ts";
 import type { StateDict, TensorData } from "./types.ts";
 import { ZipArchive } from "./zip.ts";
 
@@ -32,6 +35,21 @@ export interface TorchCheckpointOptions {
   /** Check each storage's CRC-32 (default true). */
   readonly verifyCrc?: boolean;
 }
+
+/**
+ * Largest expanded view accepted, in elements: a view with more elements than its storage
+ * repeats storage elements (stride 0, as `expand` makes), so its size is not bounded by
+ * the file. State dicts have none, or tiny ones; a 1-element storage viewed as
+ * [16000, 16000] would cost a gigabyte from a few hundred bytes.
+ */
+export const MAX_EXPANDED_ELEMENTS = 1 << 16;
+
+/**
+ * Budget of the elements copied out of storages (slices, transposes, expansions), beyond
+ * twice the storages' own elements: views of one storage are copied each time, so
+ * many views of one large storage would otherwise multiply its size at no cost in the file.
+ */
+const COPY_SLACK_ELEMENTS = 1 << 20;
 
 /** The keys tried, in order, to find the state dict inside a checkpoint object. */
 export const STATE_DICT_KEYS: readonly string[] = ["model", "state_dict", "model_ema"];
@@ -69,6 +87,17 @@ interface TypeMarker extends PickleGlobal {
   readonly dtype?: DType;
 }
 
+/** A pickled value for an error message: numbers as such, anything else by its type. */
+function show(x: unknown): string {
+  if (typeof x === "bigint") return x.toString().length > 30 ? "a huge integer" : String(x);
+  return typeof x === "number" ? String(x) : describe(x);
+}
+
+/** A checkpoint key for an error message: quoted, control characters escaped, shortened. */
+function quote(name: string): string {
+  return JSON.stringify(name.length > 200 ? `${name.slice(0, 200)}...` : name);
+}
+
 function intList(x: unknown, what: string): number[] {
   if (!Array.isArray(x) || !x.every((v) => Number.isSafeInteger(v) && v >= 0)) {
     throw new Error(`${what} is not a tuple of non-negative ints (${describe(x)})`);
@@ -79,10 +108,10 @@ function intList(x: unknown, what: string): number[] {
 function rebuildTensor(args: readonly unknown[], fn: string): TensorRef {
   const [storage, offset, size, stride] = args;
   if (!(storage instanceof StorageRef)) {
-    throw new Error(`${fn}: first argument is a ${describe(storage)}, not a storage`);
+    throw new Error(`${fn}: expected a storage as first argument, got ${describe(storage)}`);
   }
   if (!Number.isSafeInteger(offset) || (offset as number) < 0) {
-    throw new Error(`${fn}: bad storage offset ${String(offset)}`);
+    throw new Error(`${fn}: bad storage offset ${show(offset)}`);
   }
   const shape = intList(size, `${fn} size`);
   const strides = intList(stride, `${fn} stride`);
@@ -145,10 +174,13 @@ function persistentLoad(pid: unknown): StorageRef {
   }
   const type = pid[1] as TypeMarker;
   if (!type?.dtype) throw new Error(`unsupported storage type ${describe(pid[1])}`);
+  if (typeof pid[2] !== "string" && !Number.isSafeInteger(pid[2])) {
+    throw new Error(`storage key is a ${describe(pid[2])}, expected a string`);
+  }
   const key = String(pid[2]);
   const numel = pid[4];
   if (!Number.isSafeInteger(numel) || (numel as number) < 0) {
-    throw new Error(`storage ${key}: bad element count ${String(numel)}`);
+    throw new Error(`storage ${quote(key)}: bad element count ${show(numel)}`);
   }
   return new StorageRef(key, type.dtype, numel as number);
 }
@@ -209,7 +241,7 @@ export async function readTorchCheckpoint(
   source: string | Uint8Array,
   options: TorchCheckpointOptions = {},
 ): Promise<StateDict> {
-  const src = await openSource(source);
+  const src = await openCheckpointSource(source);
   let zip: ZipArchive;
   try {
     const format = sniffFormat(await src.read(0, Math.min(512, src.size)));
@@ -275,15 +307,50 @@ async function readFromZip(
   const byStorage = new Map<string, string[]>();
   for (const [name, t] of refs) {
     const list = byStorage.get(t.storage.key) ?? [];
+    const first = list.length ? refs.get(list[0])!.storage : t.storage;
+    if (first.dtype !== t.storage.dtype || first.numel !== t.storage.numel) {
+      throw new Error(
+        `${label}: tensor ${quote(name)}: storage ${quote(t.storage.key)} is declared twice, ` +
+          `as ${first.numel} x ${first.dtype} and ${t.storage.numel} x ${t.storage.dtype} (corrupt checkpoint)`,
+      );
+    }
     list.push(name);
     byStorage.set(t.storage.key, list);
+  }
+  // Everything is checked against what the archive holds before any storage is read or
+  // any tensor allocated: a hostile file must fail for the price of its pickle.
+  let storageElements = 0;
+  for (const [key, tensorNames] of byStorage) {
+    const storage = refs.get(tensorNames[0])!.storage;
+    const entry = zip.entries.get(`${root}/data/${key}`);
+    if (!entry) {
+      throw new Error(
+        `${label}: storage entry "${root}/data/${key}" is missing (corrupt checkpoint)`,
+      );
+    }
+    const need = storage.numel * DTYPE_SIZE[storage.dtype];
+    if (entry.size < need) {
+      throw new Error(
+        `${label}: storage "${entry.name}" has ${entry.size} bytes, expected ${need} ` +
+          `(${storage.numel} x ${storage.dtype}; tensor ${quote(tensorNames[0])})`,
+      );
+    }
+    storageElements += storage.numel;
+  }
+  const copyBudget = 2 * storageElements + COPY_SLACK_ELEMENTS;
+  let copied = 0;
+  for (const [name, t] of refs) {
+    copied += checkView(t, `${label}: tensor ${quote(name)}`);
+    if (copied > copyBudget) {
+      throw new Error(
+        `${label}: tensor ${quote(name)}: the state dict's views copy more than ${copyBudget} ` +
+          `elements out of storages of ${storageElements} (views repeat storage data; refused)`,
+      );
+    }
   }
   const tensors = new Map<string, TensorData>();
   for (const [key, tensorNames] of byStorage) {
     const entry = `${root}/data/${key}`;
-    if (!zip.has(entry)) {
-      throw new Error(`${label}: storage entry "${entry}" is missing (corrupt checkpoint)`);
-    }
     const storage = refs.get(tensorNames[0])!.storage;
     const bytes = await zip.read(entry, { verifyCrc });
     const need = storage.numel * DTYPE_SIZE[storage.dtype];
@@ -292,7 +359,7 @@ async function readFromZip(
     }
     const values = decodeToFloat32(bytes, storage.dtype, storage.numel, bigEndian);
     for (const name of tensorNames) {
-      tensors.set(name, materialize(refs.get(name)!, values, `${label}: tensor "${name}"`));
+      tensors.set(name, materialize(refs.get(name)!, values, `${label}: tensor ${quote(name)}`));
     }
   }
   // Keep the checkpoint's key order.
@@ -312,7 +379,19 @@ function selectStateDict(
   key: string | undefined,
   label: string,
 ): Map<string, TensorRef> {
-  const keysOf = (m: Map<unknown, unknown>) => [...m.keys()].map(String).join(", ");
+  // Keys may be anything a pickle builds (a deeply nested tuple: String() would recurse),
+  // and there may be a million of them: name strings, describe the rest, list a few.
+  const keysOf = (m: Map<unknown, unknown>) => {
+    const shown: string[] = [];
+    for (const k of m.keys()) {
+      if (shown.length === 20) {
+        shown.push(`... (${m.size} keys)`);
+        break;
+      }
+      shown.push(typeof k === "string" ? JSON.stringify(k).slice(1, -1).slice(0, 100) : show(k));
+    }
+    return shown.join(", ");
+  };
   if (!(obj instanceof Map)) {
     throw new Error(`${label}: checkpoint holds a ${describe(obj)}, not a dict`);
   }
@@ -339,6 +418,47 @@ function selectStateDict(
     `${label}: no tensors found in the checkpoint (keys: ${keysOf(cur)}); expected a state dict, ` +
       `possibly under ${STATE_DICT_KEYS.map((k) => `"${k}"`).join(", ")}`,
   );
+}
+
+/**
+ * Checks a view against its storage's declared size (which the caller checked against the
+ * archive) before anything is allocated, and returns how many elements materialising it
+ * copies (0 when the tensor is its whole storage, which is shared, not copied).
+ */
+function checkView(t: TensorRef, what: string): number {
+  const { shape, stride, offset } = t;
+  const storageNumel = t.storage.numel;
+  const describeView = () =>
+    `view (offset ${offset}, shape [${shape.slice(0, 8)}${shape.length > 8 ? ",..." : ""}], ` +
+    `stride [${stride.slice(0, 8)}${stride.length > 8 ? ",..." : ""}])`;
+  if (shape.includes(0)) return 0;
+  // Every index stays in the storage (one term at a time: the sum could pass 2^53).
+  let last = offset;
+  for (let d = 0; d < shape.length && last < storageNumel; d++) {
+    if ((shape[d] - 1) * stride[d] >= storageNumel) last = storageNumel;
+    else last += (shape[d] - 1) * stride[d];
+  }
+  if (last >= storageNumel) {
+    throw new Error(`${what}: ${describeView()} exceeds its storage of ${storageNumel} elements`);
+  }
+  // Element count, stopping once it passes what any honest view of this storage can have.
+  const limit = Math.max(storageNumel, MAX_EXPANDED_ELEMENTS);
+  let numel = 1;
+  for (const n of shape) {
+    numel *= n;
+    if (numel > limit) {
+      throw new Error(
+        `${what}: ${describeView()} has more elements than its storage of ${storageNumel} ` +
+          `(an expanded view, refused above ${MAX_EXPANDED_ELEMENTS} elements)`,
+      );
+    }
+  }
+  let contiguous = true;
+  for (let d = shape.length - 1, expect = 1; d >= 0; d--) {
+    if (shape[d] !== 1 && stride[d] !== expect) contiguous = false;
+    expect *= shape[d];
+  }
+  return contiguous && offset === 0 && numel === storageNumel ? 0 : numel;
 }
 
 function materialize(t: TensorRef, storage: Float32Array, what: string): TensorData {

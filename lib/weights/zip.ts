@@ -4,13 +4,17 @@
  * Supports stored and deflated entries and ZIP64 (end-of-central-directory record and
  * locator, and the ZIP64 extra field of entries), which files over 4 GiB need. The
  * central directory is read from the end of the file and each entry on demand, so a
- * 10 GB checkpoint is never held in memory whole.
+ * 10 GB checkpoint is never held in memory whole. Sizes are not trusted: a deflated entry
+ * may declare at most deflate's 1032:1 of its compressed size, and inflating stops as
+ * soon as the output passes the declared size, so a zip bomb costs what it declares.
  *
  * @module
  */
 
+import { inflateRawSync } from "node:zlib";
 import { crc32 } from "./crc32.ts";
-import { type ByteSource, openSource } from "./source.ts";
+import type { ByteSource } from "./source.ts";
+import { openCheckpointSource } from "./source.ts";
 
 /** One file inside a zip archive, as its central directory describes it. */
 export interface ZipEntry {
@@ -44,6 +48,13 @@ const SIG_ZIP64_LOCATOR = 0x07064b50;
 const EOCD_SIZE = 22;
 const ZIP64_LOCATOR_SIZE = 20;
 const MAX_COMMENT = 0xffff;
+/**
+ * Deflate's best ratio: a 258-byte match costs at least 2 bits, so no stream inflates to
+ * more than 1032 times its size (plus a few bytes of block overhead). A larger declared
+ * size is a lie, and believing it would let a small file claim gigabytes.
+ */
+const MAX_DEFLATE_RATIO = 1032;
+const DEFLATE_SLACK = 1024;
 
 /**
  * An open zip archive. Use {@link ZipArchive.open}, then {@link ZipArchive.read} entries
@@ -81,7 +92,7 @@ export class ZipArchive {
    */
   static async open(source: string | Uint8Array | ByteSource): Promise<ZipArchive> {
     const src = typeof source === "string" || source instanceof Uint8Array
-      ? await openSource(source)
+      ? await openCheckpointSource(source)
       : source;
     try {
       return new ZipArchive(src, await readCentralDirectory(src));
@@ -115,15 +126,25 @@ export class ZipArchive {
     if (dataOffset + entry.compressedSize > this.#source.size) {
       throw new Error(`${where}: data lies past the end of the file (truncated download?)`);
     }
-    const raw = await this.#source.read(dataOffset, entry.compressedSize);
-    let data: Uint8Array;
-    if (entry.method === 0) {
-      data = raw;
-    } else if (entry.method === 8) {
-      data = await inflateRaw(raw, where);
-    } else {
+    // Refuse impossible sizes before reading or allocating anything.
+    if (entry.method === 0 && entry.size !== entry.compressedSize) {
+      throw new Error(
+        `${where}: stored entry declares ${entry.size} bytes but holds ${entry.compressedSize} (corrupt)`,
+      );
+    }
+    if (
+      entry.method === 8 && entry.size > entry.compressedSize * MAX_DEFLATE_RATIO + DEFLATE_SLACK
+    ) {
+      throw new Error(
+        `${where}: declares ${entry.size} bytes from ${entry.compressedSize} compressed bytes, ` +
+          `more than deflate can produce (corrupt or hostile zip)`,
+      );
+    }
+    if (entry.method !== 0 && entry.method !== 8) {
       throw new Error(`${where}: unsupported compression method ${entry.method}`);
     }
+    const raw = await this.#source.read(dataOffset, entry.compressedSize);
+    const data = entry.method === 0 ? raw : inflateRaw(raw, entry.size, where);
     if (data.length !== entry.size) {
       throw new Error(`${where}: expected ${entry.size} bytes, got ${data.length} (corrupt)`);
     }
@@ -149,15 +170,28 @@ function u64(v: DataView, offset: number, what: string): number {
   return Number(x);
 }
 
-async function inflateRaw(bytes: Uint8Array, where: string): Promise<Uint8Array> {
+/**
+ * Inflates a raw deflate stream that must give exactly `size` bytes. zlib works in
+ * bounded chunks and stops as soon as the output passes `size`, so a stream that lies
+ * about its size (a zip bomb) costs about `size` bytes, not what it would inflate to.
+ */
+function inflateRaw(bytes: Uint8Array, size: number, where: string): Uint8Array {
+  let out: Uint8Array;
   try {
-    const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
-      new DecompressionStream("deflate-raw"),
-    );
-    return new Uint8Array(await new Response(stream).arrayBuffer());
+    // maxOutputLength must be at least 1; an empty entry that inflates to 1 byte still fails
+    // the length check of the caller.
+    out = inflateRawSync(bytes, { maxOutputLength: Math.max(1, size) });
   } catch (e) {
-    throw new Error(`${where}: cannot inflate (${(e as Error).message}; corrupt?)`);
+    const err = e as Error & { code?: string };
+    if (err.code === "ERR_BUFFER_TOO_LARGE") {
+      throw new Error(
+        `${where}: inflates to more than its declared ${size} bytes (corrupt or hostile zip)`,
+      );
+    }
+    throw new Error(`${where}: cannot inflate (${err.message}; corrupt?)`);
   }
+  // A plain Uint8Array view, not a node Buffer, like every other read.
+  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
 }
 
 async function readCentralDirectory(src: ByteSource): Promise<Map<string, ZipEntry>> {

@@ -100,8 +100,10 @@ function reason(err: unknown): string {
  * @throws Error `cannot decode image '<name>': ...` on unreadable data
  * @example
  * ```ts
- * const rgb = await decodeImage(await Deno.readFile("data/images/chelsea.jpg"), "chelsea");
- * console.log(rgb.width, rgb.height, rgb.data.length); // 451 300 405900
+ * import { decodeImage } from "./decode.ts";
+ * const bytes = await Deno.readFile(new URL("../../data/images/coffee.jpg", import.meta.url));
+ * const rgb = await decodeImage(bytes, "coffee.jpg");
+ * if (rgb.data.length !== rgb.width * rgb.height * 3) throw new Error("not RGB");
  * ```
  */
 export async function decodeImage(bytes: Uint8Array, name = "<bytes>"): Promise<RgbImage> {

@@ -22,9 +22,12 @@ export function defaultWorkerCount(): number {
  *
  * @example
  * ```ts
+ * import { PreprocessPool } from "./pool.ts";
  * const pool = new PreprocessPool(2);
  * try {
- *   const x = await pool.run("data/images/chelsea.jpg", 224); // Float32Array HWC
+ *   const path = new URL("../../data/images/chelsea.png", import.meta.url).pathname;
+ *   const x = await pool.run(path, 224); // Float32Array, HWC
+ *   if (x.length !== 224 * 224 * 3) throw new Error(`length ${x.length}`);
  * } finally {
  *   pool.close();
  * }

@@ -73,7 +73,10 @@ function paxPath(data: Uint8Array): string | undefined {
  * @example
  * ```ts
  * import { extractTar } from "./tar.ts";
- * await extractTar("flower_photos.tgz", "datasets/");
+ * const into = await Deno.makeTempDir();
+ * await extractTar(new URL("../../tests/fixtures/tar/gnu.tgz", import.meta.url).pathname, into);
+ * console.log([...Deno.readDirSync(into)].map((e) => e.name));
+ * await Deno.remove(into, { recursive: true });
  * ```
  */
 export async function extractTar(archive: string, dest: string): Promise<string[]> {

@@ -38,9 +38,13 @@ function weightChunks(data: ArrayBuffer | ArrayBuffer[]): Uint8Array[] {
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { saveModel } from "./io.ts";
- * await saveModel(createConvNeXt("convnext_tiny"), "./out/tiny");
+ * await selectBackend("cpu");
+ * const dir = await Deno.makeTempDir();
+ * await saveModel(createConvNeXt("convnext_tiny"), `${dir}/tiny`);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function saveModel(
@@ -137,8 +141,15 @@ function upgradeTopology(topology: object, metadata: Record<string, unknown> | u
  *
  * @example
  * ```ts
- * import { loadSavedModel } from "./io.ts";
- * const { model } = await loadSavedModel("./out/tiny");
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "./convnext.ts";
+ * import { loadSavedModel, saveModel } from "./io.ts";
+ * await selectBackend("cpu");
+ * const dir = `${await Deno.makeTempDir()}/tiny`;
+ * await saveModel(createConvNeXt("convnext_tiny", { numClasses: 3 }), dir);
+ * const { model } = await loadSavedModel(dir);
+ * console.log(model.constructor.name, model.outputs[0].shape); // ConvNeXtModel [null, 3]
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function loadSavedModel(path: string): Promise<LoadedModel> {

@@ -82,7 +82,9 @@ export function sha256RecordPath(path: string): string {
  *
  * @example
  * ```ts
- * const hex = await sha256File("model.pth"); // "9f86d0…"
+ * import { sha256File } from "./cache.ts";
+ * const hex = await sha256File(new URL("../../data/images/chelsea.png", import.meta.url).pathname);
+ * if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(hex);
  * ```
  */
 export async function sha256File(path: string): Promise<string> {
@@ -134,7 +136,12 @@ export async function readSha256Record(path: string): Promise<string | null> {
  *
  * @example
  * ```ts
- * await verifySha256Record(checkpointPath("convnext_tiny_1k_224_ema.pth"));
+ * import { sha256File, verifySha256Record, writeSha256Record } from "./cache.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${dir}/a.pth`, "weights");
+ * await writeSha256Record(`${dir}/a.pth`, await sha256File(`${dir}/a.pth`)); // as download does
+ * await verifySha256Record(`${dir}/a.pth`); // the file still matches its record
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function verifySha256Record(path: string): Promise<string> {

@@ -38,7 +38,10 @@ export async function removeIfExists(path: string): Promise<void> {
  *
  * @example
  * ```ts
- * await writeFileAtomic("out/meta.json", JSON.stringify({ ok: true }));
+ * import { writeFileAtomic } from "./fs.ts";
+ * const dir = await Deno.makeTempDir();
+ * await writeFileAtomic(`${dir}/out/meta.json`, JSON.stringify({ ok: true }));
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
@@ -91,9 +94,12 @@ export async function removeStaleTemps(path: string): Promise<string[]> {
  *
  * @example
  * ```ts
- * await withTempDir("cache/models/convnext_tiny_1k_224", async (dir) => {
+ * import { withTempDir } from "./fs.ts";
+ * const cache = await Deno.makeTempDir();
+ * await withTempDir(`${cache}/models/convnext_tiny_1k_224`, async (dir) => {
  *   await Deno.writeTextFile(`${dir}/model.json`, "{}");
  * });
+ * await Deno.remove(cache, { recursive: true });
  * ```
  */
 export async function withTempDir<T>(

@@ -45,7 +45,8 @@ const LOCAL_SIG = 0x04034b50;
  *
  * @example
  * ```ts
- * await checkZipFile("convnext_tiny_1k_224_ema.pth");
+ * import { checkZipFile } from "./integrity.ts";
+ * await checkZipFile(new URL("../../tests/fixtures/download/tiny.pth", import.meta.url).pathname);
  * ```
  */
 export async function checkZipFile(path: string): Promise<void> {

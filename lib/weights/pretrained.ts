@@ -145,8 +145,13 @@ export interface Converted {
  * @example
  * ```ts
  * import { convertCheckpoint } from "./pretrained.ts";
- * const { model, converted } = await convertCheckpoint("convnext_tiny_1k_224_ema.pth");
- * console.log(converted.architecture, converted.layout); // "convnext_tiny" "official"
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * // An official checkpoint file (here a small one shaped like them, from the tests).
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const { model, converted } = await convertCheckpoint(file.pathname);
+ * console.log(converted.layout, model.outputs[0].shape); // "official" [null, classes]
+ * model.dispose();
  * ```
  */
 export async function convertCheckpoint(
@@ -354,7 +359,14 @@ async function convertLocal(
  * @example
  * ```ts
  * import { convertToDirectory } from "./pretrained.ts";
- * const info = await convertToDirectory("convnext_tiny_1k_224", "models/tiny");
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * // A zoo name ("convnext_tiny_1k_224") downloads first; here a local checkpoint file.
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const out = `${await Deno.makeTempDir()}/tiny`;
+ * const info = await convertToDirectory(file.pathname, out);
+ * console.log(info.architecture, info.source.sha256); // what convnext.json records
+ * await Deno.remove(out, { recursive: true });
  * ```
  */
 export async function convertToDirectory(
@@ -384,7 +396,12 @@ export async function convertToDirectory(
  * @example
  * ```ts
  * import { loadModel } from "./pretrained.ts";
- * const model = await loadModel("convnext_tiny_1k_224");
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * // loadModel("convnext_tiny_1k_224") downloads, converts and caches; a file converts directly.
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const model = await loadModel(file.pathname);
+ * model.dispose();
  * ```
  */
 export async function loadModel(

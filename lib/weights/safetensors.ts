@@ -50,8 +50,10 @@ interface HeaderEntry {
  *
  * @example
  * ```ts
- * const sd = await readSafetensors("model.safetensors");
- * console.log([...sd.keys()].slice(0, 3));
+ * import { readSafetensors } from "./safetensors.ts";
+ * const file = new URL("../../tests/fixtures/checkpoints/timm_mini.safetensors", import.meta.url);
+ * const sd = await readSafetensors(file.pathname);
+ * console.log([...sd.keys()].slice(0, 3)); // ["stem.0.weight", "stem.0.bias", "stem.1.weight"]
  * ```
  */
 export async function readSafetensors(source: string | Uint8Array): Promise<StateDict> {

@@ -19,8 +19,11 @@ export type { StateDict, TensorData } from "./types.ts";
  *
  * @example
  * ```ts
- * const sd = await readStateDict("convnext_tiny_1k_224_ema.pth");
- * const sd2 = await readStateDict(await Deno.readFile("model.safetensors"));
+ * import { readStateDict } from "./state_dict.ts";
+ * const dir = new URL("../../tests/fixtures/checkpoints/", import.meta.url);
+ * const sd = await readStateDict(new URL("official_tiny.pth", dir).pathname); // a path
+ * const sd2 = await readStateDict(await Deno.readFile(new URL("timm_mini.safetensors", dir)));
+ * console.log(sd.size, sd2.size); // tensors in each
  * ```
  */
 export async function readStateDict(

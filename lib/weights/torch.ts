@@ -233,8 +233,10 @@ export function legacyCheckpointError(
  *
  * @example
  * ```ts
- * const sd = await readTorchCheckpoint("convnext_tiny_1k_224_ema.pth");
- * console.log(sd.get("head.weight")!.shape); // [1000, 768]
+ * import { readTorchCheckpoint } from "./torch.ts";
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const sd = await readTorchCheckpoint(file.pathname);
+ * console.log(sd.get("head.weight")!.shape); // [classes, channels], as PyTorch stores it
  * ```
  */
 export async function readTorchCheckpoint(

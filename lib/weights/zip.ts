@@ -62,10 +62,13 @@ const DEFLATE_SLACK = 1024;
  *
  * @example
  * ```ts
- * const zip = await ZipArchive.open("convnext_tiny_1k_224_ema.pth");
+ * import { ZipArchive } from "./zip.ts";
+ * const file = new URL("../../tests/fixtures/download/tiny.pth", import.meta.url);
+ * const zip = await ZipArchive.open(file.pathname);
  * try {
- *   console.log([...zip.entries.keys()]); // ["convnext_tiny_1k_224_ema/data.pkl", ...]
- *   const pkl = await zip.read("convnext_tiny_1k_224_ema/data.pkl");
+ *   const names = [...zip.entries.keys()]; // ["<archive>/data.pkl", ...]
+ *   const pkl = await zip.read(names.find((n) => n.endsWith("/data.pkl"))!);
+ *   console.log(pkl.length);
  * } finally {
  *   zip.close();
  * }

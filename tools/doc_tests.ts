@@ -27,9 +27,6 @@ export const PENDING: readonly string[] = [
   "lib/data/batches.ts",
   "lib/data/datasets.ts",
   "lib/data/mod.ts",
-  "lib/data/resize.ts",
-  "lib/data/tensor.ts",
-  "lib/data/transform.ts",
   "lib/eval/dataset.ts",
   "lib/eval/evaluate.ts",
   "lib/eval/merge.ts",
@@ -37,10 +34,8 @@ export const PENDING: readonly string[] = [
   "lib/eval/table.ts",
   "lib/infer/plan.ts",
   "lib/infer/pool.ts",
-  "lib/train/data.ts",
   "lib/train/ema.ts",
   "lib/train/finetune.ts",
-  "lib/train/losses.ts",
   "lib/train/mod.ts",
   "lib/train/model_setup.ts",
   "lib/train/optimizer.ts",
@@ -53,7 +48,6 @@ export const PENDING: readonly string[] = [
   "lib/viz/progress.ts",
   "lib/weights/fetch.ts",
   "lib/weights/remap.ts",
-  "lib/weights/source.ts",
 ];
 
 async function* modules(dir: string): AsyncGenerator<string> {

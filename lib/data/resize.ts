@@ -232,8 +232,13 @@ function copyRegion(
  *
  * @example
  * ```ts
+ * import { readImage } from "./decode.ts";
+ * import { resizeBicubic } from "./resize.ts";
+ * const rgb = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
  * const small = resizeBicubic(rgb, 256, 192); // { width: 256, height: 192, data }
- * const center = resizeBicubic(rgb, 341, 256, { crop: { left: 58, top: 16, width: 224, height: 224 } });
+ * const crop = { left: 58, top: 16, width: 224, height: 224 };
+ * const center = resizeBicubic(rgb, 341, 256, { crop }); // the crop of the 341x256 resize
+ * console.log(small.width, center.width); // 256 224
  * ```
  */
 export function resizeBicubic(

@@ -16,8 +16,12 @@ import { imageBatches } from "./batches.ts";
  *
  * @example
  * ```ts
- * const x = await loadImageTensor("data/images/chelsea.jpg", 224);
- * const logits = model.predict(x) as tf.Tensor;
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadImageTensor } from "./tensor.ts";
+ * await selectBackend("cpu");
+ * const x = await loadImageTensor(new URL("../../data/images/coffee.jpg", import.meta.url).pathname, 224);
+ * console.log(x.shape); // [1, 224, 224, 3], ready for model.predict(x)
+ * x.dispose();
  * ```
  */
 export async function loadImageTensor(
@@ -35,7 +39,13 @@ export async function loadImageTensor(
  *
  * @example
  * ```ts
- * const x = await preprocessBatch(["a.jpg", "b.png"], 384); // shape [2, 384, 384, 3]
+ * import { selectBackend } from "../backend/select.ts";
+ * import { preprocessBatch } from "./tensor.ts";
+ * await selectBackend("cpu");
+ * const dir = new URL("../../data/images/", import.meta.url);
+ * const paths = ["coffee.jpg", "chelsea.png"].map((f) => new URL(f, dir).pathname);
+ * const x = await preprocessBatch(paths, 384); // shape [2, 384, 384, 3]
+ * x.dispose();
  * ```
  */
 export async function preprocessBatch(

@@ -54,7 +54,8 @@ function roundHalfEven(x: number): number {
  * @returns [width, height]
  * @example
  * ```ts
- * shorterSideSize(500, 375, 256); // [341, 256]
+ * import { shorterSideSize } from "./transform.ts";
+ * console.log(shorterSideSize(500, 375, 256)); // [341, 256]
  * ```
  */
 export function shorterSideSize(width: number, height: number, size: number): [number, number] {
@@ -68,7 +69,11 @@ export function shorterSideSize(width: number, height: number, size: number): [n
  *
  * @example
  * ```ts
- * const crop = centerCrop(resized, 224); // 224x224 RGB
+ * import { readImage } from "./decode.ts";
+ * import { centerCrop } from "./transform.ts";
+ * const rgb = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
+ * const crop = centerCrop(rgb, 224);
+ * if (crop.width !== 224 || crop.height !== 224) throw new Error("not 224x224");
  * ```
  */
 export function centerCrop(image: RgbImage, size: number): RgbImage {
@@ -115,7 +120,11 @@ function checkSize(size: number): void {
  *
  * @example
  * ```ts
- * const img = evalResizeCrop(rgb, 224); // 224x224 RGB uint8
+ * import { readImage } from "./decode.ts";
+ * import { evalResizeCrop } from "./transform.ts";
+ * const rgb = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
+ * const img = evalResizeCrop(rgb, 224); // resize to 256 on the shorter side, crop 224
+ * if (img.width !== 224 || img.height !== 224) throw new Error("not 224x224");
  * ```
  */
 export function evalResizeCrop(
@@ -167,7 +176,11 @@ const DEFAULT_TABLE = normalizationTable(IMAGENET_MEAN, IMAGENET_STD);
  * @param out optional destination (e.g. a slice of a batch buffer), length w*h*3
  * @example
  * ```ts
- * const x = normalize(img); // Float32Array, (v/255 - mean) / std per channel
+ * import { readImage } from "./decode.ts";
+ * import { evalResizeCrop, normalize } from "./transform.ts";
+ * const rgb = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
+ * const x = normalize(evalResizeCrop(rgb, 224)); // (v/255 - mean) / std per channel
+ * if (x.length !== 224 * 224 * 3) throw new Error(`length ${x.length}`);
  * ```
  */
 export function normalize(
@@ -199,8 +212,11 @@ export function normalize(
  *
  * @example
  * ```ts
- * const rgb = await readImage("data/images/chelsea.jpg");
+ * import { readImage } from "./decode.ts";
+ * import { evalTransform } from "./transform.ts";
+ * const rgb = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
  * const x = evalTransform(rgb, 224); // Float32Array(224 * 224 * 3)
+ * if (x.length !== 224 * 224 * 3) throw new Error(`length ${x.length}`);
  * ```
  */
 export function evalTransform(

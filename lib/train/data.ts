@@ -20,6 +20,8 @@ export interface Sample {
  *
  * @example
  * ```ts
+ * import { limitSamples } from "./data.ts";
+ * const samples = Array.from({ length: 100 }, (_, i) => ({ path: `${i}.jpg`, label: i % 5 }));
  * const few = limitSamples(samples, 50); // 10 per class with 5 classes
  * ```
  */
@@ -57,7 +59,10 @@ export interface Split {
  *
  * @example
  * ```ts
+ * import { splitStratified } from "./data.ts";
+ * const samples = Array.from({ length: 100 }, (_, i) => ({ path: `${i}.jpg`, label: i % 5 }));
  * const { train, val } = splitStratified(samples, 0.2, 0);
+ * console.log(train.length, val.length); // 80 20: 4 of each class's 20 go to validation
  * ```
  */
 export function splitStratified(samples: readonly Sample[], fraction: number, seed: number): Split {

@@ -15,7 +15,13 @@ import * as tf from "@tensorflow/tfjs";
  * @param smoothing in [0, 1); 0 is plain cross entropy.
  * @example
  * ```ts
- * const loss = crossEntropy(logits, tf.tensor1d([0, 3], "int32"), 0.1);
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { crossEntropy } from "./losses.ts";
+ * await selectBackend("cpu");
+ * const logits = tf.tensor2d([[2, 0, 0, 0], [0, 0, 0, 2]]);
+ * const loss = crossEntropy(logits, tf.tensor1d([0, 3], "int32"), 0.1); // label smoothing 0.1
+ * console.log((await loss.data())[0]);
  * ```
  */
 export function crossEntropy(logits: tf.Tensor, labels: tf.Tensor, smoothing = 0): tf.Scalar {

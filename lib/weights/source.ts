@@ -27,6 +27,7 @@ export interface ByteSource {
  *
  * @example
  * ```ts
+ * import { bytesSource } from "./source.ts";
  * const src = bytesSource(new Uint8Array([1, 2, 3]));
  * console.log(await src.read(1, 2)); // Uint8Array [2, 3]
  * ```
@@ -48,9 +49,12 @@ export function bytesSource(bytes: Uint8Array, label = "<bytes>"): ByteSource {
  *
  * @example
  * ```ts
- * const src = await fileSource("convnext_tiny_1k_224_ema.pth");
+ * import { fileSource } from "./source.ts";
+ * const file = new URL("../../tests/fixtures/download/tiny.pth", import.meta.url);
+ * const src = await fileSource(file.pathname);
  * try {
  *   const magic = await src.read(0, 4);
+ *   console.log(magic); // a zip's local header: 0x50 0x4b 0x03 0x04
  * } finally {
  *   src.close();
  * }

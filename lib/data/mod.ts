@@ -4,9 +4,14 @@
  *
  * @example
  * ```ts
- * import { imagenetClasses, loadImageTensor } from "./lib/data/mod.ts";
- * const x = await loadImageTensor("data/images/chelsea.jpg", 224); // [1, 224, 224, 3]
+ * import { imagenetClasses, loadImageTensor } from "./mod.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * const path = new URL("../../data/images/coffee.jpg", import.meta.url).pathname;
+ * const x = await loadImageTensor(path, 224); // [1, 224, 224, 3], the official eval transform
  * const labels = imagenetClasses(); // 1000 names
+ * console.log(x.shape, labels.length);
+ * x.dispose();
  * ```
  *
  * @module

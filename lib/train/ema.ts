@@ -12,11 +12,21 @@ import * as tf from "@tensorflow/tfjs";
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { ModelEma } from "./ema.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
  * const ema = new ModelEma(model, 0.9999);
  * // after each optimizer step:
  * ema.update();
  * // evaluate with the averaged weights:
- * await ema.withAveraged(async () => evaluate(model));
+ * const x = tf.zeros([1, 32, 32, 3]);
+ * await ema.withAveraged(async () => tf.dispose(model.predict(x)));
+ * x.dispose();
  * ```
  */
 export class ModelEma {

@@ -49,8 +49,16 @@ export interface RebuildOptions {
  * @returns the new model and whether its head is new.
  * @example
  * ```ts
- * const base = await loadModel("convnext_tiny_1k_224");
- * const { model } = rebuildForTraining(base, { numClasses: 5, dropPathRate: 0.1, headInitScale: 0.001 });
+ * import { rebuildForTraining } from "./model_setup.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadModel } from "../weights/pretrained.ts";
+ * await selectBackend("cpu");
+ * // loadModel("convnext_tiny_1k_224") for the real weights; here a small checkpoint file.
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const base = await loadModel(file.pathname);
+ * const opts = { numClasses: 5, dropPathRate: 0.1, headInitScale: 0.001 };
+ * const { model, newHead } = rebuildForTraining(base, opts);
+ * console.log(model.outputs[0].shape, newHead); // [null, 5] true
  * ```
  */
 export function rebuildForTraining(

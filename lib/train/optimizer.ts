@@ -54,9 +54,21 @@ export interface AdamWState {
  *
  * @example
  * ```ts
- * const opt = new AdamW(modelParams(model, { weightDecay: 0.05, layerDecay: 0.8 }));
- * const { grads } = tf.variableGrads(() => loss(), opt.variables);
- * opt.step(gradsByName, 4e-3);
+ * import * as tf from "@tensorflow/tfjs";
+ * import { AdamW, modelParams } from "./optimizer.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
+ * const params = modelParams(model, { weightDecay: 0.05, layerDecay: 0.8 });
+ * const opt = new AdamW(params);
+ * const x = tf.randomNormal([2, 32, 32, 3]);
+ * const loss = () => tf.mean(tf.square(model.apply(x) as tf.Tensor)) as tf.Scalar;
+ * const { grads } = tf.variableGrads(loss, opt.variables);
+ * // grads are keyed by variable name; the optimizer keys them by parameter name
+ * opt.step(new Map(params.map((p) => [p.name, grads[p.variable.name]])), 4e-3);
  * ```
  */
 export class AdamW {
@@ -184,7 +196,15 @@ export class AdamW {
  *
  * @example
  * ```ts
+ * import { modelParams } from "./optimizer.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
  * const params = modelParams(model, { weightDecay: 0.05, layerDecay: 0.8 });
+ * console.log(params.find((p) => p.name.startsWith("head_fc"))?.lrScale); // 1 (the head)
  * ```
  */
 export function modelParams(

@@ -93,7 +93,15 @@ export function classifierClasses(model: tf.LayersModel): number {
  *
  * @example
  * ```ts
- * const labels = await classLabels(model); // labels[281] === "tabby" for a 1k model
+ * import { classLabels } from "./classify.ts";
+ * import { selectBackend } from "./backend/select.ts";
+ * import { createConvNeXt } from "./model/convnext.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 1000, inputShape: [32, 32, 3] });
+ * const labels = await classLabels(model); // a 1000-class head: ImageNet-1k's names
+ * console.log(labels[281]); // "tabby"
  * ```
  */
 export async function classLabels(model: tf.LayersModel): Promise<string[]> {
@@ -125,7 +133,8 @@ export function softmax(logits: ArrayLike<number>): Float64Array {
  *
  * @example
  * ```ts
- * topIndices([0.1, 3, 2, 3], 3); // [1, 3, 2]
+ * import { topIndices } from "./classify.ts";
+ * console.log(topIndices([0.1, 3, 2, 3], 3)); // [1, 3, 2]
  * ```
  */
 export function topIndices(values: ArrayLike<number>, k: number): number[] {
@@ -231,7 +240,15 @@ function runsOf(images: readonly ClassifyInput[]): { start: number; end: number;
  *
  * @example
  * ```ts
- * for await (const item of classifyEach(model, ["a.jpg", "missing.jpg"])) {
+ * import { classifyEach } from "./classify.ts";
+ * import { selectBackend } from "./backend/select.ts";
+ * import { createConvNeXt } from "./model/convnext.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 1000, inputShape: [32, 32, 3] });
+ * const photo = new URL("../data/images/coffee.jpg", import.meta.url).pathname;
+ * for await (const item of classifyEach(model, [photo, "missing.jpg"])) {
  *   if ("error" in item) console.error(item.error);
  *   else console.log(item.image, item.top[0].label);
  * }
@@ -325,9 +342,13 @@ export async function* classifyEach(
  * ```ts
  * import { classify, loadModel, selectBackend } from "./mod.ts";
  * await selectBackend();
- * const model = await loadModel("convnext_tiny_1k_224");
- * const [result] = await classify(model, ["data/images/chelsea.png"], { topK: 3 });
- * console.log(result.top[0]); // { index: 281, label: "tabby", probability: 0.6... }
+ * // loadModel("convnext_tiny_1k_224") gives the official weights (downloaded once); here a
+ * // small checkpoint shaped like them, from the tests, with 10 classes.
+ * const file = new URL("../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const model = await loadModel(file.pathname);
+ * const photo = new URL("../data/images/chelsea.png", import.meta.url).pathname;
+ * const [result] = await classify(model, [photo], { topK: 3 });
+ * console.log(result.top[0]); // { index, label, probability }
  * ```
  */
 export async function classify(

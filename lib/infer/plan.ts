@@ -210,6 +210,10 @@ function className(layer: Layer): string {
  *   (an unknown layer class, a shared layer, several inputs or outputs...).
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * import { compilePlan } from "./plan.ts";
+ * await selectBackend("cpu");
  * const plan = compilePlan(createConvNeXt("convnext_tiny"));
  * console.log(plan.steps.filter((s) => s.op === "block").length); // 18
  * ```

@@ -35,11 +35,7 @@ export const PENDING: readonly string[] = [
   "lib/train/mod.ts",
   "lib/train/probe.ts",
   "lib/util/download.ts",
-  "lib/viz/colormap.ts",
-  "lib/viz/features.ts",
-  "lib/viz/image.ts",
   "lib/viz/mod.ts",
-  "lib/viz/progress.ts",
   "lib/weights/fetch.ts",
   "lib/weights/remap.ts",
 ];

@@ -33,8 +33,8 @@ export interface Field {
  *
  * @example
  * ```ts
- * jet(0); // [0, 0, 128]  dark blue
- * jet(1); // [128, 0, 0]  dark red
+ * import { jet } from "./colormap.ts";
+ * console.log(jet(0), jet(1)); // [0, 0, 128] (dark blue) [128, 0, 0] (dark red)
  * ```
  */
 export function jet(t: number): [number, number, number] {
@@ -124,8 +124,14 @@ export interface OverlayOptions extends OutputOptions {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * import { overlayHeatmap } from "./colormap.ts";
+ * const photoTensor = tf.randomUniform([64, 64, 3], 0, 255);
+ * const camTensor = tf.randomUniform([8, 8]); // e.g. a Grad-CAM map, upsampled to the photo
  * const fig = await overlayHeatmap(photoTensor, camTensor, { alpha: 0.4 });
- * await Deno.writeFile("cam.png", fig.png!);
+ * console.log(fig.png!.length); // PNG bytes, shown inline in Jupyter
  * ```
  */
 export async function overlayHeatmap(

@@ -20,7 +20,13 @@ function dims(map: TensorLike, what: string): [number, number, number] {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * import { meanActivation } from "./features.ts";
+ * const stage2 = tf.randomNormal([14, 14, 384]); // one image's stage output, HWC
  * const field = await meanActivation(stage2); // { width, height, data }
+ * console.log(field.width, field.height); // 14 14
  * ```
  */
 export async function meanActivation(map: TensorLike): Promise<Field> {
@@ -50,6 +56,11 @@ export interface FeatureGridOptions extends ImageGridOptions {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * import { featureMapGrid } from "./features.ts";
+ * const stage0 = tf.randomNormal([56, 56, 96]);
  * await featureMapGrid(stage0, { channels: 16, cols: 8, title: "stage 0" });
  * ```
  */

@@ -25,8 +25,15 @@ export interface ShowImageOptions extends OutputOptions, ToRgbOptions {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * import { showImage } from "./image.ts";
  * await showImage(tf.randomUniform([32, 32, 3]) as tf.Tensor3D, { scale: 4 });
- * const fig = await showImage(pixels, { path: "out/photo.png" });
+ * const pixels = { width: 2, height: 1, channels: 3 as const, data: new Uint8Array(6).fill(200) };
+ * const dir = await Deno.makeTempDir();
+ * const fig = await showImage(pixels, { path: `${dir}/photo.png` }); // also written to a file
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function showImage(
@@ -99,8 +106,14 @@ export interface ImageGridOptions extends OutputOptions, ToRgbOptions {
  *
  * @example
  * ```ts
- * // channels: an array of [h, w] tensors, one per channel
- * await imageGrid(channels, { cols: 8, cellSize: 56, labels: channels.map((_, i) => `ch ${i}`) });
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * await selectBackend("cpu");
+ * import { imageGrid } from "./image.ts";
+ * // an array of [h, w] tensors, one per channel
+ * const channels = Array.from({ length: 4 }, () => tf.randomUniform([8, 8]) as tf.Tensor2D);
+ * const labels = channels.map((_, i) => `ch ${i}`);
+ * await imageGrid(channels, { cols: 2, cellSize: 56, labels });
  * ```
  */
 export async function imageGrid(

@@ -34,9 +34,12 @@ export interface ProgressDisplay {
  *
  * @example
  * ```ts
+ * import { progress } from "./progress.ts";
+ * const epochs = 3;
+ * let loss = 1;
  * const bar = progress("training", { total: epochs });
  * for (let e = 1; e <= epochs; e++) {
- *   // ... train one epoch ...
+ *   loss /= 2; // ... train one epoch ...
  *   await bar.update(e, `loss ${loss.toFixed(3)}`);
  * }
  * await bar.done();

@@ -92,6 +92,12 @@ async function loadBatch(
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { imageBatches } from "./batches.ts";
+ * await selectBackend("cpu");
+ * const dir = new URL("../../data/images/", import.meta.url);
+ * const paths = ["coffee.jpg", "missing.jpg", "chelsea.png"].map((f) => new URL(f, dir).pathname);
  * for await (const b of imageBatches(paths, { size: 224, batch: 16 })) {
  *   const x = tf.tensor4d(b.data, b.shape);
  *   // ... model.predict(x) ...

@@ -158,13 +158,8 @@ function gather(busy: WorkerHandle[], own: tf.Tensor, axis: number): tf.Tensor {
  * {@link InferencePool.kernels} and {@link InferencePool.tfjs}. Created by
  * {@link inferencePool}; every method is synchronous.
  *
- * @example
- * ```ts
- * const pool = inferencePool();
- * const { data, shape } = pool
- *   ? pool.kernels.run(runner, token, pixels, [8, 224, 224, 3])
- *   : runner.run(pixels, [8, 224, 224, 3]);
- * ```
+ * `ConvNeXtModel.predict` (./model.ts) uses it as `inferencePool()?.kernels.run(runner,
+ * token, pixels, shape)`, and runs `runner.run(pixels, shape)` itself when no pool is open.
  */
 export class InferencePool {
   /** The worker threads (the main thread is the last participant); for the executors. */

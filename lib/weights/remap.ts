@@ -430,8 +430,14 @@ export interface WeightReport {
  *
  * @example
  * ```ts
- * const expected = new Map(model.weights.map((w) => [w.originalName, w.shape]));
+ * import { compareWeights, expectedWeightShapes, remapStateDict } from "./remap.ts";
+ * import { readStateDict } from "./state_dict.ts";
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const sd = await readStateDict(file.pathname);
+ * const converted = remapStateDict(sd);
+ * const expected = expectedWeightShapes(converted.spec, converted.numClasses);
  * const report = compareWeights(converted.weights, expected);
+ * console.log(report); // what is missing, unexpected or mis-shaped (nothing here)
  * ```
  */
 export function compareWeights(
@@ -474,7 +480,12 @@ function reportMessage(report: WeightReport, label: string): string | undefined 
  *
  * @example
  * ```ts
- * assertWeightsMatch(converted.weights, new Map(model.weights.map((w) => [w.originalName, w.shape])));
+ * import { assertWeightsMatch, expectedWeightShapes, remapStateDict } from "./remap.ts";
+ * import { readStateDict } from "./state_dict.ts";
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const sd = await readStateDict(file.pathname);
+ * const converted = remapStateDict(sd);
+ * assertWeightsMatch(converted.weights, expectedWeightShapes(converted.spec, converted.numClasses));
  * ```
  */
 export function assertWeightsMatch(
@@ -493,10 +504,13 @@ export function assertWeightsMatch(
  *
  * @example
  * ```ts
- * const sd = await readStateDict("convnext_tiny_1k_224_ema.pth");
- * const { weights, architecture, numClasses } = remapStateDict(sd);
- * // architecture === "convnext_tiny", numClasses === 1000,
- * // weights.get("stem_conv/kernel")!.shape -> [4, 4, 3, 96]
+ * import { remapStateDict } from "./remap.ts";
+ * // An official checkpoint (here a small one from the tests, shaped like them).
+ * import { readStateDict } from "./state_dict.ts";
+ * const file = new URL("../../tests/fixtures/checkpoints/official_tiny.pth", import.meta.url);
+ * const sd = await readStateDict(file.pathname);
+ * const { weights, layout, numClasses } = remapStateDict(sd);
+ * console.log(layout, numClasses, weights.get("stem_conv/kernel")!.shape); // HWIO kernel
  * ```
  */
 export function remapStateDict(sd: StateDict, options: RemapOptions = {}): ConvertedWeights {

@@ -83,7 +83,8 @@ async function isFile(path: string): Promise<boolean> {
  * @throws Error naming the file and line for a duplicate or malformed entry
  * @example
  * ```ts
- * parseSynsets("n01440764 tench\nn01443537 goldfish\n"); // ["n01440764", "n01443537"]
+ * import { parseSynsets } from "./dataset.ts";
+ * console.log(parseSynsets("n01440764 tench\nn01443537 goldfish\n")); // ["n01440764", "n01443537"]
  * ```
  */
 export function parseSynsets(text: string, source = "synsets"): string[] {
@@ -276,8 +277,12 @@ export function datasetFingerprint(
  * @throws Error with one line naming the directory or file and what was expected
  * @example
  * ```ts
- * const ds = await loadEvalDataset("/data/imagenet/val", { numClasses: 1000 });
- * console.log(ds.layout, ds.samples.length, ds.samples[0]); // imagefolder 50000 {...}
+ * import { loadEvalDataset } from "./dataset.ts";
+ * // loadEvalDataset("/data/imagenet/val", { numClasses: 1000 }) for ImageNet; here the tests'
+ * // small copy of the flat (Kaggle LOC) layout.
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * const ds = await loadEvalDataset(`${fix}flat`, { synsets: `${fix}synsets.txt`, numClasses: 10 });
+ * console.log(ds.layout, ds.samples.length, ds.samples[0]);
  * ```
  */
 export async function loadEvalDataset(

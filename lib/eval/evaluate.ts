@@ -277,10 +277,19 @@ function officialTop1(model: tf.LayersModel, name: string): number | null {
  * @throws EvalAbortedError when `signal` stops the run (after saving the progress)
  * @example
  * ```ts
- * const model = await loadModel("convnext_tiny_1k_224");
- * const data = await loadEvalDataset("/data/imagenet/val", { numClasses: 1000 });
- * const r = await evaluate(model, data, { modelName: "convnext_tiny_1k_224", out: "tiny.json" });
- * console.log(r.top1, r.top5); // 82.1 95.9 (approximately)
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadModel } from "../weights/pretrained.ts";
+ * import { loadEvalDataset } from "./dataset.ts";
+ * import { evaluate } from "./evaluate.ts";
+ * // The real run: loadModel("convnext_tiny_1k_224") and the ImageNet validation folder; here
+ * // the small evaluation fixture of the tests (10 classes, a few images).
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * await selectBackend("cpu");
+ * const model = await loadModel(`${fix}tiny10.pth`);
+ * const synsets = `${fix}synsets.txt`;
+ * const data = await loadEvalDataset(`${fix}flat`, { synsets, numClasses: 10 });
+ * const r = await evaluate(model, data, { modelName: "tiny10", progress: { quiet: true } });
+ * console.log(r.top1, r.top5, r.count); // percentages, as the official evaluation
  * ```
  */
 export async function evaluate(

@@ -4,9 +4,19 @@
  *
  * @example
  * ```ts
- * import { evaluate, loadEvalDataset } from "./lib/eval/mod.ts";
- * const data = await loadEvalDataset("/data/imagenet/val", { numClasses: 1000 });
- * const result = await evaluate(model, data, { out: "result.json" });
+ * import { evaluate, loadEvalDataset } from "./mod.ts";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadModel } from "../weights/pretrained.ts";
+ * // The real run: loadModel("convnext_tiny_1k_224") and the ImageNet validation folder; here
+ * // the small evaluation fixture of the tests (10 classes, a few images).
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * await selectBackend("cpu");
+ * const model = await loadModel(`${fix}tiny10.pth`);
+ * const synsets = `${fix}synsets.txt`;
+ * const data = await loadEvalDataset(`${fix}flat`, { synsets, numClasses: 10 });
+ * const out = `${await Deno.makeTempDir()}/result.json`; // progress saved, a rerun resumes
+ * const result = await evaluate(model, data, { out, progress: { quiet: true } });
+ * console.log(result.top1);
  * ```
  *
  * @module

@@ -39,10 +39,21 @@ function fmt(x: number | null | undefined, digits: number): string {
  *
  * @example
  * ```ts
- * console.log(accuracyTable([await readEvalResult("tiny.json")]));
- * // | name | original acc@1 | ours acc@1 | ours acc@5 | images |
- * // | --- | ---: | ---: | ---: | ---: |
- * // | convnext_tiny_1k_224 | 82.1 | 82.06 | 95.86 | 50000 |
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadModel } from "../weights/pretrained.ts";
+ * import { loadEvalDataset } from "./dataset.ts";
+ * import { evaluate } from "./evaluate.ts";
+ * import { accuracyTable } from "./table.ts";
+ * // The real run: loadModel("convnext_tiny_1k_224") and the ImageNet validation folder; here
+ * // the small evaluation fixture of the tests (10 classes, a few images).
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * await selectBackend("cpu");
+ * const model = await loadModel(`${fix}tiny10.pth`);
+ * const synsets = `${fix}synsets.txt`;
+ * const data = await loadEvalDataset(`${fix}flat`, { synsets, numClasses: 10 });
+ * const result = await evaluate(model, data, { modelName: "tiny10", progress: { quiet: true } });
+ * console.log(accuracyTable([result]));
+ * // | name | original acc@1 | ours acc@1 | ours acc@5 | images |, then one row per result
  * ```
  */
 export function accuracyTable(results: readonly EvalResult[]): string {

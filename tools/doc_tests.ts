@@ -27,7 +27,6 @@ export const PENDING: readonly string[] = [
   "lib/eval/merge.ts",
   "lib/train/finetune.ts",
   "lib/train/mod.ts",
-  "lib/train/probe.ts",
   "lib/util/download.ts",
   "lib/viz/mod.ts",
   "lib/weights/fetch.ts",

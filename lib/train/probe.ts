@@ -85,7 +85,25 @@ export interface ExtractOptions {
  * @returns one feature vector per sample (`null` for images that failed) and stats.
  * @example
  * ```ts
- * const { features } = await extractFeatures(model, pool, samples, { size: 224, cacheDir: "out/features-cache" });
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "../model/convnext.ts";
+ * import { LoadPool } from "./loader.ts";
+ * import { extractFeatures } from "./probe.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
+ * const dir = new URL("../../data/images/", import.meta.url);
+ * const samples = ["coffee.jpg", "chelsea.png"].map((f, label) => ({
+ *   path: new URL(f, dir).pathname,
+ *   label,
+ * }));
+ * const cacheDir = await Deno.makeTempDir(); // features are cached per image and model
+ * const pool = new LoadPool(0);
+ * const { features, dim } = await extractFeatures(model, pool, samples, { size: 64, cacheDir });
+ * console.log(features.length, dim); // 2 16
+ * pool.close();
+ * await Deno.remove(cacheDir, { recursive: true });
  * ```
  */
 export async function extractFeatures(
@@ -190,7 +208,11 @@ export interface ProbeHeadOptions {
  *
  * @example
  * ```ts
- * const head = createProbeHead(768, 5);
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createProbeHead } from "./probe.ts";
+ * await selectBackend("cpu");
+ * const head = createProbeHead(768, 5); // convnext_tiny's embedding to 5 classes
+ * console.log(head.outputs[0].shape); // [null, 5]
  * ```
  */
 export function createProbeHead(

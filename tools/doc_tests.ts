@@ -25,8 +25,6 @@ const WORKERS = [
 export const PENDING: readonly string[] = [
   "lib/data/datasets.ts",
   "lib/eval/merge.ts",
-  "lib/train/finetune.ts",
-  "lib/train/mod.ts",
   "lib/util/download.ts",
   "lib/viz/mod.ts",
   "lib/weights/fetch.ts",

@@ -157,11 +157,19 @@ export interface FinetuneResult {
  *   `resume`.
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { finetune } from "./finetune.ts";
+ * await selectBackend("cpu");
+ * // The real run: finetune({ model: "convnext_tiny_1k_224", data: "flowers/", out, epochs: 5 }).
+ * // Here: the tests' small checkpoint and a 5-class image folder, a linear probe.
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * const out = `${await Deno.makeTempDir()}/run`;
  * const result = await finetune({
- *   model: "convnext_tiny_1k_224", data: "flowers/", out: "runs/flowers", epochs: 5,
+ *   model: `${fix}tiny10.pth`, data: `${fix}imagefolder`, out, mode: "probe", epochs: 2,
+ *   size: 64, valSplit: 0.34, workers: 0, quiet: true,
  * });
- * console.log(result.best, result.report?.accuracy);
+ * console.log(result.best?.valAccuracy, result.bestDir); // the best model is saved there
+ * await Deno.remove(out, { recursive: true });
  * ```
  */
 export async function finetune(options: FinetuneOptions): Promise<FinetuneResult> {

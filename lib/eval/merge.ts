@@ -53,8 +53,25 @@ function same<T>(
  * @throws Error with one line naming the offending shard
  * @example
  * ```ts
- * const all = mergeResults([await readEvalResult("s0.json"), await readEvalResult("s1.json")]);
- * console.log(all.top1);
+ * import { selectBackend } from "../backend/select.ts";
+ * import { loadModel } from "../weights/pretrained.ts";
+ * import { loadEvalDataset } from "./dataset.ts";
+ * import { evaluate } from "./evaluate.ts";
+ * import { mergeResults, readEvalResult } from "./merge.ts";
+ * const fix = new URL("../../tests/fixtures/eval/", import.meta.url).pathname;
+ * await selectBackend("cpu");
+ * const model = await loadModel(`${fix}tiny10.pth`);
+ * const synsets = `${fix}synsets.txt`;
+ * const data = await loadEvalDataset(`${fix}flat`, { synsets, numClasses: 10 });
+ * // Two shards, e.g. two machines, each saving its result; then one merged result.
+ * const dir = await Deno.makeTempDir();
+ * for (const index of [0, 1]) {
+ *   const out = `${dir}/s${index}.json`;
+ *   await evaluate(model, data, { shard: { index, count: 2 }, out, progress: { quiet: true } });
+ * }
+ * const all = mergeResults([await readEvalResult(`${dir}/s0.json`), await readEvalResult(`${dir}/s1.json`)]);
+ * console.log(all.top1, all.count);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function mergeResults(

@@ -379,10 +379,14 @@ function notice(opts: DownloadOptions, text: string): void {
  *
  * @example
  * ```ts
- * const { sha256 } = await download(
- *   "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth",
- *   "/tmp/convnext_tiny_1k_224_ema.pth",
- * );
+ * import { download } from "./download.ts";
+ * // e.g. "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth"; any URL
+ * // fetch takes works, here a file: URL of a small checkpoint from the tests.
+ * const url = new URL("../../tests/fixtures/download/tiny.pth", import.meta.url).href;
+ * const dir = await Deno.makeTempDir();
+ * const { sha256, size } = await download(url, `${dir}/tiny.pth`, { quiet: true });
+ * console.log(size, sha256); // also recorded in tiny.pth.sha256
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function download(

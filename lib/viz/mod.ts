@@ -6,10 +6,14 @@
  *
  * @example
  * ```ts
- * import { barChart, imageGrid, progress, showImage } from "./lib/viz/mod.ts";
- * await showImage(photo);                       // PNG output
+ * import { barChart, showImage } from "./mod.ts";
+ * import { readImage } from "../data/decode.ts";
+ * const photo = await readImage(new URL("../../data/images/coffee.jpg", import.meta.url).pathname);
+ * await showImage(photo); // PNG output in Jupyter
  * await barChart(["tabby", "tiger cat"], [0.7, 0.2], { title: "Top-2" });
- * const fig = await barChart(["a"], [1], { path: "out/a.svg" }); // fig.svg
+ * const dir = await Deno.makeTempDir();
+ * const fig = await barChart(["a"], [1], { path: `${dir}/a.svg` }); // fig.svg, also written
+ * await Deno.remove(dir, { recursive: true });
  * ```
  *
  * @module

@@ -22,7 +22,16 @@ function errorText(e: unknown): string {
  * @example
  * ```ts
  * import { getZooEntry } from "./zoo.ts";
- * const path = await ensureCheckpoint(getZooEntry("convnext_tiny_1k_224"));
+ * import { ensureCheckpoint } from "./fetch.ts";
+ * // An offline mirror (CONVNEXT_BASE_URL) and a fresh cache (CONVNEXT_CACHE) for the example.
+ * const mirror = await Deno.makeTempDir();
+ * Deno.env.set("CONVNEXT_BASE_URL", `file://${mirror}/`);
+ * Deno.env.set("CONVNEXT_CACHE", await Deno.makeTempDir());
+ * const entry = getZooEntry("convnext_tiny_1k_224");
+ * const tiny = new URL("../../tests/fixtures/download/tiny.pth", import.meta.url);
+ * await Deno.copyFile(tiny, `${mirror}/${entry.file}`);
+ * const path = await ensureCheckpoint(entry, { quiet: true }); // downloaded once, then verified
+ * console.log(path);
  * ```
  */
 export async function ensureCheckpoint(
@@ -44,8 +53,14 @@ export async function ensureCheckpoint(
  *
  * @example
  * ```ts
- * const names = await fetchLabels22k();
- * console.log(names.length); // 21841
+ * import { fetchLabels22k } from "./fetch.ts";
+ * // An offline mirror (CONVNEXT_BASE_URL) and a fresh cache (CONVNEXT_CACHE) for the example.
+ * const mirror = await Deno.makeTempDir();
+ * Deno.env.set("CONVNEXT_BASE_URL", `file://${mirror}/`);
+ * Deno.env.set("CONVNEXT_CACHE", await Deno.makeTempDir());
+ * await Deno.writeTextFile(`${mirror}/label_to_words.json`, '{"0": "tench", "1": "goldfish"}');
+ * const names = await fetchLabels22k({ quiet: true }); // 21841 names from the official file
+ * console.log(names); // ["tench", "goldfish"]
  * ```
  */
 export async function fetchLabels22k(opts: DownloadOptions = {}): Promise<string[]> {

@@ -37,7 +37,10 @@ const FORMAT = "convnext-tfjs-train-checkpoint/1";
  *
  * @example
  * ```ts
- * await saveCheckpoint("out/checkpoint", { state: { epoch: 1 }, tensors: [] });
+ * const dir = await Deno.makeTempDir();
+ * await saveCheckpoint(`${dir}/checkpoint`, { state: { epoch: 1 }, tensors: [] });
+ * console.log((await loadCheckpoint<{ epoch: number }>(`${dir}/checkpoint`))?.state); // { epoch: 1 }
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function saveCheckpoint<S>(dir: string, checkpoint: Checkpoint<S>): Promise<void> {

@@ -106,10 +106,12 @@ export async function renderPlot(spec: PlotSpec): Promise<RenderedSvg> {
  *
  * @example
  * ```ts
+ * const dir = await Deno.makeTempDir();
  * await plotFigure((Plot) => ({
  *   title: "Loss",
  *   marks: [Plot.lineY([3, 2, 1.5, 1.2]), Plot.ruleY([0])],
- * }), { path: "out/loss.svg" });
+ * }), { path: `${dir}/loss.svg` }); // shown, and written to the file
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function plotFigure(

@@ -11,9 +11,12 @@
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
  * import { createConvNeXt, selectBackend } from "./mod.ts";
- * await selectBackend();
- * const model = createConvNeXt("convnext_tiny");
- * const logits = model.predict(tf.zeros([1, 224, 224, 3])) as tf.Tensor;
+ * console.log(await selectBackend()); // "tensorflow", "webgpu" or "wasm": the fastest here
+ * // convnext_tiny's layers, weights left at zero (loadModel("convnext_tiny_1k_224") gives the
+ * // official ones, downloaded once).
+ * const model = createConvNeXt("convnext_tiny", { randomInit: false });
+ * // Any size from 32 px up runs; the official weights are trained at 224 (and 384).
+ * const logits = model.predict(tf.zeros([1, 64, 64, 3])) as tf.Tensor;
  * console.log(logits.shape); // [1, 1000]
  * ```
  *

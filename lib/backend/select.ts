@@ -176,6 +176,7 @@ async function activate(name: BackendName): Promise<void> {
  * ```ts
  * import { selectBackend } from "./select.ts";
  * const backend = await selectBackend(); // "tensorflow", "webgpu" or "wasm"
+ * console.log(backend, await selectBackend("cpu")); // e.g. wasm cpu: an explicit choice
  * ```
  */
 export async function selectBackend(

@@ -92,12 +92,11 @@ export interface WebGpuTrainingInstall {
  * @throws Error naming the missing kernels when they are not registered for "webgpu" (the
  *   backend module was not imported).
  * @example
- * ```ts ignore
- * import * as tf from "@tensorflow/tfjs";
- * import "@tensorflow/tfjs-backend-webgpu";
- * import { installWebGpuTrainingKernels } from "./lib/backend/webgpu_grads.ts";
- * installWebGpuTrainingKernels();
- * await tf.setBackend("webgpu");
+ * ```ts
+ * import { selectBackend } from "./select.ts";
+ * import { installWebGpuTrainingKernels } from "./webgpu_grads.ts";
+ * await selectBackend("webgpu"); // imports the backend, which registers its kernels
+ * console.log(installWebGpuTrainingKernels().unchanged.length); // the kernels checked
  * ```
  */
 export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {

@@ -31,7 +31,11 @@ import type { RgbImage } from "../util/image.ts";
  * @returns interleaved RGB bytes (3 per pixel)
  * @example
  * ```ts
- * cmykToRgb(new Uint8Array([0, 0, 0, 0])); // Uint8Array [255, 255, 255]
+ * import { cmykToRgb } from "./decode.ts";
+ * // no ink, then full cyan: white, then cyan
+ * const rgb = cmykToRgb(new Uint8Array([0, 0, 0, 0, 255, 0, 0, 0]));
+ * console.log(rgb); // Uint8Array(6) [255, 255, 255, 0, 255, 255]
+ * if (rgb.join() !== "255,255,255,0,255,255") throw new Error(`${rgb}`);
  * ```
  */
 export function cmykToRgb(cmyk: Uint8Array): Uint8Array {
@@ -171,7 +175,11 @@ export async function decodeImage(bytes: Uint8Array, name = "<bytes>"): Promise<
  *   `cannot decode image '<path>': ...` for a file that is not an image
  * @example
  * ```ts
- * const { width, height, data } = await readImage("data/images/coffee.jpg");
+ * import { readImage } from "./decode.ts";
+ * const path = new URL("../../data/images/coffee.jpg", import.meta.url).pathname;
+ * const { width, height, data } = await readImage(path);
+ * console.log(width, height); // 600 400
+ * if (data.length !== width * height * 3) throw new Error("not 3 bytes per pixel");
  * ```
  */
 export async function readImage(path: string): Promise<RgbImage> {

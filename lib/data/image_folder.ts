@@ -34,7 +34,11 @@ export const IMAGE_EXTENSIONS: readonly string[] = [
  *
  * @example
  * ```ts
- * ["\u{1F600}", "\uFF5E"].sort(comparePython); // ["～", "😀"]: U+FF5E < U+1F600
+ * import { comparePython } from "./image_folder.ts";
+ * // JS's default sort compares UTF-16 units: "😀" (a surrogate pair, 0xD83D...) before "～".
+ * const names = ["\u{1F600}", "\uFF5E"].sort(comparePython);
+ * console.log(names); // ["～", "😀"]: U+FF5E < U+1F600
+ * if (names[0] !== "\uFF5E") throw new Error(`${names}`);
  * ```
  */
 export function comparePython(a: string, b: string): number {
@@ -126,8 +130,13 @@ function firstLine(e: unknown): string {
  * @throws Error naming `data` and `root` when it is not a readable directory.
  * @example
  * ```ts
- * await findClasses("../shared/datasets/flowers-mini");
- * // ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+ * import { findClasses } from "./image_folder.ts";
+ * // The tests' small ImageFolder (ImageNet wnids as class folders); a flower dataset gives
+ * // ["daisy", "dandelion", "roses", "sunflowers", "tulips"].
+ * const root = new URL("../../tests/fixtures/eval/imagefolder", import.meta.url).pathname;
+ * const classes = await findClasses(root);
+ * console.log(classes); // ["n01443537", "n02123045", "n03063599", "n04266014", "n07920052"]
+ * if (classes.length !== 5) throw new Error(`${classes}`);
  * ```
  */
 export async function findClasses(root: string): Promise<string[]> {
@@ -174,9 +183,12 @@ async function isDirectory(path: string): Promise<boolean> {
  *   folder, or no image in its class folders.
  * @example
  * ```ts
- * const { classes, samples } = await listImageFolder("../shared/datasets/flowers-mini");
- * // classes: ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
- * // samples[0]: { path: ".../daisy/100080576_f52e8ee070_n.jpg", name: "daisy/1000...", label: 0 }
+ * import { listImageFolder } from "./image_folder.ts";
+ * const root = new URL("../../tests/fixtures/eval/imagefolder", import.meta.url).pathname;
+ * const { classes, samples } = await listImageFolder(root);
+ * console.log(classes.length, samples.length, samples[0]);
+ * // samples[0]: { path: ".../n01443537/img_0.JPEG", name: "n01443537/img_0.JPEG", label: 0 }
+ * if (samples[0].label !== 0) throw new Error("the first class's images come first");
  * ```
  */
 export async function listImageFolder(

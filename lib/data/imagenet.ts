@@ -27,7 +27,10 @@ const CLASSES: readonly ImagenetClass[] = Object.freeze(
  *
  * @example
  * ```ts
- * imagenetClasses()[281]; // "tabby"
+ * import { imagenetClasses } from "./imagenet.ts";
+ * const names = imagenetClasses();
+ * console.log(names.length, names[281]); // 1000 "tabby"
+ * if (names[281] !== "tabby") throw new Error(names[281]);
  * ```
  */
 export function imagenetClasses(): string[] {
@@ -40,7 +43,10 @@ export function imagenetClasses(): string[] {
  *
  * @example
  * ```ts
- * imagenetWnids()[0]; // "n01440764"
+ * import { imagenetWnids } from "./imagenet.ts";
+ * const wnids = imagenetWnids();
+ * console.log(wnids[0], wnids.indexOf("n01443537")); // "n01440764" 1: goldfish's folder
+ * if (wnids.indexOf("n01443537") !== 1) throw new Error("wnids out of order");
  * ```
  */
 export function imagenetWnids(): string[] {
@@ -52,7 +58,10 @@ export function imagenetWnids(): string[] {
  *
  * @example
  * ```ts
- * const { wnid, name } = imagenetClassInfo()[1]; // "n01443537", "goldfish"
+ * import { imagenetClassInfo } from "./imagenet.ts";
+ * const { wnid, name } = imagenetClassInfo()[1];
+ * console.log(wnid, name); // "n01443537" "goldfish"
+ * if (name !== "goldfish") throw new Error(name);
  * ```
  */
 export function imagenetClassInfo(): readonly ImagenetClass[] {

@@ -188,12 +188,15 @@ function inferSpec(
  *   ConvNeXt's layer names.
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { architectureOf } from "./architecture.ts";
  * import { createConvNeXt } from "./convnext.ts";
+ * await selectBackend("cpu");
  * const model = createConvNeXt("convnext_tiny", { randomInit: false });
- * architectureOf(model).name; // "convnext_tiny"
- * architectureOf({ kind: "isotropic", depth: 18, dim: 384, layerScaleInit: 0 }).name;
- * // "convnext_iso_small"
+ * const spec = { kind: "isotropic", depth: 18, dim: 384, layerScaleInit: 0 } as const;
+ * console.log(architectureOf(model).name, architectureOf(spec).name);
+ * // "convnext_tiny" "convnext_iso_small"
+ * if (architectureOf(model).name !== "convnext_tiny") throw new Error("not inferred");
  * ```
  */
 export function architectureOf(source: ArchitectureSource, label = "architecture"): Architecture {
@@ -231,11 +234,15 @@ export function architectureOf(source: ArchitectureSource, label = "architecture
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { numClasses } from "./architecture.ts";
+ * await selectBackend("cpu");
  * const spec = { kind: "isotropic", depth: 1, dim: 8, layerScaleInit: 0 } as const;
- * numClasses(createConvNeXt(spec, { numClasses: 5 })); // 5
- * numClasses(createConvNeXt(spec, { includeTop: false })); // 0
+ * const classifier = numClasses(createConvNeXt(spec, { numClasses: 5 }));
+ * const backbone = numClasses(createConvNeXt(spec, { includeTop: false }));
+ * console.log(classifier, backbone); // 5 0
+ * if (classifier !== 5 || backbone !== 0) throw new Error(`${classifier} ${backbone}`);
  * ```
  */
 export function numClasses(source: tf.LayersModel | WeightShapes): number {

@@ -50,7 +50,7 @@ export interface Preprocessing {
  * @example
  * ```ts
  * import { preprocessingFor } from "./config.ts";
- * preprocessingFor(384).mode; // "warp"
+ * console.log(preprocessingFor(224).mode, preprocessingFor(384).mode); // "resize-crop" "warp"
  * ```
  */
 export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Preprocessing {
@@ -72,7 +72,9 @@ export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Prep
  * @example
  * ```ts
  * import { evalTransformOptions, preprocessingFor } from "./config.ts";
- * evalTransformOptions(preprocessingFor(224)); // { size: 224, cropPct: 0.875, mean: [...], std: [...] }
+ * const options = evalTransformOptions(preprocessingFor(224));
+ * console.log(options); // { size: 224, cropPct: 0.875, mean: [...], std: [...] }
+ * if (options.cropPct !== 0.875) throw new Error(`cropPct ${options.cropPct}`);
  * ```
  */
 export function evalTransformOptions(p: Preprocessing): EvalTransformOptions & { size: number } {
@@ -175,13 +177,16 @@ export function defaultModelConfig(model: tf.LayersModel): ModelConfig {
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { modelConfig } from "./config.ts";
+ * await selectBackend("cpu");
  * const model = createConvNeXt({ kind: "isotropic", depth: 1, dim: 8, layerScaleInit: 0 }, {
  *   numClasses: 1000,
  *   randomInit: false,
  * });
- * const { preprocessing, labels } = modelConfig(model); // 224 px resize-crop, "imagenet-1k"
+ * const { preprocessing, labels } = modelConfig(model);
+ * console.log(preprocessing.size, preprocessing.mode, labels); // 224 "resize-crop" "imagenet-1k"
  * ```
  */
 export function modelConfig(model: tf.LayersModel): ModelConfig {
@@ -194,10 +199,14 @@ export function modelConfig(model: tf.LayersModel): ModelConfig {
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { attachModelConfig, modelConfig, preprocessingFor } from "./config.ts";
+ * await selectBackend("cpu");
  * const model = createConvNeXt("convnext_tiny", { randomInit: false });
  * attachModelConfig(model, { ...modelConfig(model), preprocessing: preprocessingFor(384) });
+ * console.log(modelConfig(model).preprocessing.size); // 384
+ * if (modelConfig(model).preprocessing.size !== 384) throw new Error("not attached");
  * ```
  */
 export function attachModelConfig(model: tf.LayersModel, config: ModelConfig): void {

@@ -273,10 +273,23 @@ function requireBackend(caller: string): void {
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
- * const model = createConvNeXt("convnext_tiny");
- * model.summary();
- * const backbone = createConvNeXt("convnext_small", { includeTop: false, pooling: "avg" });
+ * await selectBackend("cpu");
+ * // An official size: randomInit false skips the random initialization (weights to be loaded).
+ * const model = createConvNeXt("convnext_tiny", { randomInit: false });
+ * console.log(model.countParams()); // 28589128
+ * const backbone = createConvNeXt("convnext_small", {
+ *   includeTop: false,
+ *   pooling: "avg",
+ *   randomInit: false,
+ * });
+ * console.log(backbone.outputs[0].shape); // [null, 768]: the pooled embedding
+ * // A custom size, randomly initialized: small enough to train in a test.
+ * const small = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
+ * small.summary();
  * ```
  */
 export function createConvNeXt(

@@ -53,11 +53,19 @@ export function stageOutputNames(model: tf.LayersModel): string[] {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { createFeatureExtractor } from "./features.ts";
- * const model = createConvNeXt("convnext_tiny");
+ * await selectBackend("cpu");
+ * // A small ConvNeXt (dims 8, 8, 16, 16); convnext_tiny at 224 px gives 56, 28, 14 and 7 px maps.
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
  * const features = createFeatureExtractor(model);
- * const [s0, s1, s2, s3, embedding] = features.predict(tf.zeros([1, 224, 224, 3])) as tf.Tensor[];
+ * const [s0, s1, s2, s3, embedding] = features.predict(tf.zeros([1, 64, 64, 3])) as tf.Tensor[];
+ * console.log(s0.shape, s1.shape, s2.shape, s3.shape, embedding.shape);
+ * // [1, 16, 16, 8] [1, 8, 8, 8] [1, 4, 4, 16] [1, 2, 2, 16] [1, 16]
+ * if (embedding.shape.join() !== "1,16") throw new Error(`embedding ${embedding.shape}`);
  * ```
  */
 export function createFeatureExtractor(

@@ -40,11 +40,17 @@ export interface GradCamResult {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
  * import { createConvNeXt } from "./convnext.ts";
  * import { gradCam } from "./gradcam.ts";
- * const model = createConvNeXt("convnext_tiny");
- * const cam = await gradCam(model, tf.zeros([1, 224, 224, 3]));
- * console.log(cam.height, cam.width); // 7 7
+ * await selectBackend("cpu");
+ * // A small random ConvNeXt; a loaded one (convnext_tiny at 224 px: a 7x7 map) works the same.
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
+ * const cam = await gradCam(model, tf.randomUniform([1, 64, 64, 3]) as tf.Tensor4D);
+ * console.log(cam.height, cam.width); // 2 2: the last stage's map, stride 32
+ * if (cam.data.length !== cam.height * cam.width) throw new Error("not one value per cell");
  * ```
  */
 export async function gradCam(

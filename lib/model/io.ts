@@ -42,8 +42,13 @@ function weightChunks(data: ArrayBuffer | ArrayBuffer[]): Uint8Array[] {
  * import { createConvNeXt } from "./convnext.ts";
  * import { saveModel } from "./io.ts";
  * await selectBackend("cpu");
+ * const model = createConvNeXt({
+ *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ * }, { numClasses: 3 });
  * const dir = await Deno.makeTempDir();
- * await saveModel(createConvNeXt("convnext_tiny"), `${dir}/tiny`);
+ * await saveModel(model, `${dir}/tiny`);
+ * console.log([...Deno.readDirSync(`${dir}/tiny`)].map((e) => e.name).sort());
+ * // ["group1-shard1of1.bin", "model.json"]: larger models get more shards
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
@@ -146,7 +151,12 @@ function upgradeTopology(topology: object, metadata: Record<string, unknown> | u
  * import { loadSavedModel, saveModel } from "./io.ts";
  * await selectBackend("cpu");
  * const dir = `${await Deno.makeTempDir()}/tiny`;
- * await saveModel(createConvNeXt("convnext_tiny", { numClasses: 3 }), dir);
+ * await saveModel(
+ *   createConvNeXt({
+ *     kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
+ *   }, { numClasses: 3 }),
+ *   dir,
+ * );
  * const { model } = await loadSavedModel(dir);
  * console.log(model.constructor.name, model.outputs[0].shape); // ConvNeXtModel [null, 3]
  * await Deno.remove(dir, { recursive: true });

@@ -37,8 +37,13 @@ export interface LayerNormArgs extends LayerArgs {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
  * import { LayerNorm } from "./layers.ts";
- * const y = new LayerNorm({ epsilon: 1e-6 }).apply(tf.ones([1, 2, 2, 8])) as tf.Tensor;
+ * await selectBackend("cpu");
+ * const x = tf.tensor4d([1, 2, 3, 4], [1, 1, 1, 4]);
+ * const y = new LayerNorm({ epsilon: 1e-6 }).apply(x) as tf.Tensor;
+ * console.log(y.dataSync()); // about [-1.342, -0.447, 0.447, 1.342]: zero mean, unit variance
+ * if (Math.abs(y.sum().dataSync()[0]) > 1e-5) throw new Error("not centered");
  * ```
  */
 export class LayerNorm extends tf.layers.Layer {
@@ -104,8 +109,13 @@ export interface LayerScaleArgs extends LayerArgs {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
  * import { LayerScale } from "./layers.ts";
+ * await selectBackend("cpu");
  * const scale = new LayerScale({ initValue: 1e-6, name: "stages_0_block_0_layer_scale" });
+ * const y = scale.apply(tf.ones([1, 2, 2, 4])) as tf.Tensor;
+ * console.log(scale.getWeights()[0].shape, y.max().dataSync()[0]); // [4] ~1e-6: gamma per channel
  * ```
  */
 export class LayerScale extends tf.layers.Layer {
@@ -170,8 +180,16 @@ export interface StochasticDepthArgs extends LayerArgs {
  *
  * @example
  * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
  * import { StochasticDepth } from "./layers.ts";
- * const dropPath = new StochasticDepth({ rate: 0.1 });
+ * await selectBackend("cpu");
+ * const dropPath = new StochasticDepth({ rate: 0.5 });
+ * const x = tf.ones([8, 2, 2, 3]);
+ * const inference = dropPath.apply(x) as tf.Tensor; // identity
+ * const training = dropPath.apply(x, { training: true }) as tf.Tensor; // each sample 0 or 2
+ * console.log(inference.sum().dataSync()[0], training.mean([1, 2, 3]).dataSync());
+ * if (inference.sum().dataSync()[0] !== 96) throw new Error("not the identity at inference");
  * ```
  */
 export class StochasticDepth extends tf.layers.Layer {
@@ -245,9 +263,12 @@ const InitializerBase = Object.getPrototypeOf(
  *
  * @example
  * ```ts
+ * import { selectBackend } from "../backend/select.ts";
  * import { TruncatedNormal } from "./layers.ts";
+ * await selectBackend("cpu");
  * const init = new TruncatedNormal({ stddev: 0.02 });
- * const w = init.apply([3, 3]);
+ * const w = init.apply([64, 64]);
+ * console.log(w.shape, w.abs().max().dataSync()[0]); // [64, 64], well inside the bounds +-2
  * ```
  */
 export class TruncatedNormal extends InitializerBase {

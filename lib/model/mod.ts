@@ -9,7 +9,7 @@
  * import { architectureOf, createConvNeXt, numClasses } from "./mod.ts";
  * import { selectBackend } from "../backend/select.ts";
  * await selectBackend("cpu");
- * const model = createConvNeXt("convnext_tiny", { numClasses: 10 });
+ * const model = createConvNeXt("convnext_tiny", { numClasses: 10, randomInit: false });
  * console.log(architectureOf(model).name, numClasses(model)); // "convnext_tiny" 10
  * ```
  *

@@ -21,11 +21,11 @@
  * @example
  * ```ts
  * import { blockName, layerName, parseLayerName } from "./names.ts";
- * blockName(2, 5); // "stages_2_block_5"
- * blockName(undefined, 3, "pwconv1"); // "blocks_3_pwconv1"
+ * console.log(blockName(2, 5), blockName(undefined, 3, "pwconv1"));
+ * // "stages_2_block_5" "blocks_3_pwconv1"
  * const where = parseLayerName("stages_2_block_5_dwconv");
- * // { kind: "block", stage: 2, block: 5, part: "dwconv" }
- * layerName(where!); // "stages_2_block_5_dwconv"
+ * console.log(where); // { kind: "block", stage: 2, block: 5, part: "dwconv" }
+ * if (layerName(where!) !== "stages_2_block_5_dwconv") throw new Error("no round trip");
  * ```
  *
  * @module
@@ -107,7 +107,7 @@ function index(n: number, what: string): number {
  * @example
  * ```ts
  * import { blockName } from "./names.ts";
- * blockName(0, 2, "layer_scale"); // "stages_0_block_2_layer_scale"
+ * console.log(blockName(0, 2, "layer_scale")); // "stages_0_block_2_layer_scale"
  * ```
  */
 export function blockName(stage: number | undefined, block: number, part?: BlockPart): string {
@@ -124,7 +124,7 @@ export function blockName(stage: number | undefined, block: number, part?: Block
  * @example
  * ```ts
  * import { downsampleName } from "./names.ts";
- * downsampleName(1, "conv"); // "stages_1_downsample_conv"
+ * console.log(downsampleName(1, "conv")); // "stages_1_downsample_conv"
  * ```
  */
 export function downsampleName(stage: number, part: DownsamplePart): string {
@@ -137,8 +137,8 @@ export function downsampleName(stage: number, part: DownsamplePart): string {
  * @example
  * ```ts
  * import { layerName } from "./names.ts";
- * layerName({ kind: "head", part: "fc" }); // "head_fc"
- * layerName({ kind: "block", block: 4 }); // "blocks_4"
+ * console.log(layerName({ kind: "head", part: "fc" }), layerName({ kind: "block", block: 4 }));
+ * // "head_fc" "blocks_4"
  * ```
  */
 export function layerName(where: LayerLocation): string {
@@ -176,9 +176,11 @@ function parseIndex(s: string): number {
  * @example
  * ```ts
  * import { parseLayerName } from "./names.ts";
- * parseLayerName("stages_2_block_7_pwconv1/kernel"); // { kind: "block", stage: 2, block: 7, part: "pwconv1" }
- * parseLayerName("stages_1_downsample_norm"); // { kind: "downsample", stage: 1, part: "norm" }
- * parseLayerName("features"); // undefined
+ * console.log(parseLayerName("stages_2_block_7_pwconv1/kernel"));
+ * // { kind: "block", stage: 2, block: 7, part: "pwconv1" }
+ * console.log(parseLayerName("stages_1_downsample_norm"));
+ * // { kind: "downsample", stage: 1, part: "norm" }
+ * if (parseLayerName("features") !== undefined) throw new Error("not a ConvNeXt name");
  * ```
  */
 export function parseLayerName(name: string): LayerLocation | undefined {
@@ -220,7 +222,7 @@ export function parseLayerName(name: string): LayerLocation | undefined {
  * @example
  * ```ts
  * import { HEAD_FC, weightPath } from "./names.ts";
- * weightPath(HEAD_FC, "bias"); // "head_fc/bias"
+ * console.log(weightPath(HEAD_FC, "bias")); // "head_fc/bias"
  * ```
  */
 export function weightPath(layer: string, weight: string): string {

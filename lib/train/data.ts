@@ -23,6 +23,7 @@ export interface Sample {
  * import { limitSamples } from "./data.ts";
  * const samples = Array.from({ length: 100 }, (_, i) => ({ path: `${i}.jpg`, label: i % 5 }));
  * const few = limitSamples(samples, 50); // 10 per class with 5 classes
+ * console.log(few.length, few.filter((s) => s.label === 0).length); // 50 10
  * ```
  */
 export function limitSamples(samples: readonly Sample[], limit: number): Sample[] {

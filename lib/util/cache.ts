@@ -25,8 +25,12 @@ import { writeFileAtomic } from "./fs.ts";
  *
  * @example
  * ```ts
+ * import { cacheDir } from "./cache.ts";
+ * const before = Deno.env.get("CONVNEXT_CACHE");
  * Deno.env.set("CONVNEXT_CACHE", "/tmp/cnx");
- * cacheDir(); // "/tmp/cnx"
+ * console.log(cacheDir()); // "/tmp/cnx"
+ * if (before === undefined) Deno.env.delete("CONVNEXT_CACHE");
+ * else Deno.env.set("CONVNEXT_CACHE", before);
  * ```
  */
 export function cacheDir(): string {

@@ -61,7 +61,8 @@ function stderrIsTerminal(): boolean {
  *
  * @example
  * ```ts
- * formatBytes(3 * 1024 * 1024); // "3.0 MiB"
+ * import { formatBytes } from "./progress.ts";
+ * console.log(formatBytes(3 * 1024 * 1024)); // "3.0 MiB"
  * ```
  */
 export function formatBytes(bytes: number): string {
@@ -81,7 +82,8 @@ export function formatBytes(bytes: number): string {
  *
  * @example
  * ```ts
- * formatDuration(75); // "1:15"
+ * import { formatDuration } from "./progress.ts";
+ * console.log(formatDuration(75)); // "1:15"
  * ```
  */
 export function formatDuration(seconds: number): string {
@@ -105,10 +107,13 @@ function formatExtraValue(v: string | number): string {
  *
  * @example
  * ```ts
+ * import { ProgressBar } from "./progress.ts";
  * const bar = new ProgressBar({ label: "eval", total: 50000, itemName: "img" });
  * for (let i = 0; i < 50000; i += 100) bar.update(i + 100, { top1: 0.81 });
  * bar.done();
- * // eval [=====>    ] 25000/50000  50.0%  812.3 img/s  ETA 0:31  top1=0.8100
+ * // On a terminal the line is redrawn in place (elsewhere printed every so often); midway
+ * // it reads like `eval [=====>    ] 25000/50000  50.0%  812.3 img/s  ETA 0:31  top1=0.8100`.
+ * if (bar.current !== 50000) throw new Error(`at ${bar.current}`);
  * ```
  */
 export class ProgressBar {

@@ -57,7 +57,11 @@ function checkNumbers(values: ArrayLike<number>, what: string): number[] {
  *
  * @example
  * ```ts
- * await barChart(["tabby", "tiger cat", "Egyptian cat"], [0.61, 0.22, 0.09], { title: "Top-3" });
+ * import { barChart } from "./charts.ts";
+ * const fig = await barChart(["tabby", "tiger cat", "Egyptian cat"], [0.61, 0.22, 0.09], {
+ *   title: "Top-3",
+ * }); // shown inline in Jupyter
+ * if (!fig.svg?.startsWith("<svg")) throw new Error("no SVG");
  * ```
  */
 export async function barChart(
@@ -160,7 +164,13 @@ export interface LineChartOptions extends ChartLabels {
  *
  * @example
  * ```ts
- * await lineChart({ train: [1.2, 0.8, 0.6], val: [1.3, 0.9, 0.8] }, { xLabel: "epoch", yLabel: "loss" });
+ * import { lineChart } from "./charts.ts";
+ * const fig = await lineChart({ train: [1.2, 0.8, 0.6], val: [1.3, 0.9, 0.8] }, {
+ *   xLabel: "epoch",
+ *   yLabel: "loss",
+ * });
+ * console.log(fig.width, fig.height); // 640 340: an SVG figure, shown inline in Jupyter
+ * if (!fig.svg?.includes("epoch")) throw new Error("no x label");
  * ```
  */
 export async function lineChart(
@@ -237,8 +247,15 @@ export interface HeatmapOptions extends ChartLabels {
  *
  * @example
  * ```ts
- * await heatmap([[50, 2], [5, 43]], { xLabels: ["cat", "dog"], yLabels: ["cat", "dog"],
- *   xLabel: "predicted", yLabel: "true", title: "Confusion matrix" });
+ * import { heatmap } from "./charts.ts";
+ * const fig = await heatmap([[50, 2], [5, 43]], {
+ *   xLabels: ["cat", "dog"],
+ *   yLabels: ["cat", "dog"],
+ *   xLabel: "predicted",
+ *   yLabel: "true",
+ *   title: "Confusion matrix",
+ * });
+ * if (!fig.svg?.includes("Confusion matrix")) throw new Error("no title");
  * ```
  */
 export async function heatmap(matrix: number[][], options: HeatmapOptions = {}): Promise<Figure> {

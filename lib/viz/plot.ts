@@ -83,7 +83,9 @@ export async function loadPlot(): Promise<Plot> {
  *
  * @example
  * ```ts
- * const { svg } = await renderPlot((Plot) => ({ marks: [Plot.dot([[1, 2]])] }));
+ * import { renderPlot } from "./plot.ts";
+ * const { svg, width, height } = await renderPlot((Plot) => ({ marks: [Plot.dot([[1, 2]])] }));
+ * console.log(width, height, svg.slice(0, 40)); // the plot's size, then its SVG markup
  * ```
  */
 export async function renderPlot(spec: PlotSpec): Promise<RenderedSvg> {

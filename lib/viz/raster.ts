@@ -61,8 +61,10 @@ function isTensorLike(x: unknown): x is TensorLike {
  *
  * @example
  * ```ts
+ * import { toRgb8 } from "./raster.ts";
  * const img = await toRgb8({ width: 1, height: 1, channels: 3, data: new Float32Array([1, 0, 0]) });
- * // img.data = [255, 0, 0]
+ * console.log(img.data); // Uint8Array(3) [255, 0, 0]: floats in [0, 1] scaled to bytes
+ * if (img.data.join() !== "255,0,0") throw new Error(`${img.data}`);
  * ```
  */
 export async function toRgb8(

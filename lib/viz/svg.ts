@@ -36,7 +36,9 @@ export const FONT_CANDIDATES: readonly string[] = [
  *
  * @example
  * ```ts
- * withXmlns('<svg width="1"></svg>'); // '<svg xmlns="http://www.w3.org/2000/svg" width="1"></svg>'
+ * import { withXmlns } from "./svg.ts";
+ * console.log(withXmlns('<svg width="1"></svg>'));
+ * // '<svg xmlns="http://www.w3.org/2000/svg" width="1"></svg>'
  * ```
  */
 export function withXmlns(svg: string): string {
@@ -137,7 +139,9 @@ export interface RasterOptions {
  *
  * @example
  * ```ts
+ * import { svgToPng } from "./svg.ts";
  * const png = await svgToPng('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>');
+ * if (png[1] !== 0x50 || png[2] !== 0x4e || png[3] !== 0x47) throw new Error("not a PNG");
  * ```
  */
 export async function svgToPng(svg: string, options: RasterOptions = {}): Promise<Uint8Array> {

@@ -19,7 +19,9 @@ const TABLE: Uint32Array = (() => {
  *
  * @example
  * ```ts
- * crc32(new TextEncoder().encode("123456789")); // 0xcbf43926
+ * import { crc32 } from "./crc32.ts";
+ * const crc = crc32(new TextEncoder().encode("123456789")); // the standard check value
+ * if (crc !== 0xcbf43926) throw new Error(crc.toString(16));
  * ```
  */
 export function crc32(bytes: Uint8Array): number {

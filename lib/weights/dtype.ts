@@ -42,7 +42,8 @@ export function isFloatDType(dtype: DType): boolean {
  *
  * @example
  * ```ts
- * halfToFloat(0x3c00); // 1
+ * import { halfToFloat } from "./dtype.ts";
+ * console.log(halfToFloat(0x3c00), halfToFloat(0xc000)); // 1 -2
  * ```
  */
 export function halfToFloat(h: number): number {
@@ -63,7 +64,10 @@ let halfTable: Float32Array | undefined;
  *
  * @example
  * ```ts
- * decodeToFloat32(new Uint8Array([0, 0x3c]), "float16", 1); // Float32Array [1]
+ * import { decodeToFloat32 } from "./dtype.ts";
+ * const values = decodeToFloat32(new Uint8Array([0, 0x3c]), "float16", 1); // little-endian
+ * console.log(values); // Float32Array(1) [1]
+ * if (values[0] !== 1) throw new Error(`${values}`);
  * ```
  */
 export function decodeToFloat32(

@@ -10,8 +10,11 @@
  *
  * @example
  * ```ts
- * // A conv kernel OIHW -> HWIO: transpose(w, [O, I, H, W], [2, 3, 1, 0])
- * transpose(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3], [1, 0]).data; // [1, 4, 2, 5, 3, 6]
+ * import { transpose } from "./transpose.ts";
+ * // A conv kernel OIHW -> HWIO: transpose(w, [O, I, H, W], [2, 3, 1, 0]); here a 2x3 matrix.
+ * const t = transpose(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3], [1, 0]);
+ * console.log(t.data); // Float32Array(6) [1, 4, 2, 5, 3, 6]
+ * if (t.data.join() !== "1,4,2,5,3,6") throw new Error(`${t.data}`);
  * ```
  */
 export function transpose(

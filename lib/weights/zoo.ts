@@ -144,7 +144,9 @@ function entryFromRow([file, architecture, resolution, pretraining, top1, params
  *
  * @example
  * ```ts
- * for (const e of ZOO) console.log(e.name, e.top1);
+ * import { ZOO } from "./zoo.ts";
+ * for (const e of ZOO.slice(0, 3)) console.log(e.name, e.top1);
+ * if (!ZOO.some((e) => e.name === "convnext_tiny_1k_224")) throw new Error("no convnext_tiny");
  * ```
  */
 export const ZOO: readonly ZooEntry[] = Object.freeze(ROWS.map(entryFromRow));
@@ -166,7 +168,9 @@ for (const e of ZOO) {
  *
  * @example
  * ```ts
- * getZooEntry("convnext_xlarge_22k_1k_384").file; // "convnext_xlarge_22k_1k_384_ema.pth"
+ * import { getZooEntry } from "./zoo.ts";
+ * const entry = getZooEntry("convnext_xlarge_22k_1k_384");
+ * console.log(entry.file); // "convnext_xlarge_22k_1k_384_ema.pth"
  * ```
  */
 export function getZooEntry(name: string): ZooEntry {
@@ -211,8 +215,11 @@ export function zooBaseUrl(base: string | undefined = Deno.env.get(BASE_URL_ENV)
  *
  * @example
  * ```ts
- * zooUrl(getZooEntry("convnext_tiny_1k_224"));
- * // "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth"
+ * import { getZooEntry, zooUrl } from "./zoo.ts";
+ * console.log(zooUrl(getZooEntry("convnext_tiny_1k_224")));
+ * // "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth" ($CONVNEXT_BASE_URL unset)
+ * const mirror = zooUrl(getZooEntry("convnext_tiny_1k_224"), "file:///mirror");
+ * if (mirror !== "file:///mirror/convnext_tiny_1k_224_ema.pth") throw new Error(mirror);
  * ```
  */
 export function zooUrl(entry: ZooEntry, base?: string): string {
@@ -230,7 +237,8 @@ export function labels22kUrl(base?: string): string {
  *
  * @example
  * ```ts
- * console.log(formatZooTable());
+ * import { formatZooTable } from "./zoo.ts";
+ * console.log(formatZooTable()); // one row per checkpoint: name, resolution, top-1, params, URL
  * ```
  */
 export function formatZooTable(entries: readonly ZooEntry[] = ZOO, base?: string): string {

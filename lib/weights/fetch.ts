@@ -32,6 +32,7 @@ function errorText(e: unknown): string {
  * await Deno.copyFile(tiny, `${mirror}/${entry.file}`);
  * const path = await ensureCheckpoint(entry, { quiet: true }); // downloaded once, then verified
  * console.log(path);
+ * for (const name of ["CONVNEXT_BASE_URL", "CONVNEXT_CACHE"]) Deno.env.delete(name);
  * ```
  */
 export async function ensureCheckpoint(
@@ -61,6 +62,7 @@ export async function ensureCheckpoint(
  * await Deno.writeTextFile(`${mirror}/label_to_words.json`, '{"0": "tench", "1": "goldfish"}');
  * const names = await fetchLabels22k({ quiet: true }); // 21841 names from the official file
  * console.log(names); // ["tench", "goldfish"]
+ * for (const name of ["CONVNEXT_BASE_URL", "CONVNEXT_CACHE"]) Deno.env.delete(name);
  * ```
  */
 export async function fetchLabels22k(opts: DownloadOptions = {}): Promise<string[]> {

@@ -36,7 +36,7 @@ import {
 } from "../lib/eval/evaluate.ts";
 import { mergeResults, readEvalResult } from "../lib/eval/merge.ts";
 import { writeFileAtomic } from "../lib/util/fs.ts";
-import { numClasses as classesOf } from "../lib/model/architecture.ts";
+import { classifierClasses } from "../lib/classify.ts";
 import { labelsFor, modelConfig } from "../lib/model/config.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 
@@ -119,14 +119,7 @@ Deno.addSignalListener("SIGINT", () => {
 try {
   await selectBackend(backend);
   const model = await loadModel(values.model);
-  const numClasses = classesOf(model);
-  if (numClasses === 0) {
-    throw new Error(
-      `the model's output has shape [${
-        model.outputs[0].shape.map((d) => d ?? "batch").join(", ")
-      }], expected [batch, classes]: it has no classification head`,
-    );
-  }
+  const numClasses = classifierClasses(model);
   const labels = modelConfig(model).labels ?? labelsFor(numClasses);
   const dataset = await loadEvalDataset(values.data, {
     synsets: values.synsets,

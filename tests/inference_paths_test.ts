@@ -11,6 +11,7 @@
  * path (e.g. the engine refusing a plan) fails here instead of passing on another path.
  */
 import assert from "node:assert/strict";
+import { maxAbsDiff } from "./numeric_helpers.ts";
 import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../lib/backend/select.ts";
 import { ConvNeXtModel } from "../lib/infer/model.ts";
@@ -60,10 +61,7 @@ for (const fixture of models) {
           tf.dispose([x, y]);
           const want = await readF32(fixture.logits[key].file);
           assert.deepEqual(y.shape, fixture.logits[key].shape);
-          let maxDiff = 0;
-          for (let i = 0; i < want.length; i++) {
-            maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i]));
-          }
+          const maxDiff = maxAbsDiff(got, want);
           assert.ok(maxDiff <= 1e-4, `${fixture.name} ${key}: max abs diff ${maxDiff} > 1e-4`);
         }
       } finally {

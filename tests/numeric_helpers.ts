@@ -10,3 +10,10 @@ export function relErr(a: Float32Array, b: Float32Array): number {
   }
   return Math.sqrt(num / Math.max(den, 1e-30));
 }
+
+/** The largest |a[i] - b[i]| over `b`'s length. */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let max = 0;
+  for (let i = 0; i < b.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}

@@ -5,6 +5,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
+import { maxAbsDiff } from "./numeric_helpers.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ArchitectureSpec } from "../lib/model/variants.ts";
 import { assertWeightsMatch, remapStateDict, type Weight } from "../lib/weights/remap.ts";
@@ -90,10 +91,7 @@ for (const fixture of models) {
         tf.dispose([x, y]);
         const want = await readF32(fixture.logits[key].file);
         assert.deepEqual(y.shape, fixture.logits[key].shape);
-        let maxDiff = 0;
-        for (let i = 0; i < want.length; i++) {
-          maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i]));
-        }
+        const maxDiff = maxAbsDiff(got, want);
         assert.ok(maxDiff <= 1e-4, `${fixture.name} ${key}: max abs diff ${maxDiff} > 1e-4`);
         if (Deno.env.get("SHOW_DIFF")) {
           console.log(`${fixture.name} ${key}: max abs diff ${maxDiff}`);

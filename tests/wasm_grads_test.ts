@@ -14,6 +14,16 @@ import {
 import { explicitTransposeMatMul } from "../lib/backend/matmul_fix.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import { relErr } from "./numeric_helpers.ts";
+import {
+  type ConvCase,
+  convShapes,
+  type Data,
+  expectMatchesCpu,
+  type Pad,
+  rand,
+  runKernel,
+  type Shape,
+} from "./kernel_helpers.ts";
 
 installWasmTrainingKernels();
 await tf.setBackend("cpu");
@@ -22,60 +32,6 @@ await tf.setBackend("cpu");
 await tf.setBackend("wasm");
 await tf.ready();
 
-type Shape = number[];
-type Data = { shape: Shape; values: Float32Array };
-
-/** Deterministic values in [-1, 1) (a linear congruential generator). */
-function rand(shape: Shape, seed: number): Data {
-  let s = seed >>> 0;
-  const n = shape.reduce((a, b) => a * b, 1);
-  const values = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    values[i] = s / 2 ** 31 - 1;
-  }
-  return { shape, values };
-}
-
-/** Run one kernel on a backend through the engine, as ops do; returns values and shape. */
-async function runKernel(
-  backend: string,
-  kernel: string,
-  inputs: Record<string, Data>,
-  attrs: Record<string, unknown>,
-): Promise<Data> {
-  await tf.setBackend(backend);
-  const tensors: Record<string, tf.Tensor> = {};
-  for (const [k, d] of Object.entries(inputs)) tensors[k] = tf.tensor(d.values, d.shape);
-  const out = tf.engine().runKernel(kernel, tensors, attrs as tf.NamedAttrMap) as tf.Tensor;
-  const result = { shape: out.shape, values: (await out.data()) as Float32Array };
-  out.dispose();
-  Object.values(tensors).forEach((t) => t.dispose());
-  return result;
-}
-
-/** Compare a wasm kernel with the cpu kernel (or with `reference` when given). */
-async function expectMatchesCpu(
-  kernel: string,
-  inputs: Record<string, Data>,
-  attrs: Record<string, unknown>,
-  reference?: Data,
-): Promise<void> {
-  const expected = reference ?? await runKernel("cpu", kernel, inputs, attrs);
-  await tf.setBackend("wasm");
-  const before = tf.engine().backend.numDataIds();
-  const actual = await runKernel("wasm", kernel, inputs, attrs);
-  await tf.setBackend("wasm");
-  const label = `${kernel} ${JSON.stringify(attrs)} inputs ${
-    JSON.stringify(Object.fromEntries(Object.entries(inputs).map(([k, d]) => [k, d.shape])))
-  }`;
-  assert.equal(tf.engine().backend.numDataIds(), before, `${label}: wasm data leaked`);
-  assert.deepEqual(actual.shape, expected.shape, `${label}: shape`);
-  const err = relErr(actual.values, expected.values);
-  assert.ok(err < 1e-5, `${label}: relative error ${err}`);
-}
-
-type Pad = "same" | "valid" | [[0, 0], [number, number], [number, number], [0, 0]];
 interface DwCase {
   x: Shape; // NHWC
   k: [number, number];
@@ -111,29 +67,11 @@ Deno.test("installWasmTrainingKernels registers everything and is idempotent", (
   );
 });
 
-/** The filter shape of a case and its output shape, as TF.js computes them. */
-function shapesOf(
-  c: { x: number[]; k: number[]; strides: number | [number, number]; pad: Pad },
-  lastFilterDim: number,
-  depthwise: boolean,
-): { filterShape: number[]; outShape: number[] } {
-  const filterShape = [c.k[0], c.k[1], c.x[3], lastFilterDim];
-  const info = tf.backend_util.computeConv2DInfo(
-    c.x as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    c.strides,
-    1,
-    c.pad,
-    undefined,
-    depthwise,
-  );
-  return { filterShape, outShape: info.outShape };
-}
-
 Deno.test("DepthwiseConv2dNativeBackpropInput matches cpu", async () => {
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c, c.m, true);
+    const { filterShape, outShape } = convShapes(c, c.m, true);
     await expectMatchesCpu(
+      "wasm",
       "DepthwiseConv2dNativeBackpropInput",
       { dy: rand(outShape, 10 + i), filter: rand(filterShape, 20 + i) },
       { strides: c.strides, pad: c.pad, dilations: 1, inputShape: c.x },
@@ -143,8 +81,9 @@ Deno.test("DepthwiseConv2dNativeBackpropInput matches cpu", async () => {
 
 Deno.test("DepthwiseConv2dNativeBackpropFilter matches cpu", async () => {
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c, c.m, true);
+    const { filterShape, outShape } = convShapes(c, c.m, true);
     await expectMatchesCpu(
+      "wasm",
       "DepthwiseConv2dNativeBackpropFilter",
       { x: rand(c.x, 30 + i), dy: rand(outShape, 40 + i) },
       { strides: c.strides, pad: c.pad, dilations: 1, filterShape },
@@ -190,6 +129,7 @@ Deno.test("depthwise gradients with dilation match cpu with an explicitly dilate
     filter: dilated,
   }, { strides: 1, pad: "same", dilations: 1, inputShape: xShape });
   await expectMatchesCpu(
+    "wasm",
     "DepthwiseConv2dNativeBackpropInput",
     { dy, filter },
     { strides: 1, pad: "same", dilations: d, inputShape: xShape },
@@ -212,6 +152,7 @@ Deno.test("depthwise gradients with dilation match cpu with an explicitly dilate
     }
   }
   await expectMatchesCpu(
+    "wasm",
     "DepthwiseConv2dNativeBackpropFilter",
     { x, dy },
     { strides: 1, pad: "same", dilations: d, filterShape: filter.shape },
@@ -219,15 +160,11 @@ Deno.test("depthwise gradients with dilation match cpu with an explicitly dilate
   );
 });
 
-interface ConvCase {
-  x: Shape;
-  k: [number, number];
+interface ConvCaseOut extends ConvCase {
   cout: number;
-  strides: number | [number, number];
-  pad: Pad;
 }
 
-const CONV_CASES: ConvCase[] = [
+const CONV_CASES: ConvCaseOut[] = [
   { x: [2, 16, 12, 3], k: [4, 4], cout: 5, strides: 4, pad: "valid" }, // stem
   { x: [2, 9, 11, 6], k: [2, 2], cout: 7, strides: 2, pad: "valid" }, // downsample, odd size
   { x: [2, 9, 11, 3], k: [2, 3], cout: 5, strides: [2, 3], pad: "same" },
@@ -238,8 +175,9 @@ const CONV_CASES: ConvCase[] = [
 
 Deno.test("Conv2DBackpropFilter matches cpu", async () => {
   for (const [i, c] of CONV_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c, c.cout, false);
+    const { filterShape, outShape } = convShapes(c, c.cout, false);
     await expectMatchesCpu(
+      "wasm",
       "Conv2DBackpropFilter",
       { x: rand(c.x, 60 + i), dy: rand(outShape, 70 + i) },
       { strides: c.strides, pad: c.pad, dataFormat: "NHWC", filterShape },
@@ -249,8 +187,9 @@ Deno.test("Conv2DBackpropFilter matches cpu", async () => {
 
 Deno.test("Conv2DBackpropInput (patchify fast path and fallback) matches cpu", async () => {
   for (const [i, c] of CONV_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c, c.cout, false);
+    const { filterShape, outShape } = convShapes(c, c.cout, false);
     await expectMatchesCpu(
+      "wasm",
       "Conv2DBackpropInput",
       { dy: rand(outShape, 80 + i), filter: rand(filterShape, 90 + i) },
       { strides: c.strides, pad: c.pad, dataFormat: "NHWC", inputShape: c.x },
@@ -262,6 +201,7 @@ Deno.test("DepthwiseConv2dNative (7x7 split into 5x5 pieces) matches cpu", async
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
     if (c.strides !== 1) continue;
     await expectMatchesCpu(
+      "wasm",
       "DepthwiseConv2dNative",
       { x: rand(c.x, 100 + i), filter: rand([c.k[0], c.k[1], c.x[3], c.m], 110 + i) },
       { strides: 1, pad: c.pad, dilations: 1 },
@@ -279,15 +219,15 @@ Deno.test("BatchMatMul and _FusedMatMul with transpose flags, batches and bias m
       for (const transposeB of [false, true]) {
         const a = rand(transposeA ? [ba, k, m] : [ba, m, k], seed++);
         const b = rand(transposeB ? [bb, n, k] : [bb, k, n], seed++);
-        await expectMatchesCpu("BatchMatMul", { a, b }, { transposeA, transposeB });
+        await expectMatchesCpu("wasm", "BatchMatMul", { a, b }, { transposeA, transposeB });
         for (const activation of ["linear", "relu"]) {
-          await expectMatchesCpu("_FusedMatMul", { a, b, bias: rand([n], seed++) }, {
+          await expectMatchesCpu("wasm", "_FusedMatMul", { a, b, bias: rand([n], seed++) }, {
             transposeA,
             transposeB,
             activation,
           });
         }
-        await expectMatchesCpu("_FusedMatMul", { a, b }, {
+        await expectMatchesCpu("wasm", "_FusedMatMul", { a, b }, {
           transposeA,
           transposeB,
           activation: "linear",
@@ -311,7 +251,7 @@ Deno.test("Sum and Mean over outer axes (pooling path) and other axes match cpu"
   ];
   for (const [i, [shape, axis, keepDims]] of cases.entries()) {
     for (const kernel of ["Sum", "Mean"]) {
-      await expectMatchesCpu(kernel, { x: rand(shape, 500 + i) }, { axis, keepDims });
+      await expectMatchesCpu("wasm", kernel, { x: rand(shape, 500 + i) }, { axis, keepDims });
     }
   }
 });

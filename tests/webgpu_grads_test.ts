@@ -1,9 +1,8 @@
 /**
  * Tests of lib/backend/webgpu_grads.ts and of training on the WebGPU backend: the
  * gradients of small ConvNeXts on webgpu against the cpu backend (the independent
- * reference), variable by variable; the webgpu convolution-gradient kernels and the
- * ./conv_grads.ts fallbacks against cpu; one AdamW training step, a linear-probe fit and
- * `model.fit` on webgpu without any synchronous read of a GPU tensor.
+ * reference), variable by variable; the webgpu convolution-gradient kernels against cpu;
+ * one AdamW training step, a linear-probe fit and `model.fit` on webgpu without any synchronous read of a GPU tensor.
  *
  * Needs a WebGPU adapter. Without a GPU, Debian's mesa-vulkan-drivers gives Deno a
  * software one (llvmpipe: correct, slow); with no adapter at all every test fails saying
@@ -27,6 +26,7 @@ import { ModelEma } from "../lib/train/ema.ts";
 import { createProbeHead } from "../lib/train/probe.ts";
 import { withSeededMathRandom } from "../lib/train/rng.ts";
 import { relErr } from "./numeric_helpers.ts";
+import { convShapes, expectMatchesCpu, type Pad, rand, type Shape } from "./kernel_helpers.ts";
 
 const NO_ADAPTER = "no WebGPU adapter: install a Vulkan driver (on Debian/Ubuntu without a GPU: " +
   "apt-get install mesa-vulkan-drivers, a software adapter) or run deno run -A " +
@@ -44,21 +44,6 @@ if (webgpuError === null) {
 async function useWebGpu(): Promise<void> {
   if (webgpuError !== null) throw new Error(`${webgpuError.message}; ${NO_ADAPTER}`);
   await tf.setBackend("webgpu");
-}
-
-type Shape = number[];
-type Data = { shape: Shape; values: Float32Array };
-
-/** Deterministic values in [-1, 1) (a linear congruential generator). */
-function rand(shape: Shape, seed: number): Data {
-  let s = seed >>> 0;
-  const n = shape.reduce((a, b) => a * b, 1);
-  const values = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    values[i] = s / 2 ** 31 - 1;
-  }
-  return { shape, values };
 }
 
 /**
@@ -81,85 +66,6 @@ async function gpuReadSyncs<T>(fn: () => Promise<T>): Promise<{ result: T; reads
   } finally {
     backend.readSync = original;
   }
-}
-
-type KernelCall = (
-  args: {
-    inputs: Record<string, tf.TensorInfo>;
-    backend: tf.KernelBackend;
-    attrs: tf.NamedAttrMap;
-  },
-) => tf.TensorInfo;
-
-/** Run a registered kernel (or `impl`) on a backend; returns values and shape. */
-async function runKernel(
-  backend: string,
-  kernel: string,
-  inputs: Record<string, Data>,
-  attrs: Record<string, unknown>,
-  impl?: tf.KernelFunc,
-): Promise<Data> {
-  await tf.setBackend(backend);
-  const tensors: Record<string, tf.Tensor> = {};
-  for (const [k, d] of Object.entries(inputs)) tensors[k] = tf.tensor(d.values, d.shape);
-  const out = impl
-    ? tf.engine().makeTensorFromTensorInfo(
-      (impl as unknown as KernelCall)({
-        inputs: tensors,
-        backend: tf.backend(),
-        attrs: attrs as tf.NamedAttrMap,
-      }),
-    )
-    : tf.engine().runKernel(kernel, tensors, attrs as tf.NamedAttrMap) as tf.Tensor;
-  const result = { shape: out.shape, values: (await out.data()) as Float32Array };
-  out.dispose();
-  Object.values(tensors).forEach((t) => t.dispose());
-  return result;
-}
-
-/** Compare a webgpu kernel (or the fallback `impl` run on webgpu) with the cpu kernel. */
-async function expectMatchesCpu(
-  kernel: string,
-  inputs: Record<string, Data>,
-  attrs: Record<string, unknown>,
-  impl?: tf.KernelFunc,
-): Promise<void> {
-  const expected = await runKernel("cpu", kernel, inputs, attrs);
-  await tf.setBackend("webgpu");
-  const before = tf.engine().backend.numDataIds();
-  const actual = await runKernel("webgpu", kernel, inputs, attrs, impl);
-  await tf.setBackend("webgpu");
-  const label = `${impl ? "fallback " : ""}${kernel} ${JSON.stringify(attrs)} inputs ${
-    JSON.stringify(Object.fromEntries(Object.entries(inputs).map(([k, d]) => [k, d.shape])))
-  }`;
-  assert.equal(tf.engine().backend.numDataIds(), before, `${label}: webgpu data leaked`);
-  assert.deepEqual(actual.shape, expected.shape, `${label}: shape`);
-  const err = relErr(actual.values, expected.values);
-  assert.ok(err < 1e-5, `${label}: relative error ${err}`);
-}
-
-type Pad = "same" | "valid" | [[0, 0], [number, number], [number, number], [0, 0]];
-
-/** The filter shape of a convolution and its output shape, as TF.js computes them. */
-function shapesOf(
-  x: Shape,
-  k: [number, number],
-  last: number,
-  strides: number | [number, number],
-  pad: Pad,
-  depthwise: boolean,
-): { filterShape: Shape; outShape: Shape } {
-  const filterShape = [k[0], k[1], x[3], last];
-  const info = tf.backend_util.computeConv2DInfo(
-    x as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    strides,
-    1,
-    pad,
-    undefined,
-    depthwise,
-  );
-  return { filterShape, outShape: info.outShape };
 }
 
 // ConvNeXt's depthwise 7x7 (odd sizes, the 1x1 last stage at 32x32 input) and other cases.
@@ -208,28 +114,32 @@ Deno.test("installWebGpuTrainingKernels: webgpu 4.22 lacks nothing; idempotent",
 Deno.test("webgpu's convolution gradient kernels match cpu", async () => {
   await useWebGpu();
   for (const [i, c] of DEPTHWISE_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c.x, c.k, c.m, c.strides, c.pad, true);
+    const { filterShape, outShape } = convShapes(c, c.m, true);
     const attrs = { strides: c.strides, pad: c.pad, dilations: 1 };
     await expectMatchesCpu(
+      "webgpu",
       "DepthwiseConv2dNativeBackpropInput",
       { dy: rand(outShape, 10 + i), filter: rand(filterShape, 20 + i) },
       { ...attrs, inputShape: c.x },
     );
     await expectMatchesCpu(
+      "webgpu",
       "DepthwiseConv2dNativeBackpropFilter",
       { x: rand(c.x, 30 + i), dy: rand(outShape, 40 + i) },
       { ...attrs, filterShape },
     );
   }
   for (const [i, c] of CONV_CASES.entries()) {
-    const { filterShape, outShape } = shapesOf(c.x, c.k, c.cout, c.strides, c.pad, false);
+    const { filterShape, outShape } = convShapes(c, c.cout, false);
     const attrs = { strides: c.strides, pad: c.pad, dataFormat: "NHWC" };
     await expectMatchesCpu(
+      "webgpu",
       "Conv2DBackpropFilter",
       { x: rand(c.x, 60 + i), dy: rand(outShape, 70 + i) },
       { ...attrs, filterShape },
     );
     await expectMatchesCpu(
+      "webgpu",
       "Conv2DBackpropInput",
       { dy: rand(outShape, 80 + i), filter: rand(filterShape, 90 + i) },
       { ...attrs, inputShape: c.x },

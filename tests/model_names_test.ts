@@ -34,7 +34,7 @@ const HIER: ArchitectureSpec = {
 const ISO: ArchitectureSpec = { kind: "isotropic", depth: 3, dim: 16, layerScaleInit: 1e-6 };
 
 Deno.test("names: every layer and weight of a small model round-trips name -> parse -> name", () => {
-  for (const spec of [HIER, ISO]) {
+  for (const spec of [HIER, ISO, { ...HIER, layerScaleInit: 0, grn: true }]) {
     const model = createConvNeXt(spec, { numClasses: 5, dropPathRate: 0.2, randomInit: false });
     for (const layer of model.layers) {
       const where = parseLayerName(layer.name);
@@ -60,6 +60,7 @@ Deno.test("names: the scheme, spelled out", () => {
     [{ kind: "block", stage: 2, block: 26 }, "stages_2_block_26"],
     [{ kind: "block", stage: 0, block: 0, part: "pwconv1" }, "stages_0_block_0_pwconv1"],
     [{ kind: "block", stage: 1, block: 2, part: "layer_scale" }, "stages_1_block_2_layer_scale"],
+    [{ kind: "block", stage: 3, block: 1, part: "grn" }, "stages_3_block_1_grn"],
     [{ kind: "block", block: 17 }, "blocks_17"],
     [{ kind: "block", block: 3, part: "drop_path" }, "blocks_3_drop_path"],
     [{ kind: "head", part: "pool" }, "head_pool"],
@@ -74,6 +75,12 @@ Deno.test("names: the scheme, spelled out", () => {
   assert.equal(blockName(undefined, 4), "blocks_4");
   assert.equal(downsampleName(2, "conv"), "stages_2_downsample_conv");
   assert.equal(weightPath(HEAD_FC, "kernel"), "head_fc/kernel");
+  assert.deepEqual(parseLayerName("stages_0_block_1_grn/beta"), {
+    kind: "block",
+    stage: 0,
+    block: 1,
+    part: "grn",
+  });
   assert.deepEqual(parseLayerName("stages_2_block_7_pwconv1/kernel"), {
     kind: "block",
     stage: 2,
@@ -96,6 +103,19 @@ const PARAMS_1K: Record<ArchitectureName, number> = {
   convnext_iso_small: 22_308_712,
   convnext_iso_base: 87_083_752,
   convnext_iso_large: 305_942_504,
+  // timm's small V1 sizes and ConvNeXt V2 (its official models/convnextv2.py), 1000 classes.
+  convnext_atto: 3_695_520,
+  convnext_femto: 5_217_784,
+  convnext_pico: 9_045_672,
+  convnext_nano: 15_593_560,
+  convnextv2_atto: 3_708_400,
+  convnextv2_femto: 5_233_240,
+  convnextv2_pico: 9_066_280,
+  convnextv2_nano: 15_623_800,
+  convnextv2_tiny: 28_635_496,
+  convnextv2_base: 88_717_800,
+  convnextv2_large: 197_956_840,
+  convnextv2_huge: 660_289_640,
 };
 
 // The architecture table of the paper (Liu et al. 2022, section 2.6 and appendix A).
@@ -108,12 +128,26 @@ const PAPER: Record<ArchitectureName, string> = {
   convnext_iso_small: "C=384 B=18",
   convnext_iso_base: "C=768 B=18",
   convnext_iso_large: "C=1024 B=36",
+  // timm's small sizes, and ConvNeXt V2 (Woo et al. 2023, table of model sizes): GRN blocks.
+  convnext_atto: "C=(40,80,160,320) B=(2,2,6,2)",
+  convnext_femto: "C=(48,96,192,384) B=(2,2,6,2)",
+  convnext_pico: "C=(64,128,256,512) B=(2,2,6,2)",
+  convnext_nano: "C=(80,160,320,640) B=(2,2,8,2)",
+  convnextv2_atto: "C=(40,80,160,320) B=(2,2,6,2) GRN",
+  convnextv2_femto: "C=(48,96,192,384) B=(2,2,6,2) GRN",
+  convnextv2_pico: "C=(64,128,256,512) B=(2,2,6,2) GRN",
+  convnextv2_nano: "C=(80,160,320,640) B=(2,2,8,2) GRN",
+  convnextv2_tiny: "C=(96,192,384,768) B=(3,3,9,3) GRN",
+  convnextv2_base: "C=(128,256,512,1024) B=(3,3,27,3) GRN",
+  convnextv2_large: "C=(192,384,768,1536) B=(3,3,27,3) GRN",
+  convnextv2_huge: "C=(352,704,1408,2816) B=(3,3,27,3) GRN",
 };
 
 function describe(spec: ArchitectureSpec): string {
-  return spec.kind === "hierarchical"
+  const text = spec.kind === "hierarchical"
     ? `C=(${spec.dims}) B=(${spec.depths})`
     : `C=${spec.dim} B=${spec.depth}`;
+  return spec.grn ? `${text} GRN` : text;
 }
 
 Deno.test("architectureOf: weight shapes with the official parameter counts give the paper's architectures", () => {

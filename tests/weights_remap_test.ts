@@ -243,6 +243,37 @@ Deno.test("remap: layout detection", () => {
     detectLayout(["embeddings.patch_embeddings.weight", "layernorm.bias"]),
     "huggingface",
   );
+  // ConvNeXt V2 in each layout (key names of the official, timm, transformers and FCMAE code).
+  assert.equal(
+    detectLayout(["downsample_layers.0.0.weight", "stages.0.0.grn.gamma", "stages.0.0.grn.beta"]),
+    "official",
+  );
+  assert.equal(
+    detectLayout(["stem.0.weight", "stages.0.blocks.0.mlp.grn.weight", "head.fc.weight"]),
+    "timm",
+  );
+  assert.equal(
+    detectLayout([
+      "convnextv2.embeddings.patch_embeddings.weight",
+      "convnextv2.encoder.stages.0.layers.0.grn.weight",
+      "classifier.weight",
+    ]),
+    "huggingface",
+  );
+  assert.equal(
+    detectLayout([
+      "encoder.downsample_layers.0.0.weight",
+      "encoder.stages.0.0.dwconv.kernel",
+      "encoder.stages.0.0.norm.ln.weight",
+      "encoder.stages.0.0.pwconv1.linear.weight",
+      "encoder.stages.0.0.grn.gamma",
+      "decoder.0.dwconv.weight",
+      "mask_token",
+    ]),
+    "fcmae",
+  );
+  // Hugging Face's V1 model without its prefix is no FCMAE encoder (`layers` level).
+  assert.equal(detectLayout(["encoder.stages.0.layers.0.dwconv.weight"]), "huggingface");
   assert.throws(
     () => detectLayout(["fc.weight", "conv1.weight"], "resnet.pth"),
     /resnet\.pth: unrecognised ConvNeXt key layout \(first keys: fc\.weight, conv1\.weight\)/,

@@ -368,6 +368,13 @@ class PlanBuilder {
         this.#steps.push({ op: "identity", input: x, output: this.#define(node.output) });
         return;
       }
+      case "GlobalResponseNorm":
+        // ConvNeXt V2: the engine has no GRN step yet (its norm needs the whole hidden map
+        // before the second matmul). Refused by name so the reason says so; the model keeps
+        // the stock TF.js path, which computes GRN exactly.
+        return unsupported(
+          `${layer.name}: GRN (ConvNeXt V2) is not in the optimized plan yet; predict takes the stock TF.js path`,
+        );
       default:
         unsupported(`${layer.name}: layer class ${cls}`);
     }

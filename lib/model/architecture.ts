@@ -4,8 +4,10 @@
  *
  * Inference reads the weight shapes under the names of `./names.ts` (dims from the stem,
  * downsampling and first-block kernels, depths from the block indices, layer scale from the
- * presence of `_layer_scale` weights), so it works for any model built by `createConvNeXt`
- * (with or without metadata) and for checkpoints converted by `weights/remap.ts`.
+ * presence of `_layer_scale` weights, ConvNeXt V2 from the presence of `_grn` weights), so it
+ * works for any model built by `createConvNeXt` (with or without metadata) and for
+ * checkpoints converted by `weights/remap.ts`. V1 and V2 sizes share depths and dims (atto ..
+ * huge): the GRN weights tell `convnextv2_atto` from `convnext_atto`.
  *
  * @module
  */
@@ -24,6 +26,7 @@ import {
   type ArchitectureName,
   ARCHITECTURES,
   type ArchitectureSpec,
+  hasGrn,
   isArchitectureName,
 } from "./variants.ts";
 
@@ -62,12 +65,13 @@ function shapesOf(source: tf.LayersModel | WeightShapes): WeightShapes {
 
 /**
  * The official name of `spec` (same kind, depths and dims, or depth and dim, and the same
- * presence of layer scale), or undefined.
+ * presence of layer scale and of GRN), or undefined.
  */
 function officialName(spec: ArchitectureSpec): ArchitectureName | undefined {
   return ARCHITECTURE_NAMES.find((name) => {
     const a: ArchitectureSpec = ARCHITECTURES[name];
     if (a.kind !== spec.kind || (a.layerScaleInit > 0) !== (spec.layerScaleInit > 0)) return false;
+    if (hasGrn(a) !== hasGrn(spec)) return false;
     if (a.kind === "isotropic" && spec.kind === "isotropic") {
       return a.depth === spec.depth && a.dim === spec.dim;
     }
@@ -109,6 +113,9 @@ function validateSpec(spec: ArchitectureSpec, label: string): void {
   if (!(Number.isFinite(spec.layerScaleInit) && spec.layerScaleInit >= 0)) {
     throw new Error(`${label}: spec.layerScaleInit must be >= 0, got ${spec.layerScaleInit}`);
   }
+  if (spec.grn !== undefined && typeof spec.grn !== "boolean") {
+    throw new Error(`${label}: spec.grn must be a boolean, got ${JSON.stringify(spec.grn)}`);
+  }
 }
 
 /** The initial layer-scale value a model's LayerScale layers were built with, if any. */
@@ -134,12 +141,14 @@ function inferSpec(
   const width = (name: string, axis: number): number | undefined => shapes.get(name)?.shape[axis];
   let isotropic = false;
   let hasScale = false;
+  let grn = false;
   const depths = [0, 0, 0, 0];
   let depth = 0;
   for (const path of shapes.keys()) {
     const where = parseLayerName(layerOfWeight(path));
     if (where?.kind !== "block") continue;
     if (where.part === "layer_scale") hasScale = true;
+    if (where.part === "grn") grn = true;
     if (where.stage === undefined) {
       isotropic = true;
       depth = Math.max(depth, where.block + 1);
@@ -151,11 +160,13 @@ function inferSpec(
     fail("no ConvNeXt blocks (stages_{i}_block_{j} or blocks_{j} weights)");
   }
   const scale = hasScale ? layerScaleInit : 0;
+  // `grn` only when present, so that V1 specs keep their exact shape.
+  const v2 = grn ? { grn: true } : {};
   if (isotropic) {
     const dim = width(weightPath(STEM_CONV, "kernel"), 3) ??
       width(weightPath(blockName(undefined, 0, "dwconv"), "depthwise_kernel"), 2) ??
       fail("no stem conv or first block");
-    return { kind: "isotropic", depth, dim, layerScaleInit: scale };
+    return { kind: "isotropic", depth, dim, layerScaleInit: scale, ...v2 };
   }
   const dims = [0, 1, 2, 3].map((i) =>
     (i === 0
@@ -169,6 +180,7 @@ function inferSpec(
     depths: depths as [number, number, number, number],
     dims: dims as [number, number, number, number],
     layerScaleInit: scale,
+    ...v2,
   };
 }
 
@@ -179,7 +191,8 @@ function inferSpec(
  *   its weight shapes; its layer-scale value is read from its LayerScale layers;
  * - weight shapes by TF.js path (e.g. converted checkpoint weights): inferred from the
  *   shapes; blocks with `_layer_scale` weights get `layerScaleInit` 1e-6 (the value does not
- *   matter for loaded weights, only that the blocks have a gamma);
+ *   matter for loaded weights, only that the blocks have a gamma), blocks with `_grn`
+ *   weights `grn: true` (ConvNeXt V2);
  * - an official name: its row of `ARCHITECTURES` (an unknown name is an error listing them);
  * - a spec: validated, and named when it equals an official row.
  *

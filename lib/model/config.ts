@@ -45,12 +45,16 @@ export interface Preprocessing {
 
 /**
  * The official evaluation transform for a resolution (facebookresearch/ConvNeXt
- * `datasets.py`): resize + center crop below 384 px, a warp from 384 px on; ImageNet mean/std.
+ * `datasets.py`; ConvNeXt-V2's `datasets.py` is the same, its 512 px checkpoint included):
+ * resize + center crop below 384 px (crop 0.875 unless a checkpoint says otherwise, as timm's
+ * `crop_pct`), a warp from 384 px on; ImageNet mean/std.
  *
  * @example
  * ```ts
  * import { preprocessingFor } from "./config.ts";
  * console.log(preprocessingFor(224).mode, preprocessingFor(384).mode); // "resize-crop" "warp"
+ * console.log(preprocessingFor(512).cropPct, preprocessingFor(224, 0.95).cropPct); // 1 0.95
+ * if (preprocessingFor(512).mode !== "warp") throw new Error("V2's 512 px evaluation warps");
  * ```
  */
 export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Preprocessing {

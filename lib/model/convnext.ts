@@ -1,21 +1,29 @@
 /**
  * The ConvNeXt family as TF.js Layers models, faithful to the official PyTorch code
- * (facebookresearch/ConvNeXt `models/convnext.py` and `models/convnext_isotropic.py`).
+ * (facebookresearch/ConvNeXt `models/convnext.py` and `models/convnext_isotropic.py`;
+ * facebookresearch/ConvNeXt-V2 `models/convnextv2.py` for the V2 block, which adds GRN after
+ * the GELU and has no layer scale).
  *
  * Layer names are deterministic so that weights map by name, never by position; `./names.ts`
  * owns them:
  *
  * - hierarchical: `stem_conv`, `stem_norm`; `stages_{i}_downsample_norm`,
  *   `stages_{i}_downsample_conv` (i = 1..3); per block `stages_{i}_block_{j}_dwconv`,
- *   `_norm`, `_pwconv1` (Dense + exact GELU), `_pwconv2`, `_layer_scale`, `_drop_path`,
- *   and `stages_{i}_block_{j}` (the residual add: the block's output);
+ *   `_norm`, `_pwconv1` (Dense + exact GELU), `_grn` (V2 only), `_pwconv2`, `_layer_scale`,
+ *   `_drop_path`, and `stages_{i}_block_{j}` (the residual add: the block's output);
  * - isotropic: `stem_conv` (16x16/16, no norm), blocks `blocks_{j}_*` and `blocks_{j}`;
  * - head: `head_pool`, `head_norm`, `head_fc`.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { LayerNorm, LayerScale, StochasticDepth, TruncatedNormal } from "./layers.ts";
+import {
+  GlobalResponseNorm,
+  LayerNorm,
+  LayerScale,
+  StochasticDepth,
+  TruncatedNormal,
+} from "./layers.ts";
 import { ConvNeXtModel } from "../infer/model.ts";
 import { architectureOf, CUSTOM_ARCHITECTURE } from "./architecture.ts";
 import {
@@ -50,7 +58,10 @@ export interface ConvNeXtOptions {
   classifierActivation?: (typeof CLASSIFIER_ACTIVATIONS)[number] | null;
   /** Stochastic depth rate, linear from 0 over all blocks to this value. Default 0. */
   dropPathRate?: number;
-  /** Initial layer-scale value; 0 disables layer scale. Default: the architecture's (1e-6, iso small/base 0). */
+  /**
+   * Initial layer-scale value; 0 disables layer scale. Default: the architecture's (1e-6;
+   * 0 for iso small/base and every ConvNeXt V2).
+   */
   layerScaleInit?: number;
   /** Factor on the head's initial weights and biases. Default 1. */
   headInitScale?: number;
@@ -88,6 +99,8 @@ interface Resolved {
   classifierActivation: (typeof CLASSIFIER_ACTIVATIONS)[number];
   dropPathRate: number;
   layerScaleInit: number;
+  /** GRN in every block (the architecture's: ConvNeXt V2). */
+  grn: boolean;
   headInitScale: number;
   randomInit: boolean;
   seed?: number;
@@ -157,6 +170,7 @@ function validateOptions(arch: ResolvedArchitecture, options: ConvNeXtOptions): 
     classifierActivation,
     dropPathRate,
     layerScaleInit,
+    grn: arch.spec.grn === true,
     headInitScale,
     randomInit,
     seed: options.seed,
@@ -212,6 +226,10 @@ function block(
     }),
     y,
   );
+  if (opts.grn) {
+    // ConvNeXt V2: GRN on the 4x hidden layer, between the GELU and the second Linear.
+    y = apply(new GlobalResponseNorm({ name: blockName(stage, index, "grn") }), y);
+  }
   y = apply(
     tf.layers.dense({
       units: dim,
@@ -266,8 +284,9 @@ function requireBackend(caller: string): void {
  * Build a ConvNeXt as a `tf.LayersModel`: `summary()`, `fit()`, save/load and any layer's
  * output (`model.getLayer("stages_2_block_5")`) work as for any Layers model.
  *
- * @param architecture an official name (`"convnext_tiny"`, ... `"convnext_iso_large"`) or an
- *   {@link ArchitectureSpec} for custom sizes.
+ * @param architecture an official name (`"convnext_tiny"`, ... `"convnext_iso_large"`,
+ *   `"convnext_atto"` .. `"convnext_nano"`, `"convnextv2_atto"` .. `"convnextv2_huge"`) or an
+ *   {@link ArchitectureSpec} for custom sizes (`grn: true` for V2 blocks).
  * @param options Keras-applications-style options; see {@link ConvNeXtOptions}.
  * @throws Error with a one-line message for any invalid argument, before building anything.
  *
@@ -285,6 +304,9 @@ function requireBackend(caller: string): void {
  *   randomInit: false,
  * });
  * console.log(backbone.outputs[0].shape); // [null, 768]: the pooled embedding
+ * // ConvNeXt V2 takes the same options (GRN in every block, no layer scale).
+ * const v2 = createConvNeXt("convnextv2_atto", { numClasses: 10, dropPathRate: 0.1 });
+ * console.log(v2.getLayer("stages_0_block_0_grn").getClassName()); // "GlobalResponseNorm"
  * // A custom size, randomly initialized: small enough to train in a test.
  * const small = createConvNeXt({
  *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,

@@ -1,8 +1,8 @@
 /**
  * Custom TF.js layers and initializers that ConvNeXt needs and TF.js lacks (or
  * implements in a way that costs too much): a channels-last LayerNorm without
- * `tf.tile`, per-channel layer scale, stochastic depth, and timm's truncated
- * normal initializer.
+ * `tf.tile`, per-channel layer scale, ConvNeXt V2's Global Response Normalization,
+ * stochastic depth, and timm's truncated normal initializer.
  *
  * Every class is registered with `tf.serialization.registerClass`, so a saved
  * model lists them in `summary()` and loads back once this module is imported.
@@ -164,6 +164,111 @@ export class LayerScale extends tf.layers.Layer {
   /** Serializable configuration (for save/load). */
   override getConfig(): tf.serialization.ConfigDict {
     return { ...super.getConfig(), initValue: this.initValue };
+  }
+}
+
+/** Options of {@link GlobalResponseNorm}. */
+export interface GlobalResponseNormArgs extends LayerArgs {
+  /** Added to the channel mean of the norms; the official GRN uses 1e-6. */
+  epsilon?: number;
+}
+
+/**
+ * The L2 norm over the two spatial axes (`[N, H, W, C]` -> `[N, 1, 1, C]`) with PyTorch's
+ * gradient at zero: `torch.norm`'s backward is 0 for an all-zero map, while the chain rule
+ * through `sqrt` gives 0 * inf = NaN. An all-zero channel is no corner case here: TF.js's
+ * GELU is exactly 0 below about -5.5 in float32, so a dead channel would poison every
+ * weight of a training step.
+ */
+const spatialL2Norm = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const x = args[0] as tf.Tensor;
+  const save = args[1] as tf.GradSaveFunc;
+  const norm = tf.sqrt(tf.sum(tf.square(x), [1, 2], true));
+  save([x, norm]);
+  return {
+    value: norm,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(dy, tf.divNoNan(saved[0], saved[1])),
+  };
+}) as (x: tf.Tensor) => tf.Tensor;
+
+/**
+ * Global Response Normalization (ConvNeXt V2, facebookresearch/ConvNeXt-V2
+ * `models/utils.py` `GRN`), channels last: `Gx = ||x||_2` over (H, W) per image and
+ * channel, `Nx = Gx / (mean over channels of Gx + 1e-6)`, `y = gamma * (x * Nx) + beta + x`
+ * with per-channel `gamma` and `beta` that start at zero (so a new GRN is the identity).
+ *
+ * The statistics are per image over the whole map, so any input size works; only
+ * broadcasting element-wise ops and reductions are used (no `tf.tile`), which every backend
+ * (webgpu included) runs.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { GlobalResponseNorm } from "./layers.ts";
+ * await selectBackend("cpu");
+ * const grn = new GlobalResponseNorm({ name: "stages_0_block_0_grn" });
+ * const x = tf.tensor4d([3, 4, 0, 0, 1, 2, 2, 1], [1, 2, 2, 2]);
+ * console.log(tf.equal(grn.apply(x) as tf.Tensor, x).all().dataSync()[0]); // 1: zero init
+ * grn.setWeights([tf.ones([2]), tf.zeros([2])]);
+ * // ||x|| over the map: sqrt(14) for channel 0, sqrt(21) for channel 1, mean 4.162;
+ * // with gamma 1 and beta 0, y = x * (1 + ||x|| / mean).
+ * const y = (grn.apply(x) as tf.Tensor).dataSync();
+ * console.log(y); // about [5.697, 8.404, 0, 0, 1.899, 4.202, 3.798, 2.101]
+ * if (Math.abs(y[0] - 5.6969) > 1e-3 || Math.abs(y[1] - 8.4041) > 1e-3) throw new Error(`${y}`);
+ * ```
+ */
+export class GlobalResponseNorm extends tf.layers.Layer {
+  /** Serialization name. */
+  static className = "GlobalResponseNorm";
+  /** Added to the channel mean of the spatial norms. */
+  readonly epsilon: number;
+  private gamma?: tf.LayerVariable;
+  private beta?: tf.LayerVariable;
+
+  /**
+   * A GRN over channels-last `[N, H, W, C]` tensors, gamma and beta zero at init.
+   *
+   * @param args layer options; `epsilon` defaults to 1e-6 (the official value).
+   */
+  constructor(args: GlobalResponseNormArgs = {}) {
+    super(args);
+    this.epsilon = args.epsilon ?? 1e-6;
+  }
+
+  /** Creates the per-channel weights for the input's last dimension. */
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const channels = shape[shape.length - 1];
+    if (shape.length !== 4 || channels == null) {
+      throw new Error(
+        `${this.name}: GRN needs [batch, height, width, channels] with known channels, got ${shape}`,
+      );
+    }
+    this.gamma = this.addWeight("gamma", [channels], "float32", tf.initializers.zeros());
+    this.beta = this.addWeight("beta", [channels], "float32", tf.initializers.zeros());
+    this.built = true;
+  }
+
+  /** Same shape as the input. */
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  /** Applies the layer to a tensor. */
+  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
+    return tf.tidy(() => {
+      const x = single(inputs);
+      const gx = spatialL2Norm(x);
+      const nx = tf.div(gx, tf.add(tf.mean(gx, -1, true), this.epsilon));
+      const scaled = tf.mul(tf.mul(x, nx), this.gamma!.read());
+      return tf.add(tf.add(scaled, this.beta!.read()), x);
+    });
+  }
+
+  /** Serializable configuration (for save/load). */
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), epsilon: this.epsilon };
   }
 }
 
@@ -354,6 +459,7 @@ export class TruncatedNormal extends InitializerBase {
 
 tf.serialization.registerClass(LayerNorm);
 tf.serialization.registerClass(LayerScale);
+tf.serialization.registerClass(GlobalResponseNorm);
 tf.serialization.registerClass(StochasticDepth);
 tf.serialization.registerClass(
   TruncatedNormal as unknown as tf.serialization.SerializableConstructor<

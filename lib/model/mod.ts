@@ -1,8 +1,8 @@
 /**
- * The ConvNeXt architectures as TF.js Layers models: the variant table, `createConvNeXt`,
- * the one naming scheme of their layers, architecture inference and class counts, the
- * model configuration (input size, crop, mean/std, labels), the custom layers, feature
- * maps, Grad-CAM and saving/loading on disk.
+ * The ConvNeXt architectures (V1, timm's small V1 sizes, V2) as TF.js Layers models: the
+ * variant table, `createConvNeXt`, the one naming scheme of their layers, architecture
+ * inference and class counts, the model configuration (input size, crop, mean/std, labels),
+ * the custom layers, feature maps, Grad-CAM and saving/loading on disk.
  *
  * @example
  * ```ts
@@ -20,6 +20,7 @@ export {
   type ArchitectureName,
   ARCHITECTURES,
   type ArchitectureSpec,
+  hasGrn,
   type HierarchicalSpec,
   isArchitectureName,
   type IsotropicSpec,
@@ -71,6 +72,8 @@ export {
   storedModelConfig,
 } from "./config.ts";
 export {
+  GlobalResponseNorm,
+  type GlobalResponseNormArgs,
   type Kwargs,
   type LayerArgs,
   LayerNorm,

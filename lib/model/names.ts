@@ -12,6 +12,7 @@
  *   `stages_{i}_downsample_conv`;
  * - blocks: `stages_{i}_block_{j}` (hierarchical) or `blocks_{j}` (isotropic) is the residual
  *   add, i.e. the block's output; its sublayers append `_dwconv`, `_norm`, `_pwconv1`,
+ *   `_grn` (ConvNeXt V2: Global Response Normalization, weights `gamma` and `beta`),
  *   `_pwconv2`, `_layer_scale`, `_drop_path`;
  * - isotropic stem: `stem_conv` (no norm);
  * - head: `head_pool`, `head_norm`, `head_fc`.
@@ -44,11 +45,12 @@ export const HEAD_NORM = "head_norm";
 /** The classifier (Dense); its width is the class count. */
 export const HEAD_FC = "head_fc";
 
-/** Sublayers of a block, in order. */
+/** Sublayers of a block, in order (`grn` only in ConvNeXt V2 blocks). */
 export const BLOCK_PARTS = [
   "dwconv",
   "norm",
   "pwconv1",
+  "grn",
   "pwconv2",
   "layer_scale",
   "drop_path",
@@ -180,6 +182,8 @@ function parseIndex(s: string): number {
  * // { kind: "block", stage: 2, block: 7, part: "pwconv1" }
  * console.log(parseLayerName("stages_1_downsample_norm"));
  * // { kind: "downsample", stage: 1, part: "norm" }
+ * console.log(parseLayerName("stages_0_block_1_grn/gamma")); // a ConvNeXt V2 GRN weight
+ * // { kind: "block", stage: 0, block: 1, part: "grn" }
  * if (parseLayerName("features") !== undefined) throw new Error("not a ConvNeXt name");
  * ```
  */

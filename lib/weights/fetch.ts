@@ -1,6 +1,7 @@
 /**
- * The official files behind the zoo, fetched into the cache: checkpoints (verified
- * against the sha256 recorded at download) and the ImageNet-22K class names.
+ * The files behind the zoo, fetched into the cache: checkpoints (verified against the sha256
+ * recorded at download; the license of non-MIT weights is shown first) and the ImageNet-22K
+ * class names.
  *
  * @module
  */
@@ -8,7 +9,7 @@
 import { exists } from "../util/fs.ts";
 import { checkpointPath, labelsPath, readSha256Record, verifySha256Record } from "../util/cache.ts";
 import { download, type DownloadOptions } from "../util/download.ts";
-import { labels22kUrl, LABELS_22K_FILE, type ZooEntry, zooUrl } from "./zoo.ts";
+import { labels22kUrl, LABELS_22K_FILE, licenseNotice, type ZooEntry, zooUrl } from "./zoo.ts";
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -17,7 +18,9 @@ function errorText(e: unknown): string {
 /**
  * Returns the cached path of a zoo checkpoint, downloading it on first use. On
  * later use the file is checked against the sha256 recorded at download; a
- * mismatch is an error telling the user to delete the file.
+ * mismatch is an error telling the user to delete the file. Before downloading weights that
+ * are not MIT-licensed (ConvNeXt V2: CC-BY-NC 4.0), their license is printed on stderr
+ * (unless `quiet`; `opts.progress.write` receives it instead when given).
  *
  * @example
  * ```ts
@@ -44,7 +47,13 @@ export async function ensureCheckpoint(
     await verifySha256Record(path);
     return path;
   }
-  await download(zooUrl(entry), path, { verify: "zip", ...opts });
+  const notice = licenseNotice(entry);
+  if (notice && !opts.quiet) {
+    (opts.progress?.write ?? ((t: string) => console.error(t.trimEnd())))(`${notice}\n`);
+  }
+  // A torch zip (.pth, .pt) or timm's safetensors: checked as such once complete.
+  const verify = entry.file.endsWith(".safetensors") ? "safetensors" : "zip";
+  await download(zooUrl(entry), path, { verify, ...opts });
   return path;
 }
 

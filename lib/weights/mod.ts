@@ -1,8 +1,9 @@
 /**
- * The official weights: the model zoo (every official checkpoint with its URL), downloads
- * into the cache, the PyTorch checkpoint and safetensors readers (a safe unpickler that
- * builds only what a state dict needs), the key layouts (official, torchvision, timm,
- * Hugging Face) and the conversion into TF.js models.
+ * The published weights: the model zoo (every official ConvNeXt and ConvNeXt V2 checkpoint
+ * and timm's small V1 sizes, with URL and license), downloads into the cache, the PyTorch
+ * checkpoint and safetensors readers (a safe unpickler that builds only what a state dict
+ * needs), the key layouts (official V1 and V2, torchvision, timm, Hugging Face, FCMAE) and
+ * the conversion into TF.js models.
  *
  * @example
  * ```ts
@@ -30,11 +31,19 @@ export {
   getZooEntry,
   isZooName,
   labels22kUrl,
+  licenseNotice,
   type Pretraining,
+  TIMM_LICENSE,
+  TIMM_ORIGIN_URL,
+  V2_LICENSE,
+  V2_ORIGIN_URL,
   ZOO,
+  ZOO_LICENSE,
   ZOO_NAMES,
+  ZOO_ORIGIN_URL,
   zooBaseUrl,
   type ZooEntry,
+  zooPreprocessing,
   zooUrl,
 } from "./zoo.ts";
 export { ensureCheckpoint, fetchLabels22k, parseLabels } from "./fetch.ts";
@@ -56,6 +65,7 @@ export {
   expectedWeightShapes,
   type Layout,
   LAYOUT_FILTERS,
+  remapCheckpointKeys,
   type RemapOptions,
   remapStateDict,
   type Weight,

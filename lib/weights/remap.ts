@@ -9,8 +9,14 @@
  * changes:
  * - conv: OIHW -> HWIO, transpose (2, 3, 1, 0) (reversing all axes would swap H and W);
  * - depthwise conv: (C, 1, kh, kw) -> (kh, kw, C, 1), transpose (2, 3, 0, 1);
- * - linear: (out, in) -> (in, out) (a 1x1 conv (out, in, 1, 1) is accepted too);
- * - LayerNorm: weight -> gamma, bias -> beta; layer scale: (C) or (C, 1, 1) -> (C).
+ * - linear: (out, in) -> (in, out) (a 1x1 conv (out, in, 1, 1) is accepted too: timm's
+ *   `conv_mlp` blocks of the small sizes);
+ * - LayerNorm: weight -> gamma, bias -> beta; layer scale: (C) or (C, 1, 1) -> (C);
+ * - GRN (ConvNeXt V2): gamma/weight -> gamma, beta/bias -> beta, from (C) or (1, 1, 1, C).
+ *
+ * FCMAE pre-trained encoders (ConvNeXt V2, sparse MinkowskiEngine layers) are first rewritten
+ * to the official dense layout exactly as the official fine-tuning code does
+ * (`remap_checkpoint_keys`, {@link remapCheckpointKeys}), then converted as official weights.
  *
  * @module
  */
@@ -42,8 +48,12 @@ export interface Weight {
   readonly data: Float32Array;
 }
 
-/** The key layouts {@link remapStateDict} understands. */
-export type Layout = "official" | "torchvision" | "timm" | "huggingface";
+/**
+ * The key layouts {@link remapStateDict} understands: `official` (ConvNeXt and ConvNeXt V2),
+ * `torchvision`, `timm`, `huggingface` (`ConvNext*` and `ConvNextV2*`) and `fcmae` (the
+ * official FCMAE pre-trained V2 encoders).
+ */
+export type Layout = "official" | "torchvision" | "timm" | "huggingface" | "fcmae";
 
 /** What {@link remapStateDict} returns. */
 export interface ConvertedWeights {
@@ -59,8 +69,18 @@ export interface ConvertedWeights {
   readonly checkpointClasses: number;
   /** The detected (or given) source layout. */
   readonly layout: Layout;
-  /** Source keys that were not converted (only non-empty when `strict` is false). */
+  /**
+   * Source keys that were not converted: unknown keys (only when `strict` is false) and the
+   * FCMAE decoder (`decoder`, `mask_token`, `proj`, `pred`), which the official fine-tuning
+   * drops too.
+   */
   readonly ignored: string[];
+  /**
+   * Weights the checkpoint lacks that conversion initialized as the official fine-tuning
+   * does: an FCMAE encoder has no final norm, so `head_norm` starts as a fresh LayerNorm
+   * (gamma 1, beta 0). Empty for every other checkpoint.
+   */
+  readonly initialized: string[];
 }
 
 /** Options of {@link remapStateDict}. */
@@ -78,7 +98,7 @@ export interface RemapOptions {
 }
 
 /** How a source tensor changes on its way to TF.js. */
-type Role = "conv" | "dwconv" | "dense" | "norm" | "scale";
+type Role = "conv" | "dwconv" | "dense" | "norm" | "scale" | "grn";
 
 /** Where a source key goes: our layer, its role, and which parameter it is. */
 interface Target {
@@ -101,7 +121,8 @@ function rules(list: [RegExp, (m: RegExpMatchArray) => [string, Role] | undefine
       const t = to(m);
       if (!t) return undefined;
       const last = m[m.length - 1];
-      const param = last === "bias" ? "bias" : "weight";
+      // GRN's official names are gamma (scale) and beta (shift).
+      const param = last === "bias" || last === "beta" ? "bias" : "weight";
       return { layer: t[0], role: t[1], param };
     }
     return undefined;
@@ -118,7 +139,9 @@ const BLOCK_ROLES: Record<string, [BlockPart, Role]> = {
 /**
  * facebookresearch/ConvNeXt: `downsample_layers.0.{0,1}` (stem conv, norm),
  * `downsample_layers.i.{0,1}` (norm, conv), `stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma}`,
- * `norm`, `head`; isotropic: `stem`, `blocks.j.*`, `norm`, `head`.
+ * `norm`, `head`; isotropic: `stem`, `blocks.j.*`, `norm`, `head`. ConvNeXt V2
+ * (facebookresearch/ConvNeXt-V2): the same without `gamma`, plus `stages.i.j.grn.{gamma,beta}`
+ * of shape (1, 1, 1, 4C).
  */
 export const filterOfficial: KeyFilter = rules([
   [new RegExp(`^downsample_layers\\.0\\.0\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
@@ -137,6 +160,10 @@ export const filterOfficial: KeyFilter = rules([
   [
     /^stages\.([0-3])\.(\d+)\.(gamma)$/,
     (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
+  ],
+  [
+    /^stages\.([0-3])\.(\d+)\.grn\.(gamma|beta)$/,
+    (m) => [blockName(Number(m[1]), Number(m[2]), "grn"), "grn"],
   ],
   [new RegExp(`^stem\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
   [
@@ -198,8 +225,10 @@ const TIMM_BLOCK: Record<string, [BlockPart, Role]> = {
 };
 
 /**
- * timm `convnext_*`: `stem.{0,1}`, `stages.i.downsample.{0,1}`,
- * `stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}`, `head.norm`, `head.fc`.
+ * timm `convnext_*` and `convnextv2_*`: `stem.{0,1}`, `stages.i.downsample.{0,1}`,
+ * `stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}`, V2's
+ * `stages.i.blocks.j.mlp.grn.{weight,bias}` (C), `head.norm`, `head.fc`. The small sizes
+ * (atto..nano, `conv_mlp=True`) store `mlp.fc1`/`mlp.fc2` as 1x1 convolutions (out, in, 1, 1).
  */
 export const filterTimm: KeyFilter = rules([
   [new RegExp(`^stem\\.0\\.${PARAM}$`), () => [STEM_CONV, "conv"]],
@@ -221,6 +250,10 @@ export const filterTimm: KeyFilter = rules([
     /^stages\.([0-3])\.blocks\.(\d+)\.(gamma)$/,
     (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
   ],
+  [
+    new RegExp(`^stages\\.([0-3])\\.blocks\\.(\\d+)\\.mlp\\.grn\\.${PARAM}$`),
+    (m) => [blockName(Number(m[1]), Number(m[2]), "grn"), "grn"],
+  ],
   [new RegExp(`^head\\.norm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
   [new RegExp(`^head\\.fc\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
@@ -234,20 +267,24 @@ const HF_BLOCK: Record<string, [BlockPart, Role]> = {
 
 /**
  * Hugging Face `ConvNextForImageClassification` (or `ConvNextModel` without the
- * `convnext.` prefix): `embeddings.{patch_embeddings,layernorm}`,
- * `encoder.stages.i.downsampling_layer.{0,1}`,
+ * `convnext.` prefix) and `ConvNextV2ForImageClassification` (prefix `convnextv2.`):
+ * `embeddings.{patch_embeddings,layernorm}`, `encoder.stages.i.downsampling_layer.{0,1}`,
  * `encoder.stages.i.layers.j.{dwconv,layernorm,pwconv1,pwconv2,layer_scale_parameter}`,
- * `layernorm`, `classifier`.
+ * V2's `encoder.stages.i.layers.j.grn.{weight,bias}` (1, 1, 1, 4C), `layernorm`,
+ * `classifier`.
  */
 export const filterHuggingFace: KeyFilter = rules([
   [
-    new RegExp(`^(?:convnext\\.)?embeddings\\.patch_embeddings\\.${PARAM}$`),
+    new RegExp(`^(?:convnext(?:v2)?\\.)?embeddings\\.patch_embeddings\\.${PARAM}$`),
     () => [STEM_CONV, "conv"],
   ],
-  [new RegExp(`^(?:convnext\\.)?embeddings\\.layernorm\\.${PARAM}$`), () => [STEM_NORM, "norm"]],
+  [
+    new RegExp(`^(?:convnext(?:v2)?\\.)?embeddings\\.layernorm\\.${PARAM}$`),
+    () => [STEM_NORM, "norm"],
+  ],
   [
     new RegExp(
-      `^(?:convnext\\.)?encoder\\.stages\\.([1-3])\\.downsampling_layer\\.([01])\\.${PARAM}$`,
+      `^(?:convnext(?:v2)?\\.)?encoder\\.stages\\.([1-3])\\.downsampling_layer\\.([01])\\.${PARAM}$`,
     ),
     (m) =>
       m[2] === "0"
@@ -256,17 +293,127 @@ export const filterHuggingFace: KeyFilter = rules([
   ],
   [
     new RegExp(
-      `^(?:convnext\\.)?encoder\\.stages\\.([0-3])\\.layers\\.(\\d+)\\.(dwconv|layernorm|pwconv1|pwconv2)\\.${PARAM}$`,
+      `^(?:convnext(?:v2)?\\.)?encoder\\.stages\\.([0-3])\\.layers\\.(\\d+)\\.(dwconv|layernorm|pwconv1|pwconv2)\\.${PARAM}$`,
     ),
     (m) => [blockName(Number(m[1]), Number(m[2]), HF_BLOCK[m[3]][0]), HF_BLOCK[m[3]][1]],
   ],
   [
-    /^(?:convnext\.)?encoder\.stages\.([0-3])\.layers\.(\d+)\.(layer_scale_parameter)$/,
+    /^(?:convnext(?:v2)?\.)?encoder\.stages\.([0-3])\.layers\.(\d+)\.(layer_scale_parameter)$/,
     (m) => [blockName(Number(m[1]), Number(m[2]), "layer_scale"), "scale"],
   ],
-  [new RegExp(`^(?:convnext\\.)?layernorm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
+  [
+    new RegExp(
+      `^(?:convnext(?:v2)?\\.)?encoder\\.stages\\.([0-3])\\.layers\\.(\\d+)\\.grn\\.${PARAM}$`,
+    ),
+    (m) => [blockName(Number(m[1]), Number(m[2]), "grn"), "grn"],
+  ],
+  [new RegExp(`^(?:convnext(?:v2)?\\.)?layernorm\\.${PARAM}$`), () => [HEAD_NORM, "norm"]],
   [new RegExp(`^classifier\\.${PARAM}$`), () => [HEAD_FC, "dense"]],
 ]);
+
+/** Keys of the FCMAE decoder, which the official fine-tuning deletes before remapping. */
+const FCMAE_DECODER = ["decoder", "mask_token", "proj", "pred"];
+
+/** True for a key the official `main_finetune.py` drops from an FCMAE checkpoint. */
+function isFcmaeDecoderKey(key: string): boolean {
+  return FCMAE_DECODER.some((part) => key.includes(part));
+}
+
+/**
+ * The dense key `remap_checkpoint_keys` gives an FCMAE key (the official ConvNeXt-V2
+ * `utils.py`, ported literally): `encoder.` removed, `kernel` renamed `weight`, the `ln` /
+ * `linear` wrapper level dropped (the official test is a substring test on the whole key).
+ */
+function fcmaeDenseKey(key: string): string {
+  let k = key.startsWith("encoder") ? key.split(".").slice(1).join(".") : key;
+  if (k.endsWith("kernel")) return k.split(".").slice(0, -1).join(".") + ".weight";
+  if (k.includes("ln") || k.includes("linear")) {
+    const parts = k.split(".");
+    parts.splice(parts.length - 2, 1);
+    k = parts.join(".");
+  }
+  return k;
+}
+
+/**
+ * The dense tensor `remap_checkpoint_keys` makes of an FCMAE tensor: Minkowski kernels
+ * `[k*k, in, out]` become OIHW `v.permute(2, 1, 0).reshape(out, in, k, k).transpose(3, 2)`,
+ * depthwise `[k*k, C]` become `(C, 1, k, k)` the same way (the kernel offset `a * k + b` is
+ * column `a`, row `b`); biases of another rank are flattened; GRN `(1, C)` gets two leading
+ * axes, `(1, 1, 1, C)` as the dense GRN.
+ */
+function fcmaeDenseTensor(key: string, t: TensorData, label: string): TensorData {
+  const { dtype } = t;
+  if (key.endsWith("kernel")) {
+    const ks = Math.round(Math.sqrt(t.shape[0]));
+    if (ks * ks !== t.shape[0] || (t.shape.length !== 3 && t.shape.length !== 2)) {
+      throw new Error(
+        `${label}: "${key}" has shape [${t.shape}], expected a Minkowski kernel [k*k, in, out] or [k*k, C]`,
+      );
+    }
+    if (t.shape.length === 3) {
+      const [, cin, cout] = t.shape;
+      const w = transpose(t.data, [ks, ks, cin, cout], [3, 2, 1, 0]);
+      return { dtype, shape: w.shape, data: w.data };
+    }
+    const c = t.shape[1];
+    const w = transpose(t.data, [ks, ks, c], [2, 1, 0]);
+    return { dtype, shape: [c, 1, ks, ks], data: w.data };
+  }
+  const dense = fcmaeDenseKey(key);
+  if (dense.endsWith("bias") && t.shape.length !== 1) {
+    return { dtype, shape: [t.data.length], data: t.data };
+  }
+  if (dense.includes("grn")) return { dtype, shape: [1, 1, ...t.shape], data: t.data };
+  return t;
+}
+
+/**
+ * An FCMAE pre-trained checkpoint (ConvNeXt V2 `pt_only/*_fcmae.pt`: the sparse encoder
+ * under `encoder.`, MinkowskiEngine kernels `[k*k, in, out]` and `[k*k, C]`, `.ln.` /
+ * `.linear.` wrappers, GRN `(1, C)`, plus the decoder) rewritten to the official dense V2
+ * layout as the official fine-tuning does: the decoder keys (`decoder`, `mask_token`,
+ * `proj`, `pred`) dropped as `main_finetune.py` drops them, then `remap_checkpoint_keys`
+ * (`utils.py`). Other keys pass through unchanged.
+ *
+ * @example
+ * ```ts
+ * import { remapCheckpointKeys } from "./remap.ts";
+ * const t = (shape: number[]) => ({
+ *   dtype: "float32",
+ *   shape,
+ *   data: new Float32Array(shape.reduce((a, b) => a * b)),
+ * });
+ * const dense = remapCheckpointKeys(
+ *   new Map([
+ *     ["encoder.stages.0.0.dwconv.kernel", t([49, 8])],
+ *     ["encoder.stages.0.0.pwconv1.linear.weight", t([32, 8])],
+ *     ["encoder.stages.0.0.grn.gamma", t([1, 32])],
+ *     ["mask_token", t([1, 16, 1, 1])],
+ *   ]),
+ * );
+ * console.log([...dense].map(([k, v]) => `${k} [${v.shape}]`));
+ * // ["stages.0.0.dwconv.weight [8,1,7,7]", "stages.0.0.pwconv1.weight [32,8]",
+ * //  "stages.0.0.grn.gamma [1,1,1,32]"]
+ * if (dense.size !== 3 || dense.has("mask_token")) throw new Error("the decoder stays out");
+ * ```
+ */
+export function remapCheckpointKeys(sd: StateDict, label = "checkpoint"): StateDict {
+  const out: StateDict = new Map();
+  for (const [key, t] of sd) {
+    if (isFcmaeDecoderKey(key)) continue;
+    out.set(fcmaeDenseKey(key), fcmaeDenseTensor(key, t, label));
+  }
+  return out;
+}
+
+/**
+ * FCMAE pre-trained encoders: an `encoder.` key is recognised when its dense name
+ * ({@link remapCheckpointKeys}) is an official V2 key. Only `encoder.` keys count, so that
+ * detection never confuses a dense checkpoint with an FCMAE one.
+ */
+export const filterFcmae: KeyFilter = (key) =>
+  key.startsWith("encoder.") ? filterOfficial(fcmaeDenseKey(key)) : undefined;
 
 /** The key filter of each layout. */
 export const LAYOUT_FILTERS: Readonly<Record<Layout, KeyFilter>> = {
@@ -274,6 +421,7 @@ export const LAYOUT_FILTERS: Readonly<Record<Layout, KeyFilter>> = {
   torchvision: filterTorchvision,
   timm: filterTimm,
   huggingface: filterHuggingFace,
+  fcmae: filterFcmae,
 };
 
 /** Removes a `module.` prefix that DistributedDataParallel adds to every key. */
@@ -304,7 +452,7 @@ export function detectLayout(keys: Iterable<string>, label = "checkpoint"): Layo
   if (!best) {
     throw new Error(
       `${label}: unrecognised ConvNeXt key layout (first keys: ${list.slice(0, 5).join(", ")}); ` +
-        `expected official, torchvision, timm or Hugging Face keys`,
+        `expected official, torchvision, timm, Hugging Face or FCMAE keys`,
     );
   }
   return best;
@@ -316,11 +464,24 @@ function squeezeTo(t: TensorData, rank: number): number[] {
   return shape;
 }
 
+/** GRN parameters are (C) in timm, (1, 1, 1, C) in the official code and Hugging Face. */
+function grnVector(t: TensorData): number[] | undefined {
+  const lead = t.shape.slice(0, -1);
+  return t.shape.length >= 1 && lead.every((d) => d === 1)
+    ? [t.shape[t.shape.length - 1]]
+    : undefined;
+}
+
 /** Converts one tensor to TF.js layout; returns the weight name and value. */
 function convert(t: TensorData, target: Target, key: string, label: string): [string, Weight] {
   const bad = (want: string): never => {
     throw new Error(`${label}: "${key}" has shape [${t.shape}], expected ${want}`);
   };
+  if (target.role === "grn") {
+    const shape = grnVector(t) ?? bad("(C) or (1, 1, 1, C)");
+    const name = target.param === "bias" ? "beta" : "gamma";
+    return [weightPath(target.layer, name), { shape, data: t.data }];
+  }
   if (target.param === "bias") {
     if (t.shape.length !== 1) bad("a vector");
     const name = target.role === "norm" ? "beta" : "bias";
@@ -377,6 +538,10 @@ export function expectedWeightShapes(
     set(name("norm"), "beta", [c]);
     set(name("pwconv1"), "kernel", [c, 4 * c]);
     set(name("pwconv1"), "bias", [4 * c]);
+    if (spec.grn) {
+      set(name("grn"), "gamma", [4 * c]);
+      set(name("grn"), "beta", [4 * c]);
+    }
     set(name("pwconv2"), "kernel", [4 * c, c]);
     set(name("pwconv2"), "bias", [c]);
     if (spec.layerScaleInit > 0) set(name("layer_scale"), "gamma", [c]);
@@ -518,29 +683,21 @@ export function remapStateDict(sd: StateDict, options: RemapOptions = {}): Conve
   const strict = options.strict ?? true;
   const source = stripModulePrefix(sd);
   const layout = options.layout ?? detectLayout(source.keys(), label);
-  const filter = LAYOUT_FILTERS[layout];
-  const weights = new Map<string, Weight>();
-  const unmapped: string[] = [];
-  const from = new Map<string, string>();
-  for (const [key, t] of source) {
-    const target = filter(key);
-    if (!target) {
-      unmapped.push(key);
-      continue;
-    }
-    const [name, w] = convert(t, target, key, label);
-    if (weights.has(name)) {
-      throw new Error(`${label}: "${key}" and "${from.get(name)}" both map to ${name}`);
-    }
-    weights.set(name, w);
-    from.set(name, key);
-  }
+  // FCMAE: the official fine-tuning's rewrite to the dense V2 layout, then official keys.
+  const fcmae = layout === "fcmae";
+  const decoder = fcmae ? [...source.keys()].filter(isFcmaeDecoderKey) : [];
+  const { weights, unmapped, from } = mapKeys(
+    fcmae ? remapCheckpointKeys(source, label) : source,
+    fcmae ? filterOfficial : LAYOUT_FILTERS[layout],
+    label,
+  );
   const checkpointClasses = headClasses(weights);
   if (options.dropHead) {
     weights.delete(weightPath(HEAD_FC, "kernel"));
     weights.delete(weightPath(HEAD_FC, "bias"));
   }
   const { name, spec } = architectureOf(options.architecture ?? weights, label);
+  const initialized = fcmae ? freshHeadNorm(weights, spec) : [];
   const numClasses = options.dropHead ? 0 : checkpointClasses;
   const expected = expectedWeightShapes(spec, numClasses);
   // Model order, then whatever else the checkpoint had (non-strict mode keeps it).
@@ -565,6 +722,43 @@ export function remapStateDict(sd: StateDict, options: RemapOptions = {}): Conve
     numClasses,
     checkpointClasses,
     layout,
-    ignored: unmapped,
+    ignored: [...decoder, ...unmapped],
+    initialized,
   };
+}
+
+/** Converts every key `filter` maps; the rest is returned as `unmapped`. */
+function mapKeys(source: StateDict, filter: KeyFilter, label: string) {
+  const weights = new Map<string, Weight>();
+  const unmapped: string[] = [];
+  const from = new Map<string, string>();
+  for (const [key, t] of source) {
+    const target = filter(key);
+    if (!target) {
+      unmapped.push(key);
+      continue;
+    }
+    const [name, w] = convert(t, target, key, label);
+    if (weights.has(name)) {
+      throw new Error(`${label}: "${key}" and "${from.get(name)}" both map to ${name}`);
+    }
+    weights.set(name, w);
+    from.set(name, key);
+  }
+  return { weights, unmapped, from };
+}
+
+/**
+ * Adds a fresh `head_norm` (gamma 1, beta 0) when the weights have none: an FCMAE encoder
+ * ends at the last stage, and the official fine-tuning starts from the model's freshly
+ * initialized final LayerNorm (loaded with `strict=False`). Returns the names it added.
+ */
+function freshHeadNorm(weights: Map<string, Weight>, spec: ArchitectureSpec): string[] {
+  const gamma = weightPath(HEAD_NORM, "gamma");
+  const beta = weightPath(HEAD_NORM, "beta");
+  if (weights.has(gamma) || weights.has(beta)) return [];
+  const c = spec.kind === "hierarchical" ? spec.dims[3] : spec.dim;
+  weights.set(gamma, { shape: [c], data: new Float32Array(c).fill(1) });
+  weights.set(beta, { shape: [c], data: new Float32Array(c) });
+  return [gamma, beta];
 }

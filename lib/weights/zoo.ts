@@ -1,10 +1,14 @@
 /**
- * The model zoo: every checkpoint released by facebookresearch/ConvNeXt.
+ * The model zoo: every checkpoint released by facebookresearch/ConvNeXt and by
+ * facebookresearch/ConvNeXt-V2, and timm's weights of its small V1 sizes (atto..nano).
+ * Each entry carries the license of its weights: MIT (ConvNeXt), CC-BY-NC 4.0 (ConvNeXt V2;
+ * non-commercial), Apache-2.0 (timm).
  *
- * Source of every file name, URL, accuracy, parameter count and FLOPs below: the
+ * Source of every V1 file name, URL, accuracy, parameter count and FLOPs below: the
  * official README (https://github.com/facebookresearch/ConvNeXt/blob/main/README.md,
  * "Results and Pre-trained Models", read at commit 048efcea897d999aed302f2639b6270aedf8d4c8).
- * The URLs agree with timm's `timm/models/convnext.py` `default_cfgs`.
+ * The URLs agree with timm's `timm/models/convnext.py` `default_cfgs`. V2 and timm: see
+ * their tables below.
  *
  * Notes on reading the README tables:
  * - In the "ImageNet-22K trained models" table, acc@1, #params and FLOPs belong to
@@ -21,6 +25,7 @@
  * @module
  */
 
+import { type Preprocessing, preprocessingFor } from "../model/config.ts";
 import { type ArchitectureName, ARCHITECTURES } from "../model/variants.ts";
 
 /**
@@ -45,33 +50,68 @@ export const BASE_URL_ENV = "CONVNEXT_BASE_URL";
  */
 export const LABELS_22K_FILE = "label_to_words.json";
 
-/** Which data a checkpoint was trained on. */
-export type Pretraining = "1k" | "22k" | "22k->1k";
+/** ConvNeXt V2's checkpoints (weights CC-BY-NC 4.0, code MIT; its README, "License"). */
+export const V2_LICENSE = "CC-BY-NC-4.0";
 
-/** One official checkpoint. */
+/** Where the ConvNeXt V2 checkpoints are published. */
+export const V2_ORIGIN_URL = "https://github.com/facebookresearch/ConvNeXt-V2";
+
+/** timm's weights of its small V1 sizes: Apache-2.0 (timm's `pretrained_cfg` `license`). */
+export const TIMM_LICENSE = "Apache-2.0";
+
+/** Where timm's weights are published (timm's repository; files on the Hugging Face Hub). */
+export const TIMM_ORIGIN_URL = "https://github.com/huggingface/pytorch-image-models";
+
+/**
+ * Which data a checkpoint was trained on: ImageNet-1k, ImageNet-22k (22k head), 22k (or
+ * timm's ImageNet-12k) pre-trained then 1k fine-tuned, or FCMAE self-supervised on 1k images
+ * (an encoder without head).
+ */
+export type Pretraining = "1k" | "22k" | "22k->1k" | "12k->1k" | "fcmae";
+
+/** One published checkpoint. */
 export interface ZooEntry {
   /** Our name: the file stem without `_ema`, e.g. `"convnext_tiny_1k_224"`. */
   readonly name: string;
-  /** Official file name, e.g. `"convnext_tiny_1k_224_ema.pth"`. */
+  /**
+   * File name in the cache, unique in the zoo: the official file name (e.g.
+   * `"convnext_tiny_1k_224_ema.pth"`, `"convnextv2_tiny_1k_224_ema.pt"`), or for timm's
+   * weights `<timm name>.safetensors` (the Hub calls every file `model.safetensors`).
+   */
   readonly file: string;
+  /**
+   * Where the file is: a path under the base URL ({@link zooBaseUrl}; the official V1 and V2
+   * files, e.g. `"convnextv2/im1k/convnextv2_tiny_1k_224_ema.pt"`), or an absolute URL (timm's
+   * weights on the Hugging Face Hub, which `CONVNEXT_BASE_URL` does not replace).
+   */
+  readonly path: string;
   /** Architecture in `lib/model/variants.ts`. */
   readonly architecture: ArchitectureName;
   /** Input resolution it was trained (or fine-tuned) at. */
-  readonly resolution: 224 | 384;
-  /** Classes of its head: 1000 (ImageNet-1K) or 21841 (ImageNet-22K). */
-  readonly numClasses: 1000 | 21841;
-  /** `"1k"`, `"22k"` (22K head) or `"22k->1k"` (22K pretrained, 1K fine-tuned). */
+  readonly resolution: 224 | 384 | 512;
+  /**
+   * Crop fraction of its evaluation below 384 px (0.875 for the official checkpoints,
+   * timm's `crop_pct` for timm's); 1 at 384 and 512, where the evaluation warps.
+   */
+  readonly cropPct: number;
+  /** Classes of its head: 1000 (ImageNet-1K), 21841 (ImageNet-22K), 0 (FCMAE: none). */
+  readonly numClasses: 0 | 1000 | 21841;
+  /** What it was trained on; see {@link Pretraining}. */
   readonly pretraining: Pretraining;
-  /** Whether the file holds EMA weights (its name ends in `_ema.pth`). */
+  /** Whether the file holds EMA weights (its name ends in `_ema.pth` / `_ema.pt`). */
   readonly ema: boolean;
-  /** Official ImageNet-1K top-1 accuracy in percent, or `null` if none is published. */
+  /** Published ImageNet-1K top-1 accuracy in percent, or `null` if none is published. */
   readonly top1: number | null;
-  /** Official ImageNet-1K top-5 accuracy in percent, or `null` if none is published. */
+  /** Published ImageNet-1K top-5 accuracy in percent, or `null` if none is published. */
   readonly top5: number | null;
-  /** Official parameter count in millions, as the README rounds it, or `null`. */
+  /** Published parameter count in millions, as its source rounds it, or `null`. */
   readonly paramsM: number | null;
-  /** Official FLOPs in GFLOPs at {@link resolution}, or `null`. */
+  /** Published FLOPs in GFLOPs at {@link resolution}, or `null`. */
   readonly gflops: number | null;
+  /** License of the weights (`"MIT"`, `"CC-BY-NC-4.0"`, `"Apache-2.0"`). */
+  readonly license: string;
+  /** Where the weights were published (timm's `origin_url`). */
+  readonly originUrl: string;
 }
 
 type Row = [
@@ -119,37 +159,169 @@ const ROWS: readonly Row[] = [
 // The only top-5 in the README: its evaluation example for this checkpoint.
 const TOP5: Readonly<Record<string, number>> = { "convnext_base_22k_1k_224.pth": 97.868 };
 
-function entryFromRow([file, architecture, resolution, pretraining, top1, paramsM, gflops]: Row) {
+/** The crop of the official evaluation: 0.875 below 384 px, a warp (no crop) from 384 on. */
+function officialCrop(resolution: number): number {
+  return resolution < 384 ? 0.875 : 1;
+}
+
+function entryFromRow(
+  [file, architecture, resolution, pretraining, top1, paramsM, gflops]: Row,
+): ZooEntry {
   const stem = file.replace(/\.pth$/, "");
   const ema = stem.endsWith("_ema");
-  return Object.freeze(
-    {
-      name: ema ? stem.slice(0, -"_ema".length) : stem,
-      file,
-      architecture,
-      resolution,
-      numClasses: pretraining === "22k" ? 21841 : 1000,
-      pretraining,
-      ema,
-      top1,
-      top5: TOP5[file] ?? null,
-      paramsM,
-      gflops,
-    } satisfies ZooEntry,
-  );
+  return Object.freeze({
+    name: ema ? stem.slice(0, -"_ema".length) : stem,
+    file,
+    path: file,
+    architecture,
+    resolution,
+    cropPct: officialCrop(resolution),
+    numClasses: pretraining === "22k" ? 21841 : 1000,
+    pretraining,
+    ema,
+    top1,
+    top5: TOP5[file] ?? null,
+    paramsM,
+    gflops,
+    license: ZOO_LICENSE,
+    originUrl: ZOO_ORIGIN_URL,
+  });
+}
+
+type V2Row = [
+  size: string,
+  folder: "im1k" | "im22k" | "pt_only",
+  resolution: 224 | 384 | 512,
+  top1: number | null,
+  paramsM: number,
+  gflops: number | null,
+];
+
+// ConvNeXt V2 (https://github.com/facebookresearch/ConvNeXt-V2/blob/main/README.md,
+// "Results and Pre-trained Models", read at commit 2553895): the ImageNet-1K fine-tuned
+// models, the ImageNet-22K fine-tuned models (22k pre-trained, then fine-tuned on 1k: acc@1
+// is ImageNet-1K accuracy, 1000-class heads) and the FCMAE pre-trained encoders, in README
+// order. The README gives no top-5.
+const V2_ROWS: readonly V2Row[] = [
+  ["atto", "im1k", 224, 76.7, 3.7, 0.55],
+  ["femto", "im1k", 224, 78.5, 5.2, 0.78],
+  ["pico", "im1k", 224, 80.3, 9.1, 1.37],
+  ["nano", "im1k", 224, 81.9, 15.6, 2.45],
+  ["tiny", "im1k", 224, 83.0, 28.6, 4.47],
+  ["base", "im1k", 224, 84.9, 89, 15.4],
+  ["large", "im1k", 224, 85.8, 198, 34.4],
+  ["huge", "im1k", 224, 86.3, 660, 115],
+  ["nano", "im22k", 224, 82.1, 15.6, 2.45],
+  ["nano", "im22k", 384, 83.4, 15.6, 7.21],
+  ["tiny", "im22k", 224, 83.9, 28.6, 4.47],
+  ["tiny", "im22k", 384, 85.1, 28.6, 13.1],
+  ["base", "im22k", 224, 86.8, 89, 15.4],
+  ["base", "im22k", 384, 87.7, 89, 45.2],
+  ["large", "im22k", 224, 87.3, 198, 34.4],
+  ["large", "im22k", 384, 88.2, 198, 101.1],
+  ["huge", "im22k", 384, 88.7, 660, 337.9],
+  ["huge", "im22k", 512, 88.9, 660, 600.8],
+  ["atto", "pt_only", 224, null, 3.7, null],
+  ["femto", "pt_only", 224, null, 5.2, null],
+  ["pico", "pt_only", 224, null, 9.1, null],
+  ["nano", "pt_only", 224, null, 15.6, null],
+  ["tiny", "pt_only", 224, null, 28.6, null],
+  ["base", "pt_only", 224, null, 89, null],
+  ["large", "pt_only", 224, null, 198, null],
+  ["huge", "pt_only", 224, null, 660, null],
+];
+
+function entryFromV2Row([size, folder, resolution, top1, paramsM, gflops]: V2Row): ZooEntry {
+  const architecture = `convnextv2_${size}` as ArchitectureName;
+  const fcmae = folder === "pt_only";
+  const data = folder === "im22k" ? "22k" : "1k";
+  const file = fcmae
+    ? `${architecture}_1k_224_fcmae.pt`
+    : `${architecture}_${data}_${resolution}_ema.pt`;
+  return Object.freeze({
+    name: fcmae ? `${architecture}_fcmae` : `${architecture}_${data}_${resolution}`,
+    file,
+    path: `convnextv2/${folder}/${file}`,
+    architecture,
+    resolution,
+    cropPct: officialCrop(resolution),
+    numClasses: fcmae ? 0 : 1000,
+    pretraining: fcmae ? "fcmae" : folder === "im22k" ? "22k->1k" : "1k",
+    ema: !fcmae,
+    top1,
+    top5: null,
+    paramsM,
+    gflops,
+    license: V2_LICENSE,
+    originUrl: V2_ORIGIN_URL,
+  });
+}
+
+type TimmRow = [
+  timmName: string,
+  name: string,
+  architecture: ArchitectureName,
+  pretraining: Pretraining,
+  cropPct: number,
+  top1: number,
+  top5: number,
+  paramsM: number,
+];
+
+// timm's weights of its small V1 sizes at 224 px: names and crop from timm's `default_cfgs`
+// (timm/models/convnext.py), top-1, top-5, crop and parameters from timm's
+// results/results-imagenet.csv (the rows at 224; read at commit aa4b585). timm publishes no
+// FLOPs there. Not listed: `convnext_nano.r384_in12k_ft_in1k`, evaluated with a resize and
+// center crop at 384 px, which the official evaluation transform (a warp at 384) is not.
+// deno-fmt-ignore
+const TIMM_ROWS: readonly TimmRow[] = [
+  ["convnext_atto.d2_in1k", "convnext_atto_1k_224", "convnext_atto", "1k", 0.875, 75.672, 92.914, 3.70],
+  ["convnext_femto.d1_in1k", "convnext_femto_1k_224", "convnext_femto", "1k", 0.875, 77.498, 93.678, 5.22],
+  ["convnext_pico.d1_in1k", "convnext_pico_1k_224", "convnext_pico", "1k", 0.875, 79.516, 94.554, 9.05],
+  ["convnext_nano.d1h_in1k", "convnext_nano_1k_224", "convnext_nano", "1k", 0.95, 80.762, 95.332, 15.59],
+  ["convnext_nano.in12k_ft_in1k", "convnext_nano_12k_1k_224", "convnext_nano", "12k->1k", 0.95, 82.306,
+    96.338, 15.59],
+];
+
+function entryFromTimmRow(
+  [timmName, name, architecture, pretraining, cropPct, top1, top5, paramsM]: TimmRow,
+): ZooEntry {
+  return Object.freeze({
+    name,
+    file: `${timmName}.safetensors`,
+    path: `https://huggingface.co/timm/${timmName}/resolve/main/model.safetensors`,
+    architecture,
+    resolution: 224,
+    cropPct,
+    numClasses: 1000,
+    pretraining,
+    ema: false,
+    top1,
+    top5,
+    paramsM,
+    gflops: null,
+    license: TIMM_LICENSE,
+    originUrl: TIMM_ORIGIN_URL,
+  });
 }
 
 /**
- * Every official checkpoint, in the README's order.
+ * Every published checkpoint: the official V1 ones in the README's order, then ConvNeXt V2's
+ * in its README's order, then timm's small V1 sizes.
  *
  * @example
  * ```ts
  * import { ZOO } from "./zoo.ts";
- * for (const e of ZOO.slice(0, 3)) console.log(e.name, e.top1);
+ * for (const e of ZOO.slice(0, 3)) console.log(e.name, e.top1, e.license);
  * if (!ZOO.some((e) => e.name === "convnext_tiny_1k_224")) throw new Error("no convnext_tiny");
+ * if (!ZOO.some((e) => e.name === "convnextv2_tiny_fcmae")) throw new Error("no FCMAE tiny");
  * ```
  */
-export const ZOO: readonly ZooEntry[] = Object.freeze(ROWS.map(entryFromRow));
+export const ZOO: readonly ZooEntry[] = Object.freeze([
+  ...ROWS.map(entryFromRow),
+  ...V2_ROWS.map(entryFromV2Row),
+  ...TIMM_ROWS.map(entryFromTimmRow),
+]);
 
 /** The names of all {@link ZOO} entries, in order. */
 export const ZOO_NAMES: readonly string[] = Object.freeze(ZOO.map((e) => e.name));
@@ -161,10 +333,16 @@ for (const e of ZOO) {
   }
 }
 
+/** A file name without its checkpoint extension (`.pth`, `.pt`, `.safetensors`). */
+function fileStem(file: string): string {
+  return file.replace(/\.(pth|pt|safetensors)$/, "");
+}
+
 /**
- * Looks up a checkpoint by our name (`convnext_tiny_1k_224`), by the official
- * file stem (`convnext_tiny_1k_224_ema`) or by the file name
- * (`convnext_tiny_1k_224_ema.pth`). Unknown names are an error listing all names.
+ * Looks up a checkpoint by our name (`convnext_tiny_1k_224`), by the file stem
+ * (`convnext_tiny_1k_224_ema`, `convnextv2_tiny_1k_224_fcmae`, timm's
+ * `convnext_atto.d2_in1k`) or by the file name (`convnext_tiny_1k_224_ema.pth`). Unknown
+ * names are an error listing all names.
  *
  * @example
  * ```ts
@@ -175,7 +353,7 @@ for (const e of ZOO) {
  */
 export function getZooEntry(name: string): ZooEntry {
   const key = name.trim().toLowerCase();
-  const found = ZOO.find((e) => e.name === key || e.file === key || e.file === `${key}.pth`);
+  const found = ZOO.find((e) => e.name === key || e.file === key || fileStem(e.file) === key);
   if (found) return found;
   throw new Error(
     `zoo: unknown model ${JSON.stringify(name)}; expected one of: ${ZOO_NAMES.join(", ")}`,
@@ -211,7 +389,8 @@ export function zooBaseUrl(base: string | undefined = Deno.env.get(BASE_URL_ENV)
 }
 
 /**
- * Download URL of a checkpoint, under {@link zooBaseUrl}.
+ * Download URL of a checkpoint: its path under {@link zooBaseUrl}, or its own absolute URL
+ * (timm's weights on the Hugging Face Hub).
  *
  * @example
  * ```ts
@@ -220,10 +399,28 @@ export function zooBaseUrl(base: string | undefined = Deno.env.get(BASE_URL_ENV)
  * // "https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224_ema.pth" ($CONVNEXT_BASE_URL unset)
  * const mirror = zooUrl(getZooEntry("convnext_tiny_1k_224"), "file:///mirror");
  * if (mirror !== "file:///mirror/convnext_tiny_1k_224_ema.pth") throw new Error(mirror);
+ * console.log(zooUrl(getZooEntry("convnextv2_tiny_1k_224"), "file:///mirror"));
+ * // "file:///mirror/convnextv2/im1k/convnextv2_tiny_1k_224_ema.pt"
  * ```
  */
 export function zooUrl(entry: ZooEntry, base?: string): string {
-  return zooBaseUrl(base) + entry.file;
+  return /^https?:\/\//.test(entry.path) ? entry.path : zooBaseUrl(base) + entry.path;
+}
+
+/**
+ * The evaluation preprocessing of a checkpoint: its resolution and crop (resize + center
+ * crop below 384 px, a warp at 384 and 512, as the V1 and V2 evaluations do), bicubic,
+ * ImageNet mean and std.
+ *
+ * @example
+ * ```ts
+ * import { getZooEntry, zooPreprocessing } from "./zoo.ts";
+ * console.log(zooPreprocessing(getZooEntry("convnextv2_huge_22k_512")).mode); // "warp"
+ * console.log(zooPreprocessing(getZooEntry("convnext_nano_1k_224")).cropPct); // 0.95 (timm's)
+ * ```
+ */
+export function zooPreprocessing(entry: ZooEntry): Preprocessing {
+  return preprocessingFor(entry.resolution, entry.cropPct);
 }
 
 /** URL of the ImageNet-22K class names ({@link LABELS_22K_FILE}) under {@link zooBaseUrl}. */
@@ -231,9 +428,35 @@ export function labels22kUrl(base?: string): string {
   return zooBaseUrl(base) + LABELS_22K_FILE;
 }
 
+/** What each non-MIT license of the zoo asks of a user, in a few words. */
+const LICENSE_TERMS: Readonly<Record<string, string>> = {
+  [V2_LICENSE]: "non-commercial use only, with attribution",
+  [TIMM_LICENSE]: "keep the license and notices when redistributing",
+};
+
+/**
+ * The notice to show before downloading a checkpoint whose weights are not MIT-licensed
+ * (ConvNeXt V2: CC-BY-NC 4.0, non-commercial), or undefined for MIT weights.
+ *
+ * @example
+ * ```ts
+ * import { getZooEntry, licenseNotice } from "./zoo.ts";
+ * console.log(licenseNotice(getZooEntry("convnextv2_tiny_1k_224")));
+ * // "convnextv2_tiny_1k_224: the weights are licensed CC-BY-NC-4.0 (non-commercial use only, ..."
+ * if (licenseNotice(getZooEntry("convnext_tiny_1k_224")) !== undefined) throw new Error("MIT");
+ * ```
+ */
+export function licenseNotice(entry: ZooEntry): string | undefined {
+  if (entry.license === ZOO_LICENSE) return undefined;
+  const terms = LICENSE_TERMS[entry.license];
+  return `${entry.name}: the weights are licensed ${entry.license}${
+    terms ? ` (${terms})` : ""
+  }, not MIT; see ${entry.originUrl}`;
+}
+
 /**
  * The zoo as an aligned text table: name, architecture, resolution, classes,
- * pretraining, top-1, parameters, FLOPs and URL.
+ * pretraining, top-1, parameters, FLOPs, license and URL.
  *
  * @example
  * ```ts
@@ -251,6 +474,7 @@ export function formatZooTable(entries: readonly ZooEntry[] = ZOO, base?: string
     "top-1",
     "params",
     "FLOPs",
+    "license",
     "url",
   ];
   const rows = entries.map((e) => [
@@ -262,6 +486,7 @@ export function formatZooTable(entries: readonly ZooEntry[] = ZOO, base?: string
     e.top1 === null ? "-" : e.top1.toFixed(1),
     e.paramsM === null ? "-" : `${e.paramsM}M`,
     e.gflops === null ? "-" : `${e.gflops.toFixed(1)}G`,
+    e.license,
     zooUrl(e, base),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

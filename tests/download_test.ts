@@ -40,6 +40,8 @@ interface Plan {
   status?: number;
   /** Answer 200 with the whole file even if a Range was asked for. */
   ignoreRange?: boolean;
+  /** Answer 206 with the file from this byte (and its Content-Range), whatever was asked. */
+  rangeStart?: number;
 }
 
 /** A tiny file server with Range support and scripted failures. */
@@ -51,6 +53,8 @@ class TestServer {
   readonly plans: Plan[] = [];
   /** The file on the server ends at this absolute byte, but announces its full length. */
   truncateAt?: number;
+  /** An ETag sent with every file (then clients send If-Range with their Range). */
+  etag?: string;
   readonly #ac = new AbortController();
   readonly #server: Deno.HttpServer<Deno.NetAddr>;
 
@@ -89,6 +93,7 @@ class TestServer {
         });
       }
     }
+    if (plan.rangeStart !== undefined) start = plan.rangeStart;
     // Bytes this response really sends (absolute end), after scripted cuts.
     let end = total;
     if (this.truncateAt !== undefined) end = Math.min(end, this.truncateAt);
@@ -110,7 +115,12 @@ class TestServer {
     const headers: Record<string, string> = { "content-length": String(total - start) };
     if (start > 0) headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
     headers["accept-ranges"] = "bytes";
-    return new Response(stream, { status: start > 0 ? 206 : 200, headers });
+    if (this.etag) headers["etag"] = this.etag;
+    if (plan.rangeStart !== undefined) {
+      headers["content-range"] = `bytes ${start}-${total - 1}/${total}`;
+    }
+    const partial = start > 0 || plan.rangeStart !== undefined;
+    return new Response(stream, { status: partial ? 206 : 200, headers });
   }
 
   async close(): Promise<void> {
@@ -325,6 +335,83 @@ Deno.test("download: a server that ignores Range restarts from byte 0", async ()
     assert.equal(result.sha256, TINY_SHA);
   });
 });
+
+Deno.test("download: a stale .part and a server that ignores Range: rewritten from byte 0, not appended", async () => {
+  await withEnv(async (server, cache) => {
+    server.files.set("tiny.pth", TINY);
+    for (const stale of [new Uint8Array(500).fill(7), new Uint8Array(TINY.length + 300).fill(9)]) {
+      const dest = join(cache, `tiny-${stale.length}.pth`);
+      server.files.set(`tiny-${stale.length}.pth`, TINY);
+      await Deno.writeFile(`${dest}.part`, stale);
+      server.requests.length = 0;
+      server.plans.push({ ignoreRange: true });
+      // No retries: starting over is part of the one attempt, not a failure.
+      const result = await download(server.url(`tiny-${stale.length}.pth`), dest, {
+        ...FAST,
+        retries: 0,
+      });
+      assert.deepEqual(server.requests.map((r) => r.range), [`bytes=${stale.length}-`]);
+      assert.equal(result.sha256, TINY_SHA);
+      assert.deepEqual(await Deno.readFile(dest), TINY);
+    }
+  });
+});
+
+Deno.test("download: a 206 that does not start where asked starts over, within one attempt", async () => {
+  await withEnv(async (server, cache) => {
+    server.files.set("tiny.pth", TINY);
+    // From byte 0: the whole file, written over the .part.
+    const dest = join(cache, "tiny.pth");
+    await Deno.writeFile(`${dest}.part`, new Uint8Array(400).fill(1));
+    server.plans.push({ rangeStart: 0 });
+    assert.equal(
+      (await download(server.url("tiny.pth"), dest, { ...FAST, retries: 0 })).sha256,
+      TINY_SHA,
+    );
+    assert.deepEqual(server.requests.map((r) => r.range), ["bytes=400-"]);
+    // From elsewhere: the .part is dropped and the whole file asked for.
+    const other = join(cache, "other.pth");
+    server.files.set("other.pth", TINY);
+    await Deno.writeFile(`${other}.part`, TINY.subarray(0, 400));
+    server.requests.length = 0;
+    server.plans.push({ rangeStart: 100 });
+    const notices: string[] = [];
+    const result = await download(server.url("other.pth"), other, {
+      backoffMs: 1,
+      retries: 0,
+      progress: { write: (t) => notices.push(t), isTTY: false },
+    });
+    assert.equal(result.sha256, TINY_SHA);
+    assert.deepEqual(server.requests.map((r) => r.range), ["bytes=400-", null]);
+    assert.ok(
+      notices.some((n) =>
+        /asked for bytes from 400, the server sent "bytes 100-\d+\/\d+"; starting over/.test(n)
+      ),
+      notices.join(""),
+    );
+  });
+});
+
+for (const etag of [undefined, '"v1"']) {
+  Deno.test(`download: a server that ignores Range and keeps cutting (${etag ? "with" : "no"} ETag): no .part kept, no resume promised`, async () => {
+    await withEnv(async (server, cache) => {
+      server.files.set("tiny.pth", TINY);
+      server.etag = etag;
+      server.plans.push({ cutAfter: 500 }, { ignoreRange: true, cutAfter: 700 }, {
+        ignoreRange: true,
+        cutAfter: 800,
+      });
+      const dest = join(cache, "tiny.pth");
+      const e = await rejectsWith(
+        download(server.url("tiny.pth"), dest, { ...FAST, retries: 2 }),
+        /connection lost after 800 of 999 bytes: .*\(after 3 attempts\); the server cannot resume downloads \(it ignores Range\), so the partial file was removed and the next run starts over$/,
+      );
+      assert.ok(!/resumes it/.test(e.message), e.message);
+      assert.deepEqual(server.requests.map((r) => r.range), [null, "bytes=500-", "bytes=700-"]);
+      assert.deepEqual(await listFiles(cache), []);
+    });
+  });
+}
 
 Deno.test("download: a complete .part is finished from a 416 answer", async () => {
   await withEnv(async (server, cache) => {

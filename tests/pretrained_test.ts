@@ -234,10 +234,15 @@ Deno.test("deno task convert: writes a loadable model directory with its metadat
     }).output();
   const ok = await run([fromFixture("checkpoints/torchvision_mini.pth"), "--out", out]);
   assert.equal(ok.code, 0, new TextDecoder().decode(ok.stderr));
-  const meta = JSON.parse(await Deno.readTextFile(join(out, "convnext.json")));
+  const { files, ...meta } = JSON.parse(await Deno.readTextFile(join(out, "convnext.json")));
   assert.equal(meta.source.layout, "torchvision");
   assert.equal(meta.source.file, "torchvision_mini.pth");
   assert.match(meta.source.sha256, /^[0-9a-f]{64}$/);
+  // convnext.json also records every other file of the folder, as written.
+  const written = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) =>
+    n !== "convnext.json"
+  );
+  assert.deepEqual(Object.keys(files).sort(), written.sort());
   const model = await loadModel(out);
   assert.deepEqual(storedModelConfig(model), meta);
   model.dispose();
@@ -245,7 +250,10 @@ Deno.test("deno task convert: writes a loadable model directory with its metadat
   const again = await run([fromFixture("checkpoints/torchvision_mini.pth"), "--out", out]);
   assert.equal(again.code, 1);
   const err = new TextDecoder().decode(again.stderr).trim();
-  assert.match(err, /^convert: saveModel: .* already exists/);
+  assert.match(
+    err,
+    /^convert: --out .* already holds a converted model; pass --overwrite to replace it$/,
+  );
   assert.equal(err.split("\n").length, 1);
   await Deno.remove(join(out, ".."), { recursive: true });
 });

@@ -113,7 +113,7 @@ Deno.test("full fine-tuning: loss falls, validation beats chance, outputs are co
     () => finetune({ model: baseDir, data: root, out, epochs: 3, size: SIZE, quiet: true }),
     (e: Error) =>
       e instanceof OptionError && e.option === "out" &&
-      /^finetune: out .* holds a checkpoint .* pass resume: true to continue it or choose another out$/
+      /^finetune: out .* holds a checkpoint of an earlier run; pass resume: true to continue it, overwrite: true to start over, or choose another out$/
         .test(e.message),
   );
   // The command line says the same with its flags.
@@ -121,7 +121,7 @@ Deno.test("full fine-tuning: loss falls, validation beats chance, outputs are co
   assert.equal(cli.code, 1);
   assert.match(
     cli.stderr,
-    /^finetune: --out .* holds a checkpoint .* pass --resume to continue it or choose another --out$/m,
+    /^finetune: --out .* holds a checkpoint of an earlier run; pass --resume to continue it, --overwrite to start over, or choose another --out$/m,
   );
 });
 

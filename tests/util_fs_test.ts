@@ -1,7 +1,8 @@
-/** Atomic directories leave nothing behind: temporary copies of dead processes are removed. */
+/** Atomic directories leave nothing behind: temporary copies of dead processes are removed, a
+ * folder that cannot be replaced gets a clear error. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { withTempDir } from "../lib/util/fs.ts";
+import { tempSiblingOf, withTempDir } from "../lib/util/fs.ts";
 
 Deno.test("withTempDir removes the temporary copies left by killed processes, not live ones", async () => {
   const root = await Deno.makeTempDir({ prefix: "util_fs_" });
@@ -24,5 +25,33 @@ Deno.test("withTempDir removes the temporary copies left by killed processes, no
     ]);
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("withTempDir over the current folder: a clear error, and no hidden copy left behind", async () => {
+  const root = await Deno.makeTempDir({ prefix: "util_fs_busy_" });
+  const before = Deno.cwd();
+  try {
+    await Deno.writeTextFile(join(root, "mine.txt"), "the user's");
+    Deno.chdir(root);
+    // rename(2) of "." fails (EBUSY): the complete new copy used to stay as a hidden folder.
+    await assert.rejects(
+      () => withTempDir(".", (dir) => Deno.writeTextFile(join(dir, "model.json"), "{}")),
+      (e: Error) =>
+        e.message ===
+          "cannot replace .: it is in use (a process's current folder or a mount point)",
+    );
+    assert.deepEqual([...Deno.readDirSync(root)].map((e) => e.name), ["mine.txt"]);
+  } finally {
+    Deno.chdir(before);
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("tempSiblingOf: the temporary copies of a name, and nothing else", () => {
+  assert.equal(tempSiblingOf(".metrics.jsonl.tmp-123-0a1b2c3d"), "metrics.jsonl");
+  assert.equal(tempSiblingOf(".best.old-9-ffffffff"), "best");
+  for (const name of ["metrics.jsonl", ".hidden", ".best.tmp-x-0a1b2c3d", ".best.tmp-1-0A1B2C3D"]) {
+    assert.equal(tempSiblingOf(name), undefined, name);
   }
 });

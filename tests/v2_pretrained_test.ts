@@ -8,7 +8,9 @@ import assert from "node:assert/strict";
 import { maxAbsDiff } from "./numeric_helpers.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { architectureOf } from "../lib/model/architecture.ts";
-import { convertCheckpoint } from "../lib/weights/pretrained.ts";
+import { storedModelConfig } from "../lib/model/config.ts";
+import { convertCheckpoint, loadModel } from "../lib/weights/pretrained.ts";
+import { getZooEntry } from "../lib/weights/zoo.ts";
 
 await selectBackend("cpu");
 
@@ -55,4 +57,36 @@ Deno.test("fcmae: convertCheckpoint gives the encoder with a fresh norm, or a ne
   } finally {
     tuned.model.dispose();
   }
+});
+
+Deno.test("loadModel: a V2 checkpoint named _512 gets V2's 512 px warp, a zoo name its licence", async () => {
+  const bytes = await Deno.readFile(path("official_v2.pt"));
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response(bytes),
+  );
+  const cache = await Deno.makeTempDir();
+  const saved = Deno.env.get("CONVNEXT_CACHE");
+  Deno.env.set("CONVNEXT_CACHE", cache);
+  try {
+    const port = (server.addr as Deno.NetAddr).port;
+    const model = await loadModel(`http://127.0.0.1:${port}/convnextv2_x_22k_512_ema.pt`, {
+      download: { quiet: true },
+    });
+    const config = storedModelConfig(model)!;
+    // ConvNeXt-V2's datasets.py: no crop from 384 px on (the same rule as V1's 384).
+    assert.deepEqual([config.preprocessing.size, config.preprocessing.mode], [512, "warp"]);
+    assert.equal(config.preprocessing.cropPct, 1);
+    assert.equal(config.license, undefined); // not a zoo file: no licence claimed for it
+    model.dispose();
+  } finally {
+    if (saved === undefined) Deno.env.delete("CONVNEXT_CACHE");
+    else Deno.env.set("CONVNEXT_CACHE", saved);
+    await server.shutdown();
+    await Deno.remove(cache, { recursive: true });
+  }
+  // A zoo entry's licence and origin go into the model's configuration (V2: CC-BY-NC 4.0).
+  const entry = getZooEntry("convnextv2_atto_1k_224");
+  assert.equal(entry.license, "CC-BY-NC-4.0");
+  assert.match(entry.originUrl, /ConvNeXt-V2/);
 });

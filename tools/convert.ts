@@ -6,10 +6,21 @@
  *                                      [--head-init-scale X] [--overwrite]
  *
  * SOURCE is a zoo name (`deno task models`), a `.pth` / `.safetensors` path or a URL.
+ * DIR must be new or an empty folder; `--overwrite` replaces a folder holding a converted
+ * model (model.json, convnext.json, shards) and nothing else: any other folder, and the
+ * current one, is refused, so the user's files are never deleted.
  *
  * @module
  */
-import { BACKEND_OPTION, BACKEND_USAGE, backendFlag, command, type Fail, failer } from "./cli.ts";
+import {
+  BACKEND_OPTION,
+  BACKEND_USAGE,
+  backendFlag,
+  command,
+  errorLine,
+  type Fail,
+  failer,
+} from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { architectureOf } from "../lib/model/architecture.ts";
 import type { ArchitectureName } from "../lib/model/variants.ts";
@@ -67,5 +78,6 @@ try {
       `${((performance.now() - start) / 1000).toFixed(1)} s`,
   );
 } catch (e) {
-  fail((e as Error).message.split("\n")[0], 1);
+  // The library names options (`out`, `overwrite: true`); say them as this tool's flags.
+  fail(errorLine(e, "convert"), 1);
 }

@@ -5,14 +5,19 @@
  *     [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
  *     [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S]
  *     [--ema] [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224]
- *     [--val-split F] [--limit N] [--resume] [--workers N] [--features-cache DIR]
- *     ${BACKEND_USAGE} [--quiet]
+ *     [--val-split F] [--limit N] [--resume | --overwrite] [--workers N]
+ *     [--features-cache DIR] ${BACKEND_USAGE} [--quiet]
  *
  * Writes OUT/metrics.jsonl (one JSON object per epoch), OUT/checkpoint/ (every epoch,
  * atomically; `--resume` continues from it exactly), OUT/best/ (the best model by validation
  * accuracy, a TF.js layers model with the class names in its metadata) and OUT/report.json
  * (per-class accuracy and confusion matrix). Ctrl-C stops after the current batch; the last
  * epoch's checkpoint stays for `--resume`.
+ *
+ * OUT must be new or empty, or a folder finetune made (it leaves `.convnext-tfjs.json`
+ * there): a folder holding anything else is refused, so the user's files are never
+ * overwritten. Over an earlier run, `--resume` continues it and `--overwrite` starts over
+ * (removing that run's results, nothing else).
  *
  * @module
  */
@@ -25,7 +30,7 @@ const USAGE =
   [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
   [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S] [--ema]
   [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224] [--val-split F] [--limit N]
-  [--resume] [--workers N] [--features-cache DIR] ${BACKEND_USAGE} [--quiet]`;
+  [--resume | --overwrite] [--workers N] [--features-cache DIR] ${BACKEND_USAGE} [--quiet]`;
 
 const fail: Fail = failer("finetune");
 
@@ -59,6 +64,7 @@ const parsed = command(USAGE, {
   backend: { type: "string", default: "auto" },
   ema: { type: "boolean", default: false },
   resume: { type: "boolean", default: false },
+  overwrite: { type: "boolean", default: false },
   quiet: { type: "boolean", default: false },
   ...Object.fromEntries(Object.keys(NUMBERS).map((k) => [k, { type: "string" as const }])),
 }, fail);
@@ -81,6 +87,7 @@ const options: FinetuneOptions = {
   mode: values.mode as FinetuneOptions["mode"],
   ema: values.ema as boolean,
   resume: values.resume as boolean,
+  overwrite: values.overwrite as boolean,
   quiet: values.quiet as boolean,
   featuresCache: values["features-cache"] as string | undefined,
 };

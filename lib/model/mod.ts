@@ -87,4 +87,13 @@ export {
 } from "./layers.ts";
 export { createFeatureExtractor, type FeatureOptions, stageOutputNames } from "./features.ts";
 export { gradCam, type GradCamOptions, type GradCamResult } from "./gradcam.ts";
-export { type LoadedModel, loadSavedModel, saveModel, type SaveOptions } from "./io.ts";
+export {
+  DamagedModelError,
+  type FileRecord,
+  type FileRecords,
+  type LoadedModel,
+  loadSavedModel,
+  type LoadSavedModelOptions,
+  saveModel,
+  type SaveOptions,
+} from "./io.ts";

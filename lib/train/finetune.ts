@@ -45,7 +45,10 @@ export interface FinetuneOptions {
   model: string | tf.LayersModel;
   /** ImageFolder root (`DIR/<class>/*.jpg`). */
   data: string;
-  /** Output directory. */
+  /**
+   * Output directory: new, empty, or one finetune made (it leaves a marker file there); a
+   * folder holding anything else is refused, so the user's files are never overwritten.
+   */
   out: string;
   /** `"full"` (default) or `"probe"`. */
   mode?: "full" | "probe";
@@ -87,6 +90,12 @@ export interface FinetuneOptions {
   featuresCache?: string;
   /** Continue from `OUT/checkpoint` (default false). */
   resume?: boolean;
+  /**
+   * Start over in an `out` that holds an earlier run: its results (checkpoint, best model,
+   * metrics, report) are removed first. Only a folder finetune made is touched; a folder
+   * holding anything else is refused, with or without this (default false).
+   */
+  overwrite?: boolean;
   /** Image loading worker threads (default: cores - 1, at most 4; 0 = main thread). */
   workers?: number;
   /** Batches loaded ahead of training (default 2). */

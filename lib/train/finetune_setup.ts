@@ -9,8 +9,9 @@
 import { join, resolve } from "node:path";
 import type * as tf from "@tensorflow/tfjs";
 import { listImageFolder } from "../data/image_folder.ts";
-import { exists } from "../util/fs.ts";
-import { OptionError } from "../util/errors.ts";
+import { removeIfExists } from "../util/fs.ts";
+import { OptionError, type OptionNamer } from "../util/errors.ts";
+import { markFolder, someNames, surveyFolder } from "../util/owned.ts";
 import { limitSamples, type Sample, splitStratified } from "./data.ts";
 import { cosineSchedule } from "./schedule.ts";
 import type { FinetuneOptions } from "./finetune.ts";
@@ -114,29 +115,87 @@ export function runDirs(out: string): { checkpointDir: string; bestDir: string }
   return { checkpointDir: join(out, "checkpoint"), bestDir: join(out, "best") };
 }
 
+/** What a run writes into `out` (and their temporary copies): anything else is the user's. */
+export const RUN_ENTRIES: readonly string[] = [
+  "checkpoint",
+  "best",
+  "metrics.jsonl",
+  "report.json",
+  "features-cache",
+];
+
+/**
+ * What `overwrite` removes: the results of the earlier run. The feature cache stays: its
+ * files are keyed by the backbone's weights and each image's path and mtime, so they stay
+ * valid and save the new run the forward passes.
+ */
+const RESULT_ENTRIES = ["checkpoint", "best", "metrics.jsonl", "report.json"];
+
 /**
  * Everything `finetune` (./finetune.ts) can check before it loads (maybe downloads) a model: the
- * output directory, the dataset and every option; a checkpoint in `out` needs `resume`.
+ * dataset, every option and the output directory ({@link prepareOut}), which is then ready.
  *
- * @throws OptionError for a bad option; Error for an unreadable dataset.
+ * @throws OptionError for a bad option or output directory; Error for an unreadable dataset.
  */
 export async function checkRun(
   options: FinetuneOptions,
 ): Promise<{ classes: string[]; samples: Sample[]; settings: UnsizedOptions }> {
-  const out = options.out;
-  if (!out) fail("out", "an output directory", out);
+  if (!options.out) fail("out", "an output directory", options.out);
   const dataset = await listImageFolder(options.data);
   const settings = resolveOptions(options);
-  if (!options.resume && await exists(runDirs(out).checkpointDir)) {
+  await prepareOut(options);
+  return { classes: dataset.classes, samples: dataset.samples, settings };
+}
+
+/**
+ * Makes `out` ready for the run, never touching files finetune did not write there. `out`
+ * may be new or empty, or a folder finetune made (its marker, or only a run's entries, as
+ * an earlier version left them). Any other folder is refused, unless `resume` finds a
+ * checkpoint in it. A checkpoint there needs `resume` (continue) or `overwrite` (remove the
+ * earlier run's results, and only those, then start over).
+ *
+ * @throws OptionError naming `out`, `resume` or `overwrite`.
+ */
+export async function prepareOut(options: FinetuneOptions): Promise<void> {
+  const { out, resume, overwrite } = options;
+  if (resume && overwrite) {
     throw new OptionError(
-      "out",
+      "overwrite",
       (name) =>
-        `finetune: ${name("out")} ${out} holds a checkpoint of an earlier run; pass ${
-          name("resume", true)
-        } to continue it or choose another ${name("out")}`,
+        `finetune: ${name("resume", true)} continues the run in ${out}, ${
+          name("overwrite", true)
+        } starts it over: pass one of them`,
     );
   }
-  return { classes: dataset.classes, samples: dataset.samples, settings };
+  const survey = await surveyFolder(out, (entry) => RUN_ENTRIES.includes(entry));
+  const refuse = (why: string, hint: (name: OptionNamer) => string): never => {
+    throw new OptionError("out", (name) => `finetune: ${name("out")} ${out} ${why}; ${hint(name)}`);
+  };
+  if (survey.kind === "not-a-folder") {
+    refuse("is a file", (name) => `choose a folder for ${name("out")}`);
+  }
+  if (survey.kind === "folder" && survey.entries.length > 0) {
+    const ours = survey.marker !== null || survey.foreign.length === 0;
+    const checkpoint = survey.entries.includes("checkpoint/");
+    if (!ours && !(resume && checkpoint)) {
+      refuse(
+        `is not empty and finetune did not create it (it holds ${someNames(survey.foreign)})`,
+        (name) => `choose a new or empty folder for ${name("out")}`,
+      );
+    }
+    if (checkpoint && !resume && !overwrite) {
+      refuse(
+        "holds a checkpoint of an earlier run",
+        (name) =>
+          `pass ${name("resume", true)} to continue it, ${
+            name("overwrite", true)
+          } to start over, ` +
+          `or choose another ${name("out")}`,
+      );
+    }
+    if (overwrite) { for (const entry of RESULT_ENTRIES) await removeIfExists(join(out, entry)); }
+  }
+  await markFolder(out, "finetune");
 }
 
 /** What a run does, decided before any training: split, batches, schedule, settings. */

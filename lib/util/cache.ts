@@ -7,7 +7,9 @@
  * checkpoints/<file>.pth          downloaded checkpoint
  * checkpoints/<file>.pth.sha256   its sha256, recorded at download ("<hex>  <file>")
  * checkpoints/<file>.pth.part     an unfinished download, resumed by the next run
- * models/<name>/                  converted TF.js layers model (written by the converter)
+ * models/<name>/                  converted TF.js layers model (written by the converter;
+ *                                 its convnext.json records each file's size and sha256,
+ *                                 and a damaged model is converted again on its next load)
  * labels/label_to_words.json      ImageNet-22K class names (fetched on demand)
  * ```
  *

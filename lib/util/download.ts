@@ -9,7 +9,12 @@
  * - A server that keeps ending responses early without making progress
  *   (a truncated file): nothing, reported as truncated.
  * - A network failure after progress was made: the `.part` stays, so the next run
- *   resumes instead of starting a multi-GB download over.
+ *   resumes instead of starting a multi-GB download over; unless the server ignores
+ *   Range (it answers 200, or says `Accept-Ranges: none`): then no run can resume, the
+ *   `.part` is deleted and the error says the next run starts over.
+ *
+ * A `.part` that cannot be continued (the server sends the whole file, or a range that
+ * starts elsewhere) is truncated and written again from byte 0, never appended to.
  *
  * @module
  */
@@ -172,6 +177,10 @@ interface AttemptContext {
   fetchFn: typeof fetch;
   /** Strong ETag or Last-Modified of an earlier response, for `If-Range`. */
   validator?: string;
+  /** Size of the `.part` when the current attempt began: what counts as progress. */
+  before: number;
+  /** The server showed it cannot resume (200 to a Range request, `Accept-Ranges: none`). */
+  noResume: boolean;
 }
 
 /**
@@ -208,77 +217,100 @@ class AttemptSignal {
   }
 }
 
-/** One HTTP request. Resolves when `part` holds the complete file. */
+/**
+ * One attempt: an HTTP request (two when the `.part` cannot be continued: the second asks
+ * for the whole file). Resolves when `part` holds the complete file.
+ */
 async function attempt(ctx: AttemptContext): Promise<void> {
   const { url, part, opts } = ctx;
-  const offset = await fileSize(part);
-  const headers = new Headers({ "accept-encoding": "identity" });
-  if (offset > 0) {
-    headers.set("range", `bytes=${offset}-`);
-    // If the file changed on the server since our partial copy, If-Range makes the
-    // server send all of the new file (200) instead of a mismatched tail (206).
-    if (ctx.validator) headers.set("if-range", ctx.validator);
-  }
+  let offset = await fileSize(part);
+  ctx.before = offset;
   using signal = new AttemptSignal(opts.signal, opts.stallTimeoutMs ?? 60_000);
-  signal.arm();
-  let res: Response;
-  try {
-    res = await ctx.fetchFn(url, { headers, signal: signal.controller.signal });
-  } catch (e) {
-    if (opts.signal?.aborted) throw e;
-    throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
+  for (;;) {
+    const headers = new Headers({ "accept-encoding": "identity" });
+    if (offset > 0) {
+      headers.set("range", `bytes=${offset}-`);
+      // If the file changed on the server since our partial copy, If-Range makes the
+      // server send all of the new file (200) instead of a mismatched tail (206).
+      if (ctx.validator) headers.set("if-range", ctx.validator);
+    }
+    signal.arm();
+    let res: Response;
+    try {
+      res = await ctx.fetchFn(url, { headers, signal: signal.controller.signal });
+    } catch (e) {
+      if (opts.signal?.aborted) throw e;
+      throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
+    }
+    const etag = res.headers.get("etag");
+    const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
+    if (validator) ctx.validator = validator;
+    if (res.headers.get("accept-ranges")?.trim().toLowerCase() === "none") ctx.noResume = true;
+    // A conditional request answered with another validator: the file changed on the
+    // server (a 200 then says nothing about Range support).
+    const sent = headers.get("if-range");
+    const changed = sent !== null && validator !== null && validator !== sent;
+    const range = await responseRange(ctx, res, offset, changed);
+    if (range === "complete") return;
+    if (range === "restart") {
+      // The `.part` is gone (responseRange removed it): ask for the whole file at once,
+      // within this attempt, so that starting over never costs a retry.
+      offset = 0;
+      continue;
+    }
+    if (!res.body) throw new RetryableError(`download ${url}: empty response body`, 0, true);
+    return await receiveBody(ctx, res.body, range, signal);
   }
-  const etag = res.headers.get("etag");
-  const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
-  if (validator) ctx.validator = validator;
-  const range = await responseRange(ctx, res, offset);
-  if (range === "complete") return;
-  if (!res.body) throw new RetryableError(`download ${url}: empty response body`, 0, true);
-  await receiveBody(ctx, res.body, range, signal);
 }
 
 /**
  * Where the response's bytes go in the file and its announced size, from its status:
- * 206 continues the `.part`, 200 starts over, 416 may mean the `.part` is complete.
+ * 206 continues the `.part` (or rewrites it, for a range from byte 0), 200 starts over,
+ * 416 may mean the `.part` is complete. `"restart"`: the `.part` cannot be continued and
+ * was removed; ask again for the whole file. `changed`: the file changed on the server
+ * (If-Range), so a 200 answer does not mean that the server ignores Range.
  *
- * @throws RetryableError for a retryable status or a mismatched range (the `.part` is
- *   removed then); FatalError for another HTTP error.
+ * @throws RetryableError for a retryable status or a mismatched range to a request for the
+ *   whole file; FatalError for another HTTP error.
  */
 async function responseRange(
   ctx: AttemptContext,
   res: Response,
   offset: number,
-): Promise<{ start: number; total: number | undefined } | "complete"> {
+  changed: boolean,
+): Promise<{ start: number; total: number | undefined } | "complete" | "restart"> {
   const { url, part } = ctx;
   if (res.status === 416 && offset > 0) {
     await res.body?.cancel();
     const size = unsatisfiedRangeTotal(res.headers.get("content-range"));
     if (size === offset) return "complete"; // The .part was already complete.
     await removeIfExists(part);
-    throw new RetryableError(
+    notice(
+      ctx.opts,
       `download ${url}: the server cannot resume from byte ${offset}; starting over`,
-      0,
-      false,
-      true,
     );
+    return "restart";
   }
   if (res.status === 206) {
     const range = parseContentRange(res.headers.get("content-range"));
-    if (!range || range.start !== offset) {
-      await res.body?.cancel();
-      await removeIfExists(part);
-      throw new RetryableError(
-        `download ${url}: asked for bytes from ${offset}, the server sent ` +
-          `"${res.headers.get("content-range")}"; starting over`,
-        0,
-        false,
-        true,
-      );
+    // A range from byte 0 is the whole file: written over the `.part` from its start.
+    if (range && (range.start === offset || range.start === 0)) {
+      if (range.start !== offset) ctx.noResume = true;
+      return { start: range.start, total: range.total };
     }
-    return { start: offset, total: range.total };
+    await res.body?.cancel();
+    const why = `asked for bytes from ${offset}, the server sent ` +
+      `"${res.headers.get("content-range")}"`;
+    if (offset === 0) throw new RetryableError(`download ${url}: ${why}`, 0, false);
+    await removeIfExists(part);
+    notice(ctx.opts, `download ${url}: ${why}; starting over`);
+    return "restart";
   }
   if (res.ok) {
-    // 200: a fresh download, or a server that ignores Range (then start over).
+    // 200: a fresh download, a file changed on the server (If-Range), or a server that
+    // ignores Range: then start over (the body is written from byte 0, the `.part`
+    // truncated), and in the last case no later run can resume either.
+    if (offset > 0 && !changed) ctx.noResume = true;
     const length = res.headers.get("content-length");
     return {
       start: 0,
@@ -312,7 +344,9 @@ async function receiveBody(
     bar.setStartValue(start);
   }
   let received = start;
-  let written = 0;
+  // Progress is what the `.part` gained over its size before the attempt: a server that
+  // ignores Range and ends at the same byte each time makes none.
+  const progressed = () => Math.max(0, received - ctx.before);
   try {
     using file = await Deno.open(part, {
       write: true,
@@ -326,7 +360,6 @@ async function receiveBody(
         let off = 0;
         while (off < chunk.length) off += await file.write(chunk.subarray(off));
         received += chunk.length;
-        written += chunk.length;
         if (total !== undefined && received > total) {
           throw new FatalError(
             `download ${url}: corrupt: the server sent more than the announced ${total} bytes`,
@@ -344,14 +377,14 @@ async function receiveBody(
       throw new RetryableError(
         `download ${url}: connection lost after ${received}` +
           `${total === undefined ? "" : ` of ${total}`} bytes: ${why}`,
-        written,
+        progressed(),
         !signal.stalled,
       );
     }
     if (total !== undefined && received < total) {
       throw new RetryableError(
         `download ${url}: truncated: got ${received} of ${total} bytes`,
-        written,
+        progressed(),
         true,
       );
     }
@@ -412,7 +445,15 @@ export async function download(
         attempts: 0,
       };
     }
-    const ctx: AttemptContext = { url, dest, part, opts, fetchFn: opts.fetch ?? fetch };
+    const ctx: AttemptContext = {
+      url,
+      dest,
+      part,
+      opts,
+      fetchFn: opts.fetch ?? fetch,
+      before: 0,
+      noResume: false,
+    };
     const attempts = await attemptWithRetries(ctx, retries);
     const sha256 = await verifyPart(ctx);
     // Record first, rename second: a file at `dest` then always has its record.
@@ -493,9 +534,17 @@ async function finalFailure(
       "corrupt",
     );
   }
-  const kept = (await fileSize(part)) > 0
-    ? `; the partial file ${part} is kept and the next run resumes it`
-    : "";
+  let kept = "";
+  if (ctx.noResume) {
+    // Keeping it would promise a resume that this server never gives.
+    if ((await fileSize(part)) > 0) {
+      await removeIfExists(part);
+      kept = "; the server cannot resume downloads (it ignores Range), so the partial file " +
+        "was removed and the next run starts over";
+    }
+  } else if ((await fileSize(part)) > 0) {
+    kept = `; the partial file ${part} is kept and the next run resumes it`;
+  }
   return new DownloadError(
     `${e.message} (after ${attempts} attempts)${kept}`,
     e.status === undefined ? "network" : "http",

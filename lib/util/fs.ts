@@ -57,6 +57,18 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   }
 }
 
+/** Temporary siblings: `.<name>.tmp-<pid>-<8 hex>` (being written), `.<name>.old-…` (replaced). */
+const TEMP_SIBLING = /^\.(.+)\.(?:tmp|old)-(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * The name a temporary sibling written by {@link writeFileAtomic} or {@link withTempDir}
+ * stands for (`.model.tmp-123-0a1b2c3d` -> `model`), or undefined for any other name: a
+ * folder's owner can tell such copies from files someone else put there.
+ */
+export function tempSiblingOf(name: string): string | undefined {
+  return TEMP_SIBLING.exec(name)?.[1];
+}
+
 /** Whether process `pid` is gone (Linux: no /proc entry; elsewhere it cannot tell: false). */
 async function processGone(pid: number): Promise<boolean> {
   if (Deno.build.os !== "linux" || pid === Deno.pid) return false;
@@ -73,9 +85,8 @@ export async function removeStaleTemps(path: string): Promise<string[]> {
   const removed: string[] = [];
   try {
     for await (const e of Deno.readDir(dirname(path))) {
-      const m = e.name.startsWith(prefix) &&
-        /^(?:tmp|old)-(\d+)-[0-9a-f]{8}$/.exec(e.name.slice(prefix.length));
-      if (m && await processGone(Number(m[1]))) {
+      const m = e.name.startsWith(prefix) && TEMP_SIBLING.exec(e.name);
+      if (m && m[1] === basename(path) && await processGone(Number(m[2]))) {
         await removeIfExists(join(dirname(path), e.name));
         removed.push(e.name);
       }
@@ -118,17 +129,26 @@ export async function withTempDir<T>(
     await removeIfExists(tmp).catch(() => {});
     throw e;
   }
-  // rename(2) cannot replace a non-empty directory, so move the old one aside.
   let old: string | undefined;
-  if (await exists(finalDir)) {
-    old = join(parent, `.${basename(finalDir)}.old-${tempSuffix()}`);
-    await Deno.rename(finalDir, old);
-  }
   try {
+    // rename(2) cannot replace a non-empty directory, so move the old one aside.
+    if (await exists(finalDir)) {
+      const aside = join(parent, `.${basename(finalDir)}.old-${tempSuffix()}`);
+      await Deno.rename(finalDir, aside);
+      old = aside;
+    }
     await Deno.rename(tmp, finalDir);
   } catch (e) {
     if (old) await Deno.rename(old, finalDir).catch(() => {});
+    // The complete copy must not stay behind as a hidden folder.
     await removeIfExists(tmp).catch(() => {});
+    if (e instanceof Deno.errors.Busy || (e as { code?: string }).code === "EBUSY") {
+      // The current folder of a process, or a mount point: it cannot be renamed.
+      throw new Error(
+        `cannot replace ${finalDir}: it is in use (a process's current folder or a mount point)`,
+        { cause: e },
+      );
+    }
     throw e;
   }
   if (old) await removeIfExists(old);

@@ -22,8 +22,17 @@ import {
 import { HEAD_FC } from "./model/names.ts";
 import { fetchLabels22k } from "./weights/fetch.ts";
 
-/** An image to classify: a file path, encoded bytes (JPEG, PNG...) or decoded RGB pixels. */
-export type ClassifyInput = string | Uint8Array | RgbImage;
+/**
+ * An image to classify: a file path, encoded bytes (JPEG, PNG...), decoded RGB pixels, or a
+ * tensor of RGB pixels in 0..255, height x width x channels as `readImage` decodes them: a
+ * `tf.Tensor3D` `[height, width, 3]` is one image, a `tf.Tensor4D` `[n, height, width, 3]`
+ * is n images (each its own result). Tensor values are rounded to whole numbers (the model's
+ * transform resizes 8-bit pixels, as PIL does); the tensors are read, not disposed.
+ */
+export type ClassifyInput = string | Uint8Array | RgbImage | tf.Tensor3D | tf.Tensor4D;
+
+/** The images of {@link classify}, {@link classifyEach} and `embed`: a list, or one tensor. */
+export type ClassifyImages = readonly ClassifyInput[] | tf.Tensor3D | tf.Tensor4D;
 
 /** One of the top classes of an image. */
 export interface Prediction {
@@ -43,7 +52,10 @@ export interface Classification {
   top: Prediction[];
 }
 
-/** One input's outcome in {@link classifyEach}: its classes, or why it could not be read. */
+/**
+ * One input's outcome in {@link classifyEach}: its classes, or why it could not be read.
+ * `index` is the position in the input list, the images of a `tf.Tensor4D` counting one each.
+ */
 export type ClassifiedItem =
   | { index: number; image: string; top: Prediction[] }
   | { index: number; image: string; error: string };
@@ -58,7 +70,10 @@ export interface ClassifyOptions {
   batch?: number;
   /** Preprocessing worker threads (default: cores - 1, at most 4; 0 = main thread). */
   workers?: number;
-  /** Display names of the inputs (default: the path, `<bytes #i>` or `<image #i>`). */
+  /**
+   * Display names of the inputs, by position (the images of a `tf.Tensor4D` count one each;
+   * default: the path, `<bytes #i>`, `<image #i>` or `<tensor #i>`).
+   */
   names?: readonly string[];
   /** Input preparation (default: the model's, `modelConfig(model).preprocessing`). */
   preprocessing?: Preprocessing;
@@ -166,13 +181,87 @@ function headActivation(model: tf.LayersModel): string {
 
 function isRgbImage(x: unknown): x is RgbImage {
   return typeof x === "object" && x !== null && !(x instanceof Uint8Array) &&
-    typeof (x as RgbImage).width === "number" && (x as RgbImage).data instanceof Uint8Array;
+    !(x instanceof tf.Tensor) && typeof (x as RgbImage).width === "number" &&
+    (x as RgbImage).data instanceof Uint8Array;
 }
 
-/** A batch of preprocessed images, as imageBatches yields them. */
-interface PixelBatch {
+/** An input once tensors are split into images: what the batching below reads. */
+type SingleInput = string | Uint8Array | RgbImage;
+
+/**
+ * The images of a tensor input (`[h, w, 3]` or `[n, h, w, 3]`, 0..255), as 8-bit RGB.
+ *
+ * @throws TypeError naming the input for another shape, or values that are not finite or
+ *   lie outside 0..255 (e.g. already normalized or mean/std-scaled pixels below 0).
+ */
+async function tensorImages(t: tf.Tensor, at: number, caller: string): Promise<RgbImage[]> {
+  const shape = t.shape;
+  if ((t.rank !== 3 && t.rank !== 4) || shape[t.rank - 1] !== 3) {
+    throw new TypeError(
+      `${caller}: tensor input #${at} has shape [${shape}], expected [height, width, 3] or [batch, height, width, 3]`,
+    );
+  }
+  const [n, height, width] = t.rank === 4 ? shape : [1, ...shape];
+  const values = await t.data();
+  const data = new Uint8Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = Math.round(values[i]);
+    if (!(v >= 0 && v <= 255)) {
+      throw new TypeError(
+        `${caller}: tensor input #${at} holds ${
+          values[i]
+        }: expected RGB pixels in 0..255 (the model's preprocessing is applied here)`,
+      );
+    }
+    data[i] = v;
+  }
+  const per = height * width * 3;
+  return Array.from({ length: n }, (_, k) => ({
+    width,
+    height,
+    data: data.subarray(k * per, (k + 1) * per),
+  }));
+}
+
+/**
+ * Internal, shared by classify and `embed` (lib/embed.ts).
+ * The inputs with every tensor split into its images, and each image's display name
+ * (`names[i]` when given, else the path, `<bytes #i>`, `<image #i>` or `<tensor #i>`).
+ */
+export async function expandInputs(
+  images: ClassifyImages,
+  names: readonly string[] | undefined,
+  caller: string,
+): Promise<{ inputs: SingleInput[]; names: string[] }> {
+  const list: readonly ClassifyInput[] = images instanceof tf.Tensor ? [images] : images;
+  const inputs: SingleInput[] = [];
+  const kinds: string[] = [];
+  for (const [at, img] of list.entries()) {
+    if (img instanceof tf.Tensor) {
+      const split = await tensorImages(img, at, caller);
+      inputs.push(...split);
+      kinds.push(...split.map(() => "tensor"));
+    } else if (typeof img === "string" || img instanceof Uint8Array || isRgbImage(img)) {
+      inputs.push(img);
+      kinds.push(img instanceof Uint8Array ? "bytes" : "image");
+    } else {
+      throw new TypeError(
+        `${caller}: input #${at} is not a path, bytes, an RgbImage or a tf.Tensor3D/4D`,
+      );
+    }
+  }
+  const name = (img: SingleInput, i: number) =>
+    names?.[i] ?? (typeof img === "string" ? img : `<${kinds[i]} #${i}>`);
+  return { inputs, names: inputs.map(name) };
+}
+
+/** A batch of preprocessed images: their positions, NHWC pixels and the inputs that failed. */
+export interface PixelBatch {
+  /** Positions in the input list of the images in `data`, in order. */
   indices: number[];
+  /** `indices.length * size * size * 3` preprocessed values. */
   data: Float32Array;
+  /** Inputs of this batch that could not be read; left out of `data`. */
   failures: ImageFailure[];
 }
 
@@ -219,18 +308,80 @@ function* rgbBatches(
 }
 
 /** Consecutive inputs of one kind: files/bytes go through the worker pool, pixels do not. */
-function runsOf(images: readonly ClassifyInput[]): { start: number; end: number; rgb: boolean }[] {
+function runsOf(images: readonly SingleInput[]): { start: number; end: number; rgb: boolean }[] {
   const runs: { start: number; end: number; rgb: boolean }[] = [];
   images.forEach((img, i) => {
     const rgb = isRgbImage(img);
-    if (!rgb && typeof img !== "string" && !(img instanceof Uint8Array)) {
-      throw new TypeError(`classify: input #${i} is not a path, bytes or an RgbImage`);
-    }
     const last = runs[runs.length - 1];
     if (last && last.rgb === rgb) last.end = i + 1;
     else runs.push({ start: i, end: i + 1, rgb });
   });
   return runs;
+}
+
+/**
+ * Internal, shared by classify and `embed`.
+ * The inputs preprocessed with transform `t`, `batch` at a time and in input order: files
+ * and bytes are decoded and transformed in worker threads (the next batches while the
+ * caller runs the model), pixels on this thread.
+ */
+export async function* pixelBatches(
+  inputs: readonly SingleInput[],
+  names: readonly string[],
+  t: EvalTransformOptions & { size: number },
+  batch: number,
+  workers?: number,
+): AsyncGenerator<PixelBatch, void, undefined> {
+  for (const run of runsOf(inputs)) {
+    if (run.rgb) {
+      const rgb = inputs.slice(run.start, run.end) as RgbImage[];
+      yield* rgbBatches(rgb, run.start, names, batch, t);
+      continue;
+    }
+    const files = imageBatches(inputs.slice(run.start, run.end) as (string | Uint8Array)[], {
+      ...t,
+      batch,
+      workers,
+      names: names.slice(run.start, run.end),
+    });
+    // imageBatches numbers inputs from 0 within the run.
+    for await (const b of files) {
+      yield {
+        indices: b.indices.map((i) => i + run.start),
+        data: b.data,
+        failures: b.failures.map((f) => ({ ...f, index: f.index + run.start })),
+      };
+    }
+  }
+}
+
+/** Internal: `model`'s output for one preprocessed batch, read back (tensors disposed). */
+export async function runBatch(
+  model: tf.LayersModel,
+  b: PixelBatch,
+  size: number,
+): Promise<Float32Array> {
+  const shape: [number, number, number, number] = [b.indices.length, size, size, 3];
+  // On webgpu: a clear error (before upload) when a tensor exceeds the buffer limits.
+  checkWebGpuLimits(model, shape);
+  const x = tf.tensor4d(b.data.subarray(0, shape[0] * size * size * 3), shape);
+  const y = tf.tidy(() => model.predict(x) as tf.Tensor);
+  x.dispose();
+  try {
+    return await y.data() as Float32Array;
+  } finally {
+    y.dispose();
+  }
+}
+
+/** Internal: checks the options of classify and `embed`: `batch`, and `topK` when given. */
+export function checkBatchOptions(caller: string, batch: number, topK?: number): void {
+  if (topK !== undefined && (!Number.isInteger(topK) || topK < 1)) {
+    throw new RangeError(`${caller}: topK must be an integer >= 1, got ${topK}`);
+  }
+  if (!Number.isInteger(batch) || batch < 1) {
+    throw new RangeError(`${caller}: batch must be an integer >= 1, got ${batch}`);
+  }
 }
 
 /**
@@ -256,17 +407,12 @@ function runsOf(images: readonly ClassifyInput[]): { start: number; end: number;
  */
 export async function* classifyEach(
   model: tf.LayersModel,
-  images: readonly ClassifyInput[],
+  images: ClassifyImages,
   options: Omit<ClassifyOptions, "onError"> = {},
 ): AsyncGenerator<ClassifiedItem, void, undefined> {
   const topK = options.topK ?? 5;
   const batch = options.batch ?? 16;
-  if (!Number.isInteger(topK) || topK < 1) {
-    throw new RangeError(`classify: topK must be an integer >= 1, got ${topK}`);
-  }
-  if (!Number.isInteger(batch) || batch < 1) {
-    throw new RangeError(`classify: batch must be an integer >= 1, got ${batch}`);
-  }
+  checkBatchOptions("classify", batch, topK);
   const n = classifierClasses(model);
   const labels = options.labels ?? await classLabels(model);
   if (labels.length !== n) {
@@ -274,67 +420,34 @@ export async function* classifyEach(
   }
   const t = evalTransformOptions(options.preprocessing ?? modelConfig(model).preprocessing);
   const probabilities = headActivation(model) !== "linear";
-  const names = images.map((img, i) =>
-    options.names?.[i] ??
-      (typeof img === "string"
-        ? img
-        : img instanceof Uint8Array
-        ? `<bytes #${i}>`
-        : `<image #${i}>`)
-  );
-  const per = t.size * t.size * 3;
-
-  for (const run of runsOf(images)) {
-    const source: AsyncIterable<PixelBatch> | Iterable<PixelBatch> = run.rgb
-      ? rgbBatches(images.slice(run.start, run.end) as RgbImage[], run.start, names, batch, t)
-      : imageBatches(images.slice(run.start, run.end) as (string | Uint8Array)[], {
-        ...t,
-        batch,
-        workers: options.workers,
-        names: names.slice(run.start, run.end),
-      });
-    for await (const b of source) {
-      // imageBatches numbers inputs from 0 within the run.
-      const shift = run.rgb ? 0 : run.start;
-      const done = new Map<number, ClassifiedItem>();
-      for (const f of b.failures) {
-        const index = f.index + shift;
-        done.set(index, { index, image: names[index], error: f.message });
-      }
-      if (b.indices.length > 0) {
-        const count = b.indices.length;
-        // On webgpu: a clear error (before upload) when a tensor exceeds the buffer limits.
-        checkWebGpuLimits(model, [count, t.size, t.size, 3]);
-        const x = tf.tensor4d(b.data.subarray(0, count * per), [count, t.size, t.size, 3]);
-        const y = tf.tidy(() => model.predict(x) as tf.Tensor);
-        x.dispose();
-        let out: Float32Array;
-        try {
-          out = await y.data() as Float32Array;
-        } finally {
-          y.dispose();
-        }
-        b.indices.forEach((i, row) => {
-          const index = i + shift;
-          const values = out.subarray(row * n, (row + 1) * n);
-          const p = probabilities ? Float64Array.from(values) : softmax(values);
-          const top = topIndices(p, topK).map((c) => ({
-            index: c,
-            label: labels[c],
-            probability: p[c],
-          }));
-          done.set(index, { index, image: names[index], top });
-        });
-      }
-      yield* [...done.values()].sort((a, b) => a.index - b.index);
+  const { inputs, names } = await expandInputs(images, options.names, "classify");
+  for await (const b of pixelBatches(inputs, names, t, batch, options.workers)) {
+    const done = new Map<number, ClassifiedItem>();
+    for (const f of b.failures) {
+      done.set(f.index, { index: f.index, image: names[f.index], error: f.message });
     }
+    if (b.indices.length > 0) {
+      const out = await runBatch(model, b, t.size);
+      b.indices.forEach((index, row) => {
+        const values = out.subarray(row * n, (row + 1) * n);
+        const p = probabilities ? Float64Array.from(values) : softmax(values);
+        const top = topIndices(p, topK).map((c) => ({
+          index: c,
+          label: labels[c],
+          probability: p[c],
+        }));
+        done.set(index, { index, image: names[index], top });
+      });
+    }
+    yield* [...done.values()].sort((a, b) => a.index - b.index);
   }
 }
 
 /**
- * Classify images (paths, encoded bytes or decoded RGB) with a ConvNeXt: the model's
- * preprocessing (official eval transform, 224 by default), softmax of the logits, and the
- * `topK` classes with their names per image, in input order.
+ * Classify images (paths, encoded bytes, decoded RGB or tensors of 0..255 RGB pixels, see
+ * {@link ClassifyInput}) with a ConvNeXt: the model's preprocessing (official eval
+ * transform, 224 by default), softmax of the logits, and the `topK` classes with their names
+ * per image, in input order.
  *
  * @throws Error naming the file for an unreadable image, unless `onError` is given (then
  *   that image is reported there and left out of the result).
@@ -353,7 +466,7 @@ export async function* classifyEach(
  */
 export async function classify(
   model: tf.LayersModel,
-  images: readonly ClassifyInput[],
+  images: ClassifyImages,
   options: ClassifyOptions = {},
 ): Promise<Classification[]> {
   const results: Classification[] = [];

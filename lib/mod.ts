@@ -7,11 +7,18 @@
  * transforms), `lib/eval/mod.ts`, `lib/train/mod.ts` (optimizer, schedules, probe, ...) and
  * `lib/viz/mod.ts` (images and charts for notebooks).
  *
+ * Importing this module selects a backend when none is active yet: the one
+ * `selectBackend()` picks ("auto": native TensorFlow if mapped, else WebGPU on a hardware
+ * adapter, else wasm; `CONVNEXT_BACKEND` overrides it). So a model can be built right after
+ * the import; `await selectBackend(name)` switches at any time. If that backend cannot be
+ * initialized, the import still succeeds: one line on stderr says why, and the next
+ * `selectBackend` call reports the error.
+ *
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
- * import { createConvNeXt, selectBackend } from "./mod.ts";
- * console.log(await selectBackend()); // "tensorflow", "webgpu" or "wasm": the fastest here
+ * import { activeBackend, createConvNeXt } from "./mod.ts";
+ * console.log(activeBackend()); // "tensorflow", "webgpu" or "wasm": the fastest here
  * // convnext_tiny's layers, weights left at zero (loadModel("convnext_tiny_1k_224") gives the
  * // official ones, downloaded once).
  * const model = createConvNeXt("convnext_tiny", { randomInit: false });
@@ -22,6 +29,14 @@
  *
  * @module
  */
+import { ensureBackend } from "./backend/select.ts";
+
+// The backend selectBackend() would pick, unless one is active already (see above).
+await ensureBackend().catch((e: unknown) => {
+  const why = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+  console.error(`convnext-tfjs: no backend selected on import (${why})`);
+});
+
 // Backends.
 export {
   activeBackend,
@@ -69,11 +84,13 @@ export {
   type ClassifiedItem,
   classify,
   classifyEach,
+  type ClassifyImages,
   type ClassifyInput,
   type ClassifyOptions,
   classLabels,
   type Prediction,
 } from "./classify.ts";
+export { embed, type EmbedOptions } from "./embed.ts";
 // Evaluation and fine-tuning.
 export { type EvalResult, evaluate, type EvaluateOptions } from "./eval/evaluate.ts";
 export { loadEvalDataset } from "./eval/dataset.ts";

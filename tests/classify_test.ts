@@ -73,6 +73,41 @@ Deno.test("classify: bytes and decoded pixels give the same result as paths", as
   [s[0], s[1], s[2], s[0]].forEach((x, i) => checkTop(results[i].top, x, 3));
 });
 
+Deno.test("classify: tensors of 0..255 RGB pixels (HWC) give the same result as the files", async () => {
+  const s = good.slice(0, 2);
+  const rgb = await Promise.all(s.map((x) => readImage(path(x))));
+  const t3 = rgb.map((r) => tf.tensor3d(r.data, [r.height, r.width, 3], "int32"));
+  // A Tensor4D batch of the first image twice, as floats (what tf.browser.fromPixels-style
+  // code or a decoder gives), and a lone tensor as the whole input.
+  const t4 = tf.tidy(() => tf.stack([t3[0], t3[0]]).toFloat()) as tf.Tensor4D;
+  const results = await classify(model, [t3[1], t4, path(s[0])], { topK: 5, workers: 0 });
+  assert.deepEqual(results.map((r) => r.image), [
+    "<tensor #0>",
+    "<tensor #1>",
+    "<tensor #2>",
+    path(s[0]),
+  ]);
+  [s[1], s[0], s[0], s[0]].forEach((x, i) => checkTop(results[i].top, x));
+  const files = await classify(model, [path(s[1]), path(s[0])]);
+  // The same pixels: the same top classes and probabilities as from the files.
+  assert.deepEqual(results[0].top.map((p) => p.index), files[0].top.map((p) => p.index));
+  results[0].top.forEach((p, k) => {
+    assert.ok(Math.abs(p.probability - files[0].top[k].probability) < 1e-6);
+  });
+  const [lone] = await classify(model, t3[1]);
+  assert.deepEqual(lone.top.map((p) => p.index), files[0].top.map((p) => p.index));
+  assert.ok(t3.every((t) => !t.isDisposed) && !t4.isDisposed, "inputs are not disposed");
+  // Shapes and values that are not RGB pixels are a one-line error naming the input.
+  const grey = tf.zeros([8, 8, 1]);
+  await assert.rejects(classify(model, [path(s[0]), grey as tf.Tensor3D]), /input #1 has shape/);
+  const normalized = tf.tidy(() => t3[0].toFloat().div(255).sub(0.485).div(0.229));
+  await assert.rejects(
+    classify(model, [normalized as tf.Tensor3D]),
+    /^TypeError: classify: tensor input #0 holds -[0-9.]+: expected RGB pixels in 0\.\.255/,
+  );
+  tf.dispose([...t3, t4, grey, normalized]);
+});
+
 Deno.test("classify: unreadable images throw, or are reported while the others go on", async () => {
   const missing = join(FIX, "no_such_image.jpg");
   await assert.rejects(
@@ -148,14 +183,19 @@ async function cli(args: string[]) {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-Deno.test("deno task classify --json: exact line format; a missing file does not stop the others", async () => {
+Deno.test("deno task classify --json: exact line format; a missing file stops it before any work", async () => {
   const missing = join(FIX, "missing.jpg");
-  const images = [path(good[0]), missing, path(good[1])];
-  const r = await cli(["--model", MODEL, "--json", "--top", "3", ...images]);
-  assert.equal(r.code, 1);
-  assert.deepEqual(r.stderr.trim().split("\n"), [
-    `classify: cannot read image '${missing}': file not found`,
+  const early = await cli(["--model", "convnext_nope", "--json", path(good[0]), missing]);
+  // The inputs are checked before the model is loaded (or downloaded): the missing file is
+  // reported, not the unknown model.
+  assert.equal(early.code, 1);
+  assert.equal(early.stdout, "");
+  assert.deepEqual(early.stderr.trim().split("\n"), [
+    `classify: ${missing}: no such file or folder`,
   ]);
+  const images = [path(good[0]), path(good[1])];
+  const r = await cli(["--model", MODEL, "--json", "--top", "3", ...images]);
+  assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split("\n");
   assert.equal(lines.length, 2);
   const lib = await classify(model, [path(good[0]), path(good[1])], { topK: 3 });
@@ -175,6 +215,20 @@ Deno.test("deno task classify --json: exact line format; a missing file does not
     );
   });
   checkTop(JSON.parse(lines[1]).top, good[1], 3);
+
+  // An image that exists but cannot be decoded is reported; the others are still classified.
+  const dir = await Deno.makeTempDir();
+  try {
+    const broken = join(dir, "broken.jpg");
+    await Deno.writeTextFile(broken, "not a JPEG");
+    const partial = await cli(["--model", MODEL, "--json", path(good[0]), broken, path(good[1])]);
+    assert.equal(partial.code, 1);
+    assert.equal(partial.stdout.trim().split("\n").length, 2);
+    assert.equal(partial.stderr.trim().split("\n").length, 1);
+    assert.match(partial.stderr, /^classify: .*broken\.jpg/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("deno task classify: table output, unknown model and bad arguments", async () => {

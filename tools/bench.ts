@@ -1,8 +1,10 @@
 /**
  * `deno task bench`: forward-pass speed of ConvNeXt models on the active backend.
  *
- *   deno task bench [--arch convnext_tiny[,..]] [--batch 1,8] [--size 224] [--backend auto]
+ *   deno task bench [--model convnext_tiny[,..]] [--batch 1,8] [--size 224] [--backend auto]
  *                   [--path stock|optimized|both] [--warmup 1] [--iters 3] [--json]
+ *
+ * `--model` takes architecture names (random weights: speed does not depend on them).
  *
  * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
  * compiled plan with folded weights and all cores, lib/infer/, the
@@ -18,10 +20,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import {
-  BACKEND_REQUESTS,
   type BackendRequest,
   selectBackend,
   type WebGpuAdapterDescription,
@@ -31,7 +31,16 @@ import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
 import { inferenceThreads } from "../lib/infer/pool.ts";
-import { ARCHITECTURE_NAMES, isArchitectureName } from "../lib/model/variants.ts";
+import {
+  architectureFlag,
+  BACKEND_HELP,
+  BACKEND_OPTION,
+  backendFlag,
+  command,
+  type CommandHelp,
+  type Fail,
+  failer,
+} from "./cli.ts";
 
 /** Inference paths the bench measures. */
 export const BENCH_PATHS = ["stock", "optimized"] as const;
@@ -59,15 +68,45 @@ export interface BenchResult {
   adapter?: WebGpuAdapterDescription;
 }
 
-function die(message: string): never {
-  console.error(`bench: ${message}`);
-  Deno.exit(2);
-}
+const HELP: CommandHelp = {
+  name: "bench",
+  synopsis: "[flags]",
+  about: `
+Forward-pass speed of ConvNeXt architectures (random weights) after warm-up: ms/image, images/s
+and peak resident memory. Each architecture and path runs in its own process, so the peak memory
+belongs to that measurement alone. The stock path is TF.js Layers' predict; the optimized one is
+the compiled plan with folded weights on every core (wasm and cpu; skipped on webgpu), run by the
+fused WebAssembly kernels or, with CONVNEXT_EXECUTOR=tfjs, by TF.js kernels.`,
+  flags: {
+    model: {
+      value: "ARCH[,ARCH...]",
+      help: "architectures, comma-separated (random weights)",
+    },
+    batch: { value: "N[,N...]", help: "batch sizes, comma-separated" },
+    size: { value: "PX", help: "input side in pixels" },
+    path: { value: "stock|optimized|both", help: "inference path(s) measured" },
+    warmup: { value: "N", help: "untimed runs first (0 for none)" },
+    iters: { value: "N", help: "timed runs, averaged" },
+    json: {
+      help: "JSON lines, one per measurement (with the WebGPU adapter on webgpu)",
+    },
+    child: { help: "internal: measure one architecture and path in this process", hidden: true },
+    ...BACKEND_HELP,
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_THREADS", "CONVNEXT_EXECUTOR"],
+  examples: [
+    "deno task bench                                      # convnext_tiny, batch 1 and 8, both paths",
+    "deno task bench --model convnext_small --batch 8 --json",
+    "CONVNEXT_THREADS=1 deno task bench --path optimized --iters 5",
+  ],
+};
+
+const fail: Fail = failer("bench");
 
 function list(value: string, what: string): number[] {
   const items = value.split(",").map((v) => Number(v.trim()));
   if (!items.every((n) => Number.isInteger(n) && n > 0)) {
-    die(`--${what} expects positive integers separated by commas, got "${value}"`);
+    fail(`--${what} expects positive integers separated by commas, got "${value}"`);
   }
   return items;
 }
@@ -169,38 +208,27 @@ function table(rows: BenchResult[]): string {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      arch: { type: "string", default: "convnext_tiny" },
-      batch: { type: "string", default: "1,8" },
-      size: { type: "string", default: "224" },
-      backend: { type: "string", default: "auto" },
-      warmup: { type: "string", default: "1" },
-      iters: { type: "string", default: "3" },
-      path: { type: "string", default: "both" },
-      json: { type: "boolean", default: false },
-      child: { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(
-      "usage: deno task bench [--arch A[,B]] [--batch 1,8] [--size 224] [--backend auto|tensorflow|webgpu|wasm|cpu] [--path stock|optimized|both] [--warmup N] [--iters N] [--json]",
-    );
-    Deno.exit(0);
+  if (Deno.args.some((a) => a === "--arch" || a.startsWith("--arch="))) {
+    fail("--arch is now --model (architecture names, comma-separated)");
   }
-  const archs = values.arch.split(",").map((a) => a.trim());
-  for (const a of archs) {
-    if (!isArchitectureName(a)) {
-      die(`--arch: unknown architecture "${a}"; expected one of: ${ARCHITECTURE_NAMES.join(", ")}`);
-    }
+  const { values, positionals } = command(HELP, {
+    model: { type: "string", default: "convnext_tiny" },
+    batch: { type: "string", default: "1,8" },
+    size: { type: "string", default: "224" },
+    path: { type: "string", default: "both" },
+    warmup: { type: "string", default: "1" },
+    iters: { type: "string", default: "3" },
+    json: { type: "boolean", default: false },
+    child: { type: "boolean", default: false },
+    ...BACKEND_OPTION,
+  }, fail);
+  if (positionals.length > 0) {
+    fail(`unexpected argument "${positionals[0]}" (architectures go in --model)`);
   }
-  if (!(BACKEND_REQUESTS as readonly string[]).includes(values.backend)) {
-    die(`--backend: expected one of ${BACKEND_REQUESTS.join(", ")}, got "${values.backend}"`);
-  }
+  const archs = values.model.split(",").map((a) => architectureFlag(a, fail));
+  const backend = backendFlag(values.backend, fail);
   if (values.path !== "both" && !(BENCH_PATHS as readonly string[]).includes(values.path)) {
-    die(`--path: expected stock, optimized or both, got "${values.path}"`);
+    fail(`--path: expected stock, optimized or both, got "${values.path}"`);
   }
   const paths: BenchPath[] = values.path === "both" ? [...BENCH_PATHS] : [values.path as BenchPath];
   const batches = list(values.batch, "batch");
@@ -211,7 +239,7 @@ if (import.meta.main) {
   if (values.child) {
     const rows = await measure(
       archs[0],
-      values.backend as BackendRequest,
+      backend,
       batches,
       size,
       warmup,
@@ -230,10 +258,10 @@ if (import.meta.main) {
           "-A",
           fileURLToPath(import.meta.url),
           "--child",
-          `--arch=${arch}`,
+          `--model=${arch}`,
           `--batch=${values.batch}`,
           `--size=${size}`,
-          `--backend=${values.backend}`,
+          `--backend=${backend}`,
           `--warmup=${warmup}`,
           `--iters=${iters}`,
           `--path=${path}`,
@@ -241,7 +269,7 @@ if (import.meta.main) {
         stdout: "piped",
         stderr: "inherit",
       }).output();
-      if (!out.success) die(`measuring ${arch} (${path}) failed (exit ${out.code})`);
+      if (!out.success) fail(`measuring ${arch} (${path}) failed (exit ${out.code})`, 1);
       for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
         if (!line.startsWith("{")) continue;
         const r = JSON.parse(line) as BenchResult;

@@ -8,12 +8,18 @@
  * Usage:
  *   deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
  *     [--warmup 1] [--classes 1000] [--backend wasm|cpu|webgpu] [--threads N]
- *     [--no-matmul-fix] [--profile]
+ *     [--no-matmul-fix] [--profile] [--json]
  *
  * The backend is selected with lib/backend/select.ts (no silent fallback). On webgpu every
  * read is asynchronous and one thread runs (the worker split of lib/train/parallel.ts is for
- * wasm). The last line is a JSON summary; on webgpu it names the
- * adapter (`"adapter"`), e.g. llvmpipe for Mesa's software Vulkan driver.
+ * wasm).
+ *
+ * `--json` prints JSON lines only on stdout (the progress goes to stderr), one per measured
+ * run: `{"model", "backend", "path", "threads", "batch", "size", "params", "msPerStep",
+ * "minMsPerStep", "msPerImage", "cpuMsPerStep", "peakRssMB"}`, plus `"adapter"` on webgpu
+ * (e.g. llvmpipe for Mesa's software Vulkan driver). `path` is "parallel" (the batch split
+ * over worker threads) or "main" (the main thread alone); `peakRssMB` is the process's peak
+ * resident memory during the run (VmHWM, reset before the run where Linux allows).
  *
  * `--threads 1` measures the single-threaded step only. The multi-threaded run goes first:
  * a batch too large for one wasm heap can abort the single-threaded run (reported), and an
@@ -52,7 +58,14 @@ import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
-import { command, type Fail, failer, positiveInt } from "./cli.ts";
+import {
+  architectureFlag,
+  command,
+  type CommandHelp,
+  type Fail,
+  failer,
+  positiveInt,
+} from "./cli.ts";
 
 /** Backends this benchmark accepts. */
 const TRAIN_BACKENDS = ["wasm", "cpu", "webgpu"] as const;
@@ -70,17 +83,56 @@ interface BenchArgs {
   profile: boolean;
   /** Threads of the parallel run; null: automatic (min(cores, batch)). */
   threads: number | null;
+  /** JSON lines on stdout, the progress on stderr. */
+  json: boolean;
 }
 
-const USAGE =
-  `usage: deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
-  [--warmup 1] [--classes 1000] [--backend wasm|cpu|webgpu] [--threads N] [--no-matmul-fix]
-  [--profile]`;
+const HELP: CommandHelp = {
+  name: "bench:train",
+  synopsis: "[flags]",
+  about: `
+Time one training step (forward, backward and the AdamW update, as fine-tuning does it) of a
+ConvNeXt architecture with random weights on random images, after warm-up. On wasm the batch is
+first split over worker threads, then run on the main thread alone, so the speedup shows in one
+run. Wall time on a shared machine includes waiting for a core: the process CPU time per step and a
+reference matmul speed are printed too. The wasm heap is capped at 4 GiB (convnext_tiny at 224:
+batch 2 on one thread, batch 4 on two).`,
+  flags: {
+    model: { value: "ARCH", help: "architecture, random weights" },
+    batch: { value: "N", help: "images per step", default: "2" },
+    size: { value: "PX", help: "input side in pixels", default: "224" },
+    steps: { value: "N", help: "timed steps per run, averaged", default: "3" },
+    warmup: { value: "N", help: "untimed steps before each run (0 for none)", default: "1" },
+    classes: { value: "N", help: "width of the classifier head", default: "1000" },
+    threads: {
+      value: "N",
+      help: "threads of the split run on wasm (1: the main thread only)",
+      default: "min(cores, batch)",
+    },
+    backend: {
+      value: TRAIN_BACKENDS.join("|"),
+      help: "wasm (with the worker split), cpu or webgpu; used as named (no auto)",
+    },
+    "no-matmul-fix": {
+      help: "wasm: keep its own BatchMatMul/_FusedMatMul, to measure the fix (one thread)",
+    },
+    profile: { help: "also print the kernels that took the most time in one step" },
+    json: {
+      help: "JSON lines on stdout, one per run (the progress goes to stderr)",
+    },
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_TRAIN_THREADS"],
+  examples: [
+    "deno task bench:train                                # convnext_tiny, batch 2, 224, wasm",
+    "deno task bench:train --model convnext_atto --batch 4 --size 128 --threads 2",
+    "deno task bench:train --backend webgpu --batch 32 --json",
+  ],
+};
 
 function parseArgs(argv: string[]): BenchArgs {
   const fail: Fail = failer("bench:train");
   const { values, positionals } = command(
-    USAGE,
+    HELP,
     {
       model: { type: "string", default: "convnext_tiny" },
       batch: { type: "string" },
@@ -92,11 +144,15 @@ function parseArgs(argv: string[]): BenchArgs {
       backend: { type: "string", default: "wasm" },
       "no-matmul-fix": { type: "boolean", default: false },
       profile: { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
     },
     fail,
     argv,
   );
-  if (positionals.length > 0) fail(`unexpected argument "${positionals[0]}"\n${USAGE}`);
+  if (positionals.length > 0) {
+    fail(`unexpected argument "${positionals[0]}" (the architecture goes in --model)`);
+  }
+  const model = architectureFlag(values.model, fail);
   if (!(TRAIN_BACKENDS as readonly string[]).includes(values.backend)) {
     fail(`--backend must be ${TRAIN_BACKENDS.join(", ")}, got "${values.backend}"`);
   }
@@ -105,7 +161,7 @@ function parseArgs(argv: string[]): BenchArgs {
     fail(`--warmup must be an integer >= 0, got "${values.warmup}"`);
   }
   return {
-    model: values.model,
+    model,
     batch: positiveInt(values.batch, "--batch", 2, fail),
     size: positiveInt(values.size, "--size", 224, fail),
     steps: positiveInt(values.steps, "--steps", 3, fail),
@@ -117,6 +173,7 @@ function parseArgs(argv: string[]): BenchArgs {
     threads: values.threads === undefined
       ? null
       : positiveInt(values.threads, "--threads", 1, fail),
+    json: values.json,
   };
 }
 
@@ -160,13 +217,47 @@ async function matmulGmacs(): Promise<number> {
   return (512 * 384 * 1536) / best / 1e6;
 }
 
+/** Starts a new peak of resident memory (Linux: VmHWM); false where that is not allowed. */
+function resetPeakRss(): boolean {
+  try {
+    Deno.writeTextFileSync("/proc/self/clear_refs", "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The process's peak resident memory in MB (VmHWM, Linux; else the current RSS). */
+function peakRssMB(): number {
+  try {
+    const line = Deno.readTextFileSync("/proc/self/status").split("\n").find((l) =>
+      l.startsWith("VmHWM:")
+    );
+    if (line) return Math.round(Number(line.split(/\s+/)[1]) / 1024);
+  } catch { /* not Linux */ }
+  return Math.round(Deno.memoryUsage().rss / 2 ** 20);
+}
+
 function heapMiB(): string {
   const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array } }).wasm;
   return wasm ? `${(wasm.HEAPU8.buffer.byteLength / 2 ** 20).toFixed(0)} MiB` : "n/a";
 }
 
+/** What one timed run measured. */
+interface Run {
+  /** Mean and minimum wall time per step, ms. */
+  mean: number;
+  min: number;
+  /** Mean process CPU time per step, ms (NaN where /proc is missing). */
+  cpu: number;
+  /** The process's peak resident memory during the run, MB. */
+  peakRssMB: number;
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
+  // With --json, stdout carries the JSON lines only; the progress goes to stderr.
+  const log = args.json ? console.error : console.log;
   if (args.backend === "wasm") installWasmTrainingKernels({ matMulFix: args.matMulFix });
   const backend = await selectBackend(args.backend as BackendRequest);
   if (backend !== args.backend) {
@@ -182,7 +273,7 @@ async function main(): Promise<void> {
     seed: 0,
   });
   const params = model.countParams();
-  console.log(
+  log(
     `${args.model}: ${(params / 1e6).toFixed(1)} M parameters, built in ${
       ((performance.now() - t0) / 1000).toFixed(1)
     } s; backend ${args.backend}${
@@ -223,13 +314,14 @@ async function main(): Promise<void> {
   };
 
   const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-  /** Warm-up, then timed steps; returns the mean and min ms/step. */
-  const measure = async (label: string): Promise<{ mean: number; min: number }> => {
-    console.log(`-- ${label}`);
+  /** Warm-up, then timed steps: mean and min ms/step, CPU ms/step, peak resident MB. */
+  const measure = async (label: string): Promise<Run> => {
+    log(`-- ${label}`);
+    resetPeakRss();
     for (let i = 0; i < args.warmup; i++) {
       t0 = performance.now();
       const loss = await step();
-      console.log(
+      log(
         `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
           loss.toFixed(4)
         }, heap ${heapMiB()})`,
@@ -254,26 +346,47 @@ async function main(): Promise<void> {
           t.sum.toFixed(0)
         } ms`
         : "";
-      console.log(
+      log(
         `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
           loss.toFixed(4)
         }${split})`,
       );
     }
     // Process CPU time counts every thread of the process, workers included.
-    console.log(
+    log(
       `${label}: mean ${mean(times).toFixed(0)} ms/step, min ${
         Math.min(...times).toFixed(0)
       } ms; ` +
         `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
         `${tf.memory().numTensors} tensors, main heap ${heapMiB()}`,
     );
-    console.log(
+    const peak = peakRssMB();
+    log(
       `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
         (await matmulGmacs()).toFixed(1)
-      } after (lower means a busier machine)`,
+      } after (lower means a busier machine); peak RSS ${peak} MB`,
     );
-    return { mean: mean(times), min: Math.min(...times) };
+    return { mean: mean(times), min: Math.min(...times), cpu: mean(cpuTimes), peakRssMB: peak };
+  };
+  /** The JSON line of one run (--json). */
+  const jsonLine = (path: "parallel" | "main", threads: number, run: Run) => {
+    const round = (v: number) => Number.isFinite(v) ? Math.round(v) : null;
+    console.log(JSON.stringify({
+      model: args.model,
+      backend: args.backend,
+      ...(adapter !== null ? { adapter } : {}),
+      path,
+      threads,
+      batch: args.batch,
+      size: args.size,
+      params,
+      msPerStep: round(run.mean),
+      minMsPerStep: round(run.min),
+      msPerImage: Math.round((run.mean / args.batch) * 10) / 10,
+      cpuMsPerStep: round(run.cpu),
+      peakRssMB: run.peakRssMB,
+      ...(args.backend === "wasm" ? { matMulFix: args.matMulFix } : {}),
+    }));
   };
 
   if (args.backend === "webgpu" && (args.threads ?? 1) > 1) {
@@ -284,31 +397,33 @@ async function main(): Promise<void> {
   if (threads > 1 && !args.matMulFix) {
     throw new Error("bench_train: --no-matmul-fix measures one thread only; add --threads 1");
   }
-  let multi: { mean: number; min: number } | null = null;
+  let multi: Run | null = null;
   if (threads > 1) {
     t0 = performance.now();
     parallel = await ParallelGradients.start(model, trained, { threads });
-    console.log(
+    log(
       `${threads - 1} worker thread(s) started in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s`,
     );
     try {
       multi = await measure(`${threads} threads`);
+      if (args.json) jsonLine("parallel", threads, multi);
     } finally {
       parallel.close();
       parallel = null;
     }
   }
-  let single: { mean: number; min: number } | null = null;
+  let single: Run | null = null;
   try {
     single = await measure("1 thread");
+    if (args.json) jsonLine("main", 1, single);
   } catch (e) {
     if (!multi) throw e;
-    console.log(`1 thread: failed: ${(e as Error).message?.split("\n")[0] ?? e}`);
+    log(`1 thread: failed: ${(e as Error).message?.split("\n")[0] ?? e}`);
   }
   if (multi) {
-    console.log(
+    log(
       `summary: 1 thread ${
         single ? `${single.mean.toFixed(0)} ms/step (min ${single.min.toFixed(0)})` : "failed"
       }, ${threads} threads ${multi.mean.toFixed(0)} ms/step (min ${multi.min.toFixed(0)})` +
@@ -333,31 +448,17 @@ async function main(): Promise<void> {
     // Ops that wrap a kernel (names ending in "__op") are listed by tf.profile as well.
     const kernelMs = [...byKernel.entries()].filter(([n]) => !n.endsWith("__op"))
       .reduce((acc, [, e]) => acc + e.ms, 0);
-    console.log(
+    log(
       `profiled step: ${wall.toFixed(0)} ms wall (profiling adds overhead), ` +
         `${kernelMs.toFixed(0)} ms in kernels, ${info.kernels.length} kernel calls`,
     );
-    console.log("kernel                               ms   calls");
+    log("kernel                               ms   calls");
     for (const [name, e] of top) {
-      console.log(
+      log(
         `${name.padEnd(34)} ${e.ms.toFixed(0).padStart(6)} ${String(e.calls).padStart(7)}`,
       );
     }
   }
-
-  // One machine-readable line: the single-threaded run, and the multi-threaded one if any.
-  const round = (v: number | undefined) => v === undefined ? null : Math.round(v);
-  console.log(JSON.stringify({
-    model: args.model,
-    backend: args.backend,
-    ...(adapter !== null ? { adapter } : {}),
-    batch: args.batch,
-    size: args.size,
-    params,
-    msPerStep: round(single?.mean),
-    minMsPerStep: round(single?.min),
-    ...(multi ? { threads, msPerStepThreads: round(multi.mean) } : {}),
-  }));
 }
 
 if (import.meta.main) {

@@ -1,9 +1,10 @@
 /**
  * `deno task classify`: the top classes of images with a ConvNeXt.
  *
- *   deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] IMAGE...
+ *   deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] IMAGE|DIR|GLOB...
  *
- * The model is a zoo name (default `convnext_tiny_1k_224`, downloaded and converted on
+ * Images are files, folders (every image inside) or quoted glob patterns, all checked before
+ * the model is loaded (or downloaded). The model is a zoo name (default `convnext_tiny_1k_224`, downloaded and converted on
  * first use), a converted model directory or a `.pth` / `.safetensors` checkpoint.
  * Human output is a small table per image; `--json` prints one object per line per image:
  * `{"image": PATH, "model": NAME, "top": [{"index", "label", "probability"}, ...]}`.
@@ -13,21 +14,50 @@
  * @module
  */
 import {
+  BACKEND_HELP,
   BACKEND_OPTION,
-  BACKEND_USAGE,
   backendFlag,
   command,
+  type CommandHelp,
   type Fail,
   failer,
   positiveInt,
+  usageLine,
 } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { classifyEach, type Prediction } from "../lib/classify.ts";
+import { expandImagePaths } from "../lib/data/inputs.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 
-const USAGE =
-  `usage: deno task classify [--model NAME|DIR|FILE] [--top K] [--json] [--batch B] ${BACKEND_USAGE} IMAGE...`;
 const DEFAULT_MODEL = "convnext_tiny_1k_224";
+const HELP: CommandHelp = {
+  name: "classify",
+  synopsis: "[flags] IMAGE|DIR|GLOB...",
+  about: `
+The most likely classes of each image with a ConvNeXt. Images are files, folders (every image
+inside, recursively) or quoted glob patterns ("photos/**/*.jpg"), checked before the model is
+loaded. A zoo model is downloaded and converted once, then loaded from the cache
+(\`deno task models\` lists the zoo). An unreadable image is reported on stderr and the others are
+still classified; the exit code is then 1.`,
+  flags: {
+    model: {
+      value: "NAME|DIR|FILE",
+      help: "zoo name, converted model folder, or .pth/.safetensors checkpoint",
+    },
+    top: { value: "K", help: "classes shown per image", default: "5" },
+    json: {
+      help: 'one JSON line per image: {"image", "model", "top": [{index, label, probability}]}',
+    },
+    batch: { value: "B", help: "images per forward pass", default: "16" },
+    ...BACKEND_HELP,
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_CACHE", "CONVNEXT_BASE_URL", "CONVNEXT_THREADS"],
+  examples: [
+    "deno task classify data/images/chelsea.png",
+    'deno task classify --model convnext_base_22k_1k_384 --top 3 --json "photos/*.jpg"',
+    "deno task classify --model out/finetuned/best data/images/",
+  ],
+};
 
 /** A small aligned table: rank, probability, class index and name. */
 function table(image: string, model: string, top: Prediction[]): string {
@@ -57,18 +87,25 @@ function jsonLine(image: string, model: string, top: Prediction[]): string {
 }
 
 const fail: Fail = failer("classify");
-const { values, positionals } = command(USAGE, {
+const { values, positionals } = command(HELP, {
   model: { type: "string", default: DEFAULT_MODEL },
   top: { type: "string" },
   json: { type: "boolean", default: false },
   batch: { type: "string" },
   ...BACKEND_OPTION,
 }, fail);
-if (positionals.length === 0) fail(`no IMAGE given\n${USAGE}`);
+if (positionals.length === 0) fail(`no IMAGE given\n${usageLine(HELP)}`);
 const topK = positiveInt(values.top, "--top", 5, fail);
 const batch = positiveInt(values.batch, "--batch", 16, fail);
 const name = values.model!;
 const backend = backendFlag(values.backend, fail);
+
+let images: string[] = [];
+try {
+  images = await expandImagePaths(positionals);
+} catch (e) {
+  fail((e as Error).message.split("\n")[0], 1);
+}
 
 let model;
 try {
@@ -81,7 +118,7 @@ try {
 let failed = 0;
 try {
   let first = true;
-  for await (const item of classifyEach(model, positionals, { topK, batch })) {
+  for await (const item of classifyEach(model, images, { topK, batch })) {
     if ("error" in item) {
       failed++;
       console.error(`classify: ${item.error}`);

@@ -13,24 +13,52 @@
  * @module
  */
 import {
+  BACKEND_HELP,
   BACKEND_OPTION,
-  BACKEND_USAGE,
   backendFlag,
   command,
+  type CommandHelp,
   errorLine,
   type Fail,
   failer,
+  usageLine,
 } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { architectureOf } from "../lib/model/architecture.ts";
 import type { ArchitectureName } from "../lib/model/variants.ts";
 import { convertToDirectory } from "../lib/weights/pretrained.ts";
 
-const USAGE =
-  `usage: deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N] [--head-init-scale X] [--overwrite] ${BACKEND_USAGE}`;
+const HELP: CommandHelp = {
+  name: "convert",
+  synopsis: "SOURCE --out DIR [flags]",
+  about: `
+Convert a ConvNeXt checkpoint to a TF.js layers model folder (model.json, weight shards and
+convnext.json, its configuration). SOURCE is a zoo name (deno task models), a .pth/.pt or
+.safetensors file in the official, torchvision, timm, Hugging Face or FCMAE layout, or a URL.
+DIR must be new or empty; --overwrite replaces only a folder that holds a converted model.`,
+  flags: {
+    out: { value: "DIR", help: "the folder to write (required)" },
+    arch: {
+      value: "NAME",
+      help: "the architecture, when the weights alone do not tell (default: inferred)",
+    },
+    "drop-head": { help: "leave out the classifier: a feature extractor" },
+    "num-classes": { value: "N", help: "replace the classifier by a new one with N classes" },
+    "head-init-scale": { value: "X", help: "scale of the new classifier's init", default: "1" },
+    overwrite: { help: "replace DIR if it holds a converted model (nothing else)" },
+    ...BACKEND_HELP,
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_CACHE", "CONVNEXT_BASE_URL"],
+  examples: [
+    "deno task convert convnext_tiny_1k_224 --out models/tiny",
+    "deno task convert ./convnext_small_22k_224.pth --out models/small10 --num-classes 10",
+    "deno task convert ./model.safetensors --out models/feat --drop-head --overwrite",
+  ],
+};
+const USAGE = usageLine(HELP);
 
 const fail: Fail = failer("convert");
-const { values, positionals } = command(USAGE, {
+const { values, positionals } = command(HELP, {
   out: { type: "string" },
   arch: { type: "string" },
   "drop-head": { type: "boolean", default: false },

@@ -1,24 +1,66 @@
 /**
- * `deno task demo`: build a ConvNeXt, print its summary and run one forward pass.
+ * `deno task demo`: build a ConvNeXt with random weights, print its summary and run one
+ * forward pass; no network, no checkpoint.
  *
- *   deno task demo [ARCHITECTURE] [--size 224]
+ *   deno task demo [--model convnext_tiny] [--size 224] [--backend auto]
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { createConvNeXt, selectBackend } from "../lib/mod.ts";
 import { parseLayerName } from "../lib/model/names.ts";
-import { BACKEND_OPTION, BACKEND_USAGE, backendFlag, command, type Fail, failer } from "./cli.ts";
+import { isArchitectureName } from "../lib/model/variants.ts";
+import {
+  architectureFlag,
+  BACKEND_HELP,
+  BACKEND_OPTION,
+  backendFlag,
+  command,
+  type CommandHelp,
+  type Fail,
+  failer,
+} from "./cli.ts";
 
-const USAGE = `usage: deno task demo [ARCHITECTURE] [--size 224] ${BACKEND_USAGE}`;
+const HELP: CommandHelp = {
+  name: "demo",
+  synopsis: "[flags]",
+  about: `
+Build a ConvNeXt architecture with random weights, print its layer summary (the stem, the first
+block, the head and the totals) and time one forward pass on random input. Needs no network and
+no checkpoint: a first check that the kit runs here. For a pretrained model, see
+\`deno task classify\` and \`deno task models\`.`,
+  flags: {
+    model: {
+      value: "ARCH",
+      help: "architecture, random weights: convnext_{atto..xlarge}, convnextv2_{atto..huge}, ...",
+    },
+    size: { value: "PX", help: "input side in pixels (>= 32)" },
+    ...BACKEND_HELP,
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_THREADS", "CONVNEXT_EXECUTOR"],
+  examples: [
+    "deno task demo                                  # convnext_tiny at 224x224",
+    "deno task demo --model convnext_small --size 384",
+    "deno task demo --model convnextv2_atto --backend cpu",
+  ],
+};
+
 const fail: Fail = failer("demo");
-const { values, positionals } = command(
-  USAGE,
-  { size: { type: "string", default: "224" }, ...BACKEND_OPTION },
-  fail,
-);
+const { values, positionals } = command(HELP, {
+  model: { type: "string", default: "convnext_tiny" },
+  size: { type: "string", default: "224" },
+  ...BACKEND_OPTION,
+}, fail);
+if (positionals.length > 0) {
+  const [arg] = positionals;
+  fail(
+    `unexpected argument "${arg}": name the architecture with --model ${
+      isArchitectureName(arg) ? arg : "NAME"
+    }`,
+  );
+}
+const arch = architectureFlag(values.model, fail);
 const requested = backendFlag(values.backend, fail);
-const arch = positionals[0] ?? "convnext_tiny";
 const size = Number(values.size);
 if (!Number.isInteger(size) || size < 32) {
   fail(`--size expects an integer >= 32, got "${values.size}"`);

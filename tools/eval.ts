@@ -9,43 +9,75 @@
  * DIR is the validation set in the ImageFolder layout (`DIR/<wnid>/*.JPEG`; with fewer
  * class folders than the model has classes, `--synsets FILE` numbers the classes) or the
  * flat layout (`LOC_val_solution.csv` + `LOC_synset_mapping.txt`). `--shard I/N` evaluates
- * images k with k % N == I; `--limit N` the first N of those. With `--out`, progress is
- * saved in `<out>.partial.json` and the same command continues an interrupted run
- * (Ctrl-C saves and stops). Unreadable images are reported and left out of the count.
+ * images k with k % N == I (without it: the shard of a SLURM array task,
+ * `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT`, or of a Kubernetes Indexed Job,
+ * `JOB_COMPLETION_INDEX`/`CONVNEXT_SHARD_COUNT`; see lib/eval/shard.ts); `--limit N` the
+ * first N of those. With `--out`, progress is saved in `<out>.partial.json` and the same
+ * command continues an interrupted run (Ctrl-C saves and stops). Unreadable images are reported and left out of the count.
  *
  * @module
  */
 import {
+  BACKEND_HELP,
   BACKEND_OPTION,
-  BACKEND_USAGE,
   backendFlag,
   command,
+  type CommandHelp,
   errorLine,
   type Fail,
   failer,
+  usageLine,
 } from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { imagenetWnids } from "../lib/data/imagenet.ts";
 import { loadEvalDataset } from "../lib/eval/dataset.ts";
-import {
-  EvalAbortedError,
-  type EvalResult,
-  evaluate,
-  parseShard,
-  type Shard,
-} from "../lib/eval/evaluate.ts";
+import { EvalAbortedError, type EvalResult, evaluate } from "../lib/eval/evaluate.ts";
+import { resolveShard, type Shard } from "../lib/eval/shard.ts";
 import { mergeResults, readEvalResult } from "../lib/eval/merge.ts";
 import { writeFileAtomic } from "../lib/util/fs.ts";
 import { classifierClasses } from "../lib/classify.ts";
 import { labelsFor, modelConfig } from "../lib/model/config.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 
-const USAGE = [
-  "usage: deno task eval --model NAME|DIR|FILE --data DIR [--limit N] [--batch B] [--shard I/N]",
-  "                      [--out FILE.json] [--synsets FILE] [--predictions] [--workers W]",
-  `                      ${BACKEND_USAGE}`,
-  "       deno task eval --merge SHARD.json... [--out ALL.json]",
-].join("\n");
+const HELP: CommandHelp = {
+  name: "eval",
+  synopsis: "--model NAME|DIR|FILE --data DIR [flags]  |  --merge SHARD.json... [--out ALL.json]",
+  about: `
+ImageNet validation accuracy (Acc@1, Acc@5) of a ConvNeXt, with the official evaluation's
+preprocessing. DIR is the validation set as an ImageFolder (DIR/<wnid>/*.JPEG) or in the flat
+layout (LOC_val_solution.csv + LOC_synset_mapping.txt). With --out, progress is saved and the
+same command continues an interrupted run (Ctrl-C saves and stops). Shards (--shard, a SLURM
+array task or a Kubernetes Indexed Job) are combined with --merge.`,
+  flags: {
+    model: { value: "NAME|DIR|FILE", help: "zoo name, converted model folder or checkpoint" },
+    data: { value: "DIR", help: "the validation images" },
+    limit: { value: "N", help: "only the first N images (of the shard)" },
+    batch: { value: "B", help: "images per forward pass", default: "32" },
+    shard: {
+      value: "I/N",
+      help: "images k with k % N == I (default: from SLURM/Kubernetes variables, else all)",
+    },
+    out: { value: "FILE.json", help: "write the result there (and resume from FILE.partial.json)" },
+    synsets: { value: "FILE", help: "class order (one wnid per line) for a subset of classes" },
+    predictions: { help: "keep every image's top-5 in the result" },
+    workers: { value: "W", help: "image decoding threads", default: "cores - 1, at most 16" },
+    merge: { help: "merge shard results (the positional files) into one" },
+    ...BACKEND_HELP,
+  },
+  env: [
+    "CONVNEXT_BACKEND",
+    "CONVNEXT_CACHE",
+    "CONVNEXT_BASE_URL",
+    "SLURM_ARRAY_TASK_ID",
+    "JOB_COMPLETION_INDEX",
+  ],
+  examples: [
+    "deno task eval --model convnext_tiny_1k_224 --data imagenet/val --out tiny.json",
+    "deno task eval --model convnext_tiny_1k_224 --data imagenet/val --shard 0/4 --out s0.json",
+    "deno task eval --merge s0.json s1.json s2.json s3.json --out tiny.json",
+  ],
+};
+const USAGE = usageLine(HELP);
 
 function integer(value: string | undefined, flag: string, min: number): number | undefined {
   if (value === undefined) return undefined;
@@ -63,7 +95,7 @@ function summary(r: EvalResult): string {
 }
 
 const fail: Fail = failer("eval");
-const { values, positionals } = command(USAGE, {
+const { values, positionals } = command(HELP, {
   model: { type: "string" },
   data: { type: "string" },
   limit: { type: "string" },
@@ -100,9 +132,19 @@ if (!values.data) fail(`--data DIR is required\n${USAGE}`);
 const limit = integer(values.limit, "--limit", 1);
 const batch = integer(values.batch, "--batch", 1) ?? 32;
 const workers = integer(values.workers, "--workers", 0);
+// --shard, else a SLURM array task or a Kubernetes Indexed Job pod (lib/eval/shard.ts).
 let shard: Shard | undefined;
+let shardSource = "";
 try {
-  shard = values.shard === undefined ? undefined : parseShard(values.shard);
+  const resolved = resolveShard(values.shard);
+  shard = resolved.shard;
+  if (resolved.source && resolved.source !== "option") shardSource = ` from ${resolved.source}`;
+  const was = resolved.overridden;
+  if (was) {
+    console.error(
+      `eval: --shard ${values.shard} replaces shard ${was.shard.index}/${was.shard.count} of ${was.source}`,
+    );
+  }
 } catch (e) {
   fail(errorLine(e, "eval"));
 }
@@ -129,7 +171,7 @@ try {
   const parts = [
     `${dataset.layout} layout`,
     `${dataset.samples.length} images`,
-    ...(shard ? [`shard ${shard.index}/${shard.count}`] : []),
+    ...(shard ? [`shard ${shard.index}/${shard.count}${shardSource}`] : []),
     ...(limit ? [`limit ${limit}`] : []),
   ];
   console.error(`eval: ${values.model} on ${values.data} (${parts.join(", ")}), batch ${batch}`);

@@ -6,7 +6,7 @@
  *     [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S]
  *     [--ema] [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224]
  *     [--val-split F] [--limit N] [--resume | --overwrite] [--workers N]
- *     [--features-cache DIR] ${BACKEND_USAGE} [--quiet]
+ *     [--features-cache DIR] [--backend B] [--quiet]
  *
  * Writes OUT/metrics.jsonl (one JSON object per epoch), OUT/checkpoint/ (every epoch,
  * atomically; `--resume` continues from it exactly), OUT/best/ (the best model by validation
@@ -21,16 +21,19 @@
  *
  * @module
  */
-import { BACKEND_USAGE, backendFlag, command, errorLine, type Fail, failer } from "./cli.ts";
+import {
+  BACKEND_HELP,
+  backendFlag,
+  command,
+  type CommandHelp,
+  errorLine,
+  type Fail,
+  failer,
+  type FlagHelp,
+  usageLine,
+} from "./cli.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { finetune, type FinetuneOptions } from "../lib/train/finetune.ts";
-
-const USAGE =
-  `usage: deno task finetune --model NAME|DIR|FILE --data DIR --out DIR [--mode full|probe]
-  [--epochs N] [--batch B] [--lr X] [--min-lr X] [--warmup-epochs N] [--update-freq K]
-  [--weight-decay W] [--layer-decay D] [--drop-path R] [--label-smoothing S] [--ema]
-  [--ema-decay D] [--head-init-scale X] [--seed S] [--size 224] [--val-split F] [--limit N]
-  [--resume | --overwrite] [--workers N] [--features-cache DIR] ${BACKEND_USAGE} [--quiet]`;
 
 const fail: Fail = failer("finetune");
 
@@ -55,7 +58,68 @@ const NUMBERS = {
   workers: "workers",
 } as const;
 
-const parsed = command(USAGE, {
+/** The help of each numeric flag: placeholder, text, default (full / probe where they differ). */
+const NUMBER_HELP: Record<keyof typeof NUMBERS, FlagHelp> = {
+  epochs: { value: "N", help: "epochs", default: "10; probe 30" },
+  batch: { value: "B", help: "images per step", default: "32; probe 64" },
+  lr: {
+    value: "X",
+    help: "peak learning rate (AdamW, cosine schedule)",
+    default: "1e-4; probe 1e-3",
+  },
+  "min-lr": { value: "X", help: "final learning rate", default: "1e-6" },
+  "warmup-epochs": { value: "N", help: "linear warm-up epochs", default: "0" },
+  "update-freq": { value: "K", help: "accumulate gradients over K steps", default: "1" },
+  "weight-decay": { value: "W", help: "AdamW weight decay", default: "0.05" },
+  "layer-decay": { value: "D", help: "layer-wise learning-rate decay (1: none)", default: "1" },
+  "drop-path": { value: "R", help: "stochastic depth rate (full mode)", default: "0.1" },
+  "label-smoothing": { value: "S", help: "label smoothing", default: "0.1" },
+  "ema-decay": { value: "D", help: "decay of the weights' moving average", default: "0.9999" },
+  "head-init-scale": { value: "X", help: "scale of the new head's init", default: "0.001" },
+  seed: { value: "S", help: "seed of the split, shuffling, augmentation and init", default: "0" },
+  size: { value: "PX", help: "input size", default: "the model's" },
+  "val-split": { value: "F", help: "fraction of images held out for validation", default: "0.2" },
+  limit: { value: "N", help: "use only N images (a quick trial)" },
+  workers: {
+    value: "N",
+    help: "image decoding threads (0: inline)",
+    default: "cores - 1, at most 4",
+  },
+};
+
+const HELP: CommandHelp = {
+  name: "finetune",
+  synopsis: "--model NAME|DIR|FILE --data DIR --out DIR [flags]",
+  about: `
+Fine-tune a ConvNeXt on an ImageFolder dataset (DIR/<class>/*.jpg) with the official recipe
+(AdamW, cosine schedule, layer decay, drop path, label smoothing, EMA). Writes OUT/metrics.jsonl
+(one line per epoch), OUT/checkpoint/ (every epoch; --resume continues it exactly), OUT/best/
+(the best model by validation accuracy) and OUT/report.json (per-class accuracy, confusion
+matrix). Ctrl-C stops after the current batch and keeps the checkpoint. OUT must be new, empty
+or a folder finetune wrote: the user's files are never overwritten.`,
+  flags: {
+    model: { value: "NAME|DIR|FILE", help: "zoo name, converted model folder or checkpoint" },
+    data: { value: "DIR", help: "the images, one folder per class" },
+    out: { value: "DIR", help: "where the results go" },
+    mode: { value: "full|probe", help: "train every weight, or a linear probe", default: "full" },
+    "features-cache": { value: "DIR", help: "probe mode: keep the backbone's features there" },
+    backend: BACKEND_HELP.backend,
+    ema: { help: "keep an exponential moving average of the weights" },
+    resume: { help: "continue the run in OUT from its checkpoint" },
+    overwrite: { help: "start over in OUT, removing the earlier run's results (nothing else)" },
+    quiet: { help: "no progress bars" },
+    ...NUMBER_HELP,
+  },
+  env: ["CONVNEXT_BACKEND", "CONVNEXT_CACHE", "CONVNEXT_BASE_URL", "CONVNEXT_TRAIN_THREADS"],
+  examples: [
+    "deno task finetune --model convnext_tiny_1k_224 --data flowers --out runs/flowers",
+    "deno task finetune --model convnext_tiny_1k_224 --data flowers --out runs/probe --mode probe",
+    "deno task finetune --model convnext_tiny_1k_224 --data flowers --out runs/flowers --resume",
+  ],
+};
+const USAGE = usageLine(HELP);
+
+const parsed = command(HELP, {
   model: { type: "string" },
   data: { type: "string" },
   out: { type: "string" },

@@ -38,15 +38,18 @@ step "parity: the WebGPU tests"
 deno test -A tests/webgpu_test.ts tests/webgpu_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
 
 step "inference, webgpu (stock TF.js graph)"
-deno task bench --backend webgpu --path stock --arch convnext_tiny --size "$SIZE" \
+deno task bench --backend webgpu --path stock --model convnext_tiny --size "$SIZE" \
   --batch "$BATCHES" --iters 5 --json || status=1
 
 step "inference, wasm on every core (the kernel engine)"
-deno task bench --backend wasm --path optimized --arch convnext_tiny --size "$SIZE" \
+deno task bench --backend wasm --path optimized --model convnext_tiny --size "$SIZE" \
   --batch "$BATCHES" --iters 3 --json || status=1
 
 step "training, webgpu"
+# --json: the JSON line on stdout; the progress goes to a log, shown when the run fails.
+train_log=$(mktemp)
 deno task bench:train --backend webgpu --model convnext_tiny --size "$SIZE" \
-  --batch "$TRAIN_BATCH" --steps 3 2>&1 | tail -n 1 || status=1
+  --batch "$TRAIN_BATCH" --steps 3 --json 2>"$train_log" || { tail -n 5 "$train_log"; status=1; }
+rm -f "$train_log"
 
 exit $status

@@ -5,7 +5,7 @@
  * Usage:
  * ```sh
  * deno task models          # aligned table
- * deno task models --json   # the registry as JSON, URLs included
+ * deno task models --json   # one JSON line per checkpoint, URL included
  * ```
  *
  * @module
@@ -13,23 +13,56 @@
 
 import { cacheDir } from "../lib/util/cache.ts";
 import { formatZooTable, ZOO, zooBaseUrl, zooUrl } from "../lib/weights/zoo.ts";
+import { command, type CommandHelp, helpText, usageLine } from "./cli.ts";
 
-const USAGE = "usage: deno task models [--json]";
+const HELP: CommandHelp = {
+  name: "models",
+  synopsis: "[--json]",
+  about: `
+The model zoo: every official ConvNeXt checkpoint, with its architecture, resolution, classes,
+pretraining, official ImageNet-1K top-1, parameters, FLOPs and download URL. Any name in the first
+column names a model for classify, eval and finetune (downloaded and converted on first use).`,
+  flags: {
+    json: {
+      help: "JSON lines: one checkpoint each, its download url included",
+    },
+  },
+  env: ["CONVNEXT_BASE_URL", "CONVNEXT_CACHE"],
+  examples: [
+    "deno task models",
+    'deno task models --json | grep \'"pretraining":"22k->1k"\'',
+    "CONVNEXT_BASE_URL=file:///mnt/mirror/convnext/ deno task models   # URLs of a mirror",
+  ],
+};
+
+const OPTIONS = { json: { type: "boolean", default: false } } as const;
+
+/** A usage error of {@link main}: printed as one line, exit code 2. */
+class UsageError extends Error {}
 
 /** Runs the tool with command-line `args`; returns the exit code. */
 export function main(args: readonly string[]): number {
-  const unknown = args.filter((a) => a !== "--json" && a !== "--help" && a !== "-h");
-  if (unknown.length > 0) {
-    console.error(`models: unknown argument ${JSON.stringify(unknown[0])}; ${USAGE}`);
-    return 2;
-  }
   if (args.includes("--help") || args.includes("-h")) {
-    console.log(USAGE);
+    console.log(helpText(HELP, OPTIONS));
     return 0;
   }
+  let json = false;
   try {
-    if (args.includes("--json")) {
-      console.log(JSON.stringify(ZOO.map((e) => ({ ...e, url: zooUrl(e) })), null, 2));
+    const { values, positionals } = command(HELP, OPTIONS, (message) => {
+      throw new UsageError(message);
+    }, [...args]);
+    if (positionals.length > 0) {
+      throw new UsageError(`unexpected argument "${positionals[0]}"\n${usageLine(HELP)}`);
+    }
+    json = values.json;
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`models: ${e.message}`);
+    return 2;
+  }
+  try {
+    if (json) {
+      for (const e of ZOO) console.log(JSON.stringify({ ...e, url: zooUrl(e) }));
       return 0;
     }
     console.log(formatZooTable());

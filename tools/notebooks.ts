@@ -1,5 +1,6 @@
 /**
- * `deno task notebooks [--out DIR] [--repeat N] [--timeout S] [NOTEBOOK...]`
+ * `deno task notebooks [--out DIR] [--offline] [--repeat N] [--timeout S] [--check]
+ * [--install-kernel] [NOTEBOOK...]`
  *
  * Executes notebooks headlessly on Deno's Jupyter kernel (default: every
  * notebooks/*.ipynb) and writes the executed copies to DIR (default
@@ -15,14 +16,61 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { command, type CommandHelp, type Fail, failer, usageLine } from "./cli.ts";
 import { installKernelspec, REPO_ROOT } from "./notebooks/kernelspec.ts";
 import { findNotebooks, runNotebooks } from "./notebooks/run.ts";
 import { checkNotebooks } from "./notebooks/typecheck.ts";
 
-const USAGE =
-  "usage: deno task notebooks [--out DIR] [--offline] [--repeat N] [--timeout SECONDS] [--check] [--install-kernel] [NOTEBOOK.ipynb...]";
+const HELP: CommandHelp = {
+  name: "notebooks",
+  synopsis: "[flags] [NOTEBOOK.ipynb...]",
+  about: `
+Execute notebooks headlessly on Deno's Jupyter kernel (default: every notebooks/*.ipynb, each in a
+fresh kernel) and write the executed copies. A failing cell is reported as
+"<notebook>: cell N failed: <Error>: <message>" and the exit code is 1. Notebook parameters
+(CONVNEXT_MODEL, CONVNEXT_IMAGE, ...: see each notebook's first cell) are environment variables,
+passed to the kernel. Needs Debian's python3-jupyter-client and python3-nbformat
+(/usr/bin/python3, or $NOTEBOOK_PYTHON).`,
+  flags: {
+    out: { value: "DIR", help: "folder for the executed copies", default: "out/notebooks" },
+    offline: {
+      help: "run on the repository's fixtures (notebooks/offline.json): no network needed",
+    },
+    repeat: { value: "N", help: "executions per notebook, each in a fresh kernel", default: "1" },
+    timeout: {
+      value: "SECONDS",
+      help: "limit per cell",
+      default: "$NOTEBOOK_CELL_TIMEOUT or 1800",
+    },
+    check: { help: "type-check the notebooks' code cells instead of running them" },
+    "install-kernel": {
+      help: "only write the kernelspec to .cache/jupyter (for JupyterLab: JUPYTER_PATH)",
+    },
+  },
+  env: [
+    "CONVNEXT_BACKEND",
+    "CONVNEXT_CACHE",
+    "CONVNEXT_BASE_URL",
+    "CONVNEXT_THREADS",
+    "CONVNEXT_TRAIN_THREADS",
+    "CONVNEXT_VIZ_FONT",
+  ],
+  examples: [
+    "deno task notebooks --offline --out notebooks     # re-run all on the repository's fixtures",
+    "deno task notebooks notebooks/classification.ipynb --timeout 600",
+    "deno task notebooks --check                       # type-check only",
+  ],
+};
+
+const OPTIONS = {
+  out: { type: "string" },
+  offline: { type: "boolean" },
+  repeat: { type: "string" },
+  timeout: { type: "string" },
+  check: { type: "boolean" },
+  "install-kernel": { type: "boolean" },
+} as const;
 
 function positiveNumber(
   flag: string,
@@ -72,23 +120,8 @@ export async function offlineEnv(): Promise<Record<string, string>> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      out: { type: "string" },
-      repeat: { type: "string" },
-      timeout: { type: "string" },
-      "install-kernel": { type: "boolean" },
-      check: { type: "boolean" },
-      offline: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const fail: Fail = failer("notebooks");
+  const { values, positionals } = command(HELP, OPTIONS, fail, argv);
   if (values["install-kernel"]) {
     const path = await installKernelspec();
     console.log(`Deno kernelspec written to ${path}/kernels/deno (use JUPYTER_PATH=${path})`);
@@ -125,7 +158,7 @@ if (import.meta.main) {
     Deno.exit(await main(Deno.args));
   } catch (err) {
     console.error(`notebooks: ${err instanceof Error ? err.message : err}`);
-    console.error(USAGE);
+    console.error(usageLine(HELP));
     Deno.exit(2);
   }
 }

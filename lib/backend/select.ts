@@ -53,9 +53,16 @@ export interface SelectBackendOptions {
 /**
  * The native TensorFlow bindings, in order of preference. They are imported by bare name,
  * so they load only when the user's import map (deno.json) maps them: an unmapped name
- * fails at once instead of downloading anything.
+ * fails at once instead of downloading anything. The specifiers are literals, so that
+ * `deno publish` can analyse them; an unmapped one is no error for `deno check` or the lock
+ * file (a dynamic import is resolved when it runs), `deno info` lists it as unresolved.
+ * Where no import map applies (e.g. the package from JSR), import the binding yourself
+ * before `selectBackend`: it registers the "tensorflow" backend, which is then used.
  */
-const NATIVE_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
+const NATIVE_PACKAGES = [
+  ["@tensorflow/tfjs-node-gpu", () => import("@tensorflow/tfjs-node-gpu")],
+  ["@tensorflow/tfjs-node", () => import("@tensorflow/tfjs-node")],
+] as const;
 
 function envOverride(): string | undefined {
   try {
@@ -80,11 +87,9 @@ function validate(value: string, source: string): BackendRequest {
  */
 async function importNative(): Promise<{ loaded?: string; errors: string[] }> {
   const errors: string[] = [];
-  for (const name of NATIVE_PACKAGES) {
+  for (const [name, load] of NATIVE_PACKAGES) {
     try {
-      // A variable specifier keeps `deno check`/the lock file from resolving an optional package.
-      const specifier: string = name;
-      await import(specifier);
+      await load();
       return { loaded: name, errors };
     } catch (e) {
       errors.push(`${name}: ${(e as Error).message.split("\n")[0]}`);
@@ -222,6 +227,32 @@ export async function selectBackend(
   const name: BackendName = choice === "auto" ? "wasm" : choice as BackendName;
   await activate(name);
   return name;
+}
+
+/**
+ * Make sure a backend is active: the one already selected (by {@link selectBackend}, or by
+ * `tf.setBackend`), else what `selectBackend()` picks (`"auto"`, or `CONVNEXT_BACKEND`).
+ * `lib/mod.ts` calls it when it is imported, so that a model can be built right after the
+ * import; an explicit {@link selectBackend} switches at any time.
+ *
+ * @returns the name of the backend now active.
+ * @throws Error as {@link selectBackend} does, when no backend was active and the one it
+ *   picks cannot be initialized.
+ *
+ * @example
+ * ```ts
+ * import { ensureBackend, selectBackend } from "./select.ts";
+ * await selectBackend("cpu");
+ * console.log(await ensureBackend()); // "cpu": an explicit choice is kept
+ * ```
+ */
+export async function ensureBackend(): Promise<BackendName> {
+  const current = tf.engine().backendName;
+  if (current) {
+    await tf.ready(); // a selection may still be initializing
+    return tf.getBackend() as BackendName;
+  }
+  return await selectBackend();
 }
 
 /**

@@ -20,8 +20,24 @@
  * @module
  */
 
-import sharp from "sharp";
 import type { RgbImage } from "../util/image.ts";
+
+/** sharp's default export: the function that opens an image. */
+type Sharp = typeof import("sharp");
+let sharpModule: Promise<Sharp> | undefined;
+
+/**
+ * sharp, imported on first use: it is a native addon (libvips, about 16 MB) that building or
+ * running a model never needs, so importing the library does not load it. The specifier is a
+ * literal, so `deno check`, the lock file and `deno publish` still see the dependency.
+ */
+function loadSharp(): Promise<Sharp> {
+  sharpModule ??= import("sharp").then((m) => m.default).catch((err) => {
+    sharpModule = undefined; // a later call may succeed (e.g. after an install)
+    throw new Error(`the image decoder sharp cannot be loaded: ${reason(err)}`);
+  });
+  return sharpModule;
+}
 
 /**
  * PIL's CMYK → RGB conversion (Convert.c `cmyk2rgb`): for each of C, M, Y,
@@ -111,6 +127,7 @@ function reason(err: unknown): string {
  * ```
  */
 export async function decodeImage(bytes: Uint8Array, name = "<bytes>"): Promise<RgbImage> {
+  const sharp = await loadSharp();
   try {
     const meta = await sharp(bytes).metadata();
     const space = meta.space as string | undefined;

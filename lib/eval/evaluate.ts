@@ -31,15 +31,9 @@ import {
 } from "../model/config.ts";
 import { getZooEntry, isZooName } from "../weights/zoo.ts";
 import type { EvalDataset } from "./dataset.ts";
-import { OptionError } from "../util/errors.ts";
+import type { Shard } from "./shard.ts";
 
-/** A shard of the work: images k with `k % count === index`. */
-export interface Shard {
-  /** This shard, 0-based. */
-  index: number;
-  /** Number of shards. */
-  count: number;
-}
+export { parseShard, type Shard } from "./shard.ts";
 
 /** The top-5 classes predicted for one image. */
 export interface EvalPrediction {
@@ -178,20 +172,6 @@ export function selectIndices(size: number, shard?: Shard, limit?: number): numb
   const step = shard?.count ?? 1;
   for (let k = shard?.index ?? 0; k < size; k += step) out.push(k);
   return limit === undefined ? out : out.slice(0, limit);
-}
-
-/** Parse `I/N` (0 <= I < N). */
-export function parseShard(text: string): Shard {
-  const m = /^(\d+)\/(\d+)$/.exec(text.trim());
-  const index = m ? Number(m[1]) : NaN;
-  const count = m ? Number(m[2]) : NaN;
-  if (!m || !(count >= 1) || !(index < count)) {
-    throw new OptionError(
-      "shard",
-      (name) => `${name("shard")}: expected I/N with 0 <= I < N (e.g. 0/4), got "${text}"`,
-    );
-  }
-  return { index, count };
 }
 
 /** Everything a partial file must agree on to be resumed. */

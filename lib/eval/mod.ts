@@ -41,10 +41,16 @@ export {
   evaluate,
   type EvaluateOptions,
   evalWorkerCount,
-  parseShard,
   partialPath,
   selectIndices,
-  type Shard,
 } from "./evaluate.ts";
+export {
+  type EnvReader,
+  parseShard,
+  type ResolvedShard,
+  resolveShard,
+  type Shard,
+  shardFromEnv,
+} from "./shard.ts";
 export { mergeResults, readEvalResult } from "./merge.ts";
 export { accuracyTable, IMAGENET_VAL_SIZE, partialReason } from "./table.ts";

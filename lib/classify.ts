@@ -6,7 +6,7 @@
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { checkWebGpuLimits } from "./backend/webgpu_limits.ts";
 import { imageBatches, type ImageFailure } from "./data/batches.ts";
 import type { RgbImage } from "./util/image.ts";

@@ -703,3 +703,42 @@ Deno.test("withTempDir: renames into place, replaces, and cleans up on failure",
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("download: an unresolvable host fails at once (no retries), the .part is kept", async () => {
+  await withEnv(async (_server, cache) => {
+    const dest = join(cache, "tiny.pth");
+    await Deno.writeFile(`${dest}.part`, TINY.slice(0, 100));
+    let calls = 0;
+    // What Deno's fetch throws when the resolver has no answer (offline, or a mistyped host).
+    const offlineFetch: typeof fetch = () => {
+      calls++;
+      return Promise.reject(
+        new TypeError("fetch failed", {
+          cause: new Error(
+            "error sending request for url (http://example.invalid/tiny.pth): client error " +
+              "(Connect): dns error: failed to lookup address information: Name or service not known",
+          ),
+        }),
+      );
+    };
+    const e = await rejectsWith(
+      download("http://example.invalid/tiny.pth", dest, { ...FAST, fetch: offlineFetch }),
+      /^download http:\/\/example\.invalid\/tiny\.pth: cannot reach example\.invalid \(dns error\): offline\?$/,
+    );
+    assert.equal((e as DownloadError).kind, "offline");
+    assert.equal(calls, 1);
+    assert.equal((await Deno.stat(`${dest}.part`)).size, 100); // resumable once online
+  });
+});
+
+Deno.test("ensureCheckpoint offline: one line saying what to do without network", async () => {
+  await withEnv(async () => {
+    // A .invalid host never resolves (RFC 2606), with or without network.
+    Deno.env.set("CONVNEXT_BASE_URL", "http://convnext-mirror.invalid/");
+    const e = await rejectsWith(
+      ensureCheckpoint(getZooEntry("convnext_tiny_1k_224"), FAST),
+      /cannot reach convnext-mirror\.invalid .*; without network: set CONVNEXT_BASE_URL to a mirror/,
+    );
+    assert.equal((e as DownloadError).kind, "offline");
+  });
+});

@@ -346,7 +346,11 @@ Deno.test("bad arguments give clear one-line errors", () => {
   const cases: [() => unknown, RegExp][] = [
     [
       () => createConvNeXt("convnext_huge"),
-      /unknown architecture "convnext_huge"; expected one of: convnext_tiny, .*convnext_iso_large/,
+      /unknown architecture "convnext_huge"; did you mean "convnextv2_huge"\?$/,
+    ],
+    [
+      () => createConvNeXt("resnet50"),
+      /unknown architecture "resnet50"; expected one of: convnext_tiny, .*convnext_iso_large/,
     ],
     [() => createConvNeXt("convnext_tiny", { inputShape: [16, 16, 3] }), /inputShape .* >= 32/],
     [() => createConvNeXt("convnext_tiny", { inputShape: [224, 224] as never }), /inputShape/],

@@ -218,8 +218,8 @@ Deno.test("remap: dropHead removes head_fc only; a given architecture is checked
     /missing \d+: stages_0_block_1_dwconv\/depthwise_kernel.*shape mismatch \d+: stem_conv\/kernel: \[4,4,3,8\] vs expected \[4,4,3,96\]/,
   );
   assert.throws(
-    () => remapStateDict(sd, { architecture: "convnext_huge" as "convnext_tiny" }),
-    /unknown architecture "convnext_huge"; expected one of: convnext_tiny, /,
+    () => remapStateDict(sd, { architecture: "vit_huge" as "convnext_tiny" }),
+    /unknown architecture "vit_huge"; expected one of: convnext_tiny, /,
   );
 });
 

@@ -256,11 +256,15 @@ Deno.test("getZooEntry: accepts name, file stem and file name", () => {
   assert.ok(!isZooName("convnext_tiny"));
 });
 
-Deno.test("getZooEntry: an unknown name is a one-line error listing every name", () => {
+Deno.test("getZooEntry: an unknown name is a one-line error: did you mean, or every name", () => {
   assert.throws(
     () => getZooEntry("convnext_huge_1k_224"),
+    /zoo: unknown model "convnext_huge_1k_224"; did you mean "convnextv2_huge_1k_224"\?$/,
+  );
+  assert.throws(
+    () => getZooEntry("resnet50_1k_224"),
     (err: Error) => {
-      assert.match(err.message, /^zoo: unknown model "convnext_huge_1k_224"; expected one of: /);
+      assert.match(err.message, /^zoo: unknown model "resnet50_1k_224"; expected one of: /);
       for (const name of ZOO_NAMES) assert.ok(err.message.includes(name), name);
       assert.ok(!err.message.includes("\n"));
       return true;

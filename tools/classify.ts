@@ -27,6 +27,7 @@ import {
 import { selectBackend } from "../lib/backend/select.ts";
 import { classifyEach, type Prediction } from "../lib/classify.ts";
 import { expandImagePaths } from "../lib/data/inputs.ts";
+import { DownloadError } from "../lib/util/download.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 
 const DEFAULT_MODEL = "convnext_tiny_1k_224";
@@ -112,7 +113,10 @@ try {
   await selectBackend(backend);
   model = await loadModel(name);
 } catch (e) {
-  fail((e as Error).message.split("\n")[0], 1);
+  const line = (e as Error).message.split("\n")[0];
+  // Offline with a zoo name: the one command that runs without any download.
+  const offline = e instanceof DownloadError && e.kind === "offline";
+  fail(offline ? `${line} (deno task demo runs a model without network)` : line, 1);
 }
 
 let failed = 0;

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { unsplitDepthwiseKernel } from "./depthwise_split.ts";
 import { KernelScope, padCropSpatial } from "./kernel_scope.ts";
 

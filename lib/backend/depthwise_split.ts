@@ -11,7 +11,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { KernelScope, padCropSpatial } from "./kernel_scope.ts";
 
 /** Where a split wrapper keeps the kernelFunc it wraps. */

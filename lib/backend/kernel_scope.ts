@@ -9,7 +9,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /** What a kernel needs from its backend here: reference-counted data disposal. */
 export interface DisposingBackend {

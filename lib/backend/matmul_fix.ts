@@ -9,7 +9,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { KernelScope } from "./kernel_scope.ts";
 
 /** Relative cost per element of a wasm transpose that moves the innermost axis (12 ns). */

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /** What sharing needs from the backend: reference counts on data. */
 interface RefCountingBackend {

@@ -21,9 +21,9 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 // Registers the wasm backend and its kernels, which the installer wraps.
-import "@tensorflow/tfjs-backend-wasm";
+import "npm:@tensorflow/tfjs-backend-wasm@4.22.0";
 import {
   conv2DBackpropFilter,
   depthwiseBackpropFilter,

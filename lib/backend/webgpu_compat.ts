@@ -38,8 +38,8 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
-import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 
 /** Adapter facts for benchmark reports and logs. */
 export interface WebGpuAdapterDescription {
@@ -186,7 +186,7 @@ export function explainSyncReadFailure(backend: tf.KernelBackend): void {
 export async function createWebGpuBackend(
   requestAdapter?: RequestAdapter,
 ): Promise<WebGPUBackend> {
-  const { WebGPUBackend } = await import("@tensorflow/tfjs-backend-webgpu");
+  const { WebGPUBackend } = await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
   const adapter = await requestWebGpuAdapter(requestAdapter);
   const info = adapter.info;
   const description = describeAdapter(adapter);
@@ -206,7 +206,7 @@ export async function createWebGpuBackend(
  * @param requestAdapter where to ask for the adapter (tests inject one).
  */
 export async function registerWebGpuBackend(requestAdapter?: RequestAdapter): Promise<void> {
-  await import("@tensorflow/tfjs-backend-webgpu");
+  await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
   if (tf.engine().backendName === "webgpu") {
     throw new Error("registerWebGpuBackend: webgpu is the active backend; select another first");
   }

@@ -23,7 +23,7 @@
 import type { RgbImage } from "../util/image.ts";
 
 /** sharp's default export: the function that opens an image. */
-type Sharp = typeof import("sharp");
+type Sharp = typeof import("npm:sharp@0.34.5");
 let sharpModule: Promise<Sharp> | undefined;
 
 /**
@@ -32,7 +32,7 @@ let sharpModule: Promise<Sharp> | undefined;
  * literal, so `deno check`, the lock file and `deno publish` still see the dependency.
  */
 function loadSharp(): Promise<Sharp> {
-  sharpModule ??= import("sharp").then((m) => m.default).catch((err) => {
+  sharpModule ??= import("npm:sharp@0.34.5").then((m) => m.default).catch((err) => {
     sharpModule = undefined; // a later call may succeed (e.g. after an install)
     throw new Error(`the image decoder sharp cannot be loaded: ${reason(err)}`);
   });

@@ -5,7 +5,7 @@
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { decodeImage, readImage } from "./decode.ts";
 import { evalTransform, type EvalTransformOptions } from "./transform.ts";
 import { imageBatches } from "./batches.ts";

@@ -17,7 +17,7 @@
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { imageBatches } from "../data/batches.ts";
 import { activeBackend } from "../backend/select.ts";
 import { classifierClasses, topIndices } from "../classify.ts";

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { type FoldedWeights, TILE_OFFSETS } from "./fold.ts";
 import { gelu } from "./gelu.ts";
 import type { BlockStep, Plan, PlanActivation } from "./plan.ts";

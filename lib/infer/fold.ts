@@ -9,7 +9,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { Plan } from "./plan.ts";
 
 /** Folded weights by key (`<prefix>/<name>`). */

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /** Coefficients of P, lowest degree first (from tools/fixtures/gelu_sigmoid_fit.py, k = 5). */
 export const GELU_SIGMOID_COEFFICIENTS = [

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /** Activations the plan executes itself (anything else: the model keeps the stock path). */
 export const PLAN_ACTIVATIONS = ["linear", "relu", "gelu", "sigmoid", "softmax"] as const;

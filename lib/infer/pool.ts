@@ -20,7 +20,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "./execute.ts";
 import type { FoldedWeights } from "./fold.ts";
 import type { BlockStep, Plan } from "./plan.ts";

@@ -6,8 +6,8 @@
  * @module
  */
 import { workerData } from "node:worker_threads";
-import * as tf from "@tensorflow/tfjs";
-import "@tensorflow/tfjs-backend-wasm";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import "npm:@tensorflow/tfjs-backend-wasm@4.22.0";
 import { blockOnSlab, executePlan, hiddenSlice, mlpPart } from "./execute.ts";
 import type { FoldedWeights } from "./fold.ts";
 import type { BlockStep, Plan } from "./plan.ts";

@@ -11,7 +11,8 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import { didYouMean } from "../util/suggest.ts";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import {
   blockName,
   downsampleName,
@@ -216,8 +217,9 @@ export function architectureOf(source: ArchitectureSource, label = "architecture
   if (typeof source === "string") {
     if (!isArchitectureName(source)) {
       throw new Error(
-        `${label}: unknown architecture "${source}"; expected one of: ${
-          ARCHITECTURE_NAMES.join(", ")
+        `${label}: unknown architecture "${source}"${
+          didYouMean(source, ARCHITECTURE_NAMES) ||
+          `; expected one of: ${ARCHITECTURE_NAMES.join(", ")}`
         }`,
       );
     }

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import {
   DEFAULT_CROP_PCT,
   type EvalTransformOptions,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { HEAD_NORM, parseLayerName } from "./names.ts";
 
 /** Which outputs {@link createFeatureExtractor} returns. */

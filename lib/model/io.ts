@@ -4,7 +4,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { createHash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
 import { exists, withTempDir } from "../util/fs.ts";

@@ -18,7 +18,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { join } from "node:path";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
 import { installWebGpuTrainingKernels } from "../backend/webgpu_grads.ts";

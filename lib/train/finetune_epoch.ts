@@ -6,7 +6,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { basename, join, resolve } from "node:path";
 import { saveModel } from "../model/io.ts";
 import { MODEL_CONFIG_KEY, preprocessingFor, type storedModelConfig } from "../model/config.ts";

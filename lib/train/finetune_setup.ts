@@ -7,7 +7,7 @@
  * @module
  */
 import { join, resolve } from "node:path";
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { listImageFolder } from "../data/image_folder.ts";
 import { removeIfExists } from "../util/fs.ts";
 import { OptionError, type OptionNamer } from "../util/errors.ts";

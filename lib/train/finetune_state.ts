@@ -5,7 +5,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { OptionError } from "../util/errors.ts";
 import { type Checkpoint, type CheckpointTensor, loadCheckpoint } from "./checkpoint.ts";
 import type { ModelEma } from "./ema.ts";

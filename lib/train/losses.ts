@@ -3,7 +3,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /**
  * Mean cross entropy with label smoothing, as timm's `LabelSmoothingCrossEntropy` and

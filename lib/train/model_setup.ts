@@ -6,7 +6,7 @@
  * @module
  */
 import { OptionError } from "../util/errors.ts";
-import type * as tf from "@tensorflow/tfjs";
+import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { createConvNeXt } from "../model/convnext.ts";
 import { TruncatedNormal } from "../model/layers.ts";
 import { architectureOf, numClasses } from "../model/architecture.ts";

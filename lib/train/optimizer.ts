@@ -8,7 +8,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { paramSettings, type ParamSettingsOptions } from "./lr_decay.ts";
 
 /** One trained variable and its optimizer settings. */

@@ -20,7 +20,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { JobClient, splitEven, threadsFromEnv } from "../util/jobs.ts";
 import { correctCount, crossEntropy } from "./losses.ts";
 import type { AdamWParam } from "./optimizer.ts";

@@ -7,8 +7,8 @@
  * @module
  */
 import { workerData } from "node:worker_threads";
-import * as tf from "@tensorflow/tfjs";
-import "@tensorflow/tfjs-backend-wasm";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import "npm:@tensorflow/tfjs-backend-wasm@4.22.0";
 import { installWasmTrainingKernels } from "../backend/wasm_grads.ts";
 import { JobServer } from "../util/jobs.ts";
 // Registers ConvNeXt's custom layers and ConvNeXtModel, so that the topology deserializes.

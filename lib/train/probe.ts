@@ -9,7 +9,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { createFeatureExtractor } from "../model/features.ts";

@@ -79,8 +79,11 @@ export interface DownloadResult {
   attempts: number;
 }
 
-/** Why a download failed: `http` status, `corrupt` content, `network`, `aborted`. */
-export type DownloadErrorKind = "http" | "corrupt" | "network" | "aborted";
+/**
+ * Why a download failed: `http` status, `corrupt` content, `network` (after the retries),
+ * `offline` (the host cannot be resolved or reached: no retries), `aborted`.
+ */
+export type DownloadErrorKind = "http" | "corrupt" | "network" | "offline" | "aborted";
 
 /** A failed download; the message is one line that names the URL. */
 export class DownloadError extends Error {
@@ -120,6 +123,10 @@ class FatalError extends Error {
     super(message);
   }
 }
+
+/** Fetch errors that mean the host cannot be reached at all (resolver or routing failures). */
+const UNREACHABLE =
+  /dns error|failed to lookup address|name or service not known|temporary failure in name resolution|nodename nor servname|no such host|network is unreachable|no route to host/i;
 
 function errorText(e: unknown): string {
   if (e instanceof Error) {
@@ -240,7 +247,17 @@ async function attempt(ctx: AttemptContext): Promise<void> {
       res = await ctx.fetchFn(url, { headers, signal: signal.controller.signal });
     } catch (e) {
       if (opts.signal?.aborted) throw e;
-      throw new RetryableError(`download ${url}: ${errorText(e)}`, 0, false);
+      const text = errorText(e);
+      // No name resolution or no route: retrying in seconds will not help (offline, or a
+      // typo in the host), so say so at once instead of after the back-offs.
+      const unreachable = UNREACHABLE.exec(text);
+      if (unreachable) {
+        throw new FatalError(
+          `download ${url}: cannot reach ${new URL(url).host} (${unreachable[0]}): offline?`,
+          "offline",
+        );
+      }
+      throw new RetryableError(`download ${url}: ${text}`, 0, false);
     }
     const etag = res.headers.get("etag");
     const validator = etag && !etag.startsWith("W/") ? etag : res.headers.get("last-modified");
@@ -508,7 +525,8 @@ async function retryableOrThrow(ctx: AttemptContext, e: unknown): Promise<Retrya
     throw new DownloadError(`download ${ctx.url}: aborted`, "aborted", undefined, { cause: e });
   }
   if (e instanceof FatalError) {
-    await removeIfExists(ctx.part);
+    // Offline, the partial file is still good: keep it for the next run to resume.
+    if (e.kind !== "offline") await removeIfExists(ctx.part);
     throw new DownloadError(e.message, e.kind, e.status);
   }
   if (!(e instanceof RetryableError)) {

@@ -7,7 +7,7 @@
  * @module
  */
 import { MessageChannel, receiveMessageOnPort, Worker } from "node:worker_threads";
-import * as tf from "@tensorflow/tfjs";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 
 /** Control slots every job protocol starts with; protocols add their own after these. */
 export const JOB_SLOTS = {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type * as PlotModule from "@observablehq/plot";
+import type * as PlotModule from "npm:@observablehq/plot@0.6.17";
 import type { Figure } from "./figure.ts";
 import {
   type ChartOutputOptions,

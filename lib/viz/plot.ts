@@ -7,7 +7,7 @@
  * @module
  */
 
-import type * as PlotModule from "@observablehq/plot";
+import type * as PlotModule from "npm:@observablehq/plot@0.6.17";
 import { emit, Figure, type OutputOptions } from "./figure.ts";
 import type { MimeBundle } from "./jupyter.ts";
 import { toBase64 } from "./jupyter.ts";
@@ -65,7 +65,10 @@ let modules:
 
 /** Loads Observable Plot and linkedom on first use (they are large, and most cells never plot). */
 async function load() {
-  return await (modules ??= Promise.all([import("@observablehq/plot"), import("linkedom")]).then(
+  return await (modules ??= Promise.all([
+    import("npm:@observablehq/plot@0.6.17"),
+    import("npm:linkedom@0.18.15"),
+  ]).then(
     ([Plot, linkedom]) => ({
       Plot,
       parseHTML: linkedom.parseHTML as unknown as (html: string) => { document: unknown },

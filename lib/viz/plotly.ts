@@ -11,7 +11,7 @@
  * @module
  */
 
-import type * as PlotModule from "@observablehq/plot";
+import type * as PlotModule from "npm:@observablehq/plot@0.6.17";
 import { emit, Figure } from "./figure.ts";
 import type { MimeBundle } from "./jupyter.ts";
 import { type ChartOutputOptions, type RenderedSvg, renderPlot, svgFigure } from "./plot.ts";

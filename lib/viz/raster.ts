@@ -6,7 +6,7 @@
  * @module
  */
 
-import { convertIndexedToRgb, decode, encode } from "fast-png";
+import { convertIndexedToRgb, decode, encode } from "npm:fast-png@8.0.0";
 import type { PixelData, RgbImage } from "../util/image.ts";
 
 /** The structural part of a tf.js tensor lib/viz reads (no tfjs import needed here). */

@@ -79,14 +79,14 @@ export function svgSize(svg: string): { width: number; height: number } {
   return { width, height };
 }
 
-type ResvgModule = typeof import("@resvg/resvg-wasm");
+type ResvgModule = typeof import("npm:@resvg/resvg-wasm@2.6.2");
 let resvgReady: Promise<ResvgModule> | undefined;
 let fonts: Uint8Array[] | undefined;
 let warnedNoFont = false;
 
 async function loadResvg(): Promise<ResvgModule> {
   // Loaded lazily: most notebook cells never need a raster of a chart.
-  const mod = await import("@resvg/resvg-wasm");
+  const mod = await import("npm:@resvg/resvg-wasm@2.6.2");
   const require = createRequire(import.meta.url);
   let wasmPath: string;
   try {

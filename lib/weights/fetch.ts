@@ -8,8 +8,15 @@
 
 import { exists } from "../util/fs.ts";
 import { checkpointPath, labelsPath, readSha256Record, verifySha256Record } from "../util/cache.ts";
-import { download, type DownloadOptions } from "../util/download.ts";
-import { labels22kUrl, LABELS_22K_FILE, licenseNotice, type ZooEntry, zooUrl } from "./zoo.ts";
+import { download, DownloadError, type DownloadOptions } from "../util/download.ts";
+import {
+  BASE_URL_ENV,
+  labels22kUrl,
+  LABELS_22K_FILE,
+  licenseNotice,
+  type ZooEntry,
+  zooUrl,
+} from "./zoo.ts";
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -53,8 +60,25 @@ export async function ensureCheckpoint(
   }
   // A torch zip (.pth, .pt) or timm's safetensors: checked as such once complete.
   const verify = entry.file.endsWith(".safetensors") ? "safetensors" : "zip";
-  await download(zooUrl(entry), path, { verify, ...opts });
+  await withOfflineHint(download(zooUrl(entry), path, { verify, ...opts }));
   return path;
+}
+
+/** What to do without network, added to a download that failed for lack of it. */
+export const OFFLINE_HINT = `without network: set ${BASE_URL_ENV} to a mirror of the files ` +
+  "(file:///path/ works), or load a local checkpoint file or converted model folder instead of a " +
+  "zoo name";
+
+/** Runs a download; an `offline` or `network` failure gets {@link OFFLINE_HINT} appended. */
+async function withOfflineHint<T>(pending: Promise<T>): Promise<T> {
+  try {
+    return await pending;
+  } catch (e) {
+    if (e instanceof DownloadError && (e.kind === "offline" || e.kind === "network")) {
+      throw new DownloadError(`${e.message}; ${OFFLINE_HINT}`, e.kind, e.status, { cause: e });
+    }
+    throw e;
+  }
 }
 
 /**
@@ -79,10 +103,10 @@ export async function fetchLabels22k(opts: DownloadOptions = {}): Promise<string
   if (await exists(path)) {
     if (await readSha256Record(path) !== null) await verifySha256Record(path);
   } else {
-    await download(labels22kUrl(), path, {
+    await withOfflineHint(download(labels22kUrl(), path, {
       ...opts,
       verify: async (p) => void parseLabels(await Deno.readTextFile(p), p),
-    });
+    }));
   }
   return parseLabels(await Deno.readTextFile(path), path);
 }

@@ -5,7 +5,8 @@
  * @module
  */
 import { withFileLock } from "../util/lock.ts";
-import * as tf from "@tensorflow/tfjs";
+import { didYouMean } from "../util/suggest.ts";
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { createHash } from "node:crypto";
 import { basename, dirname, extname, join } from "node:path";
 import { CUSTOM_ARCHITECTURE, numClasses as headClassesOf } from "../model/architecture.ts";
@@ -334,10 +335,14 @@ async function locate(
   try {
     await Deno.stat(source);
   } catch {
+    // Something path-like is a missing file; a name gets the nearest zoo names.
+    const pathLike = /[\\/]|\.(pth?|safetensors|json)$/i.test(source);
     throw new Error(
-      `"${source}" is not a zoo name, an http(s) URL or an existing path; zoo names: ${
-        ZOO_NAMES.join(", ")
-      }`,
+      pathLike
+        ? `"${source}": no such file or folder`
+        : `"${source}" is not a zoo name, an http(s) URL or an existing path${
+          didYouMean(source, ZOO_NAMES) || `; zoo names: ${ZOO_NAMES.join(", ")}`
+        } (deno task models lists the zoo)`,
     );
   }
   return { path: source, fresh: false, source: { file: basename(source) } };

@@ -27,6 +27,7 @@
 
 import { type Preprocessing, preprocessingFor } from "../model/config.ts";
 import { type ArchitectureName, ARCHITECTURES } from "../model/variants.ts";
+import { didYouMean } from "../util/suggest.ts";
 
 /**
  * License of the official checkpoints: facebookresearch/ConvNeXt is released under the MIT
@@ -356,7 +357,9 @@ export function getZooEntry(name: string): ZooEntry {
   const found = ZOO.find((e) => e.name === key || e.file === key || fileStem(e.file) === key);
   if (found) return found;
   throw new Error(
-    `zoo: unknown model ${JSON.stringify(name)}; expected one of: ${ZOO_NAMES.join(", ")}`,
+    `zoo: unknown model ${JSON.stringify(name)}${
+      didYouMean(name, ZOO_NAMES) || `; expected one of: ${ZOO_NAMES.join(", ")}`
+    }`,
   );
 }
 

@@ -305,7 +305,7 @@ Deno.test("deno task eval / --merge / accuracy-table command lines", async () =>
     const bad = await cli("eval.ts", ["--model", m, "--data", join(FIX, "imagefolder")]);
     assert.equal(bad.code, 1);
     assert.equal(bad.stderr.trim().split("\n").length, 1);
-    assert.match(bad.stderr, /^eval: .*found 5 class folders/);
+    assert.match(bad.stderr, /^eval: .*found 5 class folders.*synset list \(--synsets: /);
 
     const shards = [0, 1].map((i) => join(dir, `s${i}.json`));
     for (const [i, out] of shards.entries()) {
@@ -326,6 +326,11 @@ Deno.test("deno task eval / --merge / accuracy-table command lines", async () =>
     const all = join(dir, "all.json");
     const merged = await cli("eval.ts", ["--merge", ...shards, "--out", all]);
     assert.equal(merged.code, 0, merged.stderr);
+    // --json: the result itself, one line, what --out wrote.
+    const json = await cli("eval.ts", ["--merge", ...shards, "--json"]);
+    assert.equal(json.code, 0, json.stderr);
+    assert.equal(json.stdout.trim().split("\n").length, 1);
+    assert.deepEqual(JSON.parse(json.stdout), JSON.parse(await Deno.readTextFile(all)));
     const result = await readEvalResult(all);
     assert.equal(result.count, expected.count);
     assert.ok(Math.abs(result.top1 - expected.top1) < 1e-9);

@@ -255,5 +255,20 @@ Deno.test("deno task convert: writes a loadable model directory with its metadat
     /^convert: --out .* already holds a converted model; pass --overwrite to replace it$/,
   );
   assert.equal(err.split("\n").length, 1);
+  // --json: one line, the configuration convnext.json holds (and where it went).
+  const json = await run([
+    fromFixture("checkpoints/torchvision_mini.pth"),
+    "--out",
+    out,
+    "--overwrite",
+    "--json",
+  ]);
+  assert.equal(json.code, 0, new TextDecoder().decode(json.stderr));
+  const line = new TextDecoder().decode(json.stdout).trim();
+  assert.equal(line.split("\n").length, 1);
+  const { files: _files, ...stored } = JSON.parse(
+    await Deno.readTextFile(join(out, "convnext.json")),
+  );
+  assert.deepEqual(JSON.parse(line), { out, ...stored });
   await Deno.remove(join(out, ".."), { recursive: true });
 });

@@ -46,6 +46,7 @@ DIR must be new or empty; --overwrite replaces only a folder that holds a conver
     "num-classes": { value: "N", help: "replace the classifier by a new one with N classes" },
     "head-init-scale": { value: "X", help: "scale of the new classifier's init", default: "1" },
     overwrite: { help: "replace DIR if it holds a converted model (nothing else)" },
+    json: { help: "print the converted model's configuration (convnext.json) as one JSON line" },
     ...BACKEND_HELP,
   },
   env: ["CONVNEXT_BACKEND", "CONVNEXT_CACHE", "CONVNEXT_BASE_URL"],
@@ -65,6 +66,7 @@ const { values, positionals } = command(HELP, {
   "num-classes": { type: "string" },
   "head-init-scale": { type: "string" },
   overwrite: { type: "boolean", default: false },
+  json: { type: "boolean", default: false },
   ...BACKEND_OPTION,
 }, fail);
 const backend = backendFlag(values.backend, fail);
@@ -98,13 +100,16 @@ try {
     headInitScale,
     overwrite: values.overwrite,
   });
-  console.log(
-    `${info.source.file} (${info.source.layout} layout, sha256 ${
-      info.source.sha256.slice(0, 12)
-    }…) -> ${values.out}: ` +
-      `${info.architecture}, ${info.numClasses} classes, ${info.preprocessing.size}px, ` +
-      `${((performance.now() - start) / 1000).toFixed(1)} s`,
-  );
+  if (values.json) console.log(JSON.stringify({ out: values.out, ...info }));
+  else {
+    console.log(
+      `${info.source.file} (${info.source.layout} layout, sha256 ${
+        info.source.sha256.slice(0, 12)
+      }…) -> ${values.out}: ` +
+        `${info.architecture}, ${info.numClasses} classes, ${info.preprocessing.size}px, ` +
+        `${((performance.now() - start) / 1000).toFixed(1)} s`,
+    );
+  }
 } catch (e) {
   // The library names options (`out`, `overwrite: true`); say them as this tool's flags.
   fail(errorLine(e, "convert"), 1);

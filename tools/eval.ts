@@ -62,6 +62,7 @@ array task or a Kubernetes Indexed Job) are combined with --merge.`,
     predictions: { help: "keep every image's top-5 in the result" },
     workers: { value: "W", help: "image decoding threads", default: "cores - 1, at most 16" },
     merge: { help: "merge shard results (the positional files) into one" },
+    json: { help: "print the result as one JSON line (the --out file's content) instead" },
     ...BACKEND_HELP,
   },
   env: [
@@ -106,6 +107,7 @@ const { values, positionals } = command(HELP, {
   predictions: { type: "boolean", default: false },
   workers: { type: "string" },
   merge: { type: "boolean", default: false },
+  json: { type: "boolean", default: false },
   ...BACKEND_OPTION,
 }, fail);
 const backend = backendFlag(values.backend, fail);
@@ -117,9 +119,12 @@ if (values.merge) {
     for (const file of positionals) results.push(await readEvalResult(file));
     const merged = mergeResults(results, positionals);
     if (values.out) await writeFileAtomic(values.out, JSON.stringify(merged, null, 1) + "\n");
-    console.log(`merged ${positionals.length} shards of ${merged.model}`);
-    console.log(summary(merged));
-    if (values.out) console.log(`wrote ${values.out}`);
+    if (values.json) console.log(JSON.stringify(merged));
+    else {
+      console.log(`merged ${positionals.length} shards of ${merged.model}`);
+      console.log(summary(merged));
+      if (values.out) console.log(`wrote ${values.out}`);
+    }
   } catch (e) {
     fail((e as Error).message.split("\n")[0], 1);
   }
@@ -191,10 +196,13 @@ try {
   if (result.resumed > 0) {
     console.error(`eval: continued after ${result.resumed} images done earlier`);
   }
-  console.log(summary(result));
-  if (values.out) console.log(`wrote ${values.out}`);
+  if (values.json) console.log(JSON.stringify(result));
+  else {
+    console.log(summary(result));
+    if (values.out) console.log(`wrote ${values.out}`);
+  }
 } catch (e) {
   if (e instanceof EvalAbortedError) fail(e.message, 130);
-  fail((e as Error).message.split("\n")[0], 1);
+  fail(errorLine(e, "eval"), 1);
 }
 Deno.exit(0);

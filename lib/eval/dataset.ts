@@ -19,6 +19,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { OptionError } from "../util/errors.ts";
 import { join } from "node:path";
 import { comparePython, findClasses, listImageFolder } from "../data/image_folder.ts";
 
@@ -174,10 +175,14 @@ async function loadImageFolder(
     wnids = synsets;
   } else {
     if (options.numClasses !== undefined && folders.length !== options.numClasses) {
-      throw new Error(
-        `${root}: found ${folders.length} class folders but the model has ${options.numClasses} classes; ` +
+      throw new OptionError(
+        "synsets",
+        (name) =>
+          `${root}: found ${folders.length} class folders but the model has ${options.numClasses} classes; ` +
           `class indices are positions among the folders, so missing classes would shift every label after them. ` +
-          `Pass a synset list (synsets: a file with one wnid per line in class-index order, e.g. LOC_synset_mapping.txt)`,
+          `Pass a synset list (${
+            name("synsets")
+          }: a file with one wnid per line in class-index order, e.g. LOC_synset_mapping.txt)`,
       );
     }
     checkClasses(folders, `${root} (class folders)`, options);

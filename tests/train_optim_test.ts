@@ -7,7 +7,12 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { AdamW, type AdamWParam, modelParams } from "../lib/train/optimizer.ts";
 import { cosineSchedule } from "../lib/train/schedule.ts";
-import { convnextLayerId, layerScales, paramSettings } from "../lib/train/lr_decay.ts";
+import {
+  convnextLayerId,
+  convnextLayerIdSingle,
+  layerScales,
+  paramSettings,
+} from "../lib/train/lr_decay.ts";
 import { correctCount, crossEntropy } from "../lib/train/losses.ts";
 import { ModelEma } from "../lib/train/ema.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
@@ -152,6 +157,50 @@ Deno.test("layer decay and no-decay groups equal the official optimizer factory"
   assert.equal(byName.get("stages_0_block_0_layer_scale/gamma")!.weightDecay, 0);
   assert.equal(byName.get("stages_0_block_0_pwconv1/kernel")!.weightDecay, 0.05);
   assert.equal(byName.get("head_fc/bias")!.weightDecay, 0);
+  model.dispose();
+});
+
+Deno.test("ConvNeXt V2: the \"single\" layer decay and GRN's no-decay equal V2's optimizer factory", () => {
+  const ld = ref.layer_decay_v2;
+  // convnextv2_atto's depths; narrow widths keep the model small.
+  const model = createConvNeXt(
+    { kind: "hierarchical", depths: ld.depths, dims: [8, 8, 8, 8], layerScaleInit: 0, grn: true },
+    { numClasses: 3, randomInit: false },
+  );
+  const names = model.trainableWeights.map((w) => w.originalName).sort();
+  assert.deepEqual(names, Object.keys(ld.params).sort(), "same parameters as the official V2");
+  // modelParams picks V2's default ("single" over the model's depths) by itself.
+  const params = new Map(
+    modelParams(model, { weightDecay: ld.weightDecay, layerDecay: ld.layerDecay }).map((p) => [
+      p.name,
+      p,
+    ]),
+  );
+  for (
+    const [name, expected] of Object.entries(ld.params) as [
+      string,
+      { lrScale: number; weightDecay: number },
+    ][]
+  ) {
+    const got = params.get(name)!;
+    assert.ok(Math.abs(got.lrScale - expected.lrScale) < 1e-15, `lr scale of ${name}`);
+    assert.equal(got.weightDecay, expected.weightDecay, `weight decay of ${name}`);
+  }
+  // Hand-computed from get_num_layer_for_convnext_single with depths [2, 2, 6, 2].
+  assert.equal(convnextLayerIdSingle("stem_conv/kernel", ld.depths), 1);
+  assert.equal(convnextLayerIdSingle("stages_2_downsample_conv/kernel", ld.depths), 5);
+  assert.equal(convnextLayerIdSingle("stages_2_block_5_grn/beta", ld.depths), 10);
+  assert.equal(convnextLayerIdSingle("stages_3_block_1_pwconv2/kernel", ld.depths), 12);
+  assert.equal(convnextLayerIdSingle("head_fc/kernel", ld.depths), 13);
+  // Asked for explicitly, the V1 ("group") layer decay applies to V2 too (V2's base/large recipes).
+  const group = modelParams(model, {
+    weightDecay: 0.05,
+    layerDecay: 0.9,
+    layerDecayType: "group",
+  }).find((p) => p.name === "stages_2_block_5_grn/beta")!;
+  assert.ok(
+    Math.abs(group.lrScale - 0.9 ** (13 - convnextLayerId("stages_2_block_5_grn/beta"))) < 1e-15,
+  );
   model.dispose();
 });
 

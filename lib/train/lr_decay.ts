@@ -1,8 +1,10 @@
 /**
- * Parameter groups as the official ConvNeXt optimizer factory builds them
- * (facebookresearch/ConvNeXt `optim_factory.py`): no weight decay on 1-D parameters,
- * biases and layer-scale gammas, and the layer-wise learning-rate decay of
- * `get_num_layer_for_convnext` (12 layer groups plus the head), on this port's layer names.
+ * Parameter groups as the official ConvNeXt optimizer factories build them
+ * (facebookresearch/ConvNeXt and ConvNeXt-V2 `optim_factory.py`): no weight decay on 1-D
+ * parameters, biases, layer-scale gammas and GRN's gamma/beta, and the layer-wise
+ * learning-rate decay of `get_num_layer_for_convnext` ("group": 12 layer groups plus the
+ * head) or V2's `get_num_layer_for_convnext_single` ("single": one layer per block), on this
+ * port's layer names.
  *
  * @module
  */
@@ -52,6 +54,37 @@ export function convnextLayerId(weightName: string): number {
 }
 
 /**
+ * ConvNeXt-V2's `get_num_layer_for_convnext_single` (the "single" layer decay, V2's default):
+ * every block its own layer, counted through the stages with `depths`:
+ *
+ * - the stem (officially `downsample_layers.0`) and `stages_{i}_downsample_*`:
+ *   sum(depths[:i]) + 1 (the stem shares layer 1 with the first block, as officially);
+ * - `stages_{i}_block_{j}_*`: sum(depths[:i]) + j + 1;
+ * - anything else (`head_norm`, `head_fc`): sum(depths) + 1.
+ *
+ * @throws Error for isotropic names, as {@link convnextLayerId}.
+ * @example
+ * ```ts
+ * convnextLayerIdSingle("stages_2_block_7_pwconv1/kernel", [2, 2, 6, 2]); // 12
+ * convnextLayerIdSingle("head_fc/bias", [2, 2, 6, 2]); // 13
+ * ```
+ */
+export function convnextLayerIdSingle(weightName: string, depths: readonly number[]): number {
+  const where = parseLayerName(weightName);
+  const before = (stage: number) => depths.slice(0, stage).reduce((a, b) => a + b, 0);
+  if (where?.kind === "stem") return 1;
+  if (where?.kind === "downsample") return before(where.stage) + 1;
+  if (where?.kind === "block" && where.stage !== undefined) {
+    return before(where.stage) + where.block + 1;
+  }
+  if (where?.kind === "block") convnextLayerId(weightName); // the isotropic error
+  return before(depths.length) + 1;
+}
+
+/** The two official layer decays: 12 groups of blocks (V1, V2's base/large recipes) or one per block (V2's default). */
+export type LayerDecayType = "group" | "single";
+
+/**
  * The official per-layer learning-rate scales:
  * `[decay ** (numLayers + 1 - i) for i in range(numLayers + 2)]`.
  *
@@ -67,7 +100,8 @@ export function layerScales(decay: number, numLayers = CONVNEXT_NUM_LAYERS): num
 
 /** True for weights the official factory exempts from weight decay. */
 export function isNoDecay(weightName: string, shape: readonly number[]): boolean {
-  return shape.length === 1 || weightName.endsWith("/bias") || weightName.endsWith("/gamma");
+  // GRN's gamma/beta are 1-D here ([1,1,1,C] officially: V2's "Fix gamma/beta wd" commit).
+  return shape.length === 1 || /\/(bias|gamma|beta)$/.test(weightName);
 }
 
 /** One weight's optimizer settings. */
@@ -88,6 +122,10 @@ export interface ParamSettingsOptions {
   weightDecay: number;
   /** Layer-wise lr decay; 1 (default) turns it off, as the official `--layer_decay 1.0`. */
   layerDecay?: number;
+  /** Which layer decay (`--layer_decay_type`); default "group". "single" needs `depths`. */
+  layerDecayType?: LayerDecayType;
+  /** The stages' depths of a hierarchical model (for the "single" layer decay). */
+  depths?: readonly number[];
 }
 
 /**
@@ -110,10 +148,15 @@ export function paramSettings(
   const decay = options.layerDecay ?? 1;
   if (decay === 1) return { weightDecay, lrScale: 1, group: base };
   if (!(decay > 0)) throw new RangeError(`layer decay must be > 0, got ${decay}`);
-  const layerId = convnextLayerId(weightName);
+  const single = options.layerDecayType === "single";
+  if (single && !options.depths) throw new Error(`the "single" layer decay needs depths`);
+  const layerId = single
+    ? convnextLayerIdSingle(weightName, options.depths!)
+    : convnextLayerId(weightName);
+  const numLayers = single ? options.depths!.reduce((a, b) => a + b, 0) : CONVNEXT_NUM_LAYERS;
   return {
     weightDecay,
-    lrScale: layerScales(decay)[layerId],
+    lrScale: layerScales(decay, numLayers)[layerId],
     layerId,
     group: `layer_${layerId}_${base}`,
   };

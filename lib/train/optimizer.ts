@@ -9,6 +9,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { architectureOf } from "../model/architecture.ts";
 import { paramSettings, type ParamSettingsOptions } from "./lr_decay.ts";
 
 /** One trained variable and its optimizer settings. */
@@ -191,8 +192,28 @@ export class AdamW {
 }
 
 /**
+ * The layer decay a model's official recipe uses unless `options` says otherwise: ConvNeXt V2
+ * (GRN blocks) the "single" one over its depths (V2's main_finetune.py default), V1 "group".
+ */
+function withArchitectureDefaults(
+  model: tf.LayersModel,
+  options: ParamSettingsOptions,
+): ParamSettingsOptions {
+  if ((options.layerDecay ?? 1) === 1) return options;
+  let spec;
+  try {
+    spec = architectureOf(model).spec;
+  } catch {
+    return options; // not a ConvNeXt's weights: group decay by names
+  }
+  if (spec.kind !== "hierarchical") return options;
+  return { layerDecayType: spec.grn ? "single" : "group", depths: spec.depths, ...options };
+}
+
+/**
  * The trainable weights of a Layers model as {@link AdamWParam}s, grouped as the official
- * optimizer factory does (see {@link paramSettings}).
+ * optimizer factory does (see {@link paramSettings}; ConvNeXt V2 models get V2's default
+ * "single" layer decay unless `options.layerDecayType` says otherwise).
  *
  * @example
  * ```ts
@@ -212,8 +233,9 @@ export function modelParams(
   options: ParamSettingsOptions,
   filter: (name: string) => boolean = () => true,
 ): AdamWParam[] {
+  const settings = withArchitectureDefaults(model, options);
   return model.trainableWeights.filter((w) => filter(w.originalName)).map((w) => {
-    const s = paramSettings(w.originalName, w.shape as number[], options);
+    const s = paramSettings(w.originalName, w.shape as number[], settings);
     return {
       name: w.originalName,
       // LayerVariable.read() returns its backing tf.Variable itself (as model.fit uses it).

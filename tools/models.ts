@@ -66,11 +66,15 @@ export function main(args: readonly string[]): number {
       return 0;
     }
     console.log(formatZooTable());
+    const hub = ZOO.filter((e) => !zooUrl(e).startsWith(zooBaseUrl())).length;
     console.log(
-      `\n${ZOO.length} checkpoints from ${zooBaseUrl()} (set CONVNEXT_BASE_URL for a mirror); ` +
+      `\n${ZOO.length} checkpoints: ${ZOO.length - hub} from ${zooBaseUrl()} ` +
+        `(set CONVNEXT_BASE_URL for a mirror), ${hub} from timm on the Hugging Face Hub; ` +
         `cache: ${cacheDir()} (CONVNEXT_CACHE).\n` +
-        "top-1: official ImageNet-1K accuracy (README of facebookresearch/ConvNeXt); " +
-        "22k checkpoints have 21841-class heads and no published accuracy.",
+        "top-1: ImageNet-1K accuracy as published (the READMEs of facebookresearch/ConvNeXt and " +
+        "ConvNeXt-V2, timm's results for the small V1 sizes); 22k checkpoints have 21841-class " +
+        "heads and FCMAE encoders no head, so no accuracy.\n" +
+        "license: of the weights. ConvNeXt V2's CC-BY-NC-4.0 allows non-commercial use only.",
     );
     return 0;
   } catch (e) {

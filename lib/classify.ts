@@ -17,6 +17,7 @@ import {
   evalTransformOptions,
   labelsFor,
   modelConfig,
+  modelPreprocessing,
   type Preprocessing,
 } from "./model/config.ts";
 import { HEAD_FC } from "./model/names.ts";
@@ -75,7 +76,11 @@ export interface ClassifyOptions {
    * default: the path, `<bytes #i>`, `<image #i>` or `<tensor #i>`).
    */
   names?: readonly string[];
-  /** Input preparation (default: the model's, `modelConfig(model).preprocessing`). */
+  /**
+   * Input preparation (default: the model's, `modelConfig(model).preprocessing`). Its
+   * `inModel` is ignored: a model that normalizes itself (`includePreprocessing`) always
+   * gets 0..255 pixels, any other normalized ones.
+   */
   preprocessing?: Preprocessing;
   /**
    * Called for each image that cannot be read (missing file, not an image); the image is
@@ -418,7 +423,8 @@ export async function* classifyEach(
   if (labels.length !== n) {
     throw new Error(`classify: ${labels.length} labels given for a model with ${n} classes`);
   }
-  const t = evalTransformOptions(options.preprocessing ?? modelConfig(model).preprocessing);
+  // 0..255 pixels for a model that normalizes itself (includePreprocessing), else normalized.
+  const t = evalTransformOptions(modelPreprocessing(model, options.preprocessing));
   const probabilities = headActivation(model) !== "linear";
   const { inputs, names } = await expandInputs(images, options.names, "classify");
   for await (const b of pixelBatches(inputs, names, t, batch, options.workers)) {

@@ -14,7 +14,7 @@ import {
   runBatch,
 } from "./classify.ts";
 import { ConvNeXtModel } from "./infer/model.ts";
-import { evalTransformOptions, modelConfig, type Preprocessing } from "./model/config.ts";
+import { evalTransformOptions, modelPreprocessing, type Preprocessing } from "./model/config.ts";
 import { HEAD_FC, HEAD_NORM } from "./model/names.ts";
 
 /** Options of {@link embed}. */
@@ -25,7 +25,11 @@ export interface EmbedOptions {
   workers?: number;
   /** Display names of the inputs, used in error messages (default as in `classify`). */
   names?: readonly string[];
-  /** Input preparation (default: the model's, `modelConfig(model).preprocessing`). */
+  /**
+   * Input preparation (default: the model's, `modelConfig(model).preprocessing`). Its
+   * `inModel` is ignored: a model that normalizes itself (`includePreprocessing`) always
+   * gets 0..255 pixels, any other normalized ones.
+   */
   preprocessing?: Preprocessing;
 }
 
@@ -115,7 +119,8 @@ export async function embed(
   checkBatchOptions("embed", batch);
   const embedder = embeddingModel(model);
   const dim = embedder.outputs[0].shape[1]!;
-  const t = evalTransformOptions(options.preprocessing ?? modelConfig(model).preprocessing);
+  // 0..255 pixels for a model that normalizes itself (includePreprocessing), else normalized.
+  const t = evalTransformOptions(modelPreprocessing(model, options.preprocessing));
   const { inputs, names } = await expandInputs(images, options.names, "embed");
   const out = new Float32Array(inputs.length * dim);
   for await (const b of pixelBatches(inputs, names, t, batch, options.workers)) {

@@ -27,6 +27,22 @@ export const IMAGENET_MEAN: readonly [number, number, number] = [0.485, 0.456, 0
 export const IMAGENET_STD: readonly [number, number, number] = [0.229, 0.224, 0.225];
 /** The official eval crop ratio below 384 px (224 / 256). */
 export const DEFAULT_CROP_PCT = 0.875;
+/**
+ * Mean and std under which {@link normalize} returns the pixels themselves, 0..255 as
+ * float32: `(v / 255 - 0) / (1 / 255) = v`, written exactly (the float32 steps would give
+ * 6.9999995 for 7). For models that normalize their own input (`includePreprocessing`):
+ * they get the resized and cropped pixels, and only the model applies mean and std.
+ * Plain numbers, so that they reach the preprocessing workers as any mean and std do.
+ */
+export const RAW_PIXELS: {
+  readonly mean: readonly [number, number, number];
+  readonly std: readonly [number, number, number];
+} = { mean: [0, 0, 0], std: [1 / 255, 1 / 255, 1 / 255] };
+
+/** True for {@link RAW_PIXELS}' mean and std (by value: they may come from a worker message). */
+function isRawPixels(mean: readonly number[], std: readonly number[]): boolean {
+  return [0, 1, 2].every((c) => mean[c] === 0 && std[c] === RAW_PIXELS.std[c]);
+}
 
 /** Options of {@link evalTransform}. */
 export interface EvalTransformOptions {
@@ -149,7 +165,8 @@ export function evalResizeCrop(
 
 /**
  * ToTensor + Normalize in float32 with torch's operation order, as a lookup table:
- * `lut[c * 256 + v] = f32(f32(f32(v / 255) - f32(mean[c])) / f32(std[c]))`.
+ * `lut[c * 256 + v] = f32(f32(f32(v / 255) - f32(mean[c])) / f32(std[c]))`; for
+ * {@link RAW_PIXELS}, `v` itself.
  */
 function normalizationTable(
   mean: readonly [number, number, number],
@@ -157,6 +174,10 @@ function normalizationTable(
 ): Float32Array {
   const f = Math.fround;
   const lut = new Float32Array(3 * 256);
+  if (isRawPixels(mean, std)) {
+    for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) lut[c * 256 + v] = v;
+    return lut;
+  }
   for (let c = 0; c < 3; c++) {
     const m = f(mean[c]);
     const s = f(std[c]);
@@ -171,7 +192,8 @@ function normalizationTable(
 const DEFAULT_TABLE = normalizationTable(IMAGENET_MEAN, IMAGENET_STD);
 
 /**
- * ToTensor (/255) and Normalize of an RGB uint8 image into HWC float32.
+ * ToTensor (/255) and Normalize of an RGB uint8 image into HWC float32 (with
+ * {@link RAW_PIXELS}: the 0..255 pixels as they are, for models that normalize themselves).
  *
  * @param out optional destination (e.g. a slice of a batch buffer), length w*h*3
  * @example

@@ -25,6 +25,7 @@ import { ProgressBar, type ProgressOptions } from "../util/progress.ts";
 import { removeIfExists, writeFileAtomic } from "../util/fs.ts";
 import {
   evalTransformOptions,
+  modelPreprocessing,
   type Preprocessing,
   preprocessingFor,
   storedModelConfig,
@@ -326,7 +327,8 @@ function prepareRun(
   const name = options.modelName ?? info?.source?.zoo ?? info?.source?.file ??
     info?.architecture ?? model.name;
   const numClasses = classifierClasses(model);
-  const preprocessing = info?.preprocessing ?? preprocessingFor(224);
+  // Says (inModel) whether the model normalizes itself; the transform then keeps 0..255.
+  const preprocessing = modelPreprocessing(model, info?.preprocessing ?? preprocessingFor(224));
   const transform = evalTransformOptions(preprocessing);
   const maxLabel = dataset.samples.reduce((m, s) => Math.max(m, s.label), -1);
   if (maxLabel >= numClasses) {

@@ -7,10 +7,14 @@
  * - layer scale goes into the second layer: `W2' = W2 diag(gamma)`, `b2' = b2 * gamma`;
  * - a 7x7 depthwise kernel is also split into four 5x5 tiles ({@link splitKernel7}).
  *
+ * A model's input normalization `(x / 255 - mean) / std` goes into the stem convolution that
+ * reads it ({@link foldInputNormalization}), so the plan takes 0..255 pixels with no step of
+ * its own.
+ *
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
-import type { Plan } from "./plan.ts";
+import type { DenseStep, InputNormalizationFold, Plan, SpatialStep } from "./plan.ts";
 
 /** Folded weights by key (`<prefix>/<name>`). */
 export type FoldedWeights = Record<string, tf.Tensor>;
@@ -89,6 +93,72 @@ export function splitKernel7(kernel: tf.Tensor): tf.Tensor4D[] {
 export const TILE_OFFSETS: readonly [number, number][] = [[0, 0], [0, 2], [2, 0], [2, 2]];
 
 /**
+ * A "valid" Conv2D's kernel `[kh, kw, C, O]` and bias `[O]` (null: none) with the input
+ * normalization `(x / 255 - mean) / std` folded in, exact algebra:
+ * `conv(W, (x / 255 - m) / s) + b = conv(W / (255 s), x) + (b - sum_{kh,kw,c} W m / s)`.
+ * Only for convolutions without padding: a padded tap reads 0 in both forms, but 0 stands
+ * for the normalized value there and for the pixel value here (the plan folds "valid" only).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { foldInputNormalization } from "./fold.ts";
+ * await selectBackend("cpu");
+ * const fold = { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] };
+ * const w = tf.ones([1, 1, 3, 1]);
+ * const { kernel, bias } = foldInputNormalization(w, null, fold);
+ * // A white pixel normalizes to 2 per channel; three channels of weight 1 give 6.
+ * const y = tf.add(tf.sum(tf.mul(tf.fill([3], 255), tf.reshape(kernel, [3]))), bias);
+ * console.log(y.dataSync()[0]); // about 6
+ * if (Math.abs(y.dataSync()[0] - 6) > 1e-4) throw new Error(`${y.dataSync()}`);
+ * ```
+ */
+export function foldInputNormalization(
+  kernel: tf.Tensor,
+  bias: tf.Tensor | null,
+  fold: InputNormalizationFold,
+): { kernel: tf.Tensor; bias: tf.Tensor } {
+  return tf.tidy(() => {
+    const channels = kernel.shape[2];
+    if (kernel.rank !== 4 || fold.mean.length !== channels || fold.std.length !== channels) {
+      throw new Error(
+        `foldWeights: an input normalization of ${fold.mean.length} channels cannot fold into a kernel of shape [${kernel.shape}]`,
+      );
+    }
+    // Per input channel, broadcast over [kh, kw, C, O]; the factors in float64, then rounded.
+    const perChannel = (v: number[]) => tf.tensor4d(v, [1, 1, channels, 1]);
+    const scaled = tf.mul(kernel, perChannel(fold.std.map((s) => 1 / (255 * s))));
+    const shift = tf.sum(tf.mul(kernel, perChannel(fold.mean.map((m, c) => m / fold.std[c]))), [
+      0,
+      1,
+      2,
+    ]);
+    return { kernel: scaled, bias: bias ? tf.sub(bias, shift) : tf.neg(shift) };
+  });
+}
+
+/**
+ * The kernel and bias of a conv, depthwise or dense step (copies), with a conv's input
+ * normalization folded in.
+ */
+function layerWeights(model: tf.LayersModel, step: SpatialStep | DenseStep): FoldedWeights {
+  const layer = model.getLayer(step.prefix);
+  const kernel = weight(layer, step.op === "depthwise" ? "depthwise_kernel" : "kernel");
+  const bias = optionalWeight(layer, "bias");
+  if (step.op === "conv" && step.inputNormalization) {
+    const folded = foldInputNormalization(kernel, bias, step.inputNormalization);
+    return { [`${step.prefix}/kernel`]: folded.kernel, [`${step.prefix}/bias`]: folded.bias };
+  }
+  const out: FoldedWeights = { [`${step.prefix}/kernel`]: tf.clone(kernel) };
+  if (step.bias) {
+    if (!bias) throw new Error(`foldWeights: layer ${layer.name} has no bias`);
+    out[`${step.prefix}/bias`] = tf.clone(bias);
+  }
+  return out;
+}
+
+/**
  * Compute the folded weights of `plan` from `model`'s current variables. The caller owns
  * the returned tensors (dispose them when done).
  *
@@ -149,17 +219,9 @@ export function foldWeights(model: tf.LayersModel, plan: Plan): FoldedWeights {
         }
         case "conv":
         case "depthwise":
-        case "dense": {
-          const layer = model.getLayer(step.prefix);
-          const kernelName = step.op === "depthwise" ? "depthwise_kernel" : "kernel";
-          out[`${step.prefix}/kernel`] = tf.clone(weight(layer, kernelName));
-          const bias = optionalWeight(layer, "bias");
-          if (step.bias) {
-            if (!bias) throw new Error(`foldWeights: layer ${layer.name} has no bias`);
-            out[`${step.prefix}/bias`] = tf.clone(bias);
-          }
+        case "dense":
+          Object.assign(out, layerWeights(model, step));
           break;
-        }
         case "layerNorm": {
           const layer = model.getLayer(step.prefix);
           out[`${step.prefix}/gamma`] = tf.clone(weight(layer, "gamma"));

@@ -6,6 +6,11 @@
  * The plan is plain JSON (no tensors), so it can be sent to worker threads; the weights it
  * names are produced by ./fold.ts and the steps are run by ./execute.ts.
  *
+ * A model that normalizes its own 0..255 input (an `InputNormalization` layer, from
+ * `createConvNeXt(..., { includePreprocessing: true })`) has the normalization folded into
+ * the stem convolution's weights ({@link InputNormalizationFold}); the layer itself becomes
+ * an identity step.
+ *
  * @module
  */
 import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
@@ -43,6 +48,19 @@ export interface BlockStep {
 }
 
 /**
+ * A model's input normalization `(x / 255 - mean) / std` (per channel), folded into the
+ * weights of the convolution that reads it (see ./fold.ts): `W' = W / (255 std)`,
+ * `b' = b - sum(W mean / std)`. Exact for a "valid" convolution, where every tap reads a real
+ * pixel (a padded tap reads 0, which is not the normalized 0), so only those get one.
+ */
+export interface InputNormalizationFold {
+  /** Per-channel mean (pixels scaled to [0, 1]). */
+  mean: number[];
+  /** Per-channel standard deviation. */
+  std: number[];
+}
+
+/**
  * A Conv2D, or a depthwise Conv2D outside a fusable block. Weights `<prefix>/kernel`,
  * optional `/bias`.
  */
@@ -59,6 +77,11 @@ export interface SpatialStep extends StepSlots {
   bias: boolean;
   /** Activation after the bias. */
   activation: PlanActivation;
+  /**
+   * The model's input normalization, folded into this conv's kernel and bias (which then
+   * exists even if the layer has none): the step reads 0..255 pixels.
+   */
+  inputNormalization?: InputNormalizationFold;
 }
 
 /** LayerNorm over the last axis. Weights `<prefix>/gamma`, `<prefix>/beta`. */
@@ -268,6 +291,8 @@ class PlanBuilder {
   readonly #sources: PlanSource[] = [];
   readonly #slots = new Map<number, number>();
   readonly #done = new Set<Layer>();
+  /** Convolutions that absorb an input normalization, and which layer it is. */
+  readonly #folds = new Map<Layer, InputNormalizationFold & { layer: string }>();
   readonly #only: (t: Sym, cls: string[]) => Layer | null;
   readonly #model: tf.LayersModel;
   readonly #input: number;
@@ -368,6 +393,8 @@ class PlanBuilder {
         this.#steps.push({ op: "identity", input: x, output: this.#define(node.output) });
         return;
       }
+      case "InputNormalization":
+        return this.#inputNormalization(node);
       case "GlobalResponseNorm":
         // ConvNeXt V2: the engine has no GRN step yet (its norm needs the whole hidden map
         // before the second matmul). Refused by name so the reason says so; the model keeps
@@ -399,21 +426,61 @@ class PlanBuilder {
     return true;
   }
 
-  /** A plain (depthwise) convolution step, with the layer's strides, padding, bias, activation. */
+  /**
+   * A plain (depthwise) convolution step, with the layer's strides, padding, bias, activation,
+   * and the input normalization folded into it, if any.
+   */
   #spatial(node: LayerNode, op: "conv" | "depthwise"): void {
     const { layer, config } = node;
     checkSpatial(layer, config, true);
     const x = this.#one(node);
-    this.#pushOwn({
+    const fold = op === "conv" ? this.#folds.get(layer) : undefined;
+    this.#steps.push({
       op,
       input: x,
       output: this.#define(node.output),
       prefix: layer.name,
       strides: pair(config.strides ?? 1, `${layer.name}.strides`),
       padding: config.padding as "valid" | "same",
-      bias: config.useBias !== false,
+      bias: fold !== undefined || config.useBias !== false,
       activation: activationOf(layer),
+      ...(fold ? { inputNormalization: { mean: fold.mean, std: fold.std } } : {}),
     });
+    // The normalization layer is listed as a source: the fold depends on it (no weights).
+    const layers = fold ? [fold.layer, layer.name] : [layer.name];
+    this.#sources.push({ prefix: layer.name, layers });
+  }
+
+  /**
+   * An input normalization (`(x / 255 - mean) / std`), folded into the single "valid"
+   * Conv2D that reads it (./fold.ts); anything else reads normalized values the plan has no
+   * step for, and is refused (the model keeps the stock path).
+   *
+   * The layer stays in the plan as an identity step (a copy of the pixels, small next to any
+   * block) rather than an alias of the input slot: a consumer that runs conv steps with the
+   * layer's own, unfolded weights (the training kernels) then meets a step it refuses, never
+   * a stem that silently skips the normalization.
+   */
+  #inputNormalization(node: LayerNode): void {
+    const { layer, config } = node;
+    const mean = config.mean, std = config.std;
+    const numbers = (v: unknown): v is number[] =>
+      Array.isArray(v) && v.every((n) => typeof n === "number" && Number.isFinite(n));
+    if (!numbers(mean) || !numbers(std) || mean.length !== std.length) {
+      unsupported(`${layer.name}: mean ${JSON.stringify(mean)} and std ${JSON.stringify(std)}`);
+    }
+    const conv = this.#only(node.output, ["Conv2D"]);
+    const c = conv?.getConfig() as Config | undefined;
+    if (!conv || c?.padding !== "valid" || (c?.groups ?? 1) !== 1) {
+      unsupported(
+        `${layer.name}: the input normalization folds only into a single "valid" Conv2D reading it alone${
+          conv ? `, ${conv.name} has padding ${c?.padding}` : ""
+        }`,
+      );
+    }
+    this.#folds.set(conv, { mean: [...mean], std: [...std], layer: layer.name });
+    const x = this.#one(node);
+    this.#steps.push({ op: "identity", input: x, output: this.#define(node.output) });
   }
 
   /** A global average or max pooling step (channels last, no kept dimensions). */

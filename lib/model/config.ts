@@ -12,6 +12,14 @@
  * `preprocessing.std`, `url` / `source.url`, `license` / `license`, `origin_url` /
  * `originUrl`.
  *
+ * A model built with `includePreprocessing: true` normalizes its own input (Keras'
+ * `include_preprocessing`): its configuration says so with `preprocessing.inModel`, which
+ * always follows the graph (see {@link modelPreprocessing}), and {@link evalTransformOptions}
+ * then gives it the resized and cropped 0..255 pixels instead of normalized ones.
+ * `evalTransformOptions(modelPreprocessing(model, p))` is the one place where
+ * classification, embedding and evaluation decide what to feed a model, so that no path
+ * normalizes twice.
+ *
  * @module
  */
 import type * as tf from "npm:@tensorflow/tfjs@4.22.0";
@@ -20,8 +28,11 @@ import {
   type EvalTransformOptions,
   IMAGENET_MEAN,
   IMAGENET_STD,
+  RAW_PIXELS,
 } from "../data/transform.ts";
 import { architectureOf, numClasses } from "./architecture.ts";
+import { InputNormalization } from "./layers.ts";
+import { PREPROCESSING } from "./names.ts";
 import type { ArchitectureSpec } from "./variants.ts";
 
 /** How inputs must be prepared for a model (the official evaluation transform). */
@@ -41,6 +52,13 @@ export interface Preprocessing {
   mean: number[];
   /** Per-channel standard deviation. */
   std: number[];
+  /**
+   * Present (true) when the model normalizes its own input with `mean` and `std` (built
+   * with `includePreprocessing: true`): it takes resized and cropped RGB pixels in 0..255,
+   * and {@link evalTransformOptions} leaves them so. Set from the model's graph by
+   * {@link modelConfig}, {@link storedModelConfig} and {@link attachModelConfig}.
+   */
+  inModel?: true;
 }
 
 /**
@@ -73,6 +91,11 @@ export function preprocessingFor(size: number, cropPct = DEFAULT_CROP_PCT): Prep
  * and std). The official transform is a resize + crop below 384 px and a warp from 384 px
  * on; a preprocessing record that says otherwise cannot be reproduced and is an error.
  *
+ * For a model that normalizes itself (`p.inModel`), mean and std are `RAW_PIXELS`' (0 and
+ * 1/255): the transform then yields the resized and cropped 0..255 pixels, and the model
+ * applies `p.mean` and `p.std`. Pass {@link modelPreprocessing}'s record so that the flag
+ * matches the model.
+ *
  * @example
  * ```ts
  * import { evalTransformOptions, preprocessingFor } from "./config.ts";
@@ -91,6 +114,7 @@ export function evalTransformOptions(p: Preprocessing): EvalTransformOptions & {
   if (p.mean.length !== 3 || p.std.length !== 3) {
     throw new Error(`preprocessing: mean and std need 3 values, got ${p.mean} and ${p.std}`);
   }
+  if (p.inModel) return { size: p.size, cropPct: p.cropPct, ...RAW_PIXELS };
   return {
     size: p.size,
     cropPct: p.cropPct,
@@ -153,7 +177,59 @@ export const MODEL_CONFIG_KEY = "convnext";
 export function storedModelConfig(model: tf.LayersModel): ModelConfig | undefined {
   const meta = model.getUserDefinedMetadata() as Record<string, unknown> | undefined;
   const config = meta?.[MODEL_CONFIG_KEY];
-  return typeof config === "object" && config !== null ? config as ModelConfig : undefined;
+  if (typeof config !== "object" || config === null) return undefined;
+  return followGraph(model, config as ModelConfig);
+}
+
+/**
+ * The mean and std of `model`'s own input normalization (the `InputNormalization` layer
+ * `preprocessing` on its input, from `includePreprocessing: true`), or undefined when the
+ * model takes normalized input.
+ */
+export function inputNormalization(
+  model: tf.LayersModel,
+): { mean: number[]; std: number[] } | undefined {
+  const layer = model.layers.find((l) => l.name === PREPROCESSING);
+  // By class name, not instanceof: a model loaded through another copy of this module.
+  if (layer?.getClassName() !== InputNormalization.className) return undefined;
+  const { mean, std } = layer.getConfig() as { mean: number[]; std: number[] };
+  return { mean: [...mean], std: [...std] };
+}
+
+/**
+ * `p` (default: the model's, `modelConfig(model).preprocessing`) as it applies to `model`:
+ * with `inModel` and the model's mean and std when the model normalizes its own input,
+ * without `inModel` otherwise. The graph decides, not the record, so that a record made for
+ * another model (e.g. `preprocessingFor(384)` passed to `classify`) cannot make a caller
+ * normalize twice, or not at all. `evalTransformOptions(modelPreprocessing(model, p))` is
+ * what to feed the model.
+ *
+ * @example
+ * ```ts
+ * import { selectBackend } from "../backend/select.ts";
+ * import { createConvNeXt } from "./convnext.ts";
+ * import { evalTransformOptions, modelPreprocessing, preprocessingFor } from "./config.ts";
+ * await selectBackend("cpu");
+ * const model = createConvNeXt("convnext_atto", {
+ *   includePreprocessing: true,
+ *   inputShape: [32, 32, 3],
+ *   randomInit: false,
+ * });
+ * const p = modelPreprocessing(model, preprocessingFor(384));
+ * console.log(p.inModel, evalTransformOptions(p).mean); // true [0, 0, 0]: 0..255 pixels
+ * if (!p.inModel) throw new Error("the model normalizes itself");
+ * ```
+ */
+export function modelPreprocessing(model: tf.LayersModel, p?: Preprocessing): Preprocessing {
+  const { inModel: _, ...rest } = p ?? modelConfig(model).preprocessing;
+  const own = inputNormalization(model);
+  return own ? { ...rest, ...own, inModel: true } : rest;
+}
+
+/** `config` with its preprocessing as it applies to `model` ({@link modelPreprocessing}). */
+function followGraph(model: tf.LayersModel, config: ModelConfig): ModelConfig {
+  if (typeof config.preprocessing !== "object" || config.preprocessing === null) return config;
+  return { ...config, preprocessing: modelPreprocessing(model, config.preprocessing) };
 }
 
 /**
@@ -171,7 +247,7 @@ export function defaultModelConfig(model: tf.LayersModel): ModelConfig {
     spec,
     numClasses: classes,
     labels: labelsFor(classes),
-    preprocessing: preprocessingFor(size),
+    preprocessing: modelPreprocessing(model, preprocessingFor(size)),
   };
 }
 
@@ -199,7 +275,8 @@ export function modelConfig(model: tf.LayersModel): ModelConfig {
 
 /**
  * Attach `config` to `model` (its `userDefinedMetadata.convnext`, kept by `saveModel`),
- * keeping the model's other metadata.
+ * keeping the model's other metadata; `preprocessing.inModel` is set as the model's graph
+ * says ({@link modelPreprocessing}).
  *
  * @example
  * ```ts
@@ -215,5 +292,6 @@ export function modelConfig(model: tf.LayersModel): ModelConfig {
  */
 export function attachModelConfig(model: tf.LayersModel, config: ModelConfig): void {
   const meta = (model.getUserDefinedMetadata() ?? {}) as Record<string, unknown>;
-  model.setUserDefinedMetadata({ ...meta, [MODEL_CONFIG_KEY]: config });
+  // What is stored (and saved) says whether the model normalizes itself, as its graph does.
+  model.setUserDefinedMetadata({ ...meta, [MODEL_CONFIG_KEY]: followGraph(model, config) });
 }

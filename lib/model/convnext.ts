@@ -12,13 +12,18 @@
  *   `_norm`, `_pwconv1` (Dense + exact GELU), `_grn` (V2 only), `_pwconv2`, `_layer_scale`,
  *   `_drop_path`, and `stages_{i}_block_{j}` (the residual add: the block's output);
  * - isotropic: `stem_conv` (16x16/16, no norm), blocks `blocks_{j}_*` and `blocks_{j}`;
- * - head: `head_pool`, `head_norm`, `head_fc`.
+ * - head: `head_pool`, `head_norm`, `head_fc`;
+ * - with `includePreprocessing: true`: `preprocessing` (an `InputNormalization`) between the
+ *   input and the stem.
  *
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { IMAGENET_MEAN, IMAGENET_STD } from "../data/transform.ts";
+import { OptionError } from "../util/errors.ts";
 import {
   GlobalResponseNorm,
+  InputNormalization,
   LayerNorm,
   LayerScale,
   StochasticDepth,
@@ -33,6 +38,7 @@ import {
   HEAD_NORM,
   HEAD_POOL,
   INPUT_NAME,
+  PREPROCESSING,
   STEM_CONV,
   STEM_NORM,
 } from "./names.ts";
@@ -75,6 +81,15 @@ export interface ConvNeXtOptions {
   seed?: number;
   /** Model name. Default: the architecture name. */
   name?: string;
+  /**
+   * Take RGB pixels in 0..255, as Keras applications' `include_preprocessing`: the model
+   * starts with a `preprocessing` layer that computes `(x / 255 - mean) / std` with
+   * ImageNet's mean and std, so `predict` takes resized and cropped pixels as they are.
+   * `modelConfig(model).preprocessing.inModel` is then true, and `classify`, `embed` and
+   * `evaluate` feed it pixels instead of normalizing twice. Needs 3 input channels.
+   * Default false: the model takes normalized input, as the official code.
+   */
+  includePreprocessing?: boolean;
 }
 
 /** A resolved architecture: its name (when official) and its spec. */
@@ -105,6 +120,7 @@ interface Resolved {
   randomInit: boolean;
   seed?: number;
   name: string;
+  includePreprocessing: boolean;
 }
 
 function validateOptions(arch: ResolvedArchitecture, options: ConvNeXtOptions): Resolved {
@@ -159,6 +175,7 @@ function validateOptions(arch: ResolvedArchitecture, options: ConvNeXtOptions): 
     fail(`headInitScale must be a positive number, got ${headInitScale}`);
   }
   const randomInit = options.randomInit ?? true;
+  const includePreprocessing = checkIncludePreprocessing(arch, options, inputShape[2]);
   if (options.seed !== undefined && !Number.isInteger(options.seed)) {
     fail(`seed must be an integer, got ${options.seed}`);
   }
@@ -175,7 +192,32 @@ function validateOptions(arch: ResolvedArchitecture, options: ConvNeXtOptions): 
     randomInit,
     seed: options.seed,
     name: options.name ?? arch.name,
+    includePreprocessing,
   };
+}
+
+/** `options.includePreprocessing`, checked: a boolean, and RGB input when true. */
+function checkIncludePreprocessing(
+  arch: ResolvedArchitecture,
+  options: ConvNeXtOptions,
+  channels: number,
+): boolean {
+  const value = options.includePreprocessing ?? false;
+  if (typeof value !== "boolean") {
+    throw new OptionError(
+      "includePreprocessing",
+      `createConvNeXt(${arch.name}): includePreprocessing must be a boolean, got ${
+        JSON.stringify(value) ?? String(value)
+      }`,
+    );
+  }
+  if (value && channels !== IMAGENET_MEAN.length) {
+    throw new OptionError(
+      "includePreprocessing",
+      `createConvNeXt(${arch.name}): includePreprocessing normalizes RGB pixels and needs 3 input channels, got ${channels}`,
+    );
+  }
+  return value;
 }
 
 type Sym = tf.SymbolicTensor;
@@ -262,6 +304,40 @@ function dropRates(total: number, rate: number): number[] {
 }
 
 /**
+ * The stem: with `includePreprocessing` the input normalization, then the patchify conv
+ * (4x4 stride 4 hierarchical, 16x16 stride 16 isotropic; "valid", so every tap reads a real
+ * pixel, which is what lets the optimized plan fold the normalization into it) and, in
+ * hierarchical models, its LayerNorm.
+ */
+function stem(
+  input: Sym,
+  spec: ArchitectureSpec,
+  opts: Resolved,
+  init: ReturnType<typeof kernelInits>,
+): Sym {
+  const x = opts.includePreprocessing
+    ? apply(
+      new InputNormalization({ mean: IMAGENET_MEAN, std: IMAGENET_STD, name: PREPROCESSING }),
+      input,
+    )
+    : input;
+  const hierarchical = spec.kind === "hierarchical";
+  const patch = hierarchical ? 4 : 16;
+  const conv = apply(
+    tf.layers.conv2d({
+      filters: hierarchical ? spec.dims[0] : spec.dim,
+      kernelSize: patch,
+      strides: patch,
+      padding: "valid",
+      kernelInitializer: init(),
+      name: STEM_CONV,
+    }),
+    x,
+  );
+  return hierarchical ? apply(new LayerNorm({ epsilon: 1e-6, name: STEM_NORM }), conv) : conv;
+}
+
+/**
  * Throws a clear error when no TF.js backend is ready. TF.js picks the highest-priority
  * registered backend on first use; the kit registers wasm, whose initialization is
  * asynchronous, so a model built before `await selectBackend()` would otherwise fail with
@@ -307,6 +383,9 @@ function requireBackend(caller: string): void {
  * // ConvNeXt V2 takes the same options (GRN in every block, no layer scale).
  * const v2 = createConvNeXt("convnextv2_atto", { numClasses: 10, dropPathRate: 0.1 });
  * console.log(v2.getLayer("stages_0_block_0_grn").getClassName()); // "GlobalResponseNorm"
+ * // Keras' include_preprocessing: predict takes 0..255 RGB pixels and normalizes them itself.
+ * const rgb = createConvNeXt("convnext_atto", { includePreprocessing: true, inputShape: [32, 32, 3] });
+ * console.log(rgb.getLayer("preprocessing").getClassName()); // "InputNormalization"
  * // A custom size, randomly initialized: small enough to train in a test.
  * const small = createConvNeXt({
  *   kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 8, 16, 16], layerScaleInit: 1e-6,
@@ -325,22 +404,10 @@ export function createConvNeXt(
   const spec = arch.spec;
   const input = tf.input({ shape: opts.inputShape, name: INPUT_NAME });
 
-  let x: Sym;
+  let x = stem(input, spec, opts, init);
   if (spec.kind === "hierarchical") {
     const total = spec.depths.reduce((a, b) => a + b, 0);
     const rates = dropRates(total, opts.dropPathRate);
-    x = apply(
-      tf.layers.conv2d({
-        filters: spec.dims[0],
-        kernelSize: 4,
-        strides: 4,
-        padding: "valid",
-        kernelInitializer: init(),
-        name: STEM_CONV,
-      }),
-      input,
-    );
-    x = apply(new LayerNorm({ epsilon: 1e-6, name: STEM_NORM }), x);
     let k = 0;
     for (let i = 0; i < 4; i++) {
       if (i > 0) {
@@ -363,17 +430,6 @@ export function createConvNeXt(
     }
   } else {
     const rates = dropRates(spec.depth, opts.dropPathRate);
-    x = apply(
-      tf.layers.conv2d({
-        filters: spec.dim,
-        kernelSize: 16,
-        strides: 16,
-        padding: "valid",
-        kernelInitializer: init(),
-        name: STEM_CONV,
-      }),
-      input,
-    );
     for (let j = 0; j < spec.depth; j++) {
       x = block(x, undefined, j, spec.dim, rates[j], opts, init);
     }

@@ -2,7 +2,8 @@
  * Custom TF.js layers and initializers that ConvNeXt needs and TF.js lacks (or
  * implements in a way that costs too much): a channels-last LayerNorm without
  * `tf.tile`, per-channel layer scale, ConvNeXt V2's Global Response Normalization,
- * stochastic depth, and timm's truncated normal initializer.
+ * stochastic depth, the input normalization of models that take 0..255 pixels, and timm's
+ * truncated normal initializer.
  *
  * Every class is registered with `tf.serialization.registerClass`, so a saved
  * model lists them in `summary()` and loads back once this module is imported.
@@ -341,6 +342,107 @@ export class StochasticDepth extends tf.layers.Layer {
   }
 }
 
+/** Options of {@link InputNormalization}. */
+export interface InputNormalizationArgs extends LayerArgs {
+  /** Per-channel mean, after scaling pixels to [0, 1] (e.g. ImageNet's 0.485, 0.456, 0.406). */
+  mean: readonly number[];
+  /** Per-channel standard deviation, after scaling pixels to [0, 1] (all > 0). */
+  std: readonly number[];
+}
+
+/**
+ * The normalization of a model that takes RGB pixels in 0..255, as Keras applications'
+ * `include_preprocessing` (Keras ConvNeXt: a Normalization layer with ImageNet's mean and
+ * variance after rescaling to [0, 1]): `y = (x / 255 - mean) / std` per channel, in that
+ * order, in float32 (the order of torchvision's ToTensor + Normalize, so that pixels fed
+ * here give the values the kit's own transform gives, bit for bit on cpu and wasm).
+ *
+ * No weights: mean and std are configuration (saved with the model), so loading weights or
+ * fine-tuning never changes them. Only broadcasting `sub`/`div` by `[C]` constants, which
+ * every backend (webgpu included) runs. The optimized inference plan (lib/infer/plan.ts)
+ * folds it into the stem convolution's weights.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { selectBackend } from "../backend/select.ts";
+ * import { InputNormalization } from "./layers.ts";
+ * await selectBackend("cpu");
+ * const norm = new InputNormalization({ mean: [0.5, 0.5, 0.5], std: [0.25, 0.5, 1] });
+ * const y = norm.apply(tf.tensor4d([255, 255, 255, 0, 0, 0], [1, 1, 2, 3])) as tf.Tensor;
+ * console.log(y.dataSync()); // [2, 1, 0.5, -2, -1, -0.5]
+ * if (y.dataSync()[0] !== 2) throw new Error(`${y.dataSync()}`);
+ * ```
+ */
+export class InputNormalization extends tf.layers.Layer {
+  /** Serialization name. */
+  static className = "InputNormalization";
+  /** Per-channel mean (pixels scaled to [0, 1]). */
+  readonly mean: readonly number[];
+  /** Per-channel standard deviation (pixels scaled to [0, 1]). */
+  readonly std: readonly number[];
+
+  /**
+   * `(x / 255 - mean) / std` over the last (channel) axis.
+   *
+   * @param args layer options with the per-channel mean and std (same length, std > 0).
+   * @throws Error when mean and std are not finite numbers of one length, or a std is <= 0.
+   */
+  constructor(args: InputNormalizationArgs) {
+    super(args);
+    const numbers = (v: unknown) =>
+      Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === "number" && isFinite(x));
+    if (
+      !numbers(args.mean) || !numbers(args.std) || args.mean.length !== args.std.length ||
+      !args.std.every((s) => s > 0)
+    ) {
+      throw new Error(
+        `InputNormalization: mean and std must be finite numbers of one length (std > 0), got ${
+          JSON.stringify(args.mean)
+        } and ${JSON.stringify(args.std)}`,
+      );
+    }
+    this.mean = [...args.mean];
+    this.std = [...args.std];
+  }
+
+  /** Checks that the input has one channel per mean/std value. */
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const channels = shape[shape.length - 1];
+    if (channels !== this.mean.length) {
+      throw new Error(
+        `${this.name}: expected ${this.mean.length} channels (one per mean/std value), got input shape [${shape}]`,
+      );
+    }
+    this.built = true;
+  }
+
+  /** Same shape as the input. */
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
+    return inputShape;
+  }
+
+  /** Applies the layer to a tensor (integer pixels are cast to float32 first). */
+  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
+    return tf.tidy(() => {
+      const x = single(inputs);
+      // An int32 tensor would make `div` an integer division.
+      const pixels = x.dtype === "float32" ? x : tf.cast(x, "float32");
+      const scaled = tf.div(pixels, tf.scalar(255));
+      return tf.div(
+        tf.sub(scaled, tf.tensor1d(this.mean as number[])),
+        tf.tensor1d(this.std as number[]),
+      );
+    });
+  }
+
+  /** Serializable configuration (for save/load): mean and std. */
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), mean: [...this.mean], std: [...this.std] };
+  }
+}
+
 /** Options of {@link TruncatedNormal}. */
 export interface TruncatedNormalArgs {
   /** Mean of the normal distribution. */
@@ -461,6 +563,7 @@ tf.serialization.registerClass(LayerNorm);
 tf.serialization.registerClass(LayerScale);
 tf.serialization.registerClass(GlobalResponseNorm);
 tf.serialization.registerClass(StochasticDepth);
+tf.serialization.registerClass(InputNormalization);
 tf.serialization.registerClass(
   TruncatedNormal as unknown as tf.serialization.SerializableConstructor<
     tf.serialization.Serializable

@@ -51,6 +51,7 @@ export {
   layerName,
   layerOfWeight,
   parseLayerName,
+  PREPROCESSING,
   STEM_CONV,
   STEM_NORM,
   STEM_PARTS,
@@ -66,6 +67,7 @@ export {
   MODEL_CONFIG_KEY,
   type ModelConfig,
   modelConfig,
+  modelPreprocessing,
   type ModelSource,
   type Preprocessing,
   preprocessingFor,
@@ -74,6 +76,7 @@ export {
 export {
   GlobalResponseNorm,
   type GlobalResponseNormArgs,
+  InputNormalization,
   type Kwargs,
   type LayerArgs,
   LayerNorm,

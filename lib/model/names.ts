@@ -7,6 +7,8 @@
  * saved models and converted checkpoints depend on them.
  *
  * - input: `input`;
+ * - input normalization (models built with `includePreprocessing: true`): `preprocessing`,
+ *   right after the input (no weights: its mean and std are in its configuration);
  * - hierarchical stem: `stem_conv`, `stem_norm`;
  * - downsampling before stage i (i = 1..3): `stages_{i}_downsample_norm`,
  *   `stages_{i}_downsample_conv`;
@@ -34,6 +36,11 @@
 
 /** Name of the model's input layer. */
 export const INPUT_NAME = "input";
+/**
+ * The input normalization of a model that takes 0..255 pixels (`includePreprocessing`): the
+ * layer the optimized plan folds into the stem and that `modelConfig` looks for.
+ */
+export const PREPROCESSING = "preprocessing";
 /** The patchify stem convolution (4x4/4 hierarchical, 16x16/16 isotropic). */
 export const STEM_CONV = "stem_conv";
 /** The stem's LayerNorm (hierarchical models only). */
@@ -84,6 +91,7 @@ export type HeadPart = (typeof HEAD_PARTS)[number];
  */
 export type LayerLocation =
   | { readonly kind: "input" }
+  | { readonly kind: "preprocessing" }
   | { readonly kind: "stem"; readonly part: StemPart }
   | { readonly kind: "downsample"; readonly stage: number; readonly part: DownsamplePart }
   | {
@@ -147,6 +155,8 @@ export function layerName(where: LayerLocation): string {
   switch (where.kind) {
     case "input":
       return INPUT_NAME;
+    case "preprocessing":
+      return PREPROCESSING;
     case "stem":
       return `stem_${where.part}`;
     case "downsample":
@@ -190,6 +200,7 @@ function parseIndex(s: string): number {
 export function parseLayerName(name: string): LayerLocation | undefined {
   const layer = name.split("/")[0];
   if (layer === INPUT_NAME) return { kind: "input" };
+  if (layer === PREPROCESSING) return { kind: "preprocessing" };
   let m = STAGE_BLOCK.exec(layer);
   if (m) {
     const stage = parseIndex(m[1]), block = parseIndex(m[2]);

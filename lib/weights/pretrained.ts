@@ -14,6 +14,7 @@ import {
   attachModelConfig,
   labelsFor,
   type ModelConfig,
+  modelPreprocessing,
   type ModelSource,
   preprocessingFor,
 } from "../model/config.ts";
@@ -163,6 +164,12 @@ export interface ConvertOptions {
   headInitScale?: number;
   /** Name used in error messages (default: the file name). */
   label?: string;
+  /**
+   * Build the model with its input normalization inside (`createConvNeXt`'s
+   * `includePreprocessing`): it then takes 0..255 RGB pixels. The layer has no weights, so
+   * the checkpoint converts as usual. Default false.
+   */
+  includePreprocessing?: boolean;
 }
 
 /** A converted checkpoint: the model and what conversion learned. */
@@ -216,6 +223,7 @@ export async function convertCheckpoint(
     includeTop: withHead,
     pooling: withHead ? null : "avg",
     randomInit: false, // every weight is overwritten below, except a new head
+    includePreprocessing: options.includePreprocessing,
   });
   const newHead = options.dropHead && withHead
     ? [weightPath(HEAD_FC, "kernel"), weightPath(HEAD_FC, "bias")]
@@ -369,6 +377,7 @@ async function convertLocal(
       headInitScale: options.headInitScale,
       architecture: options.architecture ?? local.zoo?.architecture,
       label: options.label ?? local.source.file,
+      includePreprocessing: options.includePreprocessing,
     });
     const numClasses = headClassesOf(model);
     if (local.zoo && !options.dropHead && converted.numClasses !== local.zoo.numClasses) {
@@ -384,6 +393,8 @@ async function convertLocal(
       local.zoo?.resolution ?? resolutionFromName(local.source.file),
       options.dropHead ? undefined : local.zoo,
     );
+    // convnext.json says, as the model's metadata does, whether the model normalizes itself.
+    info.preprocessing = modelPreprocessing(model, info.preprocessing);
     attachModelConfig(model, info);
     await saveModel(model, out, {
       overwrite: options.overwrite,

@@ -13,13 +13,10 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
-/** Worker entry points: importing one starts a worker loop. */
-const WORKERS = [
-  "lib/data/worker.ts",
-  "lib/infer/pool_worker.ts",
-  "lib/train/augment_worker.ts",
-  "lib/train/parallel_worker.ts",
-];
+/** Worker entry points (`worker.ts`, `*_worker.ts`): importing one starts a worker loop. */
+function isWorker(path: string): boolean {
+  return /(^|[/_])worker\.ts$/.test(path);
+}
 
 async function* modules(dir: string): AsyncGenerator<string> {
   for await (const e of Deno.readDir(dir)) {
@@ -30,9 +27,8 @@ async function* modules(dir: string): AsyncGenerator<string> {
 }
 
 if (import.meta.main) {
-  const skip = new Set(WORKERS);
   const files: string[] = [];
-  for await (const f of modules(join(ROOT, "lib"))) if (!skip.has(f)) files.push(f);
+  for await (const f of modules(join(ROOT, "lib"))) if (!isWorker(f)) files.push(f);
   files.sort();
   const { code } = await new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", "--doc", ...files],

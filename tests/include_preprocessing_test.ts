@@ -28,7 +28,6 @@ import { loadSavedModel, saveModel } from "../lib/model/io.ts";
 import { InputNormalization } from "../lib/model/layers.ts";
 import { layerName, parseLayerName, PREPROCESSING } from "../lib/model/names.ts";
 import type { ArchitectureSpec } from "../lib/model/variants.ts";
-import { engineTrainSupport } from "../lib/train/engine_program.ts";
 import { OptionError } from "../lib/util/errors.ts";
 import { convertCheckpoint } from "../lib/weights/pretrained.ts";
 
@@ -150,11 +149,44 @@ Deno.test("the plan folds the layer into a valid stem conv and keeps an identity
   assert.ok(stem.op === "conv" && stem.input === 1 && stem.padding === "valid");
   assert.deepEqual(stem.inputNormalization, { mean: [...IMAGENET_MEAN], std: [...IMAGENET_STD] });
   assert.deepEqual(plan.sources[0], { prefix: "stem_conv", layers: [PREPROCESSING, "stem_conv"] });
-  // The training kernels read the stem's own weights: they must refuse, not skip the layer.
-  assert.match(engineTrainSupport(withLayer) ?? "", /identity/);
-  assert.equal(engineTrainSupport(plain), null);
   withLayer.dispose();
   plain.dispose();
+});
+
+Deno.test("deno task convert --include-preprocessing: a model that takes pixels, same classes", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const out = join(dir, "m");
+    const run = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../tools/convert.ts", import.meta.url).pathname, CHECKPOINT],
+      env: { CONVNEXT_BACKEND: "wasm" },
+    }).output();
+    assert.equal(run.code, 2); // no --out: usage error, nothing written
+    const ok = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../tools/convert.ts", import.meta.url).pathname,
+        CHECKPOINT,
+        "--out",
+        out,
+        "--include-preprocessing",
+      ],
+      env: { CONVNEXT_BACKEND: "wasm" },
+    }).output();
+    assert.equal(ok.code, 0, new TextDecoder().decode(ok.stderr));
+    const { model } = await loadSavedModel(out);
+    assert.ok(model.getLayer(PREPROCESSING) instanceof InputNormalization);
+    const plain = await convertCheckpoint(CHECKPOINT);
+    const [a] = await classify(model, [PHOTOS[0]]);
+    const [b] = await classify(plain.model, [PHOTOS[0]]);
+    assert.deepEqual(a.top.map((t) => t.index), b.top.map((t) => t.index));
+    a.top.forEach((t, i) => assert.ok(Math.abs(t.probability - b.top[i].probability) < 1e-5));
+    model.dispose();
+    plain.model.dispose();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a normalization the plan cannot fold keeps the stock path, with the reason", () => {

@@ -2,7 +2,7 @@
  * `deno task convert SOURCE --out DIR`: an official (or torchvision/timm/Hugging Face)
  * ConvNeXt checkpoint to a TF.js layers model directory.
  *
- *   deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--num-classes N]
+ *   deno task convert SOURCE --out DIR [--arch NAME] [--drop-head] [--include-preprocessing] [--num-classes N]
  *                                      [--head-init-scale X] [--overwrite]
  *
  * SOURCE is a zoo name (`deno task models`), a `.pth` / `.safetensors` path or a URL.
@@ -43,6 +43,7 @@ DIR must be new or empty; --overwrite replaces only a folder that holds a conver
       help: "the architecture, when the weights alone do not tell (default: inferred)",
     },
     "drop-head": { help: "leave out the classifier: a feature extractor" },
+    "include-preprocessing": { help: "the model takes 0..255 pixels and normalizes them itself" },
     "num-classes": { value: "N", help: "replace the classifier by a new one with N classes" },
     "head-init-scale": { value: "X", help: "scale of the new classifier's init", default: "1" },
     overwrite: { help: "replace DIR if it holds a converted model (nothing else)" },
@@ -63,6 +64,7 @@ const { values, positionals } = command(HELP, {
   out: { type: "string" },
   arch: { type: "string" },
   "drop-head": { type: "boolean", default: false },
+  "include-preprocessing": { type: "boolean", default: false },
   "num-classes": { type: "string" },
   "head-init-scale": { type: "string" },
   overwrite: { type: "boolean", default: false },
@@ -96,6 +98,7 @@ try {
   const info = await convertToDirectory(positionals[0], values.out, {
     architecture: values.arch as ArchitectureName | undefined,
     dropHead: values["drop-head"],
+    includePreprocessing: values["include-preprocessing"],
     numClasses,
     headInitScale,
     overwrite: values.overwrite,

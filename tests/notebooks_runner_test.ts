@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { installKernelspec, kernelSpec } from "../tools/notebooks/kernelspec.ts";
 import { findNotebooks, runNotebooks } from "../tools/notebooks/run.ts";
 import { absolutiseImports, checkNotebooks, extractModule } from "../tools/notebooks/typecheck.ts";
@@ -260,4 +260,52 @@ Deno.test("notebook code type-checks; a type error is reported at its notebook c
   assert.equal(report.match(/\[ERROR\]/g)?.length, 1, report);
   assert.match(report, /Type 'string' is not assignable to type 'number'/);
   assert.ok(report.includes(`${bad} cell 3 line 2:7`), report);
+});
+
+Deno.test("offline parameters use only files inside the repository (no ../shared)", async () => {
+  const root = join(import.meta.dirname!, "..");
+  const notebooksDir = join(root, "notebooks");
+  const raw = JSON.parse(await Deno.readTextFile(join(notebooksDir, "offline.json"))) as Record<
+    string,
+    string
+  >;
+  // Folders the notebooks write to: under out/, which the repository ignores.
+  const OUTPUTS = new Set(["CONVNEXT_OUT", "CONVNEXT_EVAL_OUT", "CONVNEXT_FT_OUT"]);
+  let inputs = 0;
+  // Outside a git checkout (an unpacked archive) only the existence of the files is checked.
+  const inGit = (await new Deno.Command("git", {
+    args: ["rev-parse", "--is-inside-work-tree"],
+    cwd: root,
+    stdout: "null",
+    stderr: "null",
+  }).output().catch(() => ({ success: false }))).success;
+  for (const [key, value] of Object.entries(raw)) {
+    for (const part of value.split(",")) {
+      if (!part.includes("/")) continue; // a number, a mode, a backend name
+      // The kernel runs in notebooks/: relative paths resolve from there.
+      const path = resolve(notebooksDir, part.replaceAll("{repo}", root));
+      assert.ok(
+        path.startsWith(root + "/") && !relative(root, path).startsWith(".."),
+        `${key}: ${part} is outside the repository`,
+      );
+      if (OUTPUTS.has(key)) {
+        assert.ok(relative(root, path).startsWith("out/"), `${key}: ${part} is not under out/`);
+        continue;
+      }
+      await Deno.stat(path); // throws NotFound: an input the repository does not hold
+      if (!inGit) {
+        inputs++;
+        continue;
+      }
+      const tracked = await new Deno.Command("git", {
+        args: ["ls-files", "--error-unmatch", "--others", "--cached", "--exclude-standard", path],
+        cwd: root,
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert.ok(tracked.success, `${key}: ${part} is ignored by git, so a clone would lack it`);
+      inputs++;
+    }
+  }
+  assert.ok(inputs >= 10, `only ${inputs} input paths checked`);
 });

@@ -5,7 +5,7 @@
 // notebook (PyTorch's fixture values, the files on disk, the official architecture); and that
 // the committed copies hold the same kinds of output, cell by cell, as the fresh run.
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { findNotebooks, runNotebooks } from "../tools/notebooks/run.ts";
 import { offlineEnv } from "../tools/notebooks.ts";
 
@@ -62,6 +62,15 @@ const OFFLINE = await readJson("notebooks/offline.json") as Record<string, strin
 /** Parameters of the official ConvNeXt-T with its 1000-class head (PyTorch's count, asserted by
  * make_zoo_fixture.py; the README rounds it to 28M). */
 const CONVNEXT_TINY_PARAMS = 28_589_128;
+/** Official ImageNet-1k top-1 (%) of some V1 and V2 checkpoints, from the ConvNeXt and
+ * ConvNeXt-V2 READMEs ("Results and Pre-trained Models"). */
+const OFFICIAL_TOP1: Record<string, string> = {
+  convnext_tiny_1k_224: "82.1",
+  convnextv2_atto_1k_224: "76.7",
+  convnextv2_tiny_1k_224: "83.0",
+  convnextv2_base_1k_224: "84.9",
+  convnextv2_huge_22k_512: "88.9",
+};
 /** The official ConvNeXt-T (paper, Table 9; models/convnext.py `convnext_tiny`). */
 const CONVNEXT_TINY = { depths: [3, 3, 9, 3], dims: [96, 192, 384, 768], patch: 4 };
 
@@ -151,6 +160,24 @@ const NUMBERS: Record<string, (text: string) => void | Promise<void>> = {
       1e-4,
       "zoo top-1 probability",
     );
+    // The V1-vs-V2 figure of the first photo: V1's top-5 (its text form) against PyTorch's
+    // logits; V2's five classes of the 10-class fixture, most likely first.
+    const figure = text.split("\n").indexOf(PHOTO.split("/").at(-1)!);
+    assert.ok(figure >= 0, "the V1/V2 figure of the first photo");
+    const v1 = /^V1: convnext_tiny_1k_224_ema\.pth: (.*)$/.exec(text.split("\n")[figure + 1]);
+    const v2 = /^V2: official_v2\.pt: (.*)$/.exec(text.split("\n")[figure + 2]);
+    assert.ok(v1 && v2, "V1 and V2 lines under the photo's name");
+    const v1Top = v1[1].split(", ").map((e) => /^(.*) ([0-9.e-]+)$/.exec(e)!);
+    assert.equal(v1Top.length, 5);
+    for (const [, label, p] of v1Top) {
+      const k = IMAGENET.findIndex((name, i) => name === label && isTop(ZOO_CHELSEA, i));
+      assert.ok(k >= 0, `V1 class ${label} is not among PyTorch's top classes`);
+      assertPrinted(p, softmaxAt(ZOO_CHELSEA, k), 3, 1e-4, `V1 probability of ${label}`);
+    }
+    const v2Top = v2[1].split(", ").map((e) => /^class (\d) ([0-9.]+)$/.exec(e)!);
+    assert.ok(v2Top.length === 5 && v2Top.every((m) => m !== null), v2[1]);
+    const probs = v2Top.map((m) => Number(m[2]));
+    assert.ok(probs.every((p, i) => p <= 1 && (i === 0 || p <= probs[i - 1])), v2[1]);
   },
   "feature_maps.ipynb": (text) => {
     assert.equal(OFFLINE.CONVNEXT_IMAGE, undefined, "the notebook's default photo is used");
@@ -179,6 +206,16 @@ const NUMBERS: Record<string, (text: string) => void | Promise<void>> = {
     assert.match(text, new RegExp(`tiny10 on ${EVAL.count + EVAL.errors} images`));
     const broken = EVAL.samples.find((s) => s.error)!.path;
     assert.ok(text.includes(`cannot decode image '../tests/fixtures/eval/imagefolder/${broken}'`));
+    // The V2 fixture is evaluated too (no official number: not a zoo model).
+    assert.match(text, /\| official_v2 \| - \| [0-9.]+ \| [0-9.]+ \| \d+ \(partial/);
+    // The published numbers, V1 and V2 rows.
+    for (const [name, top1] of Object.entries(OFFICIAL_TOP1)) {
+      const row = new RegExp(`^\\| ${name} \\| (V1|V2) \\|.*\\| ([0-9.]+) \\| [^|]+ \\|$`, "m")
+        .exec(text);
+      assert.ok(row, `the published row of ${name}`);
+      assert.equal(row[1], name.startsWith("convnextv2") ? "V2" : "V1", `${name}: family`);
+      assert.equal(Number(row[2]), Number(top1), `${name}: official top-1`);
+    }
   },
   "conversion.ipynb": async (text) => {
     const params = /architecture convnext_tiny, 1000 classes, ([\d,]+) parameters/.exec(text);
@@ -207,7 +244,12 @@ const NUMBERS: Record<string, (text: string) => void | Promise<void>> = {
   },
   "fine_tuning.ipynb": async (text) => {
     // Images per class: the table against the files on disk.
-    const data = OFFLINE.CONVNEXT_FT_DATA.replaceAll("{repo}", REPO.replace(/\/$/, ""));
+    // Relative paths resolve from notebooks/, the kernel's working directory.
+    const data = resolve(
+      REPO,
+      "notebooks",
+      OFFLINE.CONVNEXT_FT_DATA.replaceAll("{repo}", REPO.replace(/\/$/, "")),
+    );
     const counts = tableWith(text, "images");
     const onDisk: Record<string, number> = {};
     for await (const d of Deno.readDir(data)) {
@@ -220,14 +262,13 @@ const NUMBERS: Record<string, (text: string) => void | Promise<void>> = {
     }
     assert.deepEqual(Object.fromEntries(counts.map((r) => [r.class, Number(r.images)])), onDisk);
     // One row per epoch; validation accuracies are counts out of the validation images: the
-    // per-class limit (150 images over 5 classes: 30 each) times the default split 0.2.
+    // images per class (all, or CONVNEXT_FT_LIMIT spread over the classes) times the default
+    // split 0.2.
     const epochs = tableWith(text, "valAccuracy");
     assert.equal(epochs.length, Number(OFFLINE.CONVNEXT_FT_EPOCHS));
     const classes = Object.keys(onDisk).length;
-    const perClass = Math.min(
-      ...Object.values(onDisk),
-      Number(OFFLINE.CONVNEXT_FT_LIMIT) / classes,
-    );
+    const limit = OFFLINE.CONVNEXT_FT_LIMIT ? Number(OFFLINE.CONVNEXT_FT_LIMIT) : Infinity;
+    const perClass = Math.min(...Object.values(onDisk), limit / classes);
     const nVal = classes * Math.round(perClass * 0.2);
     for (const r of epochs) {
       const correct = Number(r.valAccuracy) * nVal;
@@ -246,15 +287,28 @@ const NUMBERS: Record<string, (text: string) => void | Promise<void>> = {
 
 /** What each notebook must show; a notebook not listed here only has to run cleanly. */
 const EXPECTATIONS: Record<string, (cells: Cell[], text: string, mimes: string[]) => void> = {
-  "classification.ipynb": (_cells, text, mimes) => {
-    assert.ok(mimes.includes("image/png"), "the photos");
-    // Four top-5 charts and the 22k one.
-    assert.ok(mimes.filter((m) => m === "image/svg+xml").length >= 5, "the top-5 bar charts");
+  "classification.ipynb": (cells, text) => {
+    const svgs = svgOutputs(cells);
+    // Four V1-vs-V2 figures (photo + two top-5 charts) and the 22k chart.
+    assert.equal(svgs.length, 5, "the top-5 figures");
+    assert.equal(svgs.filter((s) => s.includes("data:image/png;base64,")).length, 4, "photos");
+    for (const svg of svgs) {
+      // Probabilities on a fixed 0..1 axis: ticks 0, 0.25, 0.5, 0.75 and 1 under every chart.
+      const charts = svg.match(/>probability/g)?.length ?? 0;
+      assert.ok(charts >= 1, "a probability axis");
+      for (const tick of ["0.25", "0.5", "0.75", "1"]) {
+        assert.equal(svg.match(new RegExp(`>${tick}<`, "g"))?.length, charts, `tick ${tick}`);
+      }
+    }
+    for (const photo of ["chelsea.png", "coffee.jpg", "rocket.jpg", "astronaut.jpg"]) {
+      assert.match(text, new RegExp(`^${photo}\nV1: .*\nV2: .*$`, "m"), `V1 and V2 on ${photo}`);
+    }
     assert.match(text, /21841 classes/);
     assert.match(text, /224px resize-crop/);
   },
   "accuracy_table.ipynb": (_cells, text, mimes) => {
     assert.match(text, /\| name \| original acc@1 \| ours acc@1 \|/);
+    assert.match(text, /\| name \| family \| pretraining \| resolution \|/);
     assert.ok(mimes.includes("text/markdown") && mimes.includes("image/svg+xml"));
   },
   "fine_tuning.ipynb": (_cells, text, mimes) => {
@@ -276,12 +330,27 @@ const EXPECTATIONS: Record<string, (cells: Cell[], text: string, mimes: string[]
     assert.match(text, /Total params: /);
   },
   "feature_maps.ipynb": (_cells, text, mimes) => {
-    // The photo, 4 channel grids, 4 mean-activation overlays and the Grad-CAM overlay.
+    // The photo, 4 channel grids, 4 mean-activation overlays and the Grad-CAM overlay, with
+    // their titles in the figures (named in the text/plain stand-ins).
     assert.ok(mimes.filter((m) => m === "image/png").length >= 10, `${mimes.length} outputs`);
     assert.match(text, /stages_3_block_2: 7 x 7 x 768/);
-    assert.match(text, /class \d+ \(.*\), logit /);
+    const grids = [...text.matchAll(/<feature map grid, stage \d: .*: (\d+)x(\d+) PNG>/g)];
+    assert.equal(grids.length, 4, "4 channel grids");
+    // 8 columns of cells of at least 112 px, and room for the colour bar.
+    for (const g of grids) assert.ok(Number(g[1]) >= 8 * 112 + 40, `grid width ${g[1]}`);
+    const overlays = text.match(/<heat overlay, stage \d: mean over \d+ channels/g) ?? [];
+    assert.equal(overlays.length, 4, "4 mean-activation overlays");
+    assert.match(text, /<heat overlay, Grad-CAM: class \d+ \(.*\), logit /);
   },
 };
+
+/** The SVG outputs of some cells, in order. */
+function svgOutputs(cells: Cell[]): string[] {
+  return cells.flatMap((c) => c.outputs ?? []).flatMap((o) => {
+    const svg = o.data?.["image/svg+xml"];
+    return svg === undefined ? [] : [join1(svg)];
+  });
+}
 
 function codeCells(nb: { cells: Cell[] }): Cell[] {
   return nb.cells.filter((c) => c.cell_type === "code");

@@ -10,20 +10,28 @@ import { join } from "node:path";
 import { decode } from "fast-png";
 import {
   barChart,
+  colorize,
+  colormap,
   encodePng,
   heatmap,
   imageGrid,
   inJupyter,
   jet,
   lineChart,
+  markdownTable,
   overlayHeatmap,
   plotFigure,
   plotly,
   showImage,
   svgToPng,
+  topKChart,
+  topKPanels,
   toRgb8,
+  turbo,
+  viridis,
   withXmlns,
 } from "../lib/viz/mod.ts";
+import { colorbarTicks } from "../lib/viz/colormap.ts";
 import { jpegSize } from "../lib/viz/image.ts";
 import type { RgbImage } from "../lib/util/image.ts";
 
@@ -127,6 +135,68 @@ Deno.test("lineChart draws one line per series with a legend", async () => {
   assert.ok(fig.svg!.includes(">train<") && fig.svg!.includes(">val<"), "legend names");
   await assert.rejects(lineChart({ a: [1, -1] }, { logY: true }), /logY needs positive/);
   await assert.rejects(lineChart([{ name: "a", x: [1, 2], y: [1] }]), /2 x but 1 y/);
+});
+
+Deno.test("fixed axes: barChart domain, lineChart yDomain", async () => {
+  // With domain [0, 1] the axis ends at 1 whatever the values: 0.005 stays a sliver.
+  const fig = await barChart(["a", "b"], [0.005, 0.004], { domain: [0, 1] });
+  assert.ok(fig.svg!.includes(">1.0<"), "a tick at 1.0");
+  const auto = await barChart(["a", "b"], [0.005, 0.004]);
+  assert.ok(!auto.svg!.includes(">1.0<"), "auto-scaled: the axis ends near 0.005");
+  await assert.rejects(barChart(["a"], [1.5], { domain: [0, 1] }), /outside the domain \[0, 1\]/);
+  await assert.rejects(barChart(["a"], [0.5], { domain: [1, 0] }), /lo < hi/);
+  const line = await lineChart({ accuracy: [0.2, 0.3] }, { yDomain: [0, 1] });
+  assert.ok(line.svg!.includes(">1.0<") && line.svg!.includes(">0.0<"), "y axis 0..1");
+  await assert.rejects(lineChart({ a: [2] }, { yDomain: [0, 1] }), /outside the domain/);
+});
+
+Deno.test("topKPanels: charts side by side on one 0..1 probability axis", async () => {
+  const photo = { width: 40, height: 20, channels: 3 as const, data: new Uint8Array(2400) };
+  const v1 = [{ label: "tabby", probability: 0.005 }, { label: "lynx", probability: 0.004 }];
+  const v2 = [{ label: "tabby", probability: 0.9 }, { label: "lynx", probability: 0.05 }];
+  const fig = await topKPanels([{ title: "V1 model", top: v1 }, { title: "V2 model", top: v2 }], {
+    title: "cat.png",
+    image: photo,
+  });
+  const svg = fig.svg!;
+  assert.ok(svg.startsWith(`<svg ${XMLNS}`));
+  for (const text of ["cat.png", "V1 model", "V2 model", "0.005", "0.900", "probability"]) {
+    assert.ok(svg.includes(`>${text}`), `text ${text}`);
+  }
+  // Both charts end their axis at 1 (ticks 0, 0.25, 0.5, 0.75, 1), the photo is embedded.
+  assert.equal(svg.match(/>0\.75</g)?.length, 2);
+  assert.equal(svg.match(/>1</g)?.length, 2);
+  assert.equal(svg.match(/data:image\/png;base64,/g)?.length, 1);
+  assert.equal(
+    fig.bundle["text/plain"],
+    "cat.png\nV1 model: tabby 0.005, lynx 0.004\nV2 model: tabby 0.900, lynx 0.050",
+  );
+  // Bars: 2 per chart, as long as their probabilities on the same axis (0.9 / 0.005 = 180).
+  const widths = [...svg.matchAll(/<g[^>]*aria-label="bar"[^>]*>([\s\S]*?)<\/g>/g)].flatMap((g) =>
+    [...g[1].matchAll(/<rect\b[^>]*\bwidth="([0-9.]+)"/g)].map((m) => Number(m[1]))
+  );
+  assert.equal(widths.length, 4);
+  assert.ok(Math.abs(widths[2] / widths[0] / 180 - 1) < 0.05, `bar widths ${widths}`);
+  const single = await topKChart(v2, { title: "one" });
+  assert.equal(single.bundle["text/plain"], "one\n: tabby 0.900, lynx 0.050");
+  await assert.rejects(
+    topKChart([{ label: "x", probability: 1.5 }]),
+    /probability of "x" is 1.5, expected 0..1/,
+  );
+  await assert.rejects(topKPanels([]), /non-empty array of panels/);
+});
+
+Deno.test("markdownTable writes a Markdown table with numeric columns right-aligned", async () => {
+  const fig = await markdownTable([
+    { name: "convnextv2_tiny_1k_224", "top-1": 83.0, note: null },
+    { name: "a|b", "top-1": null, note: "x" },
+  ], { note: "Official numbers." });
+  assert.equal(
+    fig.bundle["text/markdown"],
+    "| name | top-1 | note |\n| --- | ---: | --- |\n| convnextv2_tiny_1k_224 | 83 | - |\n" +
+      "| a\\|b | - | x |\n\nOfficial numbers.\n",
+  );
+  await assert.rejects(markdownTable([]), /non-empty array of rows/);
 });
 
 Deno.test("heatmap draws one cell per entry with values and a colour ramp", async () => {
@@ -324,23 +394,85 @@ Deno.test("imageGrid lays images out in cells, with labels via SVG", async () =>
   await assert.rejects(imageGrid([]), /non-empty array/);
 });
 
-Deno.test("overlayHeatmap blends the jet colour map over the image", async () => {
+Deno.test("colour maps: viridis from its published table, turbo, jet", () => {
+  // Viridis's first, middle and last published colours: #440154, #21918c/#21908d, #fde725.
+  assert.deepEqual(viridis(0), [68, 1, 84]);
+  assert.deepEqual(viridis(1), [253, 231, 37]);
+  // t = 0.5 lies halfway between entries 127 (#21908d) and 128 (#21918c): (33, 144.5, 140.5).
+  assert.deepEqual(viridis(0.5), [33, 145, 141]);
+  assert.deepEqual(viridis(-1), viridis(0), "clamped");
+  assert.deepEqual(viridis(NaN), viridis(0));
+  // Viridis gets brighter all along (luma 0.299 R + 0.587 G + 0.114 B), jet does not.
+  const luma = ([r, g, b]: number[]) => 0.299 * r + 0.587 * g + 0.114 * b;
+  const steps = Array.from({ length: 101 }, (_, i) => i / 100);
+  assert.ok(steps.slice(1).every((t, i) => luma(viridis(t)) > luma(viridis(steps[i]))));
+  assert.ok(steps.slice(1).some((t, i) => luma(jet(t)) < luma(jet(steps[i]))));
+  // turbo's polynomial at the ends: (34.61, 23.31, 27.2) and (144.06, 12.34, -6.19 -> 0).
+  assert.deepEqual(turbo(0), [35, 23, 27]);
+  assert.deepEqual(turbo(1), [144, 12, 0]);
   // jet(0) = (0, 0, 0.5) and jet(1) = (0.5, 0, 0) by the tent formulas -> 128 after rounding.
   assert.deepEqual(jet(0), [0, 0, 128]);
   assert.deepEqual(jet(1), [128, 0, 0]);
   assert.deepEqual(jet(0.5), [128, 255, 128]);
+  assert.equal(colormap("turbo"), turbo);
+  assert.throws(() => colormap("rainbow" as "jet"), /unknown colour map "rainbow"/);
+  const img = colorize({ width: 3, height: 1, data: new Float32Array([2, 4, 6]) });
+  assert.deepEqual([...img.data], [...viridis(0), ...viridis(0.5), ...viridis(1)]);
+});
+
+Deno.test("colour bar ticks are round numbers within the range", () => {
+  const text = (lo: number, hi: number) => colorbarTicks(lo, hi).map((t) => t.text);
+  assert.deepEqual(text(0, 1), ["0.00", "0.25", "0.50", "0.75", "1.00"]);
+  // Span 6.8: a quarter is 1.7 -> steps of 2.
+  assert.deepEqual(text(-3.5, 3.3), ["-2", "0", "2"]);
+  assert.deepEqual(text(0, 0.02), ["0.000", "0.005", "0.010", "0.015", "0.020"]);
+  assert.deepEqual(text(0, 250000), ["0.0e+0", "5.0e+4", "1.0e+5", "1.5e+5", "2.0e+5", "2.5e+5"]);
+  assert.deepEqual(text(1, 1), ["1.00"]);
+});
+
+Deno.test("overlayHeatmap blends viridis over the image; title and colour bar in the figure", async () => {
   const photo = {
     width: 8,
     height: 2,
     channels: 3 as const,
     data: new Uint8Array(8 * 2 * 3).fill(100),
   };
-  const fig = await overlayHeatmap(photo, [[0, 1]], { alpha: 0.5 });
-  assert.deepEqual([ihdr(fig.png!).width, ihdr(fig.png!).height], [8, 2]);
-  // Left edge heat 0: 0.5*100 + 0.5*(0,0,128) = (50, 50, 114); right edge heat 1: (114, 50, 50).
-  assert.deepEqual(pixel(fig.png!, 0, 0), [50, 50, 114]);
-  assert.deepEqual(pixel(fig.png!, 7, 1), [114, 50, 50]);
+  const bare = await overlayHeatmap(photo, [[0, 1]], { alpha: 0.5, colorbar: false });
+  assert.deepEqual([ihdr(bare.png!).width, ihdr(bare.png!).height], [8, 2]);
+  // Left edge heat 0: 0.5*100 + 0.5*(68, 1, 84) = (84, 50.5, 92) -> (84, 51, 92) after
+  // rounding; right edge heat 1: 0.5*100 + 0.5*(253, 231, 37) = (176.5, 165.5, 68.5).
+  assert.deepEqual(pixel(bare.png!, 0, 0), [84, 51, 92]);
+  assert.deepEqual(pixel(bare.png!, 7, 1), [177, 166, 69]);
+  const jetOverlay = await overlayHeatmap(photo, [[0, 1]], { colormap: "jet", colorbar: false });
+  // jet(0) = (0, 0, 128): 0.5*100 + 0.5*(0, 0, 128) = (50, 50, 114).
+  assert.deepEqual(pixel(jetOverlay.png!, 0, 0), [50, 50, 114]);
   await assert.rejects(overlayHeatmap(photo, [[0, 1]], { alpha: 2 }), /alpha must be within 0..1/);
+
+  // By default the figure carries a colour bar (and here a title): wider than the photo,
+  // with the photo below the title, unchanged, and the bar's ends in viridis's end colours.
+  const big = { width: 64, height: 48, channels: 3 as const, data: new Uint8Array(64 * 48 * 3) };
+  const fig = await overlayHeatmap(big, [[0, 1]], {
+    range: [0, 1],
+    title: "Grad-CAM",
+    label: "weight",
+    alpha: 0,
+  });
+  assert.ok(fig.svg!.includes(">Grad-CAM<") && fig.svg!.includes(">weight<"));
+  for (const tick of ["0.00", "0.25", "0.50", "0.75", "1.00"]) {
+    assert.ok(fig.svg!.includes(`>${tick}<`), `tick ${tick}`);
+  }
+  const head = ihdr(fig.png!);
+  assert.ok(head.width > 64 + 40 && head.height > 48, `${head.width}x${head.height}`);
+  assert.deepEqual([head.width, head.height], [fig.width, fig.height]);
+  // The title takes the top 26 px (14 px font + 12); the photo (black, alpha 0) starts there.
+  assert.deepEqual(pixel(fig.png!, 10, 26 + 10), [0, 0, 0]);
+  // The bar: 10 px right of the image, 14 px wide, as high as the image: the colour at pixel
+  // row y is viridis at 1 - (y + 0.5 - 26) / 48 (the top is the range's high end).
+  const near = (a: number[], b: number[]) => a.every((v, i) => Math.abs(v - b[i]) <= 6);
+  const top = pixel(fig.png!, 64 + 10 + 7, 26 + 1);
+  const bottom = pixel(fig.png!, 64 + 10 + 7, 26 + 46);
+  assert.ok(near(top, viridis(1 - 1.5 / 48)), `top of the bar ${top}`);
+  assert.ok(near(bottom, viridis(1 - 46.5 / 48)), `bottom of the bar ${bottom}`);
 });
 
 Deno.test("svgToPng renders shapes with resvg", async () => {
@@ -365,6 +497,7 @@ Deno.test("the kit's RgbImage (no channels, as decoded) shows as RGB everywhere"
   assert.deepEqual([pixel(grid.png!, 0, 0), pixel(grid.png!, 3, 0)], [[255, 0, 0], [0, 0, 255]]);
   const overlay = await overlayHeatmap(photo, { width: 2, height: 1, data: [0, 0] }, {
     alpha: 0,
+    colorbar: false,
   });
   assert.deepEqual(pixel(overlay.png!, 1, 0), [0, 0, 255]);
 });

@@ -16,6 +16,9 @@ import {
   textWidth,
 } from "./plot.ts";
 import { escapeXml } from "./svg.ts";
+import { pngAsSvg } from "./colormap.ts";
+import { resizeArea } from "./image.ts";
+import { encodePng, type ImageInput, toRgb8 } from "./raster.ts";
 
 /** Common chart labels. */
 export interface ChartLabels extends ChartOutputOptions {
@@ -41,6 +44,11 @@ export interface BarChartOptions extends ChartLabels {
   valueFormat?: string;
   /** Bar colour (default Plot's first categorical colour). */
   color?: string;
+  /**
+   * Fixed extent of the value axis, e.g. `[0, 1]` for probabilities or `[0, 100]` for
+   * percentages (default: from 0 to the largest value, which makes any small value look big).
+   */
+  domain?: [number, number];
 }
 
 function checkNumbers(values: ArrayLike<number>, what: string): number[] {
@@ -76,6 +84,7 @@ export async function barChart(
   if (vals.length !== labels.length) {
     throw new Error(`lib/viz: barChart: ${labels.length} labels but ${vals.length} values`);
   }
+  if (options.domain) checkDomain(options.domain, vals, "barChart");
   const data = labels.map((label, i) => ({ label: String(label), value: vals[i] }));
   const horizontal = (options.orientation ?? "horizontal") === "horizontal";
   const fill = options.color ?? "#4269d0";
@@ -117,6 +126,7 @@ export async function barChart(
       [horizontal ? "x" : "y"]: {
         grid: true,
         label: horizontal ? options.xLabel ?? null : options.yLabel ?? null,
+        ...(options.domain ? { domain: options.domain } : {}),
       },
       marks,
     };
@@ -125,6 +135,18 @@ export async function barChart(
 
   function fmt(v: number): string {
     return formatNumber(v, format);
+  }
+}
+
+/** Checks a fixed axis extent and that every value lies within it (else bars would overflow). */
+function checkDomain(domain: [number, number], values: number[], what: string): void {
+  const [lo, hi] = domain;
+  if (!(Number.isFinite(lo) && Number.isFinite(hi) && lo < hi)) {
+    throw new Error(`lib/viz: ${what}: domain must be [lo, hi] with lo < hi, got [${domain}]`);
+  }
+  const outside = values.find((v) => v < lo - 1e-9 * (hi - lo) || v > hi + 1e-9 * (hi - lo));
+  if (outside !== undefined) {
+    throw new Error(`lib/viz: ${what}: value ${outside} is outside the domain [${lo}, ${hi}]`);
   }
 }
 
@@ -155,6 +177,8 @@ export interface LineChartOptions extends ChartLabels {
   logY?: boolean;
   /** Draw a dot at each point (default: when a series has at most 50 points). */
   dots?: boolean;
+  /** Fixed extent of the y axis, e.g. `[0, 1]` for accuracies (default: the data's). */
+  yDomain?: [number, number];
 }
 
 /**
@@ -199,6 +223,9 @@ export async function lineChart(
     ys.forEach((y, i) => rows.push({ series: s.name, x: xs[i], y }));
     most = Math.max(most, ys.length);
   }
+  if (options.yDomain) {
+    checkDomain(options.yDomain, rows.map((r) => r.y).filter((y) => !Number.isNaN(y)), "lineChart");
+  }
   const dots = options.dots ?? most <= 50;
   const xs = [...new Set(rows.map((r) => r.x))].sort((a, b) => a - b);
   const integerX = xs.every(Number.isInteger);
@@ -214,7 +241,12 @@ export async function lineChart(
       label: options.xLabel ?? null,
       ...(integerX ? { tickFormat: "d", ticks: integerTicks } : {}),
     },
-    y: { label: options.yLabel ?? null, grid: true, type: options.logY ? "log" : "linear" },
+    y: {
+      label: options.yLabel ?? null,
+      grid: true,
+      type: options.logY ? "log" : "linear",
+      ...(options.yDomain ? { domain: options.yDomain } : {}),
+    },
     color: multi ? { legend: true, domain: list.map((s) => s.name) } : undefined,
     marks: [
       Plot.lineY(rows, { x: "x", y: "y", stroke: multi ? "series" : undefined }),
@@ -352,4 +384,224 @@ export function addRampLegend(
     `viewBox="0 0 ${chart.width} ${height}" font-family="system-ui, sans-serif" fill="currentColor">` +
     `${body}${legend}</svg>`;
   return { svg, width: chart.width, height };
+}
+
+/** One predicted class: what `classify()` returns per class in `top`. */
+export interface TopKEntry {
+  /** Class name. */
+  label: string;
+  /** Softmax probability, 0..1. */
+  probability: number;
+}
+
+/** One chart of {@link topKPanels}: a caption and its top-k. */
+export interface TopKPanel {
+  /** Caption above the chart (e.g. the model's name). */
+  title: string;
+  /** The classes, most likely first. */
+  top: readonly TopKEntry[];
+}
+
+/** Options for {@link topKChart} and {@link topKPanels}. */
+export interface TopKOptions extends ChartOutputOptions {
+  /** Heading of the figure. */
+  title?: string;
+  /** Width of each chart in px (default 400). */
+  panelWidth?: number;
+  /** d3-format-like format of the printed probabilities (default ".3f"). */
+  valueFormat?: string;
+  /** A picture shown at the left (e.g. the photo classified), fitted into {@link imageSize}. */
+  image?: ImageInput;
+  /** Largest side of that picture in px (default 180). */
+  imageSize?: number;
+}
+
+const TOPK_LABEL_CHARS = 30;
+
+/** Width of a label in a sans-serif font (generous: a clipped class name is worse than space). */
+function labelWidth(text: string, fontSize: number): number {
+  return text.length * fontSize * 0.64;
+}
+
+function shortLabel(label: string): string {
+  return label.length <= TOPK_LABEL_CHARS ? label : `${label.slice(0, TOPK_LABEL_CHARS - 1)}…`;
+}
+
+function checkTop(top: readonly TopKEntry[], what: string): void {
+  if (!Array.isArray(top) || top.length === 0) {
+    throw new Error(`lib/viz: ${what}: expected a non-empty top-k list`);
+  }
+  for (const t of top) {
+    if (!(t.probability >= 0 && t.probability <= 1 + 1e-6)) {
+      throw new Error(
+        `lib/viz: ${what}: probability of "${t.label}" is ${t.probability}, expected 0..1`,
+      );
+    }
+  }
+}
+
+/** One top-k bar chart on the fixed 0..1 probability axis, as standalone SVG. */
+async function renderTopK(
+  top: readonly TopKEntry[],
+  width: number,
+  marginLeft: number,
+  format: (p: number) => string,
+): Promise<RenderedSvg> {
+  const data = top.map((t, i) => ({ key: `${i}`, label: shortLabel(t.label), p: t.probability }));
+  return await renderPlot((Plot) => ({
+    width,
+    height: 50 + 24 * data.length,
+    marginLeft,
+    marginRight: 44,
+    // Keyed by rank, so two classes with one name still get a bar each.
+    y: {
+      domain: data.map((d) => d.key),
+      tickFormat: (k: string) => data[Number(k)].label,
+      label: null,
+    },
+    x: {
+      domain: [0, 1],
+      ticks: [0, 0.25, 0.5, 0.75, 1],
+      tickFormat: (v: number) => String(v),
+      grid: true,
+      label: "probability",
+    },
+    marks: [
+      Plot.barX(data, { y: "key", x: "p", fill: "#4269d0" }),
+      Plot.ruleX([0]),
+      Plot.text(data, {
+        y: "key",
+        x: "p",
+        text: (d: { p: number }) => format(d.p),
+        dx: 4,
+        textAnchor: "start",
+      }),
+    ],
+  }));
+}
+
+/** A probability as the top-k charts print it by default: 0.123, or 4.6e-5 below 0.001. */
+export function formatProbability(p: number): string {
+  if (p === 0) return "0";
+  return p < 0.001 ? p.toExponential(1) : p.toFixed(3);
+}
+
+function topKText(
+  panels: readonly TopKPanel[],
+  format: (p: number) => string,
+  title?: string,
+): string {
+  const lines = title ? [title] : [];
+  for (const p of panels) {
+    lines.push(`${p.title}: ${p.top.map((t) => `${t.label} ${format(t.probability)}`).join(", ")}`);
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Top-k classes of several models (or several inputs) side by side, each as a bar chart on
+ * the same fixed 0..1 probability axis, so that a 0.005 looks like 0.005 and not like
+ * certainty; optionally with the photo at the left. One figure (SVG by default) whose
+ * text/plain form lists the classes and probabilities.
+ *
+ * @example
+ * ```ts
+ * import { topKPanels } from "./charts.ts";
+ * const fig = await topKPanels([
+ *   { title: "V1", top: [{ label: "tabby", probability: 0.61 }, { label: "lynx", probability: 0.2 }] },
+ *   { title: "V2", top: [{ label: "tabby", probability: 0.83 }, { label: "lynx", probability: 0.1 }] },
+ * ], { title: "chelsea.png" });
+ * console.log(fig.bundle["text/plain"]); // chelsea.png, then "V1: tabby 0.610, lynx 0.200", ...
+ * ```
+ */
+export async function topKPanels(
+  panels: readonly TopKPanel[],
+  options: TopKOptions = {},
+): Promise<Figure> {
+  if (!Array.isArray(panels) || panels.length === 0) {
+    throw new Error("lib/viz: topKPanels: expected a non-empty array of panels");
+  }
+  panels.forEach((p, i) => checkTop(p.top, `topKPanels panel ${i} (${p.title})`));
+  const valueFormat = options.valueFormat;
+  const format = valueFormat === undefined
+    ? formatProbability
+    : (p: number) => formatNumber(p, valueFormat);
+  const width = options.panelWidth ?? 400;
+  // One label margin for all panels, so that their axes line up.
+  const longest = Math.max(
+    ...panels.flatMap((p) => p.top.map((t: TopKEntry) => labelWidth(shortLabel(t.label), 10))),
+  );
+  const margin = Math.min(200, Math.max(40, Math.ceil(longest + 16)));
+  const charts = await Promise.all(panels.map((p) => renderTopK(p.top, width, margin, format)));
+  const parts: RowPart[] = charts.map((c, i) => ({ ...c, caption: panels[i].title }));
+  if (options.image !== undefined) {
+    const rgb = await toRgb8(options.image, {}, "topKPanels image");
+    const size = options.imageSize ?? 180;
+    const k = Math.min(1, size / Math.max(rgb.width, rgb.height));
+    const w = Math.max(1, Math.round(rgb.width * k));
+    const h = Math.max(1, Math.round(rgb.height * k));
+    const thumb = resizeArea(rgb, w, h);
+    parts.unshift({ ...pngAsSvg(encodePng(thumb), w, h), caption: "" });
+  }
+  const row = composeRow(parts, options.title);
+  return await svgFigure(row, options, { "text/plain": topKText(panels, format, options.title) });
+}
+
+/**
+ * Top-k classes of one prediction as a bar chart on the fixed 0..1 probability axis (see
+ * {@link topKPanels}).
+ *
+ * @example
+ * ```ts
+ * import { topKChart } from "./charts.ts";
+ * const fig = await topKChart([{ label: "tabby", probability: 0.005 }], { title: "a short bar" });
+ * if (!fig.svg?.includes(">1<")) throw new Error("the axis ends at 1");
+ * ```
+ */
+export async function topKChart(
+  top: readonly TopKEntry[],
+  options: TopKOptions = {},
+): Promise<Figure> {
+  return await topKPanels([{ title: "", top }], options);
+}
+
+/** A part of {@link composeRow}: a standalone SVG with an optional caption above it. */
+interface RowPart extends RenderedSvg {
+  caption?: string;
+}
+
+/** Places SVGs left to right, top-aligned under their captions, with a title above all. */
+function composeRow(parts: readonly RowPart[], title?: string): RenderedSvg {
+  const gap = 16;
+  const titleHeight = title ? 26 : 4;
+  const captionHeight = parts.some((p) => p.caption) ? 20 : 0;
+  const body: string[] = [];
+  let x = 0;
+  let height = 0;
+  for (const part of parts) {
+    const y = titleHeight + captionHeight;
+    if (part.caption) {
+      body.push(
+        `<text x="${x + 4}" y="${titleHeight + 14}" font-size="13">${
+          escapeXml(part.caption)
+        }</text>`,
+      );
+    }
+    body.push(part.svg.replace(/^<svg\b/, `<svg x="${x}" y="${y}"`));
+    x += part.width + gap;
+    height = Math.max(height, y + part.height);
+  }
+  let width = x - gap;
+  if (title) {
+    body.unshift(
+      `<text x="4" y="18" font-size="15" font-weight="bold">${escapeXml(title)}</text>`,
+    );
+    width = Math.max(width, textWidth(title, 15) + 8);
+  }
+  width = Math.ceil(width);
+  height = Math.ceil(height + 4);
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+    `viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" fill="currentColor">` +
+    `${body.join("")}</svg>`;
+  return { svg, width, height };
 }

@@ -120,6 +120,48 @@ export async function imageGrid(
   images: ImageInput[],
   options: ImageGridOptions = {},
 ): Promise<Figure> {
+  const grid = await renderImageGrid(images, options);
+  if (!grid.svg) {
+    const figure = new Figure({
+      bundle: pngBundle(grid.pixels, grid.width, grid.height, "image grid"),
+      png: grid.pixels,
+      width: grid.width,
+      height: grid.height,
+    });
+    return await emit(figure, options);
+  }
+  // Text needs a font rasteriser: the grid is wrapped in an SVG with captions, rendered here.
+  const png = await svgToPng(grid.svg.svg, { scale: 1 });
+  const figure = new Figure({
+    bundle: pngBundle(png, grid.svg.width, grid.svg.height, "image grid"),
+    png,
+    svg: grid.svg.svg,
+    width: grid.svg.width,
+    height: grid.svg.height,
+  });
+  return await emit(figure, options);
+}
+
+/** An image grid before display: {@link renderImageGrid}. */
+export interface RenderedGrid {
+  /** PNG of the pixels alone (no captions, no title). */
+  pixels: Uint8Array;
+  /** Width of the pixel grid. */
+  width: number;
+  /** Height of the pixel grid. */
+  height: number;
+  /** With labels or a title: the grid with its text, as standalone SVG. */
+  svg?: { svg: string; width: number; height: number };
+}
+
+/**
+ * Lays images out as {@link imageGrid} does, without displaying anything (for figures that
+ * add to the grid, such as a colour bar).
+ */
+export async function renderImageGrid(
+  images: ImageInput[],
+  options: ImageGridOptions = {},
+): Promise<RenderedGrid> {
   if (!Array.isArray(images) || images.length === 0) {
     throw new Error("lib/viz: imageGrid: expected a non-empty array of images");
   }
@@ -158,32 +200,15 @@ export async function imageGrid(
     const y0 = Math.floor(i / cols) * (cell + gap) + Math.floor((cell - fitted.height) / 2);
     blit(canvas, width, fitted, x0, y0, background);
   });
-  const grid = encodePng({ width, height, channels: 3, data: canvas });
-  if (!options.labels && !options.title) {
-    const figure = new Figure({
-      bundle: pngBundle(grid, width, height, "image grid"),
-      png: grid,
-      width,
-      height,
-    });
-    return await emit(figure, options);
-  }
-  // Text needs a font rasteriser: wrap the pixel grid in an SVG with captions and render that.
+  const pixels = encodePng({ width, height, channels: 3, data: canvas });
+  if (!options.labels && !options.title) return { pixels, width, height };
   const svg = labelledGridSvg(
-    grid,
+    pixels,
     { width, height, rows, cols, cell, gap },
     options.labels,
     options.title,
   );
-  const png = await svgToPng(svg.svg, { scale: 1 });
-  const figure = new Figure({
-    bundle: pngBundle(png, svg.width, svg.height, "image grid"),
-    png,
-    svg: svg.svg,
-    width: svg.width,
-    height: svg.height,
-  });
-  return await emit(figure, options);
+  return { pixels, width, height, svg };
 }
 
 function labelledGridSvg(
@@ -216,10 +241,13 @@ function labelledGridSvg(
     for (let c = 0; c < cols && labels; c++) {
       const i = r * cols + c;
       if (i >= labels.length) break;
+      // A caption wider than its cell gets a smaller font (down to 7 px), not its neighbour's space.
+      const fits = Math.floor((cell - 4) / (Math.max(1, labels[i].length) * 0.62));
+      const size = Math.max(7, Math.min(fontSize, fits));
       parts.push(
         `<text x="${c * (cell + gap) + cell / 2}" y="${
           y + cell + fontSize + 2
-        }" font-size="${fontSize}" text-anchor="middle">${escapeXml(labels[i])}</text>`,
+        }" font-size="${size}" text-anchor="middle">${escapeXml(labels[i])}</text>`,
       );
     }
   }
@@ -245,6 +273,40 @@ export function resizeNearest(
       const sx = Math.min(img.width - 1, Math.floor((x * img.width) / width));
       const src = (sy * img.width + sx) * c;
       out.set(img.data.subarray(src, src + c), (y * width + x) * c);
+    }
+  }
+  return { width, height, channels: img.channels, data: out };
+}
+
+/**
+ * Shrinks an image by averaging the source pixels under each output pixel (a box filter:
+ * no aliasing, unlike {@link resizeNearest}); sizes larger than the source fall back to
+ * nearest-neighbour.
+ */
+export function resizeArea(
+  img: RgbImage<Uint8Array, 3 | 4>,
+  width: number,
+  height: number,
+): RgbImage<Uint8Array, 3 | 4> {
+  if (width >= img.width || height >= img.height) return resizeNearest(img, width, height);
+  const c = img.channels ?? 3;
+  const out = new Uint8Array(width * height * c);
+  const sum = new Float64Array(c);
+  for (let y = 0; y < height; y++) {
+    const y0 = Math.floor((y * img.height) / height);
+    const y1 = Math.max(y0 + 1, Math.floor(((y + 1) * img.height) / height));
+    for (let x = 0; x < width; x++) {
+      const x0 = Math.floor((x * img.width) / width);
+      const x1 = Math.max(x0 + 1, Math.floor(((x + 1) * img.width) / width));
+      sum.fill(0);
+      for (let sy = y0; sy < y1; sy++) {
+        for (let sx = x0; sx < x1; sx++) {
+          const src = (sy * img.width + sx) * c;
+          for (let k = 0; k < c; k++) sum[k] += img.data[src + k];
+        }
+      }
+      const count = (y1 - y0) * (x1 - x0);
+      for (let k = 0; k < c; k++) out[(y * width + x) * c + k] = Math.round(sum[k] / count);
     }
   }
   return { width, height, channels: img.channels, data: out };

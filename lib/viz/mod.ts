@@ -34,18 +34,29 @@ export {
 export {
   imageGrid,
   type ImageGridOptions,
+  type RenderedGrid,
+  renderImageGrid,
+  resizeArea,
   resizeNearest,
   showImage,
   type ShowImageOptions,
 } from "./image.ts";
 export {
+  type ColorbarSpec,
+  colorize,
+  type Colormap,
+  colormap,
+  type ColormapName,
   type Field,
+  frameWithColorbar,
   type HeatInput,
   jet,
   overlayHeatmap,
   type OverlayOptions,
   resizeBilinear,
   toField,
+  turbo,
+  viridis,
 } from "./colormap.ts";
 export { type RasterOptions, svgToPng, withXmlns } from "./svg.ts";
 export {
@@ -62,13 +73,25 @@ export {
   barChart,
   type BarChartOptions,
   type ChartLabels,
+  formatProbability,
   heatmap,
   type HeatmapOptions,
   lineChart,
   type LineChartOptions,
   type Series,
+  topKChart,
+  type TopKEntry,
+  type TopKOptions,
+  type TopKPanel,
+  topKPanels,
 } from "./charts.ts";
+export { markdownTable, type MarkdownTableOptions, type TableCell } from "./table.ts";
 export { plotly, type PlotlyFigure, type PlotlyTrace } from "./plotly.ts";
 export { progress, type ProgressDisplay, type ProgressDisplayOptions } from "./progress.ts";
 export type { PixelData, RgbImage } from "../util/image.ts";
-export { type FeatureGridOptions, featureMapGrid, meanActivation } from "./features.ts";
+export {
+  FEATURE_CELL_SIZE,
+  type FeatureGridOptions,
+  featureMapGrid,
+  meanActivation,
+} from "./features.ts";

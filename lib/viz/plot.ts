@@ -140,9 +140,10 @@ export async function svgFigure(
   }
   const scale = options.scale ?? 2;
   const png = format === "svg" ? undefined : await svgToPng(rendered.svg, { scale });
+  // A caller's text/plain (e.g. the values drawn, for text-only front ends) wins.
   const bundle: MimeBundle = {
-    ...extra,
     "text/plain": `<chart ${rendered.width}x${rendered.height}>`,
+    ...extra,
   };
   if (format !== "png") bundle["image/svg+xml"] = rendered.svg;
   if (png) bundle["image/png"] = toBase64(png);

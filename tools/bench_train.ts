@@ -58,6 +58,7 @@ import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
+import { runTrainBench, speedupLine, type TrainBenchRecord } from "../lib/train/engine_bench.ts";
 import {
   architectureFlag,
   command,
@@ -85,6 +86,8 @@ interface BenchArgs {
   threads: number | null;
   /** JSON lines on stdout, the progress on stderr. */
   json: boolean;
+  /** Which training path: TF.js's kernels ("stock"), the kernel engine, or both. */
+  path: "stock" | "engine" | "both";
 }
 
 const HELP: CommandHelp = {
@@ -120,11 +123,17 @@ batch 2 on one thread, batch 4 on two).`,
     json: {
       help: "JSON lines on stdout, one per run (the progress goes to stderr)",
     },
+    path: {
+      value: "stock|engine|both",
+      help: "TF.js's kernels, the kernel engine (wasm, cpu), or both, each in its own process",
+      default: "both; stock on webgpu",
+    },
   },
   env: ["CONVNEXT_BACKEND", "CONVNEXT_TRAIN_THREADS"],
   examples: [
     "deno task bench:train                                # convnext_tiny, batch 2, 224, wasm",
     "deno task bench:train --model convnext_atto --batch 4 --size 128 --threads 2",
+    "deno task bench:train --batch 4 --path both --json           # stock vs engine",
     "deno task bench:train --backend webgpu --batch 32 --json",
   ],
 };
@@ -145,10 +154,18 @@ function parseArgs(argv: string[]): BenchArgs {
       "no-matmul-fix": { type: "boolean", default: false },
       profile: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
+      path: { type: "string" },
     },
     fail,
     argv,
   );
+  const path = values.path ?? (values.backend === "webgpu" ? "stock" : "both");
+  if (path !== "stock" && path !== "engine" && path !== "both") {
+    fail(`--path: expected stock, engine or both, got "${values.path}"`);
+  }
+  if (values.backend === "webgpu" && path !== "stock") {
+    fail(`--path ${path}: the kernel engine trains on wasm and cpu only; use --path stock`);
+  }
   if (positionals.length > 0) {
     fail(`unexpected argument "${positionals[0]}" (the architecture goes in --model)`);
   }
@@ -174,6 +191,7 @@ function parseArgs(argv: string[]): BenchArgs {
       ? null
       : positiveInt(values.threads, "--threads", 1, fail),
     json: values.json,
+    path,
   };
 }
 
@@ -254,16 +272,73 @@ interface Run {
   peakRssMB: number;
 }
 
+/**
+ * Both paths, each in a process of its own (so that each peak RSS is its own, and a stock
+ * run that exhausts the wasm heap does not stop the engine's): their JSON lines, then the
+ * speed-up of the engine over the stock path's best run.
+ */
+async function bothPaths(args: BenchArgs): Promise<void> {
+  const records: Record<string, unknown>[] = [];
+  const argv = Deno.args.filter((a, i, all) =>
+    a !== "--json" && !a.startsWith("--path") && all[i - 1] !== "--path"
+  );
+  for (const path of ["stock", "engine"]) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL(import.meta.url).pathname, ...argv, "--path", path, "--json"],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.startsWith("{"));
+    if (!out.success && lines.length === 0) {
+      console.error(`bench:train: the ${path} path failed (exit ${out.code})`);
+    }
+    for (const line of lines) {
+      records.push(JSON.parse(line));
+      if (args.json) console.log(line);
+    }
+  }
+  const stock = records.filter((r) => r.path === "stock");
+  const engine = records.find((r) => r.path === "engine");
+  const best = stock.sort((a, b) => (a.msPerStep as number) - (b.msPerStep as number))[0];
+  const line = engine && best
+    ? speedupLine(best as unknown as TrainBenchRecord, engine as unknown as TrainBenchRecord)
+    : "a path failed: no comparison";
+  (args.json ? console.error : console.log)(`summary: ${line}`);
+}
+
+/** The kernel engine's training step (lib/train/engine_bench.ts), in this process. */
+async function enginePath(args: BenchArgs, log: (line: string) => void): Promise<void> {
+  const record = await runTrainBench("engine", {
+    model: args.model,
+    batch: args.batch,
+    size: args.size,
+    steps: args.steps,
+    warmup: args.warmup,
+    classes: args.classes,
+    threads: args.threads ?? trainThreads(args.batch),
+    log,
+  });
+  if (args.json) console.log(JSON.stringify(record));
+  else {
+    log(
+      `engine: mean ${record.msPerStep} ms/step (min ${record.minMsPerStep}), ` +
+        `${record.msPerImage} ms/image, ${record.threads} threads; peak RSS ${record.peakRssMB} MB`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   // With --json, stdout carries the JSON lines only; the progress goes to stderr.
   const log = args.json ? console.error : console.log;
+  if (args.path === "both") return await bothPaths(args);
   if (args.backend === "wasm") installWasmTrainingKernels({ matMulFix: args.matMulFix });
   const backend = await selectBackend(args.backend as BackendRequest);
   if (backend !== args.backend) {
     throw new Error(`bench_train: CONVNEXT_BACKEND selected ${backend}, not ${args.backend}`);
   }
   if (backend === "webgpu") installWebGpuTrainingKernels();
+  if (args.path === "engine") return await enginePath(args, log);
   const adapter = backend === "webgpu" ? webGpuAdapterInfo() ?? null : null;
 
   let t0 = performance.now();
@@ -375,7 +450,9 @@ async function main(): Promise<void> {
       model: args.model,
       backend: args.backend,
       ...(adapter !== null ? { adapter } : {}),
-      path,
+      path: "stock",
+      // The stock path's batch split over worker threads ("threads") or the main thread alone.
+      split: path,
       threads,
       batch: args.batch,
       size: args.size,

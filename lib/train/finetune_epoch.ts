@@ -18,13 +18,25 @@ import { saveCheckpoint } from "./checkpoint.ts";
 import { ModelEma } from "./ema.ts";
 import { countCorrect, crossEntropy } from "./losses.ts";
 import { AdamW, modelParams } from "./optimizer.ts";
-import { ParallelGradients, trainThreads } from "./parallel.ts";
+import {
+  type GradientStepOptions,
+  type GradientStepResult,
+  ParallelGradients,
+  trainThreads,
+} from "./parallel.ts";
+import { engineGradientsFor } from "./engine_grads.ts";
 import { validationReport } from "./report.ts";
 import { hashSeed, STREAM, withSeededMathRandom } from "./rng.ts";
 import type { EpochMetrics, FinetuneOptions, FinetuneResult } from "./finetune.ts";
 import type { ResolvedOptions, RunPlan } from "./finetune_setup.ts";
 import type { BatchSources, TensorBatch, TrainBatch } from "./finetune_sources.ts";
 import { collectTensors, type RunState } from "./finetune_state.ts";
+
+/** A batch's loss gradients off the main thread's TF.js tape: the engine, or TF.js threads. */
+export interface GradientSource {
+  /** The gradients of `scale * mean loss` of a batch, by parameter name. */
+  gradients(x: tf.Tensor, labels: Int32Array, options: GradientStepOptions): GradientStepResult;
+}
 
 /** What updates the weights: the optimizer, the EMA, and the worker threads if any. */
 export interface Trainer {
@@ -34,15 +46,20 @@ export interface Trainer {
   optimizer: AdamW;
   /** The weights' moving average, with `ema`. */
   ema: ModelEma | undefined;
-  /** Data-parallel gradients on worker threads, or null for the main thread. */
-  parallel: ParallelGradients | null;
+  /**
+   * Where the gradients come from: the kernel engine (./engine_grads.ts), TF.js on worker
+   * threads (./parallel.ts), or null for TF.js on the main thread.
+   */
+  parallel: GradientSource | null;
   /** Parameter name of each variable name (the gradients' keys). */
   paramName: Map<string, string>;
 }
 
 /**
- * The optimizer, EMA and (full mode on wasm) gradient threads of `model`; each is handed to
- * `own` as soon as it exists, to be disposed when the run ends.
+ * The optimizer, EMA and (full mode) gradient source of `model`: on wasm and cpu the kernel
+ * engine when it can run the model (./engine_grads.ts; `CONVNEXT_TRAIN_PATH=stock` keeps
+ * TF.js), else TF.js's kernels, split over threads on wasm. Each is handed to `own` as soon
+ * as it exists, to be disposed when the run ends.
  */
 export async function createTrainer(
   model: tf.LayersModel,
@@ -60,7 +77,18 @@ export async function createTrainer(
   const ema = o.ema ? new ModelEma(model, o.emaDecay) : undefined;
   if (ema) own(ema);
   const paramName = new Map(params.map((p) => [p.variable.name, p.name]));
-  // Full mode on wasm: split each micro-batch over worker threads (./parallel.ts), one wasm
+  // The kernel engine (wasm and cpu), its threads sharing one copy of the weights; its
+  // drop-path masks are the single-threaded TF.js path's, whatever the thread count.
+  const engine = o.mode === "full"
+    ? await engineGradientsFor(model, params, trainThreads(plan.batch))
+    : null;
+  if (engine) {
+    own(engine);
+    const t = engine.threads;
+    log(`training on the kernel engine, ${t} thread${t > 1 ? "s" : ""}`);
+    return { model, optimizer, ema, parallel: engine, paramName };
+  }
+  // TF.js on wasm: split each micro-batch over worker threads (./parallel.ts), one wasm
   // backend each; CONVNEXT_TRAIN_THREADS=1 keeps the single-threaded path.
   // Drop-path masks depend on the thread count (each shard has its own seed), so an exact
   // resume with drop path needs the same thread count as the interrupted run.
@@ -206,7 +234,8 @@ async function batchGradients(
 ): Promise<{ loss: number; correct: number; grads: Map<string, tf.Tensor> }> {
   const stepSeed = hashSeed(o.seed, STREAM.dropPath, epoch, b.index);
   if (trainer.parallel) {
-    // Shard k's drop-path masks come from hashSeed(stepSeed, k) (see ./parallel.ts).
+    // Drop-path masks: the engine draws them from stepSeed as the main thread's TF.js path
+    // does; TF.js threads draw shard k's from hashSeed(stepSeed, k) (see ./parallel.ts).
     const r = trainer.parallel.gradients(b.x, b.labels, {
       smoothing: o.labelSmoothing,
       scale: 1 / o.updateFreq,

@@ -91,3 +91,13 @@ export {
   trainThreads,
 } from "./parallel.ts";
 export type { LoadRequest } from "./augment_worker.ts";
+export {
+  EngineGradients,
+  engineGradientsFor,
+  type EngineGradientsOptions,
+  engineTrainSupport,
+  EngineTrainUnsupported,
+  type TrainPath,
+  trainPath,
+  useEngineTraining,
+} from "./engine_grads.ts";

@@ -485,3 +485,671 @@ EXPORT(gelu) void gelu(float* x, long size, float one) {
     x[i] = t[0];
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Training kernels: the backward pass of ConvNeXt (lib/infer/engine/train.ts drives them).
+// Everything above is the inference engine and stays as it is; these functions only call
+// it. Gradients accumulate (+=) into the caller's buffers, so that the images of a shard,
+// and the tiles of a map, add up without a copy.
+// ---------------------------------------------------------------------------------------
+
+// Packs B = src^T for gemm, where src is R x S row-major (so B is S x R: K = S, N = R):
+// panel p holds rows 8p..8p+7 of src as its 8 columns. For the backward matmuls, which
+// multiply by the transposed weights. Eight rows of src are read four floats at a time and
+// transposed in registers (a scalar copy costs two bounds-checked accesses per float).
+EXPORT(pack_bt) void pack_bt(const float* src, int R, int S, float* dst) {
+  int panels = (R + 7) / 8;
+  for (int p = 0; p < panels; p++) {
+    float* d = dst + (long)p * S * 8;
+    int r0 = p * 8;
+    if (r0 + 8 > R || S % 4 != 0) {
+      for (int k = 0; k < S; k++)
+        for (int j = 0; j < 8; j++) d[k * 8 + j] = r0 + j < R ? src[(long)(r0 + j) * S + k] : 0.f;
+      continue;
+    }
+    for (int k = 0; k < S; k += 4) {
+      for (int half = 0; half < 2; half++) {
+        const float* s = src + (long)(r0 + 4 * half) * S + k;
+        v128_t v0 = wasm_v128_load(s), v1 = wasm_v128_load(s + S);
+        v128_t v2 = wasm_v128_load(s + 2 * S), v3 = wasm_v128_load(s + 3 * S);
+        v128_t t0 = wasm_i32x4_shuffle(v0, v1, 0, 4, 1, 5);
+        v128_t t1 = wasm_i32x4_shuffle(v2, v3, 0, 4, 1, 5);
+        v128_t t2 = wasm_i32x4_shuffle(v0, v1, 2, 6, 3, 7);
+        v128_t t3 = wasm_i32x4_shuffle(v2, v3, 2, 6, 3, 7);
+        float* o = d + k * 8 + 4 * half;
+        wasm_v128_store(o, wasm_i32x4_shuffle(t0, t1, 0, 1, 4, 5));
+        wasm_v128_store(o + 8, wasm_i32x4_shuffle(t0, t1, 2, 3, 6, 7));
+        wasm_v128_store(o + 16, wasm_i32x4_shuffle(t2, t3, 0, 1, 4, 5));
+        wasm_v128_store(o + 24, wasm_i32x4_shuffle(t2, t3, 2, 3, 6, 7));
+      }
+    }
+  }
+}
+
+// Packs B (K x N row-major) as pack_b does, eight floats at a time when N is a multiple of
+// 8 (the weights are repacked after every optimizer step, 28 M floats for convnext_tiny).
+EXPORT(pack_b_fast) void pack_b_fast(const float* src, int K, int N, float* dst) {
+  if (N % 8 != 0) {
+    pack_b(src, K, N, dst);
+    return;
+  }
+  int panels = N / 8;
+  for (int p = 0; p < panels; p++) {
+    float* d = dst + (long)p * K * 8;
+    const float* s = src + p * 8;
+    for (int k = 0; k < K; k++) {
+      wasm_v128_store(d + k * 8, wasm_v128_load(s + (long)k * N));
+      wasm_v128_store(d + k * 8 + 4, wasm_v128_load(s + (long)k * N + 4));
+    }
+  }
+}
+
+// Rows of A and B per pass of gemm_tn (its scratch holds TN_MB x N + MC x TN_MB floats).
+#define TN_MB 128
+
+// Pack B (M x N, rows at stride ldb) into panels of 8 columns, as pack_b does.
+static void pack_b_ld(const float* src, int ldb, int M, int N, float* dst) {
+  int panels = (N + 7) / 8;
+  for (int p = 0; p < panels; p++) {
+    float* d = dst + (long)p * M * 8;
+    int j0 = p * 8;
+    if (j0 + 8 <= N) {
+      for (int m = 0; m < M; m++) {
+        const float* s = src + (long)m * ldb + j0;
+        wasm_v128_store(d + m * 8, wasm_v128_load(s));
+        wasm_v128_store(d + m * 8 + 4, wasm_v128_load(s + 4));
+      }
+    } else {
+      for (int m = 0; m < M; m++)
+        for (int j = 0; j < 8; j++) d[m * 8 + j] = j0 + j < N ? src[(long)m * ldb + j0 + j] : 0.f;
+    }
+  }
+}
+
+// Pack columns f0..f0+3 of A (M x K1, stride lda) interleaved: dst[4m + r] = A[m][f0 + r]
+// (columns at or beyond K1 are zeros): the layout tile4x8 reads, for A^T.
+static void pack_cols4(const float* A, int lda, int M, int K1, int f0, float* dst) {
+  if (f0 + 4 <= K1) {
+    for (int m = 0; m < M; m++) wasm_v128_store(dst + 4 * m, wasm_v128_load(A + (long)m * lda + f0));
+    return;
+  }
+  for (int m = 0; m < M; m++)
+    for (int r = 0; r < 4; r++) dst[4 * m + r] = f0 + r < K1 ? A[(long)m * lda + f0 + r] : 0.f;
+}
+
+// Floats of scratch gemm_tn needs for N output columns.
+EXPORT(gemm_tn_scratch) long gemm_tn_scratch(int N) {
+  return (long)TN_MB * ((N + 7) / 8 * 8) + (long)MC * TN_MB + 64;
+}
+
+// C[K1 x N] += A^T B, with A M x K1 (rows at stride lda) and B M x N (stride ldb): the
+// weight gradients (activations^T times output gradients, summed over pixels). The same
+// loop as gemm with A^T in A's place: B packed once per TN_MB rows, A^T packed 32 rows
+// (MC columns of A) at a time, tile4x8 adding its tile to C (C as its own residual).
+// Reading A and B in place instead ran at half the speed: rows of 384 or 3072 floats put
+// the 4 KiB-strided loads of a tile into the same few cache sets.
+EXPORT(gemm_tn) void gemm_tn(const float* A, int lda, const float* B, int ldb, int M, int K1,
+                             int N, float* C, int ldc, float* scratch) {
+  int panels = (N + 7) / 8;
+  float* bp = scratch;
+  float* ap = bp + (long)TN_MB * panels * 8;
+  float acc[32];
+  for (int m0 = 0; m0 < M; m0 += TN_MB) {
+    int mk = M - m0 < TN_MB ? M - m0 : TN_MB;
+    pack_b_ld(B + (long)m0 * ldb, ldb, mk, N, bp);
+    for (int f0 = 0; f0 < K1; f0 += MC) {
+      int fc = K1 - f0 < MC ? K1 - f0 : MC;
+      int groups = (fc + 3) / 4;
+      for (int g = 0; g < groups; g++)
+        pack_cols4(A + (long)m0 * lda, lda, mk, K1, f0 + 4 * g, ap + (long)g * 4 * mk);
+      for (int p = 0; p < panels; p++) {
+        int j0 = p * 8;
+        int nc = N - j0 < 8 ? N - j0 : 8;
+        const float* b = bp + (long)p * mk * 8;
+        for (int g = 0; g < groups; g++) {
+          int row = f0 + 4 * g;
+          int rows = K1 - row < 4 ? K1 - row : 4;
+          float* c = C + (long)row * ldc + j0;
+          if (rows == 4 && nc == 8) {
+            tile4x8(ap + (long)g * 4 * mk, b, mk, c, ldc, 0, c, ldc, 0);
+          } else {
+            tile4x8(ap + (long)g * 4 * mk, b, mk, 0, 0, 0, 0, 0, acc);
+            for (int r = 0; r < rows; r++)
+              for (int j = 0; j < nc; j++) c[(long)r * ldc + j] += acc[8 * r + j];
+          }
+        }
+      }
+    }
+  }
+}
+
+// acc[j] += sum of rows 0..M-1 of x (N columns at stride ld): bias gradients.
+EXPORT(col_sum_acc) void col_sum_acc(const float* x, int M, int N, int ld, float* acc) {
+  int n4 = N / 4 * 4;
+  for (int j = 0; j < n4; j += 4) {
+    v128_t s = wasm_v128_load(acc + j);
+    for (int m = 0; m < M; m++) s = wasm_f32x4_add(s, wasm_v128_load(x + (long)m * ld + j));
+    wasm_v128_store(acc + j, s);
+  }
+  for (int j = n4; j < N; j++) {
+    float s = 0.f;
+    for (int m = 0; m < M; m++) s += x[(long)m * ld + j];
+    acc[j] += s;
+  }
+}
+
+// dst[i] += src[i] over `size` floats (a multiple of 4): summing the threads' gradients.
+EXPORT(add_into) void add_into(float* dst, const float* src, long size) {
+  for (long i = 0; i < size; i += 4)
+    wasm_v128_store(dst + i, wasm_f32x4_add(wasm_v128_load(dst + i), wasm_v128_load(src + i)));
+}
+
+// Zero `size` floats.
+EXPORT(zero) void zero(float* dst, long size) { __builtin_memset(dst, 0, (unsigned long)size * 4); }
+
+// The constants of exp4 and gelu_grad4, built from `one` as gelu_make does (V8 would
+// rematerialize literal splats inside every loop).
+typedef struct {
+  v128_t hi, lo, log2e, ln2a, ln2b, e5, e4, e3, e2, e1, e0, one, mhalf, rsqrt2pi, magic;
+} exp_consts;
+
+static inline exp_consts exp_make(float one) {
+  exp_consts k;
+  k.hi = wasm_f32x4_splat(88.3f * one);
+  k.lo = wasm_f32x4_splat(-87.3f * one);
+  k.log2e = wasm_f32x4_splat(1.44269504088896341f * one);
+  k.ln2a = wasm_f32x4_splat(0.693359375f * one);
+  k.ln2b = wasm_f32x4_splat(-2.12194440e-4f * one);
+  k.e5 = wasm_f32x4_splat(1.9875691500e-4f * one);
+  k.e4 = wasm_f32x4_splat(1.3981999507e-3f * one);
+  k.e3 = wasm_f32x4_splat(8.3334519073e-3f * one);
+  k.e2 = wasm_f32x4_splat(4.1665795894e-2f * one);
+  k.e1 = wasm_f32x4_splat(1.6666665459e-1f * one);
+  k.e0 = wasm_f32x4_splat(5.0000001201e-1f * one);
+  k.one = wasm_f32x4_splat(one);
+  k.mhalf = wasm_f32x4_splat(-0.5f * one);
+  k.rsqrt2pi = wasm_f32x4_splat(0.3989422804014327f * one);
+  k.magic = wasm_f32x4_splat(12583039.f * one);  // 1.5 * 2^23 + 127
+  return k;
+}
+
+// exp(x) for vectors, x clamped to [-87.3, 88.3]: Cephes' expf (range reduction by ln 2
+// in two parts, a degree-6 polynomial, the power of two built in the exponent bits);
+// within 2 ulp. For the GELU's derivative, exp(-x^2 / 2).
+static inline v128_t exp4(v128_t x, const exp_consts* k) {
+  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, k->hi), k->lo);
+  v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, k->log2e));
+  v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, k->ln2a));
+  r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, k->ln2b));
+  v128_t p = MADD(k->e5, r, k->e4);
+  p = MADD(p, r, k->e3);
+  p = MADD(p, r, k->e2);
+  p = MADD(p, r, k->e1);
+  p = MADD(p, r, k->e0);
+  p = MADD(p, wasm_f32x4_mul(r, r), wasm_f32x4_add(r, k->one));
+  // n is integral and within [-126, 127]: n + 127 + 1.5 * 2^23 holds n + 127 in its low
+  // mantissa bits, which the shift moves into the exponent (V8 lowers a float-to-int
+  // conversion to several instructions).
+  v128_t e = wasm_i32x4_shl(wasm_f32x4_add(n, k->magic), 23);
+  return wasm_f32x4_mul(p, e);
+}
+
+// erf(v / sqrt 2) with gelu4k's rational function (the same constants).
+static inline v128_t erf_scaled4(v128_t v, const gelu_consts* k) {
+  v128_t x = wasm_f32x4_mul(v, k->rsqrt2);
+  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, k->lim), k->nlim);
+  v128_t x2 = wasm_f32x4_mul(x, x);
+  v128_t p = MADD(k->p13, x2, k->p11);
+  p = MADD(p, x2, k->p9);
+  p = MADD(p, x2, k->p7);
+  p = MADD(p, x2, k->p5);
+  p = MADD(p, x2, k->p3);
+  p = MADD(p, x2, k->p1);
+  p = wasm_f32x4_mul(p, x);
+  v128_t q = MADD(k->q8, x2, k->q6);
+  q = MADD(q, x2, k->q4);
+  q = MADD(q, x2, k->q2);
+  q = MADD(q, x2, k->q0);
+  return wasm_f32x4_div(p, q);
+}
+
+// GELU and its derivative from one erf: gelu(v) = v Phi(v) and gelu'(v) = Phi(v) + v phi(v),
+// Phi(v) = 0.5 (1 + erf(v / sqrt 2)), phi(v) = exp(-v^2 / 2) / sqrt(2 pi).
+static inline void gelu_both4(v128_t v, const gelu_consts* g, const exp_consts* e,
+                              v128_t* value, v128_t* grad) {
+  v128_t cdf = MADD(g->half, erf_scaled4(v, g), g->half);
+  v128_t pdf = wasm_f32x4_mul(exp4(wasm_f32x4_mul(wasm_f32x4_mul(v, v), e->mhalf), e), e->rsqrt2pi);
+  *value = wasm_f32x4_mul(v, cdf);
+  *grad = MADD(v, pdf, cdf);
+}
+
+// gt = gelu(h) and gp = gelu'(h) over `size` floats (a multiple of 4), in one pass.
+static void gelu_both(const float* h, float* gt, float* gp, long size, float one) {
+  const gelu_consts g = gelu_make(one);
+  const exp_consts e = exp_make(one);
+  for (long i = 0; i < size; i += 4) {
+    v128_t value, grad;
+    gelu_both4(wasm_v128_load(h + i), &g, &e, &value, &grad);
+    wasm_v128_store(gt + i, value);
+    wasm_v128_store(gp + i, grad);
+  }
+}
+
+// dst = gelu(src) over `size` floats (a multiple of 4).
+static void gelu_copy(const float* src, float* dst, long size, float one) {
+  const gelu_consts k = gelu_make(one);
+  for (long i = 0; i < size; i += 4) wasm_v128_store(dst + i, gelu4k(wasm_v128_load(src + i), k));
+}
+
+// d *= gp over M rows of N floats, and acc[j] += the column sums of the result: the hidden
+// gradient and the first pointwise layer's bias gradient in one pass.
+static void mul_col_sum(const float* gp, float* d, int M, int N, float* acc) {
+  for (int j = 0; j < N; j += 4) {
+    v128_t s = wasm_v128_load(acc + j);
+    for (int m = 0; m < M; m++) {
+      long i = (long)m * N + j;
+      v128_t v = wasm_f32x4_mul(wasm_v128_load(d + i), wasm_v128_load(gp + i));
+      wasm_v128_store(d + i, v);
+      s = wasm_f32x4_add(s, v);
+    }
+    wasm_v128_store(acc + j, s);
+  }
+}
+
+// For the tests: gt = gelu(h), d *= gelu'(h) (size a multiple of 4; `one` must be 1).
+EXPORT(gelu_grad) void gelu_grad(const float* h, float* gt, float* d, long size, float one) {
+  const gelu_consts g = gelu_make(one);
+  const exp_consts e = exp_make(one);
+  for (long i = 0; i < size; i += 4) {
+    v128_t value, grad;
+    gelu_both4(wasm_v128_load(h + i), &g, &e, &value, &grad);
+    wasm_v128_store(gt + i, value);
+    wasm_v128_store(d + i, wasm_f32x4_mul(wasm_v128_load(d + i), grad));
+  }
+}
+
+static inline float hsum(v128_t s) {
+  return wasm_f32x4_extract_lane(s, 0) + wasm_f32x4_extract_lane(s, 1) +
+         wasm_f32x4_extract_lane(s, 2) + wasm_f32x4_extract_lane(s, 3);
+}
+
+// LayerNorm of M rows of C (a multiple of 4) with the affine, keeping each row's mean and
+// 1 / sqrt(var + eps) in stats (2 floats per row) for the backward pass. Two passes per
+// row (mean, then centered variance), as layer_norm and PyTorch.
+EXPORT(ln_fwd) void ln_fwd(const float* x, int M, int C, float eps, const float* gamma,
+                           const float* beta, float* out, float* stats) {
+  for (int m = 0; m < M; m++) {
+    const float* r = x + (long)m * C;
+    float* o = out + (long)m * C;
+    v128_t s = wasm_f32x4_splat(0.f);
+    for (int c = 0; c < C; c += 4) s = wasm_f32x4_add(s, wasm_v128_load(r + c));
+    float mean = hsum(s) / (float)C;
+    v128_t mv = wasm_f32x4_splat(mean);
+    v128_t q = wasm_f32x4_splat(0.f);
+    for (int c = 0; c < C; c += 4) {
+      v128_t d = wasm_f32x4_sub(wasm_v128_load(r + c), mv);
+      q = MADD(d, d, q);
+    }
+    float var = hsum(q) / (float)C;
+    v128_t inv = wasm_f32x4_div(wasm_f32x4_splat(1.f),
+                                wasm_f32x4_sqrt(wasm_f32x4_splat(var + eps)));
+    stats[2 * m] = mean;
+    stats[2 * m + 1] = wasm_f32x4_extract_lane(inv, 0);
+    for (int c = 0; c < C; c += 4) {
+      v128_t v = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(r + c), mv), inv);
+      wasm_v128_store(o + c, MADD(v, wasm_v128_load(gamma + c), wasm_v128_load(beta + c)));
+    }
+  }
+}
+
+// LayerNorm backward over M rows of C: with xh = (x - mean) rstd and g = dz gamma,
+//   dx = rstd (g - mean(g) - xh mean(g xh)),  dgamma += dz xh,  dbeta += dz.
+// dx may be dz (each row is read before it is written).
+EXPORT(ln_bwd) void ln_bwd(const float* x, const float* stats, const float* dz, int M, int C,
+                           const float* gamma, float* dx, float* dgamma, float* dbeta) {
+  for (int m = 0; m < M; m++) {
+    const float* r = x + (long)m * C;
+    const float* d = dz + (long)m * C;
+    float* o = dx + (long)m * C;
+    v128_t mv = wasm_f32x4_splat(stats[2 * m]), rs = wasm_f32x4_splat(stats[2 * m + 1]);
+    v128_t s1 = wasm_f32x4_splat(0.f), s2 = s1;
+    for (int c = 0; c < C; c += 4) {
+      v128_t xh = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(r + c), mv), rs);
+      v128_t dv = wasm_v128_load(d + c);
+      v128_t g = wasm_f32x4_mul(dv, wasm_v128_load(gamma + c));
+      s1 = wasm_f32x4_add(s1, g);
+      s2 = MADD(g, xh, s2);
+      wasm_v128_store(dgamma + c, MADD(dv, xh, wasm_v128_load(dgamma + c)));
+      wasm_v128_store(dbeta + c, wasm_f32x4_add(wasm_v128_load(dbeta + c), dv));
+    }
+    v128_t a = wasm_f32x4_splat(hsum(s1) / (float)C), b = wasm_f32x4_splat(hsum(s2) / (float)C);
+    for (int c = 0; c < C; c += 4) {
+      v128_t xh = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(r + c), mv), rs);
+      v128_t g = wasm_f32x4_mul(wasm_v128_load(d + c), wasm_v128_load(gamma + c));
+      v128_t t = wasm_f32x4_sub(wasm_f32x4_sub(g, a), wasm_f32x4_mul(xh, b));
+      wasm_v128_store(o + c, wasm_f32x4_mul(t, rs));
+    }
+  }
+}
+
+// The gradient of a patchify's input from the gradient of its patches (the inverse
+// permutation of patchify); pixels no patch covers (H or W not a multiple of s) get 0.
+EXPORT(unpatchify) void unpatchify(const float* d, int n, int H, int W, int C, int s, float* dx) {
+  int ph = H / s, pw = W / s;
+  if (ph * s != H || pw * s != W) zero(dx, (long)n * H * W * C);
+  long row = (long)s * s * C;
+  for (int img = 0; img < n; img++)
+    for (int py = 0; py < ph; py++)
+      for (int px = 0; px < pw; px++) {
+        const float* p = d + (((long)img * ph + py) * pw + px) * row;
+        for (int ky = 0; ky < s; ky++) {
+          float* o = dx + (((long)img * H + py * s + ky) * W + px * s) * C;
+          const float* src = p + (long)ky * s * C;
+          for (int i = 0; i < s * C; i++) o[i] = src[i];
+        }
+      }
+}
+
+// Global average pooling backward: every pixel of image i gets d[i] / pixels.
+EXPORT(avg_pool_bwd) void avg_pool_bwd(const float* d, int n, int pixels, int C, float* dx) {
+  for (int img = 0; img < n; img++)
+    for (int p = 0; p < pixels; p++) {
+      float* o = dx + ((long)img * pixels + p) * C;
+      for (int c = 0; c < C; c++) o[c] = d[(long)img * C + c] / (float)pixels;
+    }
+}
+
+// The depthwise kernel rotated by 180 degrees: the input gradient of a "same" depthwise
+// conv is the same conv of the output gradient with this kernel.
+EXPORT(dw_flip) void dw_flip(const float* w, int k, int C, float* out) {
+  for (int ky = 0; ky < k; ky++)
+    for (int kx = 0; kx < k; kx++)
+      for (int c = 0; c < C; c++)
+        out[((long)ky * k + kx) * C + c] = w[((long)(k - 1 - ky) * k + (k - 1 - kx)) * C + c];
+}
+
+// One output row's contribution to a k x k depthwise kernel's gradient: dfr (kernel row ky,
+// k x C) += x row iy (shifted by kx - half) times dy row oy. Interior pixels go four at a
+// time with the k accumulators of a 4-channel group in registers (k is a literal 7 at the
+// call): per 4 pixels k + 3 input loads and 4 gradient loads for 4k fused multiply-adds.
+// The few edge pixels, whose taps leave the map, go straight to memory.
+static inline void dw_filter_row(const float* xr, const float* dyr, int W, int C, int k,
+                                 float* dfr) {
+  int half = (k - 1) / 2;
+  int x1 = W - half > half ? W - half : half;  // interior pixels: half..x1-1
+  int x4 = half + (x1 - half) / 4 * 4;         // those taken four at a time: half..x4-1
+  for (int ox = 0; ox < W; ox++) {
+    if (ox == half) ox = x4;
+    if (ox >= W) break;
+    for (int c = 0; c < C; c += 4) {
+      v128_t d = wasm_v128_load(dyr + (long)ox * C + c);
+      for (int kx = 0; kx < k; kx++) {
+        int ix = ox + kx - half;
+        if (ix < 0 || ix >= W) continue;
+        float* f = dfr + (long)kx * C + c;
+        wasm_v128_store(f, MADD(wasm_v128_load(xr + (long)ix * C + c), d, wasm_v128_load(f)));
+      }
+    }
+  }
+  if (x4 == half) return;
+  for (int c = 0; c < C; c += 4) {
+    v128_t acc[15];
+    for (int kx = 0; kx < k; kx++) acc[kx] = wasm_v128_load(dfr + (long)kx * C + c);
+    for (int ox = half; ox < x4; ox += 4) {
+      const float* dp = dyr + (long)ox * C + c;
+      v128_t d0 = wasm_v128_load(dp), d1 = wasm_v128_load(dp + C);
+      v128_t d2 = wasm_v128_load(dp + 2 * C), d3 = wasm_v128_load(dp + 3 * C);
+      const float* in = xr + (long)(ox - half) * C + c;
+      // Input column i serves taps kx = i - j of the pixels j = 0..3.
+      v128_t i0 = wasm_v128_load(in), i1 = wasm_v128_load(in + C), i2 = wasm_v128_load(in + 2 * C);
+      for (int kx = 0; kx < k; kx++) {
+        v128_t i3 = wasm_v128_load(in + (long)(kx + 3) * C);
+        v128_t a = MADD(i0, d0, acc[kx]);
+        a = MADD(i1, d1, a);
+        a = MADD(i2, d2, a);
+        acc[kx] = MADD(i3, d3, a);
+        i0 = i1;
+        i1 = i2;
+        i2 = i3;
+      }
+    }
+    for (int kx = 0; kx < k; kx++) wasm_v128_store(dfr + (long)kx * C + c, acc[kx]);
+  }
+}
+
+static void dw_filter_map(const float* x, const float* dy, int H, int W, int C, int k,
+                          float* df) {
+  int half = (k - 1) / 2;
+  for (int oy = 0; oy < H; oy++)
+    for (int ky = 0; ky < k; ky++) {
+      int iy = oy + ky - half;
+      if (iy < 0 || iy >= H) continue;
+      const float* xr = x + (long)iy * W * C;
+      const float* dyr = dy + (long)oy * W * C;
+      if (k == 7)
+        dw_filter_row(xr, dyr, W, C, 7, df + (long)ky * 7 * C);
+      else
+        dw_filter_row(xr, dyr, W, C, k, df + (long)ky * k * C);
+    }
+}
+
+// Gradient of a "same" k x k depthwise conv's kernel and bias (k odd, at most 15) over n
+// maps: df[ky][kx][c] += sum of x[y + ky - half][x + kx - half][c] dy[y][x][c], db += sum dy.
+EXPORT(dw_filter_grad) void dw_filter_grad(const float* x, const float* dy, int n, int H, int W,
+                                           int C, int k, float* df, float* db) {
+  long map = (long)H * W * C;
+  for (int img = 0; img < n; img++) dw_filter_map(x + img * map, dy + img * map, H, W, C, k, df);
+  col_sum_acc(dy, n * H * W, C, C, db);
+}
+
+// dx += the input gradient of a "same" depthwise conv: the conv of dy with the rotated
+// kernel (dw_flip), row by row through rowbuf (W x C floats); zeros: C zero floats (the
+// bias dw_rows adds).
+EXPORT(dw_input_grad) void dw_input_grad(const float* dy, int n, int H, int W, int C, int k,
+                                         const float* wflip, const float* zeros, float* rowbuf,
+                                         float* dx) {
+  int half = (k - 1) / 2;
+  long map = (long)H * W * C;
+  long row = (long)W * C;
+  for (int img = 0; img < n; img++)
+    for (int oy = 0; oy < H; oy++) {
+      if (k == 7)
+        dw_rows(dy + img * map, H, W, C, 7, half, wflip, zeros, rowbuf, oy, oy + 1);
+      else
+        dw_rows(dy + img * map, H, W, C, k, half, wflip, zeros, rowbuf, oy, oy + 1);
+      add_into(dx + img * map + oy * row, rowbuf, row);
+    }
+}
+
+// z = (x - mean) rstd gamma + beta over M rows, with the statistics ln_fwd kept.
+static void ln_apply(const float* x, const float* stats, int M, int C, const float* gamma,
+                     const float* beta, float* out) {
+  for (int m = 0; m < M; m++) {
+    v128_t mv = wasm_f32x4_splat(stats[2 * m]), rs = wasm_f32x4_splat(stats[2 * m + 1]);
+    const float* r = x + (long)m * C;
+    float* o = out + (long)m * C;
+    for (int c = 0; c < C; c += 4) {
+      v128_t v = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(r + c), mv), rs);
+      wasm_v128_store(o + c, MADD(v, wasm_v128_load(gamma + c), wasm_v128_load(beta + c)));
+    }
+  }
+}
+
+// The block's output rows: out = x + s ls u, with s the drop-path factor of the row's
+// image (scale[image], 0 or 1 / keep; scale = 0: no drop path) and ls the layer scale
+// (0: none). Rows p0.. of the batch, hw pixels per image.
+static void branch_out(const float* x, const float* u, int M, int C, const float* ls,
+                       const float* scale, long p0, int hw, float* out) {
+  for (int i = 0; i < M; i++) {
+    v128_t s = wasm_f32x4_splat(scale ? scale[(p0 + i) / hw] : 1.f);
+    const float* xr = x + (long)i * C;
+    const float* ur = u + (long)i * C;
+    float* o = out + (long)i * C;
+    for (int c = 0; c < C; c += 4) {
+      v128_t b = wasm_f32x4_mul(wasm_v128_load(ur + c), s);
+      if (ls) b = wasm_f32x4_mul(b, wasm_v128_load(ls + c));
+      wasm_v128_store(o + c, wasm_f32x4_add(wasm_v128_load(xr + c), b));
+    }
+  }
+}
+
+// The branch's gradient before layer scale: du = dout s ls; gls += dout s u (the layer
+// scale's gradient), gb2 += du (the second pointwise layer's bias gradient).
+static void branch_grad(const float* dout, const float* u, int M, int C, const float* ls,
+                        const float* scale, long p0, int hw, float* du, float* gls,
+                        float* gb2) {
+  for (int i = 0; i < M; i++) {
+    v128_t s = wasm_f32x4_splat(scale ? scale[(p0 + i) / hw] : 1.f);
+    const float* d = dout + (long)i * C;
+    float* o = du + (long)i * C;
+    for (int c = 0; c < C; c += 4) {
+      v128_t dv = wasm_f32x4_mul(wasm_v128_load(d + c), s);
+      if (ls) {
+        v128_t uv = wasm_v128_load(u + (long)i * C + c);
+        wasm_v128_store(gls + c, MADD(dv, uv, wasm_v128_load(gls + c)));
+        dv = wasm_f32x4_mul(dv, wasm_v128_load(ls + c));
+      }
+      wasm_v128_store(o + c, dv);
+      wasm_v128_store(gb2 + c, wasm_f32x4_add(wasm_v128_load(gb2 + c), dv));
+    }
+  }
+}
+
+// Floats of the matmuls' packing buffer in the block training kernels.
+static long train_pack(int C) {
+  long a = gemm_scratch(4 * C), b = gemm_tn_scratch(4 * C);
+  return a > b ? a : b;
+}
+
+// Floats of scratch block_fwd_train and block_bwd_train need for `tile` pixels of C
+// channels on maps W wide: four tiles of C, three of 4C, the matmuls' packing buffer, a
+// zero vector and a row of the map.
+EXPORT(block_train_scratch) long block_train_scratch(int W, int C, int tile) {
+  return 4L * tile * C + 12L * tile * C + train_pack(C) + C + (long)W * C + 64;
+}
+
+// One ConvNeXt block's forward pass for training on n maps H x W x C, keeping what the
+// backward pass needs: y (the depthwise conv's output), stats (LayerNorm's mean and rstd
+// per pixel), h (the first pointwise layer's output, before the GELU) and, with layer
+// scale, u (the branch before layer scale). Unfolded weights (their gradients are wanted):
+// w1p, w2p packed by pack_b. out = x + s ls (W2 gelu(W1 LN(dwconv(x)) + b1) + b2), tile
+// by tile across images (the weights stream once per tile, not once per image).
+EXPORT(block_fwd_train) void block_fwd_train(const float* x, int n, int H, int W, int C, int k,
+                                             const float* dww, const float* dwb, float eps,
+                                             const float* gamma, const float* beta,
+                                             const float* w1p, const float* b1,
+                                             const float* w2p, const float* b2,
+                                             const float* ls, const float* scale, int tile,
+                                             float* scratch, float* y, float* stats, float* h,
+                                             float* u, float* out) {
+  int half = (k - 1) / 2, hidden = 4 * C, hw = H * W;
+  long map = (long)hw * C;
+  float* zt = scratch;
+  float* gt = zt + (long)tile * C;
+  float* ut = gt + (long)tile * hidden;
+  float* pack = ut + (long)tile * C;
+  float one = eps * 0.f + 1.f;
+  // Runs of images whose branch is kept; a dropped image's output is its input (drop path
+  // zeroes its branch), and nothing of it is needed for the backward pass.
+  for (int i0 = 0; i0 < n;) {
+    if (scale && scale[i0] == 0.f) {
+      __builtin_memcpy(out + i0 * map, x + i0 * map, (unsigned long)map * 4);
+      i0++;
+      continue;
+    }
+    int i1 = i0 + 1;
+    while (i1 < n && !(scale && scale[i1] == 0.f)) i1++;
+    for (int img = i0; img < i1; img++) {
+      if (k == 7)
+        dw_rows(x + img * map, H, W, C, 7, half, dww, dwb, y + img * map, 0, H);
+      else
+        dw_rows(x + img * map, H, W, C, k, half, dww, dwb, y + img * map, 0, H);
+    }
+    long end = (long)i1 * hw;
+    for (long p0 = (long)i0 * hw; p0 < end; p0 += tile) {
+      int m = end - p0 < tile ? (int)(end - p0) : tile;
+      ln_fwd(y + p0 * C, m, C, eps, gamma, beta, zt, stats + 2 * p0);
+      gemm(zt, C, m, C, w1p, hidden, b1, h + p0 * hidden, hidden, EPI_BIAS, 0, 0, pack);
+      gelu_copy(h + p0 * hidden, gt, (long)m * hidden, one);
+      float* uo = u ? u + p0 * C : ut;
+      gemm(gt, hidden, m, hidden, w2p, C, b2, uo, C, EPI_BIAS, 0, 0, pack);
+      branch_out(x + p0 * C, uo, m, C, ls, scale, p0, hw, out + p0 * C);
+    }
+    i0 = i1;
+  }
+}
+
+// Pointers of a block's gradients (each accumulated: +=), in kernels.c's argument order.
+typedef struct {
+  float *dww, *dwb, *gamma, *beta, *w1, *b1, *w2, *b2, *ls;
+} block_grads;
+
+// The pointwise half of a block's backward pass on `m` rows starting at row p0: from
+// dout to dy (the gradient of the depthwise conv's output), accumulating the weight
+// gradients of both pointwise layers, LayerNorm and layer scale.
+static void block_bwd_tile(long p0, int m, int hw, int C, const float* gamma, const float* beta,
+                           const float* w1tp, const float* w2tp, const float* ls,
+                           const float* scale, const float* y, const float* stats,
+                           const float* h, const float* u, const float* dout, float* dy,
+                           float* scratch, int tile, const block_grads* g, float one) {
+  int hidden = 4 * C;
+  float* du = scratch;
+  float* zt = du + (long)tile * C;
+  float* dz = zt + (long)tile * C;
+  float* gt = dz + 2L * tile * C;
+  float* gp = gt + (long)tile * hidden;
+  float* dt = gp + (long)tile * hidden;
+  float* pack = dt + (long)tile * hidden;
+  const float* ht = h + p0 * hidden;
+  branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, du, g->ls, g->b2);
+  gelu_both(ht, gt, gp, (long)m * hidden, one);
+  gemm_tn(gt, hidden, du, C, m, hidden, C, g->w2, C, pack);
+  gemm(du, C, m, C, w2tp, hidden, 0, dt, hidden, EPI_BIAS, 0, 0, pack);
+  mul_col_sum(gp, dt, m, hidden, g->b1);
+  ln_apply(y + p0 * C, stats + 2 * p0, m, C, gamma, beta, zt);
+  gemm_tn(zt, C, dt, hidden, m, C, hidden, g->w1, hidden, pack);
+  gemm(dt, hidden, m, hidden, w1tp, C, 0, dz, C, EPI_BIAS, 0, 0, pack);
+  ln_bwd(y + p0 * C, stats + 2 * p0, dz, m, C, gamma, dy + p0 * C, g->gamma, g->beta);
+}
+
+// One ConvNeXt block's backward pass on n maps: dout (the gradient of the block's output)
+// becomes the gradient of its input, in place; the weight gradients accumulate into
+// `grads` (block_grads order: dw kernel, dw bias, LN gamma, LN beta, W1, b1, W2, b2, layer
+// scale). Saved tensors as block_fwd_train left them; w1tp, w2tp the transposed weights
+// packed by pack_bt, dwflip the rotated depthwise kernel (dw_flip); dy: n x H x W x C
+// floats of scratch (the gradient of the depthwise conv's output, whole maps, because the
+// conv's gradients read its neighbours). `one` must be 1 (see gelu_make).
+EXPORT(block_bwd_train) void block_bwd_train(const float* x, int n, int H, int W, int C, int k,
+                                             const float* dwflip, const float* gamma,
+                                             const float* beta, const float* w1tp,
+                                             const float* w2tp, const float* ls,
+                                             const float* scale, const float* y,
+                                             const float* stats, const float* h,
+                                             const float* u, float* dout, float* dy, int tile,
+                                             float* scratch, float* const* grads, float one) {
+  const block_grads* g = (const block_grads*)grads;
+  int hw = H * W;
+  long map = (long)hw * C;
+  float* zeros = scratch + 4L * tile * C + 12L * tile * C + train_pack(C);
+  float* rowbuf = zeros + C;
+  zero(zeros, C);
+  // Runs of kept images (see block_fwd_train): a dropped image's gradient passes through
+  // the residual unchanged (dout is already dx) and adds nothing to the weights'.
+  for (int i0 = 0; i0 < n;) {
+    if (scale && scale[i0] == 0.f) {
+      i0++;
+      continue;
+    }
+    int i1 = i0 + 1;
+    while (i1 < n && !(scale && scale[i1] == 0.f)) i1++;
+    long end = (long)i1 * hw;
+    for (long p0 = (long)i0 * hw; p0 < end; p0 += tile) {
+      int m = end - p0 < tile ? (int)(end - p0) : tile;
+      block_bwd_tile(p0, m, hw, C, gamma, beta, w1tp, w2tp, ls, scale, y, stats, h, u, dout,
+                     dy, scratch, tile, g, one);
+    }
+    dw_filter_grad(x + i0 * map, dy + i0 * map, i1 - i0, H, W, C, k, g->dww, g->dwb);
+    dw_input_grad(dy + i0 * map, i1 - i0, H, W, C, k, dwflip, zeros, rowbuf, dout + i0 * map);
+    i0 = i1;
+  }
+}

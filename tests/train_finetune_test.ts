@@ -163,6 +163,32 @@ Deno.test("bad options: the library names the option, the command line its flag"
   ]);
   assert.equal(cli.code, 1);
   assert.match(cli.stderr, /^finetune: --min-lr must be a number >= 0, got -1$/m);
+  await assert.rejects(
+    () =>
+      finetune({
+        model: baseDir,
+        data: root,
+        out,
+        layerDecayType: "blocks" as "single",
+        quiet: true,
+      }),
+    /^OptionError: finetune: layerDecayType must be "group" or "single", got "blocks"$/,
+  );
+  const type = await finetuneCli([
+    "--model",
+    baseDir,
+    "--data",
+    root,
+    "--out",
+    out,
+    "--layer-decay-type",
+    "blocks",
+  ]);
+  assert.equal(type.code, 1);
+  assert.match(
+    type.stderr,
+    /^finetune: --layer-decay-type must be "group" or "single", got "blocks"$/m,
+  );
 });
 
 Deno.test("linear probe: trains a head on features computed once, then from the cache", async () => {

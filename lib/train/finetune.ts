@@ -68,6 +68,11 @@ export interface FinetuneOptions {
   weightDecay?: number;
   /** Layer-wise lr decay (default 1: off); full mode, hierarchical models. */
   layerDecay?: number;
+  /**
+   * Which layer decay: "group" (V1's 12 groups; V2's base/large recipes) or "single" (one layer
+   * per block). Default: the model's own recipe, "single" for ConvNeXt V2, "group" for V1.
+   */
+  layerDecayType?: "group" | "single";
   /** Stochastic depth rate (default 0.1 full; probe has none). */
   dropPath?: number;
   /** Label smoothing (default 0.1). */

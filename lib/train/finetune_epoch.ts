@@ -71,6 +71,7 @@ export async function createTrainer(
   const params = modelParams(model, {
     weightDecay: o.weightDecay,
     layerDecay: o.mode === "full" ? o.layerDecay : 1,
+    layerDecayType: o.layerDecayType,
   });
   const optimizer = new AdamW(params);
   own(optimizer);

@@ -27,6 +27,8 @@ export interface ResolvedOptions {
   updateFreq: number;
   weightDecay: number;
   layerDecay: number;
+  /** Absent: the model's own recipe (kept absent so older checkpoints resume unchanged). */
+  layerDecayType?: "group" | "single";
   dropPath: number;
   labelSmoothing: number;
   ema: boolean;
@@ -69,6 +71,12 @@ function num(
   return x;
 }
 
+/** A `layerDecayType` checked. */
+function decayType(value: unknown): "group" | "single" {
+  if (value !== "group" && value !== "single") fail("layerDecayType", `"group" or "single"`, value);
+  return value;
+}
+
 /**
  * Every option checked and given its default, except the input size when it is not given
  * (the loaded model's preprocessing decides it: {@link withSize}).
@@ -91,6 +99,7 @@ export function resolveOptions(o: FinetuneOptions): UnsizedOptions {
     updateFreq: int("updateFreq", o.updateFreq, 1, 1),
     weightDecay: num("weightDecay", o.weightDecay, 0.05, (x) => x >= 0, "a number >= 0"),
     layerDecay: num("layerDecay", o.layerDecay, 1, (x) => x > 0 && x <= 1, "a number in (0, 1]"),
+    ...(o.layerDecayType === undefined ? {} : { layerDecayType: decayType(o.layerDecayType) }),
     dropPath: probe ? 0 : num("dropPath", o.dropPath, 0.1, fraction, "a number in [0, 1)"),
     labelSmoothing: num("labelSmoothing", o.labelSmoothing, 0.1, fraction, "a number in [0, 1)"),
     ema: o.ema ?? false,

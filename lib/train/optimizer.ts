@@ -207,7 +207,11 @@ function withArchitectureDefaults(
     return options; // not a ConvNeXt's weights: group decay by names
   }
   if (spec.kind !== "hierarchical") return options;
-  return { layerDecayType: spec.grn ? "single" : "group", depths: spec.depths, ...options };
+  return {
+    ...options,
+    layerDecayType: options.layerDecayType ?? (spec.grn ? "single" : "group"),
+    depths: options.depths ?? spec.depths,
+  };
 }
 
 /**

@@ -23,6 +23,7 @@ import { storedModelConfig } from "../lib/model/config.ts";
 import { loadModel } from "../lib/weights/pretrained.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
 import { maxAbsDiff } from "./numeric_helpers.ts";
+import { withEnv } from "./env_helpers.ts";
 
 await selectBackend("wasm");
 
@@ -101,18 +102,6 @@ function serve(files: Record<string, Uint8Array<ArrayBuffer>>) {
   });
   const port = (server.addr as Deno.NetAddr).port;
   return { server, requests, base: `http://127.0.0.1:${port}/` };
-}
-
-async function withEnv<T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) {
-      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
-    }
-  }
 }
 
 /** A local download site with `files`, and a fresh cache, around `fn`. */

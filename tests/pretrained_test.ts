@@ -9,6 +9,7 @@ import { selectBackend } from "../lib/backend/select.ts";
 import { convertCheckpoint, loadModel } from "../lib/weights/pretrained.ts";
 import { storedModelConfig } from "../lib/model/config.ts";
 import { getZooEntry } from "../lib/weights/zoo.ts";
+import { withEnv } from "./env_helpers.ts";
 
 await selectBackend("wasm");
 
@@ -82,18 +83,6 @@ function serve(routes: Record<string, Route>) {
   });
   const port = (server.addr as Deno.NetAddr).port;
   return { server, requests, base: `http://127.0.0.1:${port}/` };
-}
-
-async function withEnv<T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) {
-      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
-    }
-  }
 }
 
 function listFiles(dir: string, prefix = ""): string[] {

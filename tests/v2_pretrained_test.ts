@@ -6,6 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { maxAbsDiff } from "./numeric_helpers.ts";
+import { withEnv } from "./env_helpers.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { architectureOf } from "../lib/model/architecture.ts";
 import { storedModelConfig } from "../lib/model/config.ts";
@@ -66,13 +67,15 @@ Deno.test("loadModel: a V2 checkpoint named _512 gets V2's 512 px warp, a zoo na
     () => new Response(bytes),
   );
   const cache = await Deno.makeTempDir();
-  const saved = Deno.env.get("CONVNEXT_CACHE");
-  Deno.env.set("CONVNEXT_CACHE", cache);
   try {
     const port = (server.addr as Deno.NetAddr).port;
-    const model = await loadModel(`http://127.0.0.1:${port}/convnextv2_x_22k_512_ema.pt`, {
-      download: { quiet: true },
-    });
+    const model = await withEnv(
+      { CONVNEXT_CACHE: cache },
+      () =>
+        loadModel(`http://127.0.0.1:${port}/convnextv2_x_22k_512_ema.pt`, {
+          download: { quiet: true },
+        }),
+    );
     const config = storedModelConfig(model)!;
     // ConvNeXt-V2's datasets.py: no crop from 384 px on (the same rule as V1's 384).
     assert.deepEqual([config.preprocessing.size, config.preprocessing.mode], [512, "warp"]);
@@ -80,8 +83,6 @@ Deno.test("loadModel: a V2 checkpoint named _512 gets V2's 512 px warp, a zoo na
     assert.equal(config.license, undefined); // not a zoo file: no licence claimed for it
     model.dispose();
   } finally {
-    if (saved === undefined) Deno.env.delete("CONVNEXT_CACHE");
-    else Deno.env.set("CONVNEXT_CACHE", saved);
     await server.shutdown();
     await Deno.remove(cache, { recursive: true });
   }

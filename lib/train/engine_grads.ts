@@ -489,7 +489,10 @@ function notice(reason: string): void {
  *
  * @throws Error when `CONVNEXT_TRAIN_PATH=engine` and the engine cannot run the model.
  */
-export function useEngineTraining(model: tf.LayersModel, backend = tf.getBackend()): boolean {
+export function useEngineTraining(
+  model: tf.LayersModel,
+  backend: string = tf.getBackend(),
+): boolean {
   const path = trainPath();
   if (path === "stock") return false;
   // Beside another backend the engine runs only when asked to, and never on webgpu: it

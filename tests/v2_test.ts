@@ -2,7 +2,9 @@
 // encoder, timm V2 and small V1 with conv_mlp, Hugging Face V2) is converted, loaded by name
 // and must reproduce the official PyTorch code's outputs within 1e-4 at two input sizes;
 // GRN's forward and gradient against PyTorch's; save/load; the optimized predict path
-// refusing GRN models for the stock path; the zoo's V2 files and license notice.
+// (kernel engine and TF.js executor, 1 and 2 threads) on GRN models within 1e-4 of the stock
+// path and of PyTorch, the training kernels still refusing GRN; the zoo's V2 files and
+// license notice.
 // References: tools/fixtures/make_v2_fixtures.py (the official ConvNeXt-V2 code, vendored,
 // eval mode, float64).
 
@@ -16,6 +18,9 @@ import { loadSavedModel, saveModel } from "../lib/model/io.ts";
 import { GlobalResponseNorm } from "../lib/model/layers.ts";
 import type { ArchitectureSpec } from "../lib/model/variants.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
+import { compilePlan } from "../lib/infer/plan.ts";
+import { closeInferencePool } from "../lib/infer/pool.ts";
+import { engineTrainSupport } from "../lib/train/engine_grads.ts";
 import { ensureCheckpoint } from "../lib/weights/fetch.ts";
 import {
   assertWeightsMatch,
@@ -147,33 +152,129 @@ Deno.test("v2 parity: the fixtures exercise GRN (zeroed GRN weights change the o
   }
 });
 
-Deno.test("v2 predict: the optimized path refuses GRN by name; public predict equals the stock path", async () => {
-  for (const backend of ["cpu", "wasm"]) {
-    await selectBackend(backend as "cpu" | "wasm");
-    const f = fixture("official_v2");
-    const model = (await load(f)) as ConvNeXtModel;
-    try {
-      assert.equal(model.usesOptimizedPath(), false);
-      assert.match(model.planUnsupportedReason()!, /stages_0_block_0_grn: GRN \(ConvNeXt V2\)/);
-      for (const input of Object.values(f.inputs)) {
-        const x = tf.tensor(await readF32(input.file), input.shape);
-        const auto = model.predict(x) as tf.Tensor;
+/** Sets (or, with undefined, clears) an environment variable; returns the previous value. */
+function setEnv(name: string, value: string | undefined): string | undefined {
+  const previous = Deno.env.get(name);
+  if (value === undefined) Deno.env.delete(name);
+  else Deno.env.set(name, value);
+  return previous;
+}
+
+Deno.test("v2 predict: GRN blocks take the optimized path on both executors, 1 and 2 threads, within 1e-4", async () => {
+  const f = fixture("official_v2");
+  const previous = {
+    executor: Deno.env.get("CONVNEXT_EXECUTOR"),
+    threads: Deno.env.get("CONVNEXT_THREADS"),
+  };
+  try {
+    for (const backend of ["cpu", "wasm"] as const) {
+      await selectBackend(backend);
+      const model = (await load(f)) as ConvNeXtModel;
+      try {
+        assert.equal(model.planUnsupportedReason(), undefined);
+        const plan = model.inferencePlan()!;
+        const blocks = plan.steps.filter((s) => s.op === "block");
+        assert.equal(blocks.length, 5);
+        assert.ok(blocks.every((s) => s.op === "block" && s.grn?.epsilon === 1e-6));
+        // The stock path on this backend, per input.
+        const stock = new Map<string, Float32Array>();
         model.inferencePath = "stock";
-        const stock = model.predict(x) as tf.Tensor;
+        assert.equal(model.usesOptimizedPath(), false);
+        for (const [key, input] of Object.entries(f.inputs)) {
+          const x = tf.tensor(await readF32(input.file), input.shape);
+          const y = model.predict(x) as tf.Tensor;
+          stock.set(key, (await y.data()) as Float32Array);
+          tf.dispose([x, y]);
+        }
         model.inferencePath = "auto";
-        assert.deepEqual([...await auto.data()], [...await stock.data()], backend);
-        tf.dispose([x, auto, stock]);
+        assert.equal(model.usesOptimizedPath(), true);
+        for (const executor of ["kernels", "tfjs"] as const) {
+          for (const threads of ["1", "2"]) {
+            setEnv("CONVNEXT_EXECUTOR", executor);
+            setEnv("CONVNEXT_THREADS", threads);
+            const label = `${backend}, ${executor}, ${threads} thread(s)`;
+            assert.equal(model.optimizedExecutor(), executor, label);
+            for (const [key, input] of Object.entries(f.inputs)) {
+              const x = tf.tensor(await readF32(input.file), input.shape);
+              const y = model.predict(x) as tf.Tensor;
+              assert.deepEqual(y.shape, f.outputs[key].shape, `${label} ${key}`);
+              const got = await y.data();
+              tf.dispose([x, y]);
+              const toStock = maxAbsDiff(got, stock.get(key)!);
+              const toTorch = maxAbsDiff(got, await readF32(f.outputs[key].file));
+              assert.ok(toStock <= 1e-4, `${label} ${key}: ${toStock} from the stock path`);
+              assert.ok(toTorch <= 1e-4, `${label} ${key}: ${toTorch} from PyTorch`);
+            }
+          }
+        }
+      } finally {
+        model.dispose();
+        closeInferencePool();
       }
-      const diff = await worstDiff(f, model); // the stock path on this backend
-      assert.ok(diff <= 1e-4, `${backend}: max abs diff ${diff}`);
-      // Forcing the optimized path is a loud error, not a wrong answer.
-      model.inferencePath = "optimized";
-      assert.throws(() => model.predict(tf.zeros([1, 64, 64, 3])), /GRN \(ConvNeXt V2\)/);
-    } finally {
-      model.dispose();
     }
+  } finally {
+    setEnv("CONVNEXT_EXECUTOR", previous.executor);
+    setEnv("CONVNEXT_THREADS", previous.threads);
+    await selectBackend("cpu");
   }
-  await selectBackend("cpu");
+});
+
+Deno.test("v2 predict: every V2 fixture on the kernel engine (2 threads) matches PyTorch within 1e-4", async () => {
+  const previous = setEnv("CONVNEXT_THREADS", "2");
+  try {
+    for (const f of models.filter((m) => m.spec.grn)) {
+      const model = (await load(f)) as ConvNeXtModel;
+      try {
+        assert.ok(model.usesOptimizedPath(), f.name);
+        assert.equal(model.optimizedExecutor(), "kernels", f.name);
+        const diff = await worstDiff(f, model);
+        assert.ok(diff <= 1e-4, `${f.name}: max abs diff ${diff}`);
+      } finally {
+        model.dispose();
+      }
+    }
+  } finally {
+    closeInferencePool();
+    setEnv("CONVNEXT_THREADS", previous);
+  }
+});
+
+Deno.test("v2 plan: GRN only on request; the training kernels still refuse it by name", async () => {
+  const model = await load(fixture("official_v2"));
+  try {
+    assert.throws(() => compilePlan(model), /stages_0_block_0_grn: GRN \(ConvNeXt V2\)/);
+    assert.match(engineTrainSupport(model) ?? "", /GRN \(ConvNeXt V2\)/);
+    const plan = compilePlan(model, { grn: true });
+    const block = plan.steps.find((s) => s.op === "block")!;
+    const source = plan.sources.find((s) => "prefix" in block && s.prefix === block.prefix)!;
+    assert.deepEqual(source.layers.slice(0, 4).map((n) => n.split("_").pop()), [
+      "dwconv",
+      "norm",
+      "pwconv1",
+      "pwconv2",
+    ]);
+    assert.ok(source.layers.at(-1)!.endsWith("_grn"));
+    // GRN's weights are sources of the folded ones: assigning them refolds.
+    const cnx = model as ConvNeXtModel;
+    const x = tf.tensor(await readF32(fixture("official_v2").inputs.inputs_48x80.file), [
+      1,
+      48,
+      80,
+      3,
+    ]);
+    const before = cnx.predict(x) as tf.Tensor;
+    for (const layer of model.layers.filter((l) => l.getClassName() === "GlobalResponseNorm")) {
+      layer.setWeights(layer.getWeights().map((w) => tf.onesLike(w)));
+    }
+    const after = cnx.predict(x) as tf.Tensor;
+    cnx.inferencePath = "stock";
+    const stock = cnx.predict(x) as tf.Tensor;
+    assert.ok(maxAbsDiff(await before.data(), await after.data()) > 1e-3);
+    assert.ok(maxAbsDiff(await after.data(), await stock.data()) <= 1e-4);
+    tf.dispose([x, before, after, stock]);
+  } finally {
+    model.dispose();
+  }
 });
 
 Deno.test("v2 predict: a small V1 (timm conv_mlp) still takes the optimized path, within 1e-4", async () => {

@@ -82,10 +82,16 @@ export function blockOnSlab(
       `blockOnSlab: a slab of ${rows} rows with padding ${padTop}/${padBottom} has no output rows`,
     );
   }
+  if (step.grn && (mlp || padTop !== half || padBottom !== half)) {
+    throw new Error(
+      `blockOnSlab: ${prefix} has a GRN, which needs whole images (no bands, no MLP split)`,
+    );
+  }
   const y = depthwise(slab, weights, prefix, step.kernelSize, padTop, padBottom);
   const branch = on2d(y, (y2) => {
     const normalized = normalize(y2, step.epsilon) as tf.Tensor2D;
     if (mlp) return mlp(normalized);
+    if (step.grn) return grnMlp(normalized, n, weights, step);
     return mlpPart(
       normalized,
       get(weights, `${prefix}/w1`),
@@ -114,6 +120,38 @@ export function mlpPart(
 ): tf.Tensor {
   const z = tf.fused.matMul({ a, b: w1 as tf.Tensor2D, bias: b1 });
   return tf.fused.matMul({ a: gelu(z) as tf.Tensor2D, b: w2 as tf.Tensor2D, bias: b2 });
+}
+
+/**
+ * A V2 block's MLP on the normalized rows of `n` whole images: the hidden `h = gelu(a W1 +
+ * b1)` scaled per image and hidden unit by `s = gamma Nx + 1` (GRN: `Nx = Gx / (mean_j Gx +
+ * eps)`, `Gx` the L2 norm of a hidden unit over the image's pixels), then `(h s) W2 + b2`
+ * (b2 holds GRN's `beta W2`, see ./fold.ts).
+ */
+function grnMlp(
+  a: tf.Tensor2D,
+  n: number,
+  weights: FoldedWeights,
+  step: BlockStep,
+): tf.Tensor {
+  const p = step.prefix;
+  const z = tf.fused.matMul({
+    a,
+    b: get(weights, `${p}/w1`) as tf.Tensor2D,
+    bias: get(weights, `${p}/b1`),
+  });
+  const h = gelu(z);
+  const [m, hidden] = h.shape;
+  const h3 = tf.reshape(h, [n, m / n, hidden]);
+  const gx = tf.sqrt(tf.sum(tf.square(h3), 1, true));
+  const nx = tf.div(gx, tf.add(tf.mean(gx, -1, true), step.grn!.epsilon));
+  const s = tf.add(tf.mul(nx, get(weights, `${p}/grn_gamma`)), 1);
+  const scaled = tf.reshape(tf.mul(h3, s), [m, hidden]) as tf.Tensor2D;
+  return tf.fused.matMul({
+    a: scaled,
+    b: get(weights, `${p}/w2`) as tf.Tensor2D,
+    bias: get(weights, `${p}/b2`),
+  });
 }
 
 /**
@@ -252,7 +290,8 @@ export function executePlan(
       let out: tf.Tensor;
       switch (step.op) {
         case "block":
-          out = runBlock
+          // A GRN block needs whole images: never split by the runner (rows, hidden units).
+          out = runBlock && !step.grn
             ? runBlock(read(step.input) as tf.Tensor4D, step, weights)
             : blockOnSlab(read(step.input) as tf.Tensor4D, weights, step, half(step), half(step));
           break;

@@ -5,6 +5,9 @@
  * - LayerNorm's affine goes into the first pointwise layer: `W1' = diag(gamma) W1`,
  *   `b1' = beta W1 + b1`;
  * - layer scale goes into the second layer: `W2' = W2 diag(gamma)`, `b2' = b2 * gamma`;
+ * - a V2 block's GRN beta goes into the second layer's bias, `b2' = beta W2 + b2` (before
+ *   the layer scale), and its gamma stays (`<prefix>/grn_gamma`): the GRN's per-image scale
+ *   `gamma Nx + 1` of the hidden units is computed at run time;
  * - a 7x7 depthwise kernel is also split into four 5x5 tiles ({@link splitKernel7}).
  *
  * A model's input normalization `(x / 255 - mean) / std` goes into the stem convolution that
@@ -206,7 +209,18 @@ export function foldWeights(model: tf.LayersModel, plan: Plan): FoldedWeights {
           out[`${p}/w1`] = tf.mul(w1, tf.reshape(gamma, [-1, 1]));
           out[`${p}/b1`] = tf.add(betaW1, b1);
           const w2 = weight(fc2, "kernel");
-          const b2 = weight(fc2, "bias");
+          let b2 = weight(fc2, "bias");
+          if (step.grn) {
+            // GRN: y = h (gamma Nx + 1) + beta, so y W2 + b2 = (h s) W2 + (beta W2 + b2) with
+            // the per-image scale s = gamma Nx + 1 computed at run time from gamma.
+            const grn = source.layers.map((n) => model.getLayer(n)).find((l) =>
+              l.getClassName() === "GlobalResponseNorm"
+            );
+            if (!grn) throw new Error(`foldWeights: block ${p} has no GlobalResponseNorm layer`);
+            out[`${p}/grn_gamma`] = tf.clone(weight(grn, "gamma"));
+            const betaW2 = tf.sum(tf.mul(tf.reshape(weight(grn, "beta"), [-1, 1]), w2), 0);
+            b2 = tf.add(betaW2, b2);
+          }
           if (scaleLayer) {
             const ls = weight(scaleLayer, "gamma");
             out[`${p}/w2`] = tf.mul(w2, ls);

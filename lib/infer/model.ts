@@ -120,7 +120,7 @@ export class ConvNeXtModel extends tf.LayersModel {
   inferencePlan(): Plan | null {
     if (this.plan === undefined) {
       try {
-        this.plan = compilePlan(this);
+        this.plan = compilePlan(this, { grn: true });
       } catch (e) {
         // A graph the compiler cannot read (any model can be built as a ConvNeXtModel)
         // keeps the stock path rather than failing predict.

@@ -45,6 +45,13 @@ export interface BlockStep {
   kernelSize: number;
   /** LayerNorm epsilon. */
   epsilon: number;
+  /**
+   * ConvNeXt V2: a Global Response Normalization on the hidden layer (after the GELU), with
+   * this epsilon; weights `<prefix>/grn_gamma`, its beta folded into `<prefix>/b2` (see
+   * ./fold.ts). It needs the whole hidden map of an image before the second pointwise layer,
+   * so such a block runs on whole images (never split into bands of rows or hidden units).
+   */
+  grn?: { epsilon: number };
 }
 
 /**
@@ -175,6 +182,15 @@ type Layer = tf.layers.Layer;
 type Sym = tf.SymbolicTensor;
 type Config = Record<string, unknown>;
 
+/** Options of {@link compilePlan}. */
+export interface CompileOptions {
+  /**
+   * Compile ConvNeXt V2 blocks (GRN, see {@link BlockStep.grn}); default false: GRN is
+   * refused by name, for consumers of the plan that have no GRN step (the training kernels).
+   */
+  grn?: boolean;
+}
+
 /** Why a model cannot be compiled; the caller then keeps the stock path. */
 export class PlanUnsupported extends Error {}
 
@@ -241,9 +257,9 @@ function className(layer: Layer): string {
  * console.log(plan.steps.filter((s) => s.op === "block").length); // 18
  * ```
  */
-export function compilePlan(model: tf.LayersModel): Plan {
+export function compilePlan(model: tf.LayersModel, options: CompileOptions = {}): Plan {
   const inputChannels = checkInputOutput(model);
-  const builder = new PlanBuilder(model);
+  const builder = new PlanBuilder(model, options.grn === true);
   for (const layer of model.layers) builder.add(layer);
   return builder.finish(inputChannels);
 }
@@ -296,10 +312,12 @@ class PlanBuilder {
   readonly #only: (t: Sym, cls: string[]) => Layer | null;
   readonly #model: tf.LayersModel;
   readonly #input: number;
+  readonly #grn: boolean;
   #nextSlot = 0;
 
-  constructor(model: tf.LayersModel) {
+  constructor(model: tf.LayersModel, grn: boolean) {
     this.#model = model;
+    this.#grn = grn;
     const consumers = consumersOf(model);
     const outputId = model.outputs[0].id;
     // The single consumer of `t` if it has one of the classes `cls` (never the output).
@@ -396,11 +414,13 @@ class PlanBuilder {
       case "InputNormalization":
         return this.#inputNormalization(node);
       case "GlobalResponseNorm":
-        // ConvNeXt V2: the engine has no GRN step yet (its norm needs the whole hidden map
-        // before the second matmul). Refused by name so the reason says so; the model keeps
-        // the stock TF.js path, which computes GRN exactly.
+        // ConvNeXt V2 blocks compile as fused blocks (#block) when GRN is asked for; a GRN
+        // left over (outside a block, or not asked for: the training kernels have no GRN
+        // step) is refused by name so the reason says so.
         return unsupported(
-          `${layer.name}: GRN (ConvNeXt V2) is not in the optimized plan yet; predict takes the stock TF.js path`,
+          this.#grn
+            ? `${layer.name}: GRN (ConvNeXt V2) outside a fusable block is not in the plan`
+            : `${layer.name}: GRN (ConvNeXt V2) is not in this plan (compiled without GRN)`,
         );
       default:
         unsupported(`${layer.name}: layer class ${cls}`);
@@ -409,7 +429,7 @@ class PlanBuilder {
 
   /** A whole ConvNeXt block starting at this depthwise conv, if it matches; else false. */
   #block(node: LayerNode): boolean {
-    const fused = matchBlock(node.layer, this.#only);
+    const fused = matchBlock(node.layer, this.#only, this.#grn);
     if (!fused) return false;
     const x = this.#one(node);
     fused.layers.forEach((l) => this.#done.add(l));
@@ -421,6 +441,7 @@ class PlanBuilder {
       prefix,
       kernelSize: fused.kernelSize,
       epsilon: fused.epsilon,
+      ...(fused.grnEpsilon !== undefined ? { grn: { epsilon: fused.grnEpsilon } } : {}),
     });
     this.#sources.push({ prefix, layers: fused.layers.map((l) => l.name) });
     return true;
@@ -517,16 +538,21 @@ interface BlockMatch {
   add: Layer;
   kernelSize: number;
   epsilon: number;
+  /** The GRN's epsilon (a V2 block), else undefined. */
+  grnEpsilon?: number;
 }
 
 /**
- * Match `dwconv -> LayerNorm -> Dense(gelu) -> Dense -> [LayerScale] -> [StochasticDepth]
- * -> Add(input, branch)` starting at a depthwise layer, where every intermediate has a
- * single consumer (so fusing hides nothing a model output needs).
+ * Match `dwconv -> LayerNorm -> Dense(gelu) -> [GRN] -> Dense -> [LayerScale] ->
+ * [StochasticDepth] -> Add(input, branch)` starting at a depthwise layer, where every
+ * intermediate has a single consumer (so fusing hides nothing a model output needs). GRN
+ * only when `grn` (else such a block does not match). The block's layers are listed with
+ * `[dw, norm, fc1, fc2]` first (./fold.ts reads them so), the GRN last.
  */
 function matchBlock(
   dw: Layer,
   only: (t: Sym, cls: string[]) => Layer | null,
+  grn: boolean,
 ): BlockMatch | null {
   const dwConfig = dw.getConfig() as Config;
   const kernel = pair(dwConfig.kernelSize, `${dw.name}.kernelSize`);
@@ -546,7 +572,14 @@ function matchBlock(
   if (!fc1) return null;
   const c1 = fc1.getConfig() as Config;
   if (c1.activation !== "gelu" || c1.useBias === false) return null;
-  const fc2 = only(out(fc1), ["Dense"]);
+  const afterFc1 = only(out(fc1), grn ? ["Dense", "GlobalResponseNorm"] : ["Dense"]);
+  const grnLayer = afterFc1 && className(afterFc1) === "GlobalResponseNorm" ? afterFc1 : null;
+  let grnEpsilon: number | undefined;
+  if (grnLayer) {
+    grnEpsilon = Number((grnLayer.getConfig() as Config).epsilon ?? 1e-6);
+    if (!Number.isFinite(grnEpsilon)) return null;
+  }
+  const fc2 = grnLayer ? only(out(grnLayer), ["Dense"]) : afterFc1;
   if (!fc2) return null;
   const c2 = fc2.getConfig() as Config;
   if ((c2.activation ?? "linear") !== "linear" || c2.useBias === false) return null;
@@ -571,10 +604,12 @@ function matchBlock(
     !addInputs.some((t) => t.id === out(tail).id)
   ) return null;
   layers.push(next);
+  if (grnLayer) layers.push(grnLayer);
   return {
     layers,
     add: next,
     kernelSize: kernel[0],
     epsilon: Number((norm.getConfig() as Config).epsilon),
+    ...(grnEpsilon !== undefined ? { grnEpsilon } : {}),
   };
 }

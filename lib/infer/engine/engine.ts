@@ -73,6 +73,47 @@ export interface KernelExports {
     scratch: number,
     out: number,
   ): void;
+  /**
+   * Pass 1 of a ConvNeXt V2 (GRN) block on a slab laid out as {@link KernelExports.block}'s:
+   * the GELU'd hidden rows into `hidden`, per image the hidden units' sums of squares into
+   * `sums` (see kernels.c).
+   */
+  grn_hidden(
+    x: number,
+    n: number,
+    rows: number,
+    w: number,
+    c: number,
+    padTop: number,
+    padBottom: number,
+    k: number,
+    dww: number,
+    dwb: number,
+    eps: number,
+    w1p: number,
+    b1: number,
+    tile: number,
+    scratch: number,
+    hidden: number,
+    sums: number,
+  ): void;
+  /**
+   * Pass 2 of a GRN block: hidden rows scaled in place per image, then
+   * `out = res + hidden W2 + b2` (see kernels.c).
+   */
+  grn_out(
+    hidden: number,
+    n: number,
+    pixels: number,
+    c: number,
+    scale: number,
+    w2p: number,
+    b2: number,
+    res: number,
+    tile: number,
+    pack: number,
+    out: number,
+  ): void;
   /** Patches of a kernel = stride convolution as GEMM rows. */
   patchify(x: number, n: number, h: number, w: number, c: number, s: number, out: number): void;
   /** Mean over the pixels of each image. */

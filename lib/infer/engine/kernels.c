@@ -1153,3 +1153,90 @@ EXPORT(block_bwd_train) void block_bwd_train(const float* x, int n, int H, int W
     i0 = i1;
   }
 }
+
+// ---- ConvNeXt V2 blocks (GRN) at inference: two passes over the hidden map ----
+//
+// GRN scales each hidden unit of an image by gamma Nx + 1, where Nx comes from the L2 norm
+// of that unit over all the image's pixels: the second pointwise layer can only start once
+// the whole hidden map of the image is known. Pass 1 (grn_hidden) writes the hidden map and
+// its per-channel sums of squares; the caller turns the sums into the scale; pass 2
+// (grn_out) scales the hidden rows and runs the second matmul with the residual. GRN's beta
+// is folded into the second layer's bias by the caller.
+
+// Per-channel sums of squares of M rows of N floats (N a multiple of 4), added to acc: per
+// column group a float sum over the rows, then added (the caller's rows are one tile).
+static void sumsq_acc(const float* h, int M, int N, float* acc) {
+  for (int c = 0; c < N; c += 4) {
+    v128_t s = wasm_f32x4_splat(0.f);
+    for (int m = 0; m < M; m++) {
+      v128_t v = wasm_v128_load(h + (long)m * N + c);
+      s = MADD(v, v, s);
+    }
+    wasm_v128_store(acc + c, wasm_f32x4_add(wasm_v128_load(acc + c), s));
+  }
+}
+
+// Pass 1 of a GRN block on a slab laid out as block()'s (n images x rows x W x C, padTop /
+// padBottom zero rows outside it; scratch of block_scratch floats, same layout): for every
+// output pixel hidden = gelu(W1' norm(dwconv(x)) + b1'), into `hidden` (rows of 4C floats,
+// rows + padTop + padBottom - (k - 1) rows of W pixels per image), and per image the
+// per-channel sums of squares of its hidden rows into sums[img * 4C ...] (overwritten).
+EXPORT(grn_hidden) void grn_hidden(const float* x, int n, int rows, int W, int C, int padTop,
+                                   int padBottom, int k, const float* dww, const float* dwb,
+                                   float eps, const float* w1p, const float* b1, int tile,
+                                   float* scratch, float* hidden, float* sums) {
+  int half = (k - 1) / 2;
+  int orow = rows + padTop + padBottom - 2 * half;
+  int hid = 4 * C;
+  int group = tile / W > 0 ? tile / W : 1;
+  float* y = scratch;
+  float* pack = y + (long)group * W * C + (long)tile * hid;
+  float one = eps * 0.f + 1.f;
+  long map = (long)rows * W * C;
+  for (int img = 0; img < n; img++) {
+    float* s = sums + (long)img * hid;
+    __builtin_memset(s, 0, (unsigned long)hid * 4);
+    for (int r0 = 0; r0 < orow; r0 += group) {
+      int r1 = r0 + group < orow ? r0 + group : orow;
+      for (int r = r0; r < r1; r++) {
+        float* yr = y + (long)(r - r0) * W * C;
+        if (k == 7)
+          dw_rows(x + img * map, rows, W, C, 7, padTop, dww, dwb, yr, r, r + 1);
+        else
+          dw_rows(x + img * map, rows, W, C, k, padTop, dww, dwb, yr, r, r + 1);
+      }
+      int pixels = (r1 - r0) * W;
+      layer_norm(y, pixels, C, eps, 0, 0, y);
+      float* h = hidden + ((long)img * orow + r0) * W * hid;
+      for (int p0 = 0; p0 < pixels; p0 += tile) {
+        int m = pixels - p0 < tile ? pixels - p0 : tile;
+        float* hp = h + (long)p0 * hid;
+        gemm(y + (long)p0 * C, C, m, C, w1p, hid, b1, hp, hid, EPI_BIAS, 0, 0, pack);
+        gelu_run(hp, (long)m * hid, one);
+        sumsq_acc(hp, m, hid, s);
+      }
+    }
+  }
+}
+
+// Pass 2 of a GRN block: rows of n images of `pixels` pixels each (contiguous): the hidden
+// rows (4C floats) are scaled in place by their image's scale[img * 4C ...], then
+// out = res + hidden W2' + b2' (rows of C floats). Tiles of `tile` rows, across images.
+// `pack`: gemm_scratch(4C) floats.
+EXPORT(grn_out) void grn_out(float* hidden, int n, int pixels, int C, const float* scale,
+                             const float* w2p, const float* b2, const float* res, int tile,
+                             float* pack, float* out) {
+  int hid = 4 * C;
+  long total = (long)n * pixels;
+  for (long p0 = 0; p0 < total; p0 += tile) {
+    int m = total - p0 < tile ? (int)(total - p0) : tile;
+    for (int r = 0; r < m; r++) {
+      float* hr = hidden + (p0 + r) * hid;
+      const float* sr = scale + ((p0 + r) / pixels) * hid;
+      for (int c = 0; c < hid; c += 4)
+        wasm_v128_store(hr + c, wasm_f32x4_mul(wasm_v128_load(hr + c), wasm_v128_load(sr + c)));
+    }
+    gemm(hidden + p0 * hid, hid, m, hid, w2p, C, b2, out + p0 * C, C, EPI_RESIDUAL,
+         res + p0 * C, C, pack);
+  }
+}

@@ -57,12 +57,29 @@ export type EngineStep =
     b1: number;
     w2: number;
     b2: number;
+    /** A ConvNeXt V2 block's GRN (see {@link EnginePlan.grnBlock}). */
+    grn?: GrnStep;
   }
   | { op: "conv"; s: number; cin: number; cout: number; w: number; b: number; gelu: boolean }
   | { op: "dense"; cin: number; cout: number; w: number; b: number; gelu: boolean }
   | { op: "layerNorm"; c: number; eps: number; gamma: number; beta: number }
   | { op: "avgPool" }
   | { op: "identity" };
+
+/**
+ * A GRN block's extras in the engine: `gamma` (4C floats), the epsilon, and `desc`, four
+ * int32s in the shared memory through which the main thread tells every thread which pass
+ * {@link EnginePlan.runBlockChunks} runs and where the pass's buffers are: `[pass (1 or 2),
+ * hidden, sums, scale]`.
+ */
+export interface GrnStep {
+  /** GRN gamma. */
+  gamma: number;
+  /** GRN epsilon. */
+  eps: number;
+  /** The pass descriptor. */
+  desc: number;
+}
 
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -232,6 +249,15 @@ export class EnginePlan {
           b1: this.upload(get(`${p}/b1`)),
           w2: this.pack(get(`${p}/w2`), hidden, c),
           b2: this.upload(get(`${p}/b2`)),
+          ...(step.grn
+            ? {
+              grn: {
+                gamma: this.upload(get(`${p}/grn_gamma`)),
+                eps: step.grn.epsilon,
+                desc: this.upload({ data: new Float32Array(4), shape: [4] }),
+              },
+            }
+            : {}),
         });
       }
       case "conv": {
@@ -375,12 +401,159 @@ export class EnginePlan {
     scratch: number,
   ): void {
     const step = this.plan.steps[index] as BlockStep;
+    const l = this.steps[index];
+    const grn = l?.op === "block" ? l.grn : undefined;
     for (;;) {
       // A fresh view each time: the memory may have grown (a new buffer object).
       const i = Atomics.add(new Int32Array(this.engine.memory.buffer, counter, 1), 0, 1);
       if (i >= chunks.count) return;
+      if (grn) {
+        this.grnChunk(index, x, shape, out, chunks, i, scratch);
+        continue;
+      }
       const s = this.chunkSlab(step, x, shape, out, chunks, i);
       this.blockOnSlab(index, s.x, s.shape, s.padTop, s.padBottom, s.out, scratch);
+    }
+  }
+
+  /**
+   * Chunk `i` of the pass of GRN block `index` that its descriptor names (see
+   * {@link EnginePlan.grnBlock}): pass 1 runs the chunk's rows (with the halo its
+   * depthwise conv reads) into the hidden map and its sums of squares (by image for chunks
+   * of images, by chunk for bands of one image); pass 2 scales the chunk's hidden rows and
+   * runs the second matmul and the residual into `out`.
+   */
+  private grnChunk(
+    index: number,
+    x: number,
+    shape: number[],
+    out: number,
+    chunks: BlockChunks,
+    i: number,
+    scratch: number,
+  ): void {
+    const l = this.steps[index];
+    if (l?.op !== "block" || !l.grn) throw new Error(`EnginePlan: step ${index} has no GRN`);
+    const step = this.plan.steps[index] as BlockStep;
+    const desc = new Int32Array(this.engine.memory.buffer, l.grn.desc, 4);
+    const [pass, hidden, sums, scale] = [0, 1, 2, 3].map((k) => Atomics.load(desc, k) >>> 0);
+    const [n, h, w, c] = shape;
+    const hid = 4 * c;
+    const first = i * chunks.size;
+    // First image and row of the chunk, its images and its rows per image.
+    const count = Math.min(chunks.size, (chunks.byImages ? n : h) - first);
+    const row0 = chunks.byImages ? first * h : first; // in rows of the whole batch
+    if (pass === 1) {
+      const s = this.chunkSlab(step, x, shape, out, chunks, i);
+      this.engine.kernels.grn_hidden(
+        s.x,
+        s.shape[0],
+        s.shape[1],
+        w,
+        c,
+        s.padTop,
+        s.padBottom,
+        l.k,
+        l.dww,
+        l.dwb,
+        l.eps,
+        l.w1,
+        l.b1,
+        BLOCK_TILE,
+        scratch,
+        hidden + row0 * w * hid * 4,
+        sums + first * hid * 4,
+      );
+    } else if (pass === 2) {
+      const images = chunks.byImages ? count : 1;
+      const pixels = chunks.byImages ? h * w : count * w;
+      this.engine.kernels.grn_out(
+        hidden + row0 * w * hid * 4,
+        images,
+        pixels,
+        c,
+        scale + (chunks.byImages ? first : 0) * hid * 4,
+        l.w2,
+        l.b2,
+        x + row0 * w * c * 4,
+        BLOCK_TILE,
+        scratch,
+        out + row0 * w * c * 4,
+      );
+    } else {
+      throw new Error(`EnginePlan: GRN block ${index}: no pass ${pass}`);
+    }
+  }
+
+  /**
+   * GRN block `index` (ConvNeXt V2) on the map at `x` (`shape`) into `out`, in two passes
+   * over a hidden map `[n, h, w, 4c]` (GRN needs all of an image's hidden units before the
+   * second matmul): pass 1 (depthwise conv, LayerNorm, first matmul, GELU, sums of squares),
+   * then the per-image scale `gamma Nx + 1` here, then pass 2 (scale, second matmul with
+   * GRN's beta in its bias, residual). Each pass is shared out in chunks as a plain block
+   * (`hooks.block`, the threads; else this thread).
+   */
+  private grnBlock(
+    index: number,
+    step: BlockStep,
+    x: number,
+    shape: number[],
+    out: number,
+    hooks: EngineHooks,
+  ): void {
+    const l = this.steps[index];
+    if (l?.op !== "block" || !l.grn) throw new Error(`EnginePlan: step ${index} has no GRN`);
+    const { engine } = this;
+    const [n, h, w, c] = shape;
+    const hid = 4 * c;
+    // Partial sums: by image (chunks of images) or by chunk (bands of rows, at most h).
+    const partRows = n > 1 ? n : h;
+    const hidden = engine.alloc(n * h * w * hid);
+    const sums = engine.alloc(partRows * hid);
+    const scale = engine.alloc(n * hid);
+    const runPass = (pass: number) => {
+      const desc = new Int32Array(engine.memory.buffer, l.grn!.desc, 4);
+      [pass, hidden, sums, scale].forEach((v, k) => Atomics.store(desc, k, v | 0));
+      if (hooks.block) hooks.block(index, step, x, shape, out);
+      else this.ownChunks(index, x, shape, out);
+    };
+    try {
+      engine.view(sums, partRows * hid).fill(0);
+      runPass(1);
+      // Per image: Gx = sqrt(sum of squares), Nx = Gx / (mean Gx + eps), s = gamma Nx + 1.
+      const part = engine.view(sums, partRows * hid);
+      const gamma = engine.view(l.grn.gamma, hid);
+      const s = new Float32Array(n * hid);
+      const gx = new Float64Array(hid);
+      for (let img = 0; img < n; img++) {
+        gx.fill(0);
+        const from = n > 1 ? img : 0, to = n > 1 ? img + 1 : partRows;
+        for (let r = from; r < to; r++) {
+          for (let j = 0; j < hid; j++) gx[j] += part[r * hid + j];
+        }
+        let mean = 0;
+        for (let j = 0; j < hid; j++) mean += gx[j] = Math.sqrt(gx[j]);
+        const inv = 1 / (mean / hid + l.grn.eps);
+        for (let j = 0; j < hid; j++) s[img * hid + j] = gamma[j] * gx[j] * inv + 1;
+      }
+      engine.write(scale, s);
+      runPass(2);
+    } finally {
+      for (const p of [hidden, sums, scale]) engine.free(p);
+    }
+  }
+
+  /** All chunks of a block on this thread (what the thread pool shares out). */
+  private ownChunks(index: number, x: number, shape: number[], out: number): void {
+    const chunks = blockChunks(shape, 1);
+    const counter = this.engine.alloc(1);
+    const scratch = this.engine.alloc(this.chunkScratch(index, shape, chunks));
+    try {
+      new Int32Array(this.engine.memory.buffer, counter, 1)[0] = 0;
+      this.runBlockChunks(index, x, shape, out, chunks, counter, scratch);
+    } finally {
+      this.engine.free(counter);
+      this.engine.free(scratch);
     }
   }
 
@@ -521,7 +694,8 @@ export class EnginePlan {
               throw new Error(`EnginePlan.run: block ${i}: ${c} channels, expected ${l.c}`);
             }
             out = alloc(x.shape);
-            if (hooks.block) hooks.block(i, step as BlockStep, x.ptr, x.shape, out.ptr);
+            if (l.grn) this.grnBlock(i, step as BlockStep, x.ptr, [n, h, w, c], out.ptr, hooks);
+            else if (hooks.block) hooks.block(i, step as BlockStep, x.ptr, x.shape, out.ptr);
             else this.blockOnSlab(i, x.ptr, [n, h, w, c], (l.k - 1) / 2, (l.k - 1) / 2, out.ptr);
             break;
           }

@@ -22,6 +22,7 @@ import {
   type ArchitectureSpec,
 } from "../lib/model/variants.ts";
 import { expectedWeightShapes } from "../lib/weights/remap.ts";
+import { PARAMS_1K } from "./official_counts.ts";
 
 await tf.setBackend("cpu");
 
@@ -92,31 +93,6 @@ Deno.test("names: the scheme, spelled out", () => {
   }
   assert.throws(() => blockName(-1, 0), RangeError);
 });
-
-// Official parameter counts (facebookresearch/ConvNeXt model zoo / timm; as in model_test.ts).
-const PARAMS_1K: Record<ArchitectureName, number> = {
-  convnext_tiny: 28_589_128,
-  convnext_small: 50_223_688,
-  convnext_base: 88_591_464,
-  convnext_large: 197_767_336,
-  convnext_xlarge: 350_196_968,
-  convnext_iso_small: 22_308_712,
-  convnext_iso_base: 87_083_752,
-  convnext_iso_large: 305_942_504,
-  // timm's small V1 sizes and ConvNeXt V2 (its official models/convnextv2.py), 1000 classes.
-  convnext_atto: 3_695_520,
-  convnext_femto: 5_217_784,
-  convnext_pico: 9_045_672,
-  convnext_nano: 15_593_560,
-  convnextv2_atto: 3_708_400,
-  convnextv2_femto: 5_233_240,
-  convnextv2_pico: 9_066_280,
-  convnextv2_nano: 15_623_800,
-  convnextv2_tiny: 28_635_496,
-  convnextv2_base: 88_717_800,
-  convnextv2_large: 197_956_840,
-  convnextv2_huge: 660_289_640,
-};
 
 // The architecture table of the paper (Liu et al. 2022, section 2.6 and appendix A).
 const PAPER: Record<ArchitectureName, string> = {

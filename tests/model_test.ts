@@ -12,35 +12,10 @@ import {
   selectBackend,
   stageOutputNames,
 } from "../lib/mod.ts";
+import { PARAMS_1K } from "./official_counts.ts";
 
 await selectBackend("wasm");
 
-// Official parameter counts (facebookresearch/ConvNeXt model zoo / timm; ConvNeXt V2's
-// official code), not computed here.
-const PARAMS_1K: Record<string, number> = {
-  convnext_tiny: 28_589_128,
-  convnext_small: 50_223_688,
-  convnext_base: 88_591_464,
-  convnext_large: 197_767_336,
-  convnext_xlarge: 350_196_968,
-  convnext_iso_small: 22_308_712,
-  convnext_iso_base: 87_083_752,
-  convnext_iso_large: 305_942_504,
-  // timm's small V1 sizes (timm/models/convnext.py).
-  convnext_atto: 3_695_520,
-  convnext_femto: 5_217_784,
-  convnext_pico: 9_045_672,
-  convnext_nano: 15_593_560,
-  // ConvNeXt V2 (facebookresearch/ConvNeXt-V2 models/convnextv2.py).
-  convnextv2_atto: 3_708_400,
-  convnextv2_femto: 5_233_240,
-  convnextv2_pico: 9_066_280,
-  convnextv2_nano: 15_623_800,
-  convnextv2_tiny: 28_635_496,
-  convnextv2_base: 88_717_800,
-  convnextv2_large: 197_956_840,
-  convnextv2_huge: 660_289_640,
-};
 // Too large to build here (2.6 GB of float32 weights, most of a wasm heap): its count is
 // checked from its weight shapes in model_names_test.ts, like every other size's.
 const TOO_LARGE_TO_BUILD = new Set(["convnextv2_huge"]);

@@ -107,12 +107,21 @@ export async function benchStepper(
   };
   let source: { gradients: ParallelGradients["gradients"]; close(): void } | null = null;
   let engine: EngineGradients | null = null;
-  if (path === "engine") source = engine = await EngineGradients.start(model, params, { threads });
-  else if (threads > 1) source = await ParallelGradients.start(model, params, { threads });
+  // The engine path runs AdamW on the engine, as `finetune` does (one micro-batch per step).
+  if (path === "engine") {
+    source = engine = await EngineGradients.start(model, params, { threads, adamw: true });
+  } else if (threads > 1) source = await ParallelGradients.start(model, params, { threads });
   let seed = 0;
   const labelTensor = tf.tensor1d(labels, "int32");
   return {
     step: () => {
+      if (engine?.adamw) {
+        const r = engine.gradients(x, labels, { seed: seed++, tensors: false });
+        const t0 = performance.now();
+        optimizer.stepWith(engine.adamw, 1e-4);
+        updateMs = performance.now() - t0;
+        return r.loss;
+      }
       if (source) {
         const r = source.gradients(x, labels, { seed: seed++ });
         update(r.grads);

@@ -39,6 +39,7 @@ import {
   syncWeights,
   type Task,
 } from "./engine_program.ts";
+import { EngineAdamW } from "./engine_adamw.ts";
 import { ECTRL, type EngineWorkerInit, EOP, ESCALAR } from "./engine_protocol.ts";
 import type { GradientStepOptions, GradientStepResult } from "./parallel.ts";
 import type { AdamWParam } from "./optimizer.ts";
@@ -103,6 +104,20 @@ export interface EngineGradientsOptions {
    * runs it in several passes, adding up the gradients.
    */
   tapeBudget?: number;
+  /**
+   * Run AdamW's updates on the engine too ({@link EngineGradients.adamw}): the moments take
+   * another 8 bytes per parameter of engine memory. Default false.
+   */
+  adamw?: boolean;
+}
+
+/** Options of {@link EngineGradients.gradients}. */
+export interface EngineStepOptions extends GradientStepOptions {
+  /**
+   * false: no gradient tensors (`grads` is empty); the gradients stay in the engine for its
+   * AdamW update ({@link EngineGradients.adamw}). Default true.
+   */
+  tensors?: boolean;
 }
 
 /** Where the last step spent its time (ms). */
@@ -151,6 +166,13 @@ export class EngineGradients {
   /** The workers' gradient buffers, for the sum's tasks (int32 pointers). */
   private readonly sourceTable: number;
   private readonly slotByName: Map<string, { offset: number; shape: number[] }>;
+  /** The summed gradients of the last step, until an AdamW update takes them. */
+  private pendingGrads: number | null = null;
+  /**
+   * AdamW on the engine (`optimizer.stepWith(engine.adamw, lr)`: see ./engine_adamw.ts);
+   * null unless started with `adamw: true`.
+   */
+  readonly adamw: EngineAdamW | null;
 
   private constructor(
     /** Threads taking part, the main thread included. */
@@ -160,9 +182,25 @@ export class EngineGradients {
     private readonly params: AdamWParam[],
     private readonly workers: EngineWorker[],
     private readonly tapeBudget: number,
+    adamw: boolean,
   ) {
     this.slotByName = new Map(loaded.program.slots.map((s) => [s.name, s]));
     this.sourceTable = engine.alloc(Math.max(1, workers.length));
+    this.adamw = adamw
+      ? new EngineAdamW(engine, loaded, params, {
+        run: (tasks) => this.shareTasks(tasks),
+        takeGradients: () => {
+          const at = this.pendingGrads;
+          if (at === null) {
+            throw new Error(
+              "EngineGradients.adamw: no gradients to update with (call gradients())",
+            );
+          }
+          this.pendingGrads = null;
+          return at;
+        },
+      })
+      : null;
   }
 
   /**
@@ -203,8 +241,9 @@ export class EngineGradients {
       throw e;
     }
     // What the weights leave (convnext_tiny: 0.3 GiB of them; convnext_base 1 GiB).
-    const budget = options.tapeBudget ?? ENGINE_BYTES - engine.byteLength;
-    return new EngineGradients(threads, engine, loaded, params, workers, budget);
+    const moments = options.adamw ? 4 * EngineAdamW.floats(loaded, params) : 0;
+    const budget = options.tapeBudget ?? ENGINE_BYTES - engine.byteLength - moments;
+    return new EngineGradients(threads, engine, loaded, params, workers, budget, !!options.adamw);
   }
 
   /** Bytes of engine memory in use (weights, tapes, gradients). */
@@ -260,7 +299,7 @@ export class EngineGradients {
   gradients(
     x: tf.Tensor,
     labels: Int32Array,
-    options: GradientStepOptions = {},
+    options: EngineStepOptions = {},
   ): GradientStepResult {
     if (this.closed) throw new Error("EngineGradients: used after close()");
     if (x.rank !== 4) throw new Error(`EngineGradients: x must be [n, h, w, c], got [${x.shape}]`);
@@ -296,7 +335,8 @@ export class EngineGradients {
     const t2 = performance.now();
     const { lossSum, correct, tape } = this.runShards(base, [n, h, w, c], job);
     const t3 = performance.now();
-    const grads = this.collect(tape);
+    this.pendingGrads = tape.grads;
+    const grads = options.tensors === false ? new Map<string, tf.Tensor>() : this.collect(tape);
     this.timings = {
       weights: t1 - t0,
       inputs: t2 - t1,
@@ -433,6 +473,7 @@ export class EngineGradients {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.adamw?.free();
     for (const w of this.workers) w.close();
     for (const w of this.workers) if (w.tape) freeTape(this.engine, w.tape);
     this.dropTapes();
@@ -518,10 +559,11 @@ export async function engineGradientsFor(
   model: tf.LayersModel,
   params: AdamWParam[],
   threads: number,
+  options: Omit<EngineGradientsOptions, "threads"> = {},
 ): Promise<EngineGradients | null> {
   if (!useEngineTraining(model)) return null;
   try {
-    return await EngineGradients.start(model, params, { threads });
+    return await EngineGradients.start(model, params, { ...options, threads });
   } catch (e) {
     if (trainPath() === "engine") throw e;
     notice((e as Error)?.message ?? String(e));

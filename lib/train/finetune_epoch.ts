@@ -17,7 +17,7 @@ import { ProgressBar } from "../util/progress.ts";
 import { saveCheckpoint } from "./checkpoint.ts";
 import { ModelEma } from "./ema.ts";
 import { countCorrect, crossEntropy } from "./losses.ts";
-import { AdamW, modelParams } from "./optimizer.ts";
+import { AdamW, type AdamWKernel, modelParams } from "./optimizer.ts";
 import {
   type GradientStepOptions,
   type GradientStepResult,
@@ -35,7 +35,11 @@ import { collectTensors, type RunState } from "./finetune_state.ts";
 /** A batch's loss gradients off the main thread's TF.js tape: the engine, or TF.js threads. */
 export interface GradientSource {
   /** The gradients of `scale * mean loss` of a batch, by parameter name. */
-  gradients(x: tf.Tensor, labels: Int32Array, options: GradientStepOptions): GradientStepResult;
+  gradients(
+    x: tf.Tensor,
+    labels: Int32Array,
+    options: GradientStepOptions & { tensors?: boolean },
+  ): GradientStepResult;
 }
 
 /** What updates the weights: the optimizer, the EMA, and the worker threads if any. */
@@ -53,6 +57,11 @@ export interface Trainer {
   parallel: GradientSource | null;
   /** Parameter name of each variable name (the gradients' keys). */
   paramName: Map<string, string>;
+  /**
+   * AdamW on the kernel engine (./engine_adamw.ts) when the engine trains with one
+   * micro-batch per update: the gradients then stay in the engine (no tensors).
+   */
+  engineAdamW: AdamWKernel | null;
 }
 
 /**
@@ -80,14 +89,18 @@ export async function createTrainer(
   const paramName = new Map(params.map((p) => [p.variable.name, p.name]));
   // The kernel engine (wasm and cpu), its threads sharing one copy of the weights; its
   // drop-path masks are the single-threaded TF.js path's, whatever the thread count.
+  // With one micro-batch per update, AdamW runs on the engine too, on the gradients where
+  // they are (accumulating micro-batches keeps TF.js's sum and update).
   const engine = o.mode === "full"
-    ? await engineGradientsFor(model, params, trainThreads(plan.batch))
+    ? await engineGradientsFor(model, params, trainThreads(plan.batch), {
+      adamw: o.updateFreq === 1,
+    })
     : null;
   if (engine) {
     own(engine);
     const t = engine.threads;
     log(`training on the kernel engine, ${t} thread${t > 1 ? "s" : ""}`);
-    return { model, optimizer, ema, parallel: engine, paramName };
+    return { model, optimizer, ema, parallel: engine, paramName, engineAdamW: engine.adamw };
   }
   // TF.js on wasm: split each micro-batch over worker threads (./parallel.ts), one wasm
   // backend each; CONVNEXT_TRAIN_THREADS=1 keeps the single-threaded path.
@@ -100,7 +113,7 @@ export async function createTrainer(
     own(parallel);
     log(`training on ${threads} threads (data parallel)`);
   }
-  return { model, optimizer, ema, parallel, paramName };
+  return { model, optimizer, ema, parallel, paramName, engineAdamW: null };
 }
 
 /** Everything an epoch works with. */
@@ -207,7 +220,8 @@ async function trainEpoch(ctx: EpochContext, epoch: number): Promise<EpochTraini
     accCount++;
     if (accCount === o.updateFreq || b.index === microBatches - 1) {
       lr = lrSchedule[Math.min(step, lrSchedule.length - 1)];
-      trainer.optimizer.step(acc, lr);
+      if (trainer.engineAdamW) trainer.optimizer.stepWith(trainer.engineAdamW, lr);
+      else trainer.optimizer.step(acc, lr);
       trainer.ema?.update();
       for (const t of acc.values()) t.dispose();
       acc = null;
@@ -241,6 +255,7 @@ async function batchGradients(
       smoothing: o.labelSmoothing,
       scale: 1 / o.updateFreq,
       seed: stepSeed,
+      tensors: trainer.engineAdamW === null,
     });
     b.x.dispose();
     return { loss: r.loss, correct: r.correct, grads: r.grads };

@@ -42,6 +42,41 @@ export interface AdamWState {
   slots: { name: string; shape: number[]; m: Float32Array; v: Float32Array }[];
 }
 
+/** The hyper-parameters of one AdamW update, for an {@link AdamWKernel}. */
+export interface AdamWStep {
+  /** First-moment decay. */
+  beta1: number;
+  /** Second-moment decay. */
+  beta2: number;
+  /** Denominator epsilon. */
+  eps: number;
+  /** `1 - beta1^t`. */
+  bc1: number;
+  /** `sqrt(1 - beta2^t)`. */
+  bc2Sqrt: number;
+  /** Per parameter, in {@link AdamW.params} order: its learning rate and weight decay now. */
+  params: { name: string; lr: number; weightDecay: number }[];
+}
+
+/**
+ * Something other than TF.js that runs an {@link AdamW}'s updates where the gradients are
+ * (lib/train/engine_grads.ts: the kernel engine). It holds the moments while it runs the
+ * updates; {@link AdamW} hands them over and takes them back.
+ */
+export interface AdamWKernel {
+  /**
+   * Called at hand-over with the optimizer whose moments the kernel now holds: a kernel
+   * that goes away first gives them back with `owner.release(kernel)`.
+   */
+  hold(owner: { release(kernel: AdamWKernel): void }): void;
+  /** Take the moments of parameter `name` (at hand-over). */
+  loadMoments(name: string, m: Float32Array, v: Float32Array): void;
+  /** A copy of the moments of parameter `name`. */
+  readMoments(name: string): { m: Float32Array; v: Float32Array };
+  /** One update of every parameter's variable with the kernel's own gradients. */
+  update(step: AdamWStep): void;
+}
+
 /**
  * AdamW as `torch.optim.AdamW` (non-foreach path of torch 1.13):
  *
@@ -85,6 +120,8 @@ export class AdamW {
   stepCount = 0;
   #m = new Map<string, tf.Variable>();
   #v = new Map<string, tf.Variable>();
+  /** The kernel holding the moments, if one does (the variables above are then stale). */
+  #kernel: AdamWKernel | null = null;
 
   /**
    * An AdamW optimizer over `params`.
@@ -122,15 +159,15 @@ export class AdamW {
    *   (the official weight-decay schedule); default: each parameter's own.
    */
   step(grads: ReadonlyMap<string, tf.Tensor>, lr: number, weightDecay?: number): void {
-    this.stepCount++;
-    const t = this.stepCount;
-    const bc1 = 1 - this.beta1 ** t;
-    const bc2Sqrt = Math.sqrt(1 - this.beta2 ** t);
     for (const p of this.params) {
-      const g = grads.get(p.name);
-      if (!g) throw new Error(`AdamW.step: no gradient for "${p.name}"`);
-      const plr = lr * p.lrScale;
-      const wd = p.weightDecay !== 0 && weightDecay !== undefined ? weightDecay : p.weightDecay;
+      if (!grads.has(p.name)) throw new Error(`AdamW.step: no gradient for "${p.name}"`);
+    }
+    this.#takeBack();
+    const { bc1, bc2Sqrt, params } = this.#plan(lr, weightDecay);
+    this.stepCount++;
+    for (const [i, p] of this.params.entries()) {
+      const g = grads.get(p.name)!;
+      const { lr: plr, weightDecay: wd } = params[i];
       const m = this.#m.get(p.name)!;
       const v = this.#v.get(p.name)!;
       tf.tidy(() => {
@@ -150,6 +187,10 @@ export class AdamW {
   async getState(): Promise<AdamWState> {
     const slots: AdamWState["slots"] = [];
     for (const p of this.params) {
+      if (this.#kernel) {
+        slots.push({ name: p.name, shape: p.variable.shape, ...this.#kernel.readMoments(p.name) });
+        continue;
+      }
       slots.push({
         name: p.name,
         shape: p.variable.shape,
@@ -180,11 +221,72 @@ export class AdamW {
         this.#v.get(p.name)!.assign(tf.tensor(s.v, s.shape, "float32"));
       });
     }
+    // The restored moments are the variables': a kernel reloads them on its next update.
+    this.#kernel = null;
     this.stepCount = state.step;
+  }
+
+  /**
+   * One update run by `kernel` on its own gradients (see {@link AdamWKernel}); the same
+   * arithmetic as {@link step}. The first such update hands the moments to the kernel; a
+   * later {@link step}, {@link release} or {@link setState} takes them back.
+   */
+  stepWith(kernel: AdamWKernel, lr: number, weightDecay?: number): void {
+    if (this.#kernel !== kernel) {
+      this.#takeBack();
+      for (const p of this.params) {
+        kernel.loadMoments(
+          p.name,
+          this.#m.get(p.name)!.dataSync() as Float32Array,
+          this.#v.get(p.name)!.dataSync() as Float32Array,
+        );
+      }
+      this.#kernel = kernel;
+      kernel.hold(this);
+    }
+    kernel.update(this.#plan(lr, weightDecay));
+    this.stepCount++;
+  }
+
+  /** Takes the moments back from `kernel` if it holds them (before it goes away). */
+  release(kernel: AdamWKernel): void {
+    if (this.#kernel === kernel) this.#takeBack();
+  }
+
+  /** The hyper-parameters of the next update (step count `stepCount + 1`). */
+  #plan(lr: number, weightDecay: number | undefined): AdamWStep {
+    const t = this.stepCount + 1;
+    return {
+      beta1: this.beta1,
+      beta2: this.beta2,
+      eps: this.eps,
+      bc1: 1 - this.beta1 ** t,
+      bc2Sqrt: Math.sqrt(1 - this.beta2 ** t),
+      params: this.params.map((p) => ({
+        name: p.name,
+        lr: lr * p.lrScale,
+        weightDecay: p.weightDecay !== 0 && weightDecay !== undefined ? weightDecay : p.weightDecay,
+      })),
+    };
+  }
+
+  /** Moves the moments from the kernel holding them back into the variables. */
+  #takeBack(): void {
+    const kernel = this.#kernel;
+    if (!kernel) return;
+    this.#kernel = null;
+    for (const p of this.params) {
+      const { m, v } = kernel.readMoments(p.name);
+      tf.tidy(() => {
+        this.#m.get(p.name)!.assign(tf.tensor(m, p.variable.shape, "float32"));
+        this.#v.get(p.name)!.assign(tf.tensor(v, p.variable.shape, "float32"));
+      });
+    }
   }
 
   /** Frees the moment variables. */
   dispose(): void {
+    this.#kernel = null;
     for (const v of [...this.#m.values(), ...this.#v.values()]) v.dispose();
     this.#m.clear();
     this.#v.clear();

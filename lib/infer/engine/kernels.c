@@ -644,6 +644,30 @@ EXPORT(add_into) void add_into(float* dst, const float* src, long size) {
     wasm_v128_store(dst + i, wasm_f32x4_add(wasm_v128_load(dst + i), wasm_v128_load(src + i)));
 }
 
+// One AdamW update (torch.optim.AdamW, non-foreach) of `size` floats (a multiple of 4), op
+// for op in float32 as lib/train/optimizer.ts's TF.js step computes it, so that both paths
+// give the same bits: w = w (1 - lr wd) - lr / (1 - beta1^t) m / (sqrt(v) / sqrt(1 -
+// beta2^t) + eps), after m and v take the gradient g. hp: beta1, 1 - beta1, beta2,
+// 1 - beta2, sqrt(1 - beta2^t), eps, lr / (1 - beta1^t), 1 - lr wd.
+EXPORT(adamw) void adamw(float* w, const float* g, float* m, float* v, long size,
+                         const float* hp) {
+  v128_t b1 = wasm_f32x4_splat(hp[0]), c1 = wasm_f32x4_splat(hp[1]);
+  v128_t b2 = wasm_f32x4_splat(hp[2]), c2 = wasm_f32x4_splat(hp[3]);
+  v128_t bc2 = wasm_f32x4_splat(hp[4]), eps = wasm_f32x4_splat(hp[5]);
+  v128_t step = wasm_f32x4_splat(hp[6]), decay = wasm_f32x4_splat(hp[7]);
+  for (long i = 0; i < size; i += 4) {
+    v128_t gv = wasm_v128_load(g + i);
+    v128_t m1 = wasm_f32x4_add(wasm_f32x4_mul(wasm_v128_load(m + i), b1), wasm_f32x4_mul(gv, c1));
+    v128_t v1 = wasm_f32x4_add(wasm_f32x4_mul(wasm_v128_load(v + i), b2),
+                               wasm_f32x4_mul(wasm_f32x4_mul(gv, gv), c2));
+    v128_t denom = wasm_f32x4_add(wasm_f32x4_div(wasm_f32x4_sqrt(v1), bc2), eps);
+    v128_t update = wasm_f32x4_mul(wasm_f32x4_div(m1, denom), step);
+    wasm_v128_store(m + i, m1);
+    wasm_v128_store(v + i, v1);
+    wasm_v128_store(w + i, wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(w + i), decay), update));
+  }
+}
+
 // Zero `size` floats.
 EXPORT(zero) void zero(float* dst, long size) { __builtin_memset(dst, 0, (unsigned long)size * 4); }
 

@@ -49,6 +49,11 @@ export interface TrainKernels extends KernelExports {
   add_into(dst: number, src: number, size: number): void;
   /** Zero `size` floats. */
   zero(dst: number, size: number): void;
+  /**
+   * One AdamW update of `size` floats (a multiple of 4) of weights `w` with gradients `g` and
+   * moments `m`, `v`; `hp` points to 8 floats of hyper-parameters (see kernels.c).
+   */
+  adamw(w: number, g: number, m: number, v: number, size: number, hp: number): void;
   /** `gt = gelu(h)`, `d *= gelu'(h)` over `size` floats (a multiple of 4); `one` must be 1. */
   gelu_grad(h: number, gt: number, d: number, size: number, one: number): void;
   /** LayerNorm with affine, keeping mean and rstd per row. */
@@ -107,7 +112,7 @@ export function trainKernels(engine: KernelEngine): TrainKernels {
 
 /**
  * Tasks that threads share through {@link runTasks}: records of {@link TASK_INTS} int32 in
- * engine memory, `[op, a, b, c, d, e, 0, 0]`.
+ * engine memory, `[op, a, b, c, d, e, f, 0]`.
  */
 export const TASK = {
   /** pack_b_fast(a, b, c, d). */
@@ -121,6 +126,8 @@ export const TASK = {
    * at `d`, add `c` floats at byte offset `b` into the buffer at `a`.
    */
   REDUCE: 4,
+  /** adamw(a, b, c, d, e, f): an AdamW update of a chunk of one parameter. */
+  ADAMW: 5,
 } as const;
 
 /** Int32 slots of one task record. */
@@ -137,10 +144,11 @@ export function runTasks(engine: KernelEngine, table: number, count: number, cou
     const buffer = engine.memory.buffer;
     const i = Atomics.add(new Int32Array(buffer, counter, 1), 0, 1);
     if (i >= count) return;
-    const [op, a, b, c, d, e] = new Int32Array(buffer, table + 4 * TASK_INTS * i, 6);
+    const [op, a, b, c, d, e, f] = new Int32Array(buffer, table + 4 * TASK_INTS * i, 7);
     if (op === TASK.PACK_B) k.pack_b_fast(a, b, c, d);
     else if (op === TASK.PACK_BT) k.pack_bt(a, b, c, d);
     else if (op === TASK.DW_FLIP) k.dw_flip(a, b, c, d);
+    else if (op === TASK.ADAMW) k.adamw(a, b, c, d, e, f);
     else if (op === TASK.REDUCE) {
       const sources = new Int32Array(buffer, d, e);
       for (const src of sources) k.add_into(a + b, (src >>> 0) + b, c);

@@ -335,3 +335,25 @@ Deno.test("plans outside the kernels are EngineUnsupported (the caller keeps TF.
   const weights = { "c/kernel": { data: new Float32Array(3 * 3 * 3 * 4), shape: [3, 3, 3, 4] } };
   assert.throws(() => new EnginePlan(plan, weights), EngineUnsupported);
 });
+
+Deno.test("inference threads: every core for the kernel engine, at most 4 for the TF.js executor", async () => {
+  const { inferenceThreads } = await import("../lib/infer/pool.ts");
+  const { withEnv } = await import("./env_helpers.ts");
+  const saved = Deno.env.get("CONVNEXT_THREADS");
+  Deno.env.delete("CONVNEXT_THREADS");
+  // A 16-core machine, as navigator reports it.
+  Object.defineProperty(navigator, "hardwareConcurrency", { value: 16, configurable: true });
+  try {
+    assert.equal(inferenceThreads("kernels"), 16);
+    assert.equal(inferenceThreads("tfjs"), 4);
+    await withEnv({ CONVNEXT_THREADS: "6" }, () => {
+      assert.equal(inferenceThreads("kernels"), 6);
+      assert.equal(inferenceThreads("tfjs"), 6);
+      return Promise.resolve();
+    });
+  } finally {
+    delete (navigator as { hardwareConcurrency?: number }).hardwareConcurrency;
+    if (saved !== undefined) Deno.env.set("CONVNEXT_THREADS", saved);
+  }
+  assert.ok(navigator.hardwareConcurrency >= 1, "the real core count is back");
+});

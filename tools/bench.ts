@@ -164,7 +164,7 @@ async function measure(
       threads: path === "stock" ||
           (model.optimizedExecutor() === "tfjs" && active !== "wasm")
         ? 1
-        : inferenceThreads(),
+        : inferenceThreads(model.optimizedExecutor()),
       batch,
       size,
       msPerImage: Math.round(ms * 10) / 10,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short check of a machine with a GPU: which WebGPU adapter Deno gets, parity of the
 # webgpu backend (the WebGPU tests: logits against the cpu backend and PyTorch fixtures,
-# gradients against cpu), inference and training speed on webgpu, and wasm on every core
-# for comparison. Prints the numbers; paste them with the card's name into the README.
+# gradients against cpu), inference and training speed on webgpu, wasm on every core for
+# comparison, and how the wasm kernel engine scales with threads (inference and training).
+# Prints the numbers; paste them with the card's name into the README.
 #
 #   bash tools/gpu_check.sh                  # real sizes: convnext_tiny at 224
 #   SIZE=32 BATCHES=1,2 TRAIN_BATCH=2 bash tools/gpu_check.sh   # a quick run (software adapter)
@@ -51,5 +52,18 @@ train_log=$(mktemp)
 deno task bench:train --backend webgpu --model convnext_tiny --size "$SIZE" \
   --batch "$TRAIN_BATCH" --steps 3 --json 2>"$train_log" || { tail -n 5 "$train_log"; status=1; }
 rm -f "$train_log"
+
+step "core scaling: wasm inference (kernel engine, batch 16) and engine training (batch 16)"
+cores=$(nproc)
+for t in 1 2 4 8 16 32 64; do
+  [ "$t" -le "$cores" ] || break
+  CONVNEXT_THREADS=$t deno task bench --backend wasm --path optimized --model convnext_tiny \
+    --size "$SIZE" --batch 16 --iters 2 --json || status=1
+done
+for t in 2 4 8 16; do
+  [ "$t" -le "$cores" ] || break
+  deno task bench:train --backend wasm --path engine --threads "$t" --model convnext_tiny \
+    --size "$SIZE" --batch 16 --steps 2 --json 2>/dev/null || status=1
+done
 
 exit $status

@@ -233,7 +233,7 @@ export class ConvNeXtModel extends tf.LayersModel {
     const kernels = requestedExecutor() === "kernels" ? this.engine(plan) : null;
     if (kernels) {
       // The engine is independent of the TF.js backend: threads help on every backend.
-      const pool = inferencePool();
+      const pool = inferencePool("kernels");
       run = (chunk) => {
         const x = chunk.dataSync() as Float32Array;
         const { data, shape } = pool
@@ -243,7 +243,7 @@ export class ConvNeXtModel extends tf.LayersModel {
       };
     } else {
       const { weights, token } = this.folded(plan);
-      const pool = tf.getBackend() === "wasm" ? inferencePool() : null;
+      const pool = tf.getBackend() === "wasm" ? inferencePool("tfjs") : null;
       run = (chunk) =>
         pool ? pool.tfjs.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
     }

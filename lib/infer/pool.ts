@@ -563,31 +563,36 @@ export class TfjsExecutor {
 }
 
 let shared: InferencePool | null = null;
-/** Most threads used unless `CONVNEXT_THREADS` asks for more. */
+/**
+ * Most threads the TF.js executor uses unless `CONVNEXT_THREADS` asks for more: each of its
+ * threads holds its own copy of the folded weights.
+ */
 export const DEFAULT_MAX_THREADS = 4;
 
 /**
- * Threads for inference: `CONVNEXT_THREADS` when set (1 disables the pool), else the
- * machine's logical cores (`navigator.hardwareConcurrency`), at most
- * {@link DEFAULT_MAX_THREADS}.
+ * Threads for inference by `executor`: `CONVNEXT_THREADS` when set (1 disables the pool),
+ * else the machine's logical cores (`navigator.hardwareConcurrency`): all of them for the
+ * kernel engine, whose threads share one copy of the weights, at most
+ * {@link DEFAULT_MAX_THREADS} for the TF.js executor.
  *
  * @throws Error for a `CONVNEXT_THREADS` that is not a positive integer.
  */
-export function inferenceThreads(): number {
+export function inferenceThreads(executor: "kernels" | "tfjs" = "kernels"): number {
   const fromEnv = threadsFromEnv("CONVNEXT_THREADS");
   if (fromEnv !== undefined) return fromEnv;
+  const cores = navigator.hardwareConcurrency || 1;
   // Under the TF.js executor each thread holds its own copy of the folded (and packed)
-  // weights: a cap keeps many-core machines from multiplying the memory of large models
-  // (the kernel engine's threads share one copy); CONVNEXT_THREADS raises it.
-  return Math.max(1, Math.min(DEFAULT_MAX_THREADS, navigator.hardwareConcurrency || 1));
+  // weights: the cap keeps many-core machines from multiplying the memory of large models.
+  return Math.max(1, executor === "tfjs" ? Math.min(DEFAULT_MAX_THREADS, cores) : cores);
 }
 
 /**
- * The process-wide pool for the wasm backend, started on first use; null when only one
- * thread is available (then the caller runs on the main thread alone).
+ * The process-wide pool for `executor`'s threads ({@link inferenceThreads}), started on
+ * first use (and restarted when the thread count changes); null when only one thread is
+ * available (then the caller runs on the main thread alone).
  */
-export function inferencePool(): InferencePool | null {
-  const threads = inferenceThreads();
+export function inferencePool(executor: "kernels" | "tfjs" = "kernels"): InferencePool | null {
+  const threads = inferenceThreads(executor);
   if (shared && shared.threads !== threads) closeInferencePool();
   if (threads < 2) return null;
   shared ??= new InferencePool(threads, "wasm");

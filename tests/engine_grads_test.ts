@@ -36,6 +36,8 @@ const HIERARCHICAL = {
 } as const;
 const ISOTROPIC = { kind: "isotropic", depth: 3, dim: 16, layerScaleInit: 0.5 } as const;
 const NO_LAYER_SCALE = { ...HIERARCHICAL, layerScaleInit: 0 } as const;
+/** ConvNeXt V2 blocks (GRN, no layer scale); the GRN weights get random values below. */
+const V2 = { ...HIERARCHICAL, layerScaleInit: 0, grn: true } as const;
 
 /** Deterministic values in [-scale, scale). */
 function random(n: number, seed: number, scale = 1): Float32Array {
@@ -49,7 +51,7 @@ function random(n: number, seed: number, scale = 1): Float32Array {
 }
 
 interface Case {
-  spec: typeof HIERARCHICAL | typeof ISOTROPIC | typeof NO_LAYER_SCALE;
+  spec: typeof HIERARCHICAL | typeof ISOTROPIC | typeof NO_LAYER_SCALE | typeof V2;
   /** Square size, or [height, width]. */
   size: number | [number, number];
   batch: number;
@@ -115,6 +117,12 @@ async function compare(c: Case, backend: "cpu" | "wasm"): Promise<void> {
     seed: 3,
     dropPathRate: 0.3,
   });
+  // GRN starts as the identity (gamma = beta = 0), where its own gradients vanish through
+  // the norms: random values make every path count.
+  model.layers.filter((l) => l.getClassName() === "GlobalResponseNorm").forEach((l, i) => {
+    const n = l.getWeights()[0].size;
+    l.setWeights([tf.tensor1d(random(n, 40 + i, 0.8)), tf.tensor1d(random(n, 60 + i, 0.3))]);
+  });
   const x = tf.tensor4d(random(c.batch * h * w * 3, 11), [c.batch, h, w, 3]);
   const labels = Int32Array.from({ length: c.batch }, (_, i) => (3 * i + 1) % 5);
   const seed = 12345;
@@ -155,6 +163,14 @@ for (const backend of ["cpu", "wasm"] as const) {
   Deno.test(`engine gradients equal TF.js's within 1e-4: isotropic, 2 threads, beside ${backend}`, () =>
     compare({ spec: ISOTROPIC, size: 48, batch: 4, threads: 2 }, backend));
 }
+
+for (const backend of ["cpu", "wasm"] as const) {
+  Deno.test(`engine gradients equal TF.js's within 1e-4: ConvNeXt V2 (GRN), 2 threads, beside ${backend}`, () =>
+    compare({ spec: V2, size: 64, batch: 5, threads: 2 }, backend));
+}
+
+Deno.test("engine gradients equal TF.js's within 1e-4: ConvNeXt V2, 72x56, passes of one image", () =>
+  compare({ spec: V2, size: [72, 56], batch: 3, threads: 2, tapeBudget: 1 }, "wasm"));
 
 Deno.test("engine gradients equal TF.js's within 1e-4: 3 threads on 5 images (uneven shards)", () =>
   compare({ spec: HIERARCHICAL, size: 64, batch: 5, threads: 3 }, "wasm"));

@@ -3,7 +3,8 @@
 // and must reproduce the official PyTorch code's outputs within 1e-4 at two input sizes;
 // GRN's forward and gradient against PyTorch's; save/load; the optimized predict path
 // (kernel engine and TF.js executor, 1 and 2 threads) on GRN models within 1e-4 of the stock
-// path and of PyTorch, the training kernels still refusing GRN; the zoo's V2 files and
+// path and of PyTorch, the training kernels taking GRN (their gradients: engine_grads_test);
+// the zoo's V2 files and
 // license notice.
 // References: tools/fixtures/make_v2_fixtures.py (the official ConvNeXt-V2 code, vendored,
 // eval mode, float64).
@@ -239,11 +240,11 @@ Deno.test("v2 predict: every V2 fixture on the kernel engine (2 threads) matches
   }
 });
 
-Deno.test("v2 plan: GRN only on request; the training kernels still refuse it by name", async () => {
+Deno.test("v2 plan: GRN only on request; the training kernels take it", async () => {
   const model = await load(fixture("official_v2"));
   try {
     assert.throws(() => compilePlan(model), /stages_0_block_0_grn: GRN \(ConvNeXt V2\)/);
-    assert.match(engineTrainSupport(model) ?? "", /GRN \(ConvNeXt V2\)/);
+    assert.equal(engineTrainSupport(model), null);
     const plan = compilePlan(model, { grn: true });
     const block = plan.steps.find((s) => s.op === "block")!;
     const source = plan.sources.find((s) => "prefix" in block && s.prefix === block.prefix)!;

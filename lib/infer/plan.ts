@@ -186,7 +186,7 @@ type Config = Record<string, unknown>;
 export interface CompileOptions {
   /**
    * Compile ConvNeXt V2 blocks (GRN, see {@link BlockStep.grn}); default false: GRN is
-   * refused by name, for consumers of the plan that have no GRN step (the training kernels).
+   * refused by name, for consumers of the plan that have no GRN step.
    */
   grn?: boolean;
 }
@@ -415,8 +415,8 @@ class PlanBuilder {
         return this.#inputNormalization(node);
       case "GlobalResponseNorm":
         // ConvNeXt V2 blocks compile as fused blocks (#block) when GRN is asked for; a GRN
-        // left over (outside a block, or not asked for: the training kernels have no GRN
-        // step) is refused by name so the reason says so.
+        // left over (outside a block, or not asked for by a consumer without a GRN step) is
+        // refused by name so the reason says so.
         return unsupported(
           this.#grn
             ? `${layer.name}: GRN (ConvNeXt V2) outside a fusable block is not in the plan`

@@ -212,6 +212,10 @@ function blockOp(b: Builder, step: BlockStep, sources: string[], drops: number[]
   const w2 = b.matrix(fc2, "kernel", hidden, c);
   const b2 = b.own(fc2, "bias");
   const ls = scale ? b.own(scale, "gamma") : null;
+  const grnLayer = layers.find((l) => l.getClassName() === "GlobalResponseNorm");
+  const grn = grnLayer && step.grn
+    ? { gamma: b.own(grnLayer, "gamma"), beta: b.own(grnLayer, "beta"), eps: step.grn.epsilon }
+    : null;
   const rate = drop ? (drop as unknown as { rate: number }).rate : 0;
   if (rate > 0) drops.push(rate);
   return {
@@ -232,8 +236,14 @@ function blockOp(b: Builder, step: BlockStep, sources: string[], drops: number[]
     b2: b2.raw,
     ls: ls?.raw ?? 0,
     drop: rate > 0 ? drops.length - 1 : -1,
-    grads: [dww, dwb, gamma, beta, w1, b1, w2, b2].map((s) => s.grad).concat(ls?.grad ?? -1),
+    // kernels.c's block_grads_grn order: -1 where the block has no such weight.
+    grads: [dww, dwb, gamma, beta, w1, b1, w2, b2].map((s) => s.grad).concat(
+      ls?.grad ?? -1,
+      grn?.gamma.grad ?? -1,
+      grn?.beta.grad ?? -1,
+    ),
     tile: trainTile(c),
+    ...(grn ? { grn: { gamma: grn.gamma.raw, beta: grn.beta.raw, eps: grn.eps } } : {}),
   };
 }
 
@@ -253,7 +263,7 @@ export function engineTrainSupport(model: tf.LayersModel): string | null {
 
 /** The plan's steps, checked to be a chain the training kernels run. */
 function checkGraph(model: tf.LayersModel) {
-  const plan = compilePlan(model);
+  const plan = compilePlan(model, { grn: true });
   let slot = plan.input;
   for (const step of plan.steps) {
     if (!("input" in step) || step.input !== slot) {

@@ -1264,3 +1264,206 @@ EXPORT(grn_out) void grn_out(float* hidden, int n, int pixels, int C, const floa
          res + p0 * C, C, pack);
   }
 }
+
+// ---- ConvNeXt V2 blocks (GRN) in training ----
+//
+// y = g + gamma (g Nx) + beta on the GELU'd hidden map g of an image, Nx = Gx / (mean(Gx) +
+// eps), Gx the per-channel L2 norms over the image's pixels (the GlobalResponseNorm layer).
+// Nx needs the whole image's hidden map, so a GRN block runs image by image in two passes
+// each way: forward, the hidden pre-activations and their GELU's sums of squares, then the
+// statistics and the second pointwise layer; backward, the second layer's gradients and
+// GRN's per-channel sums, then the rest of the block. What is kept beyond a V1 block's: Gx
+// and Nx per image and hidden unit (the hidden map itself is recomputed from h).
+
+// Per-image GRN statistics from the sums of squares ss (N floats): gx = sqrt(ss) (in place
+// over ss) and nx = gx / (mean(gx) + eps), as the layer computes them.
+static void grn_stats(float* gx, int N, float eps, float* nx) {
+  float sum = 0.f;
+  for (int j = 0; j < N; j++) {
+    gx[j] = __builtin_sqrtf(gx[j]);
+    sum += gx[j];
+  }
+  float d = sum / (float)N + eps;
+  for (int j = 0; j < N; j++) nx[j] = gx[j] / d;
+}
+
+// out = (g nx) gamma + beta + g over M rows of N floats (the layer's order of operations).
+static void grn_apply(const float* g, const float* nx, const float* gamma, const float* beta,
+                      int M, int N, float* out) {
+  for (int m = 0; m < M; m++) {
+    const float* r = g + (long)m * N;
+    float* o = out + (long)m * N;
+    for (int c = 0; c < N; c += 4) {
+      v128_t v = wasm_v128_load(r + c);
+      v128_t s = wasm_f32x4_mul(wasm_f32x4_mul(v, wasm_v128_load(nx + c)), wasm_v128_load(gamma + c));
+      wasm_v128_store(o + c, wasm_f32x4_add(wasm_f32x4_add(s, wasm_v128_load(beta + c)), v));
+    }
+  }
+}
+
+// Floats of scratch the GRN training kernels need: block_train_scratch's and three vectors
+// of 4C (GRN's per-channel sums and factors).
+EXPORT(block_train_scratch_grn) long block_train_scratch_grn(int W, int C, int tile) {
+  return block_train_scratch(W, C, tile) + 12L * C;
+}
+
+// A GRN block's forward pass for training, image by image (see above): block_fwd_train's
+// arguments, then GRN's gamma, beta and eps and `stat`: per image, Gx then Nx (2 x 4C
+// floats), kept for the backward pass.
+EXPORT(block_fwd_train_grn) void block_fwd_train_grn(
+    const float* x, int n, int H, int W, int C, int k, const float* dww, const float* dwb,
+    float eps, const float* gamma, const float* beta, const float* w1p, const float* b1,
+    const float* w2p, const float* b2, const float* ls, const float* scale, int tile,
+    float* scratch, float* y, float* stats, float* h, float* u, float* out,
+    const float* ggamma, const float* gbeta, float geps, float* stat) {
+  int half = (k - 1) / 2, hidden = 4 * C, hw = H * W;
+  long map = (long)hw * C;
+  float* zt = scratch;
+  float* gt = zt + (long)tile * C;
+  float* ut = gt + (long)tile * hidden;
+  float* pack = ut + (long)tile * C;
+  float one = eps * 0.f + 1.f;
+  for (int img = 0; img < n; img++) {
+    if (scale && scale[img] == 0.f) {
+      __builtin_memcpy(out + img * map, x + img * map, (unsigned long)map * 4);
+      continue;
+    }
+    float* gx = stat + (long)img * 2 * hidden;
+    float* nx = gx + hidden;
+    if (k == 7)
+      dw_rows(x + img * map, H, W, C, 7, half, dww, dwb, y + img * map, 0, H);
+    else
+      dw_rows(x + img * map, H, W, C, k, half, dww, dwb, y + img * map, 0, H);
+    zero(gx, hidden);
+    long p1 = (long)(img + 1) * hw;
+    for (long p0 = (long)img * hw; p0 < p1; p0 += tile) {
+      int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
+      ln_fwd(y + p0 * C, m, C, eps, gamma, beta, zt, stats + 2 * p0);
+      gemm(zt, C, m, C, w1p, hidden, b1, h + p0 * hidden, hidden, EPI_BIAS, 0, 0, pack);
+      gelu_copy(h + p0 * hidden, gt, (long)m * hidden, one);
+      sumsq_acc(gt, m, hidden, gx);
+    }
+    grn_stats(gx, hidden, geps, nx);
+    for (long p0 = (long)img * hw; p0 < p1; p0 += tile) {
+      int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
+      gelu_copy(h + p0 * hidden, gt, (long)m * hidden, one);
+      grn_apply(gt, nx, ggamma, gbeta, m, hidden, gt);
+      float* uo = u ? u + p0 * C : ut;
+      gemm(gt, hidden, m, hidden, w2p, C, b2, uo, C, EPI_BIAS, 0, 0, pack);
+      branch_out(x + p0 * C, uo, m, C, ls, scale, p0, hw, out + p0 * C);
+    }
+  }
+}
+
+// Pointers of a GRN block's gradients: block_grads, then GRN's gamma and beta.
+typedef struct {
+  block_grads b;
+  float *ggamma, *gbeta;
+} block_grads_grn;
+
+// dbeta += column sums of d; a += column sums of d * g (M rows of N floats).
+static void grn_sums(const float* d, const float* g, int M, int N, float* dbeta, float* a) {
+  for (int j = 0; j < N; j += 4) {
+    v128_t sb = wasm_v128_load(dbeta + j), sa = wasm_v128_load(a + j);
+    for (int m = 0; m < M; m++) {
+      long i = (long)m * N + j;
+      v128_t dv = wasm_v128_load(d + i);
+      sb = wasm_f32x4_add(sb, dv);
+      sa = MADD(dv, wasm_v128_load(g + i), sa);
+    }
+    wasm_v128_store(dbeta + j, sb);
+    wasm_v128_store(a + j, sa);
+  }
+}
+
+// GRN's backward factors of an image from a = sum over pixels of dy g (per channel): the
+// gamma gradient, then coef = 1 + gamma nx (the direct path) and r = dGx / Gx (the path
+// through the norms), so that dg = dy coef + r g. With D = mean(Gx) + eps:
+// dNx = gamma a, dGx_j = dNx_j / D - sum_c dNx_c Gx_c / (N D^2).
+static void grn_factors(const float* a, const float* gx, const float* nx, const float* gamma,
+                        int N, float eps, float* ggamma, float* coef, float* r) {
+  float sum = 0.f, s = 0.f;
+  for (int j = 0; j < N; j++) sum += gx[j];
+  float d = sum / (float)N + eps;
+  for (int j = 0; j < N; j++) {
+    ggamma[j] += a[j] * nx[j];
+    s += gamma[j] * a[j] * gx[j];
+  }
+  float tail = s / ((float)N * d * d);
+  for (int j = 0; j < N; j++) {
+    float dgx = gamma[j] * a[j] / d - tail;
+    r[j] = gx[j] > 0.f ? dgx / gx[j] : 0.f;
+    coef[j] = 1.f + gamma[j] * nx[j];
+  }
+}
+
+// dt = d coef + r g over M rows of N floats.
+static void grn_input_grad(const float* d, const float* g, const float* coef, const float* r,
+                           int M, int N, float* dt) {
+  for (int m = 0; m < M; m++) {
+    long o = (long)m * N;
+    for (int c = 0; c < N; c += 4) {
+      v128_t v = wasm_f32x4_mul(wasm_v128_load(d + o + c), wasm_v128_load(coef + c));
+      wasm_v128_store(dt + o + c, MADD(wasm_v128_load(r + c), wasm_v128_load(g + o + c), v));
+    }
+  }
+}
+
+// A GRN block's backward pass, image by image: block_bwd_train's arguments (grads: the 11
+// pointers of block_grads_grn), then GRN's gamma and eps, `stat` as block_fwd_train_grn
+// left it, and dh: 4C floats per pixel of one image (the hidden gradient between the
+// passes).
+EXPORT(block_bwd_train_grn) void block_bwd_train_grn(
+    const float* x, int n, int H, int W, int C, int k, const float* dwflip, const float* gamma,
+    const float* beta, const float* w1tp, const float* w2tp, const float* ls, const float* scale,
+    const float* y, const float* stats, const float* h, const float* u, float* dout, float* dy,
+    int tile, float* scratch, float* const* grads, float one, const float* ggamma_w,
+    const float* gbeta_w, float geps, const float* stat, float* dh) {
+  const block_grads_grn* g = (const block_grads_grn*)grads;
+  int hidden = 4 * C, hw = H * W;
+  long map = (long)hw * C;
+  float* du = scratch;
+  float* zt = du + (long)tile * C;
+  float* dz = zt + (long)tile * C;
+  float* gt = dz + 2L * tile * C;
+  float* gp = gt + (long)tile * hidden;
+  float* dt = gp + (long)tile * hidden;
+  float* pack = dt + (long)tile * hidden;
+  float* zeros = scratch + 4L * tile * C + 12L * tile * C + train_pack(C);
+  float* rowbuf = zeros + C;
+  float* a = rowbuf + (long)W * C + 64;
+  float* coef = a + hidden;
+  float* r = coef + hidden;
+  zero(zeros, C);
+  for (int img = 0; img < n; img++) {
+    if (scale && scale[img] == 0.f) continue;
+    const float* gx = stat + (long)img * 2 * hidden;
+    const float* nx = gx + hidden;
+    long p1 = (long)(img + 1) * hw, pi = (long)img * hw;
+    zero(a, hidden);
+    for (long p0 = pi; p0 < p1; p0 += tile) {
+      int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
+      branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, du, g->b.ls,
+                  g->b.b2);
+      gelu_copy(h + p0 * hidden, gt, (long)m * hidden, one);
+      grn_apply(gt, nx, ggamma_w, gbeta_w, m, hidden, gp);
+      gemm_tn(gp, hidden, du, C, m, hidden, C, g->b.w2, C, pack);
+      float* d = dh + (p0 - pi) * hidden;
+      gemm(du, C, m, C, w2tp, hidden, 0, d, hidden, EPI_BIAS, 0, 0, pack);
+      grn_sums(d, gt, m, hidden, g->gbeta, a);
+    }
+    grn_factors(a, gx, nx, ggamma_w, hidden, geps, g->ggamma, coef, r);
+    for (long p0 = pi; p0 < p1; p0 += tile) {
+      int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
+      gelu_both(h + p0 * hidden, gt, gp, (long)m * hidden, one);
+      grn_input_grad(dh + (p0 - pi) * hidden, gt, coef, r, m, hidden, dt);
+      mul_col_sum(gp, dt, m, hidden, g->b.b1);
+      ln_apply(y + p0 * C, stats + 2 * p0, m, C, gamma, beta, zt);
+      gemm_tn(zt, C, dt, hidden, m, C, hidden, g->b.w1, hidden, pack);
+      gemm(dt, hidden, m, hidden, w1tp, C, 0, dz, C, EPI_BIAS, 0, 0, pack);
+      ln_bwd(y + p0 * C, stats + 2 * p0, dz, m, C, gamma, dy + p0 * C, g->b.gamma, g->b.beta);
+    }
+    dw_filter_grad(x + img * map, dy + img * map, 1, H, W, C, k, g->b.dww, g->b.dwb);
+    dw_input_grad(dy + img * map, 1, H, W, C, k, dwflip, zeros, rowbuf, dout + img * map);
+  }
+}

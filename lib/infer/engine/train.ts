@@ -12,8 +12,9 @@
  *
  * What is kept for the backward pass, per block and pixel: the block's input (the previous
  * step's output), the depthwise conv's output (C floats), LayerNorm's mean and rstd (2),
- * the hidden pre-activations (4C) and, with layer scale, the branch before it (C). The
- * GELU, its derivative and the normalized activations are recomputed tile by tile.
+ * the hidden pre-activations (4C) and, with layer scale, the branch before it (C); a
+ * ConvNeXt V2 block also keeps GRN's norms per image and hidden unit. The GELU, its
+ * derivative, GRN's output and the normalized activations are recomputed tile by tile.
  *
  * @module
  */
@@ -103,6 +104,12 @@ export interface TrainKernels extends KernelExports {
   block_fwd_train(...args: number[]): void;
   /** A block's backward pass. */
   block_bwd_train(...args: number[]): void;
+  /** Floats of scratch the GRN block kernels need (block_train_scratch's and 12C). */
+  block_train_scratch_grn(w: number, c: number, tile: number): number;
+  /** A ConvNeXt V2 (GRN) block's forward pass for training (see kernels.c). */
+  block_fwd_train_grn(...args: number[]): void;
+  /** A ConvNeXt V2 (GRN) block's backward pass (see kernels.c). */
+  block_bwd_train_grn(...args: number[]): void;
 }
 
 /** The engine's kernels with the training functions. */
@@ -219,6 +226,11 @@ export type TrainOp =
     grads: number[];
     /** Pixels per tile of the pointwise layers. */
     tile: number;
+    /**
+     * ConvNeXt V2: the GRN on the hidden layer (its gamma and beta, byte offsets, and
+     * epsilon); its two gradients are the last two of `grads`.
+     */
+    grn?: { gamma: number; beta: number; eps: number };
   };
 
 /** A model as the training kernels run it: a chain of steps from images to logits. */
@@ -273,21 +285,26 @@ export interface Tape {
   acts: number[];
   /** Per step: LayerNorm statistics (LayerNorm, block), else 0. */
   stats: number[];
-  /** Per block step: the depthwise conv's output, the hidden pre-activations, the branch. */
-  saved: { y: number; h: number; u: number }[];
+  /**
+   * Per block step: the depthwise conv's output, the hidden pre-activations, the branch and
+   * (GRN blocks) each image's GRN statistics (0 where none).
+   */
+  saved: { y: number; h: number; u: number; grn: number }[];
   /** Two gradient buffers of the largest activation, and the depthwise gradient map. */
   dA: number;
   /** See dA. */
   dB: number;
   /** See dA. */
   dy: number;
+  /** The hidden gradient of one image of the largest GRN block (0 without GRN). */
+  grnD: number;
   /** Block scratch (block_train_scratch floats; also the gemm packing buffer). */
   scratch: number;
   /** Patches of a patchify conv (forward and backward), and their gradient. */
   patches: number;
   /** The thread's gradients ({@link TrainProgram.gradFloats} floats). */
   grads: number;
-  /** Per block step: its 9 gradient pointers (int32, kernels.c's block_grads). */
+  /** Per block step: its gradient pointers (int32, kernels.c's block_grads_grn order). */
   gradPtrs: number[];
   /** Every buffer above (to free). */
   owned: number[];
@@ -296,10 +313,10 @@ export interface Tape {
 /** Floats of every buffer a {@link Tape} needs, by name (for sizing and allocation). */
 function tapeSizes(program: TrainProgram, shape: number[]) {
   const shapes = opShapes(program, shape);
-  let maxAct = 0, maxMap = 0, scratch = 0, patches = 0;
+  let maxAct = 0, maxMap = 0, scratch = 0, patches = 0, grnD = 0;
   const acts = shapes.slice(1).map(size);
   const stats: number[] = [];
-  const saved: { y: number; h: number; u: number }[] = [];
+  const saved: { y: number; h: number; u: number; grn: number }[] = [];
   program.ops.forEach((op, i) => {
     const inShape = shapes[i];
     maxAct = Math.max(maxAct, size(inShape), size(shapes[i + 1]));
@@ -310,16 +327,19 @@ function tapeSizes(program: TrainProgram, shape: number[]) {
     }
     if (op.op === "block") {
       const p = size(inShape);
-      saved.push({ y: p, h: 4 * p, u: op.ls ? p : 0 });
+      const [n, h, w] = inShape;
+      saved.push({ y: p, h: 4 * p, u: op.ls ? p : 0, grn: op.grn ? 8 * n * op.c : 0 });
       maxMap = Math.max(maxMap, p);
-      scratch = Math.max(scratch, blockScratchFloats(inShape[2], op.c, op.tile));
+      const grnScratch = op.grn ? 12 * op.c : 0;
+      scratch = Math.max(scratch, blockScratchFloats(w, op.c, op.tile) + grnScratch);
+      if (op.grn) grnD = Math.max(grnD, h * w * 4 * op.c);
     }
     if (op.op === "conv" || op.op === "dense") {
       const k = op.op === "conv" ? op.s * op.s * op.cin : op.cin;
       scratch = Math.max(scratch, gemmScratch(Math.max(k, op.cout)), tnScratch(op.cout));
     }
   });
-  return { shapes, acts, stats, saved, maxAct, maxMap, scratch, patches };
+  return { shapes, acts, stats, saved, maxAct, maxMap, scratch, patches, grnD };
 }
 
 // Mirrors of kernels.c's scratch sizes (for sizing without an engine; allocTape checks).
@@ -336,8 +356,8 @@ function blockScratchFloats(w: number, c: number, tile: number): number {
 export function tapeBytes(program: TrainProgram, shape: number[]): number {
   const s = tapeSizes(program, shape);
   const floats = s.acts.reduce((a, b) => a + b, 0) + s.stats.reduce((a, b) => a + b, 0) +
-    s.saved.reduce((a, b) => a + b.y + b.h + b.u, 0) + 2 * s.maxAct + s.maxMap + s.scratch +
-    s.patches + program.gradFloats;
+    s.saved.reduce((a, b) => a + b.y + b.h + b.u + b.grn, 0) + 2 * s.maxAct + s.maxMap +
+    s.scratch + s.patches + s.grnD + program.gradFloats;
   return floats * 4;
 }
 
@@ -362,7 +382,11 @@ export function allocTape(engine: KernelEngine, program: TrainProgram, shape: nu
   const k = trainKernels(engine);
   const shapes = opShapes(program, shape);
   program.ops.forEach((op, i) => {
-    if (op.op === "block" && k.block_train_scratch(shapes[i][2], op.c, op.tile) > s.scratch) {
+    if (op.op !== "block") return;
+    const need = op.grn
+      ? k.block_train_scratch_grn(shapes[i][2], op.c, op.tile)
+      : k.block_train_scratch(shapes[i][2], op.c, op.tile);
+    if (need > s.scratch) {
       throw new Error("allocTape: block scratch larger than sized (kernels.c changed?)");
     }
   });
@@ -377,10 +401,16 @@ export function allocTape(engine: KernelEngine, program: TrainProgram, shape: nu
       shape,
       acts: [0, ...s.acts.map(alloc)],
       stats: s.stats.map((f) => f ? alloc(f) : 0),
-      saved: s.saved.map((b) => ({ y: alloc(b.y), h: alloc(b.h), u: b.u ? alloc(b.u) : 0 })),
+      saved: s.saved.map((b) => ({
+        y: alloc(b.y),
+        h: alloc(b.h),
+        u: b.u ? alloc(b.u) : 0,
+        grn: b.grn ? alloc(b.grn) : 0,
+      })),
       dA: alloc(s.maxAct),
       dB: alloc(s.maxAct),
       dy: alloc(s.maxMap),
+      grnD: s.grnD ? alloc(s.grnD) : 0,
       scratch: alloc(s.scratch),
       patches: alloc(s.patches),
       grads: alloc(program.gradFloats),
@@ -389,9 +419,9 @@ export function allocTape(engine: KernelEngine, program: TrainProgram, shape: nu
     };
     for (const op of program.ops) {
       if (op.op !== "block") continue;
-      const table = alloc(9);
+      const table = alloc(BLOCK_GRADS);
       const ptrs = op.grads.map((g) => g < 0 ? 0 : tape.grads + 4 * g);
-      new Int32Array(engine.memory.buffer, table, 9).set(ptrs);
+      new Int32Array(engine.memory.buffer, table, BLOCK_GRADS).set(ptrs);
       tape.gradPtrs.push(table);
     }
     return tape;
@@ -400,6 +430,9 @@ export function allocTape(engine: KernelEngine, program: TrainProgram, shape: nu
     throw e;
   }
 }
+
+/** Gradient pointers of a block (kernels.c block_grads_grn: block_grads' 9, GRN's 2). */
+const BLOCK_GRADS = 11;
 
 /** Free a {@link Tape}. */
 export function freeTape(engine: KernelEngine, tape: Tape): void {
@@ -540,24 +573,14 @@ function blockForward(
   const [n, h, w, c] = shape;
   const { y, h: hidden, u } = saved;
   const weights = [op.dww, op.dwb, op.eps, op.gamma, op.beta, op.w1p, op.b1, op.w2p, op.b2];
-  k.block_fwd_train(
-    x,
-    n,
-    h,
-    w,
-    c,
-    op.k,
-    ...weights,
-    op.ls,
-    scalesOf(op, job),
-    op.tile,
-    tape.scratch,
-    y,
-    stats,
-    hidden,
-    u,
-    out,
-  );
+  const args = [x, n, h, w, c, op.k, ...weights, op.ls, scalesOf(op, job), op.tile];
+  const kept = [tape.scratch, y, stats, hidden, u, out];
+  if (op.grn) {
+    const { gamma, beta, eps } = op.grn;
+    k.block_fwd_train_grn(...args, ...kept, gamma, beta, eps, saved.grn);
+  } else {
+    k.block_fwd_train(...args, ...kept);
+  }
 }
 
 /**
@@ -576,28 +599,16 @@ function blockBackward(
   d: number,
 ): void {
   const [n, h, w, c] = shape;
-  const { y, h: hidden, u } = tape.saved[index];
+  const { y, h: hidden, u, grn } = tape.saved[index];
   const weights = [op.dwflip, op.gamma, op.beta, op.w1tp, op.w2tp, op.ls];
-  k.block_bwd_train(
-    x,
-    n,
-    h,
-    w,
-    c,
-    op.k,
-    ...weights,
-    scalesOf(op, job),
-    y,
-    stats,
-    hidden,
-    u,
-    d,
-    tape.dy,
-    op.tile,
-    tape.scratch,
-    tape.gradPtrs[index],
-    1,
-  );
+  const args = [x, n, h, w, c, op.k, ...weights, scalesOf(op, job), y, stats, hidden, u, d];
+  const rest = [tape.dy, op.tile, tape.scratch, tape.gradPtrs[index], 1];
+  if (op.grn) {
+    const { gamma, beta, eps } = op.grn;
+    k.block_bwd_train_grn(...args, ...rest, gamma, beta, eps, grn, tape.grnD);
+  } else {
+    k.block_bwd_train(...args, ...rest);
+  }
 }
 
 function backward(

@@ -72,3 +72,28 @@ for (const fixture of models) {
     });
   }
 }
+
+Deno.test("kernel engine on more threads than a stage has rows (9) matches PyTorch", async () => {
+  // Machines with many cores now get a thread per core: every block is then split into
+  // more bands than a late stage has rows.
+  const { closeInferencePool } = await import("../lib/infer/pool.ts");
+  const { withEnv } = await import("./env_helpers.ts");
+  const fixture = models.find((m) => m.spec.kind === "hierarchical")!;
+  await withEnv({ CONVNEXT_THREADS: "9", CONVNEXT_EXECUTOR: "kernels" }, async () => {
+    const { model } = await convertCheckpoint(new URL(fixture.file, DIR).pathname);
+    try {
+      assert.ok(model instanceof ConvNeXtModel && model.usesOptimizedPath());
+      for (const [key, input] of Object.entries(fixture.inputs)) {
+        const x = tf.tensor(await readF32(input.file), input.shape);
+        const y = model.predict(x) as tf.Tensor;
+        const got = await y.data();
+        tf.dispose([x, y]);
+        const maxDiff = maxAbsDiff(got, await readF32(fixture.logits[key].file));
+        assert.ok(maxDiff <= 1e-4, `${fixture.name} ${key}: max abs diff ${maxDiff} > 1e-4`);
+      }
+    } finally {
+      model.dispose();
+      closeInferencePool();
+    }
+  });
+});

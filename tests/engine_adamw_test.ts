@@ -72,8 +72,16 @@ for (const backend of ["cpu", "wasm"]) {
         const ga = engineA.gradients(x, labels, { seed: i, smoothing: 0.1 });
         const gb = engineB.gradients(x, labels, { seed: i, smoothing: 0.1 });
         assert.equal(ga.loss, gb.loss, `step ${i + 1}: loss`);
-        if (how === "engine") a.optimizer.stepWith(engineA.adamw!, lr, wd);
-        else a.optimizer.step(ga.grads, lr, wd);
+        if (how === "engine") {
+          tf.dispose([...ga.grads.values()]);
+          const before = tf.memory().numBytes;
+          a.optimizer.stepWith(engineA.adamw!, lr, wd);
+          if (i === 0) {
+            // At hand-over the TF.js copies of the moments are freed (the engine's is the one).
+            const floats = a.params.reduce((n, p) => n + p.variable.size, 0);
+            assert.equal(before - tf.memory().numBytes, 8 * floats, "moments freed in TF.js");
+          }
+        } else a.optimizer.step(ga.grads, lr, wd);
         b.optimizer.step(gb.grads, lr, wd);
         tf.dispose([...ga.grads.values(), ...gb.grads.values()]);
         assertSameWeights(a.model, b.model, `after step ${i + 1} (${how})`);

@@ -216,13 +216,13 @@ export class AdamW {
           `AdamW.setState: "${p.name}" has shape [${p.variable.shape}], the saved moments [${s.shape}]`,
         );
       }
-      tf.tidy(() => {
-        this.#m.get(p.name)!.assign(tf.tensor(s.m, s.shape, "float32"));
-        this.#v.get(p.name)!.assign(tf.tensor(s.v, s.shape, "float32"));
-      });
     }
     // The restored moments are the variables': a kernel reloads them on its next update.
     this.#kernel = null;
+    for (const p of this.params) {
+      const s = byName.get(p.name)!;
+      this.#setMoments(p, s.m, s.v);
+    }
     this.stepCount = state.step;
   }
 
@@ -243,6 +243,11 @@ export class AdamW {
       }
       this.#kernel = kernel;
       kernel.hold(this);
+      // The kernel's copy is the one: no second copy in the TF.js heap meanwhile (for
+      // convnext_large 1.6 GB of a wasm heap limited to 4 GiB).
+      for (const v of [...this.#m.values(), ...this.#v.values()]) v.dispose();
+      this.#m.clear();
+      this.#v.clear();
     }
     kernel.update(this.#plan(lr, weightDecay));
     this.stepCount++;
@@ -277,11 +282,20 @@ export class AdamW {
     this.#kernel = null;
     for (const p of this.params) {
       const { m, v } = kernel.readMoments(p.name);
-      tf.tidy(() => {
-        this.#m.get(p.name)!.assign(tf.tensor(m, p.variable.shape, "float32"));
-        this.#v.get(p.name)!.assign(tf.tensor(v, p.variable.shape, "float32"));
-      });
+      this.#setMoments(p, m, v);
     }
+  }
+
+  /** Sets a parameter's moment variables to `m` and `v`, creating them where there are none. */
+  #setMoments(p: AdamWParam, m: Float32Array, v: Float32Array): void {
+    tf.tidy(() => {
+      for (const [store, values] of [[this.#m, m], [this.#v, v]] as const) {
+        const value = tf.tensor(values, p.variable.shape, "float32");
+        const current = store.get(p.name);
+        if (current) current.assign(value);
+        else store.set(p.name, tf.variable(value, false));
+      }
+    });
   }
 
   /** Frees the moment variables. */

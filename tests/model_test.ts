@@ -439,3 +439,12 @@ for (const [label, spec] of [["V1", SMALL], ["V2, GRN", SMALL_V2]] as const) {
     }
   });
 }
+
+Deno.test("createConvNeXt: the same seed gives the same weights, seed 0 included", () => {
+  // TF.js's random ops take a seed of 0 for none; the initializers must not.
+  const weights = (seed: number) =>
+    createConvNeXt(SMALL, { numClasses: 3, seed }).getWeights().map((w) => w.dataSync());
+  const [a, b, c] = [weights(0), weights(0), weights(1)];
+  assert.deepEqual(a, b, "seed 0 twice");
+  assert.notDeepEqual(a[0], c[0], "seeds 0 and 1 differ");
+});

@@ -464,6 +464,14 @@ const InitializerBase = Object.getPrototypeOf(
 ).constructor as new () => InitializerLike;
 
 /**
+ * A seed as TF.js's random ops take it: they treat 0 as no seed (`seed ? seed :
+ * Math.random()` in tfjs-core 4.22's rand_util), so seed 0 becomes a fixed other value.
+ */
+function tfSeed(seed: number | undefined): number | undefined {
+  return seed === 0 ? 0x9e3779b9 : seed;
+}
+
+/**
  * timm's `trunc_normal_(std=0.02)`: a normal distribution cut at ABSOLUTE bounds
  * (default -2 and 2), i.e. practically untruncated at std 0.02. TF.js's
  * `truncatedNormal` cuts at two standard deviations, which is a different distribution.
@@ -533,14 +541,18 @@ export class TruncatedNormal extends InitializerBase {
   override apply(shape: tf.Shape, dtype?: tf.DataType): tf.Tensor {
     return tf.tidy(() => {
       const dims = shape as number[];
-      let x = tf.randomNormal(dims, this.mean, this.stddev, "float32", this.seed);
+      let x = tf.randomNormal(dims, this.mean, this.stddev, "float32", tfSeed(this.seed));
       // Redraw the samples outside the bounds (a round where none is outside changes
       // nothing); after the rounds, clip what is left.
       const rounds = this.redrawRounds(dims.reduce((a, b) => a * b, 1));
       for (let round = 0; round < rounds; round++) {
         const outside = tf.logicalOr(tf.less(x, this.minval), tf.greater(x, this.maxval));
         const seed = this.seed === undefined ? undefined : this.seed + round + 1;
-        x = tf.where(outside, tf.randomNormal(dims, this.mean, this.stddev, "float32", seed), x);
+        x = tf.where(
+          outside,
+          tf.randomNormal(dims, this.mean, this.stddev, "float32", tfSeed(seed)),
+          x,
+        );
       }
       return tf.cast(tf.clipByValue(x, this.minval, this.maxval), dtype ?? "float32");
     });

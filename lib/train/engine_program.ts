@@ -6,8 +6,9 @@
  * place in the gradient buffers. {@link syncWeights} copies the weights that changed since
  * the last step (the optimizer's `assign` gives a variable a new data id).
  *
- * Anything outside the chain stem, LayerNorm, blocks, downsampling, pooling, LayerNorm,
- * linear head is {@link EngineTrainUnsupported}: the caller keeps the TF.js path.
+ * Anything outside the chain stem, LayerNorm, blocks (V1, or V2 with GRN), downsampling,
+ * pooling, LayerNorm, linear head is {@link EngineTrainUnsupported}: the caller keeps the
+ * TF.js path.
  *
  * @module
  */

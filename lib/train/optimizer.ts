@@ -120,7 +120,7 @@ export class AdamW {
   stepCount = 0;
   #m = new Map<string, tf.Variable>();
   #v = new Map<string, tf.Variable>();
-  /** The kernel holding the moments, if one does (the variables above are then stale). */
+  /** The kernel holding the moments, if one does (the variables above are then freed). */
   #kernel: AdamWKernel | null = null;
 
   /**

@@ -31,6 +31,7 @@ import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import type { ConvNeXtModel } from "../lib/infer/model.ts";
 import { inferenceThreads } from "../lib/infer/pool.ts";
+import { machineLine } from "../lib/util/machine.ts";
 import {
   architectureFlag,
   BACKEND_HELP,
@@ -249,6 +250,8 @@ if (import.meta.main) {
     for (const r of rows) console.log(JSON.stringify(r));
     Deno.exit(0);
   }
+  // With --json, stdout carries the JSON lines only.
+  (values.json ? console.error : console.log)(`machine: ${machineLine()}`);
   const rows: BenchResult[] = [];
   for (const arch of archs) {
     for (const path of paths) {

@@ -59,6 +59,7 @@ import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
 import { runTrainBench, speedupLine, type TrainBenchRecord } from "../lib/train/engine_bench.ts";
+import { machineLine } from "../lib/util/machine.ts";
 import {
   architectureFlag,
   command,
@@ -277,6 +278,9 @@ interface Run {
  * run that exhausts the wasm heap does not stop the engine's): their JSON lines, then the
  * speed-up of the engine over the stock path's best run.
  */
+/** Set in the runs `--path both` starts (they print no machine line of their own). */
+const CHILD_ENV = "CONVNEXT_BENCH_CHILD";
+
 async function bothPaths(args: BenchArgs): Promise<void> {
   const records: Record<string, unknown>[] = [];
   const argv = Deno.args.filter((a, i, all) =>
@@ -285,6 +289,7 @@ async function bothPaths(args: BenchArgs): Promise<void> {
   for (const path of ["stock", "engine"]) {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", new URL(import.meta.url).pathname, ...argv, "--path", path, "--json"],
+      env: { [CHILD_ENV]: "1" },
       stdout: "piped",
       stderr: "inherit",
     }).output();
@@ -331,6 +336,8 @@ async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   // With --json, stdout carries the JSON lines only; the progress goes to stderr.
   const log = args.json ? console.error : console.log;
+  // Once per command: the runs of --path both are children of this process.
+  if (!Deno.env.get(CHILD_ENV)) log(`machine: ${machineLine()}`);
   if (args.path === "both") return await bothPaths(args);
   if (args.backend === "wasm") installWasmTrainingKernels({ matMulFix: args.matMulFix });
   const backend = await selectBackend(args.backend as BackendRequest);

@@ -595,9 +595,18 @@ export function inferencePool(executor: "kernels" | "tfjs" = "kernels"): Inferen
   const threads = inferenceThreads(executor);
   if (shared && shared.threads !== threads) closeInferencePool();
   if (threads < 2) return null;
-  shared ??= new InferencePool(threads, "wasm");
+  if (!shared) {
+    shared = new InferencePool(threads, "wasm");
+    // Stop the threads before this isolate goes away (the end of a program, or of each test
+    // module under `deno test`) rather than have it torn down under them: a rare crash at
+    // the end of a test run (a worker thread jumping into freed code) pointed there.
+    if (!unloadHooked) globalThis.addEventListener("unload", closeInferencePool);
+    unloadHooked = true;
+  }
   return shared;
 }
+
+let unloadHooked = false;
 
 /**
  * Stop the shared pool's threads (the next parallel predict starts a new pool). Tests call

@@ -15,8 +15,8 @@
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { KernelEngine } from "../infer/engine/engine.ts";
-import { TASK } from "../infer/engine/train.ts";
-import type { LoadedProgram, Task } from "./engine_program.ts";
+import { TASK, trainKernels } from "../infer/engine/train.ts";
+import { engineTensor, type LoadedProgram, type Task } from "./engine_program.ts";
 import type { AdamWKernel, AdamWParam, AdamWStep } from "./optimizer.ts";
 
 /** Floats per update task: enough tasks for the threads to share, few enough to post. */
@@ -92,7 +92,7 @@ export class EngineAdamW implements AdamWKernel {
     this.m = engine.alloc(2 * floats);
     this.v = this.m + 4 * floats;
     this.hp = engine.alloc(HP * params.length);
-    new Float32Array(engine.memory.buffer, this.m, 2 * floats).fill(0);
+    trainKernels(engine).zero(this.m, 2 * floats);
   }
 
   private param(name: string): Param {
@@ -171,13 +171,9 @@ export class EngineAdamW implements AdamWKernel {
 
   /** The updated weights into the model's variables, marked as the engine's copy. */
   private writeBack(): void {
-    // The wasm backend copies a new tensor's values into its heap at once, so a view of the
-    // engine's memory does; the cpu backend keeps the array it is given: a copy.
-    const view = tf.getBackend() === "wasm";
     for (const p of this.byName.values()) {
       const slot = this.loaded.weights[p.index];
-      const values = view ? this.engine.view(slot.raw, p.size) : this.engine.read(slot.raw, p.size);
-      tf.tidy(() => p.variable.assign(tf.tensor(values, p.variable.shape, "float32")));
+      tf.tidy(() => p.variable.assign(engineTensor(this.engine, slot.raw, p.variable.shape)));
       slot.version = (p.variable as unknown as { dataId: unknown }).dataId;
     }
   }

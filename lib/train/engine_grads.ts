@@ -33,6 +33,7 @@ import { JobClient, splitEven } from "../util/jobs.ts";
 import {
   buildTrainProgram,
   dropScales,
+  engineTensor,
   engineTrainSupport,
   freeProgram,
   type LoadedProgram,
@@ -456,15 +457,9 @@ export class EngineGradients {
   /** The summed gradients of the trained parameters as tensors, by parameter name. */
   private collect(tape: Tape): Map<string, tf.Tensor> {
     const grads = new Map<string, tf.Tensor>();
-    // The wasm backend copies a new tensor's values into its heap at once: a view of the
-    // engine's memory saves a copy. Elsewhere (cpu keeps the array it is given) a copy.
-    const copyNow = tf.getBackend() === "wasm";
     for (const p of this.params) {
       const slot = this.slotByName.get(p.name)!;
-      const floats = slot.shape.reduce((a, b) => a * b, 1);
-      const at = tape.grads + 4 * slot.offset;
-      const values = copyNow ? this.engine.view(at, floats) : this.engine.read(at, floats);
-      grads.set(p.name, tf.tensor(values, slot.shape, "float32"));
+      grads.set(p.name, engineTensor(this.engine, tape.grads + 4 * slot.offset, slot.shape));
     }
     return grads;
   }

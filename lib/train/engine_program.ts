@@ -359,6 +359,17 @@ function values(variable: tf.Variable): Float32Array<ArrayBufferLike> {
 }
 
 /**
+ * A float32 tensor of `shape` holding the engine's floats at `ptr`. The wasm backend copies
+ * a new tensor's values into its heap at once, so a view of the engine's memory does and
+ * saves a copy; the cpu backend keeps the array it is given, so it gets a copy.
+ */
+export function engineTensor(engine: KernelEngine, ptr: number, shape: number[]): tf.Tensor {
+  const floats = shape.reduce((a, b) => a * b, 1);
+  const values = tf.getBackend() === "wasm" ? engine.view(ptr, floats) : engine.read(ptr, floats);
+  return tf.tensor(values, shape, "float32");
+}
+
+/**
  * Copy the weights that changed since the last call into the engine. Returns the tasks
  * that rebuild their packed forms (run them before the next step: lib/infer/engine/
  * train.ts `runTasks`, shared by the threads).

@@ -1052,6 +1052,17 @@ EXPORT(block_train_scratch) long block_train_scratch(int W, int C, int tile) {
   return 4L * tile * C + 12L * tile * C + train_pack(C) + C + (long)W * C + 64;
 }
 
+// A k x k depthwise conv ("same", stride 1) of one whole H x W x C map into y; k = 7, the
+// ConvNeXt kernel, is a literal for the compiler.
+static void dw_map(const float* x, int H, int W, int C, int k, const float* dww,
+                   const float* dwb, float* y) {
+  int half = (k - 1) / 2;
+  if (k == 7)
+    dw_rows(x, H, W, C, 7, half, dww, dwb, y, 0, H);
+  else
+    dw_rows(x, H, W, C, k, half, dww, dwb, y, 0, H);
+}
+
 // One ConvNeXt block's forward pass for training on n maps H x W x C, keeping what the
 // backward pass needs: y (the depthwise conv's output), stats (LayerNorm's mean and rstd
 // per pixel), h (the first pointwise layer's output, before the GELU) and, with layer
@@ -1066,7 +1077,7 @@ EXPORT(block_fwd_train) void block_fwd_train(const float* x, int n, int H, int W
                                              const float* ls, const float* scale, int tile,
                                              float* scratch, float* y, float* stats, float* h,
                                              float* u, float* out) {
-  int half = (k - 1) / 2, hidden = 4 * C, hw = H * W;
+  int hidden = 4 * C, hw = H * W;
   long map = (long)hw * C;
   float* zt = scratch;
   float* gt = zt + (long)tile * C;
@@ -1083,12 +1094,7 @@ EXPORT(block_fwd_train) void block_fwd_train(const float* x, int n, int H, int W
     }
     int i1 = i0 + 1;
     while (i1 < n && !(scale && scale[i1] == 0.f)) i1++;
-    for (int img = i0; img < i1; img++) {
-      if (k == 7)
-        dw_rows(x + img * map, H, W, C, 7, half, dww, dwb, y + img * map, 0, H);
-      else
-        dw_rows(x + img * map, H, W, C, k, half, dww, dwb, y + img * map, 0, H);
-    }
+    for (int img = i0; img < i1; img++) dw_map(x + img * map, H, W, C, k, dww, dwb, y + img * map);
     long end = (long)i1 * hw;
     for (long p0 = (long)i0 * hw; p0 < end; p0 += tile) {
       int m = end - p0 < tile ? (int)(end - p0) : tile;
@@ -1108,6 +1114,43 @@ typedef struct {
   float *dww, *dwb, *gamma, *beta, *w1, *b1, *w2, *b2, *ls;
 } block_grads;
 
+// The backward kernels' scratch (block_train_scratch floats), carved up: per tile du, zt
+// (C floats per pixel), dz (2C), gt, gp, dt (4C each), the matmuls' packing buffer; then a
+// zero vector of C floats and a row of the map (dw_input_grad's).
+typedef struct {
+  float *du, *zt, *dz, *gt, *gp, *dt, *pack, *zeros, *rowbuf;
+} bwd_scratch;
+
+static bwd_scratch bwd_layout(float* scratch, int tile, int C) {
+  bwd_scratch s;
+  long t = tile;
+  s.du = scratch;
+  s.zt = s.du + t * C;
+  s.dz = s.zt + t * C;
+  s.gt = s.dz + 2 * t * C;
+  s.gp = s.gt + t * 4 * C;
+  s.dt = s.gp + t * 4 * C;
+  s.pack = s.dt + t * 4 * C;
+  s.zeros = scratch + 4 * t * C + 12 * t * C + train_pack(C);
+  s.rowbuf = s.zeros + C;
+  return s;
+}
+
+// The first pointwise layer and LayerNorm backward on `m` rows from p0, from dt (the hidden
+// gradient after the GELU) and gp (GELU's derivative): dt becomes the pre-activation
+// gradient (b1's gradient accumulates), then W1's gradient, and dy (the gradient of the
+// depthwise conv's output) with LayerNorm's.
+static void first_layer_bwd(long p0, int m, int C, const float* gamma, const float* beta,
+                            const float* w1tp, const float* y, const float* stats, float* dy,
+                            const bwd_scratch* s, const block_grads* g) {
+  int hidden = 4 * C;
+  mul_col_sum(s->gp, s->dt, m, hidden, g->b1);
+  ln_apply(y + p0 * C, stats + 2 * p0, m, C, gamma, beta, s->zt);
+  gemm_tn(s->zt, C, s->dt, hidden, m, C, hidden, g->w1, hidden, s->pack);
+  gemm(s->dt, hidden, m, hidden, w1tp, C, 0, s->dz, C, EPI_BIAS, 0, 0, s->pack);
+  ln_bwd(y + p0 * C, stats + 2 * p0, s->dz, m, C, gamma, dy + p0 * C, g->gamma, g->beta);
+}
+
 // The pointwise half of a block's backward pass on `m` rows starting at row p0: from
 // dout to dy (the gradient of the depthwise conv's output), accumulating the weight
 // gradients of both pointwise layers, LayerNorm and layer scale.
@@ -1115,25 +1158,13 @@ static void block_bwd_tile(long p0, int m, int hw, int C, const float* gamma, co
                            const float* w1tp, const float* w2tp, const float* ls,
                            const float* scale, const float* y, const float* stats,
                            const float* h, const float* u, const float* dout, float* dy,
-                           float* scratch, int tile, const block_grads* g, float one) {
+                           const bwd_scratch* s, const block_grads* g, float one) {
   int hidden = 4 * C;
-  float* du = scratch;
-  float* zt = du + (long)tile * C;
-  float* dz = zt + (long)tile * C;
-  float* gt = dz + 2L * tile * C;
-  float* gp = gt + (long)tile * hidden;
-  float* dt = gp + (long)tile * hidden;
-  float* pack = dt + (long)tile * hidden;
-  const float* ht = h + p0 * hidden;
-  branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, du, g->ls, g->b2);
-  gelu_both(ht, gt, gp, (long)m * hidden, one);
-  gemm_tn(gt, hidden, du, C, m, hidden, C, g->w2, C, pack);
-  gemm(du, C, m, C, w2tp, hidden, 0, dt, hidden, EPI_BIAS, 0, 0, pack);
-  mul_col_sum(gp, dt, m, hidden, g->b1);
-  ln_apply(y + p0 * C, stats + 2 * p0, m, C, gamma, beta, zt);
-  gemm_tn(zt, C, dt, hidden, m, C, hidden, g->w1, hidden, pack);
-  gemm(dt, hidden, m, hidden, w1tp, C, 0, dz, C, EPI_BIAS, 0, 0, pack);
-  ln_bwd(y + p0 * C, stats + 2 * p0, dz, m, C, gamma, dy + p0 * C, g->gamma, g->beta);
+  branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, s->du, g->ls, g->b2);
+  gelu_both(h + p0 * hidden, s->gt, s->gp, (long)m * hidden, one);
+  gemm_tn(s->gt, hidden, s->du, C, m, hidden, C, g->w2, C, s->pack);
+  gemm(s->du, C, m, C, w2tp, hidden, 0, s->dt, hidden, EPI_BIAS, 0, 0, s->pack);
+  first_layer_bwd(p0, m, C, gamma, beta, w1tp, y, stats, dy, s, g);
 }
 
 // One ConvNeXt block's backward pass on n maps: dout (the gradient of the block's output)
@@ -1154,9 +1185,8 @@ EXPORT(block_bwd_train) void block_bwd_train(const float* x, int n, int H, int W
   const block_grads* g = (const block_grads*)grads;
   int hw = H * W;
   long map = (long)hw * C;
-  float* zeros = scratch + 4L * tile * C + 12L * tile * C + train_pack(C);
-  float* rowbuf = zeros + C;
-  zero(zeros, C);
+  bwd_scratch s = bwd_layout(scratch, tile, C);
+  zero(s.zeros, C);
   // Runs of kept images (see block_fwd_train): a dropped image's gradient passes through
   // the residual unchanged (dout is already dx) and adds nothing to the weights'.
   for (int i0 = 0; i0 < n;) {
@@ -1170,10 +1200,11 @@ EXPORT(block_bwd_train) void block_bwd_train(const float* x, int n, int H, int W
     for (long p0 = (long)i0 * hw; p0 < end; p0 += tile) {
       int m = end - p0 < tile ? (int)(end - p0) : tile;
       block_bwd_tile(p0, m, hw, C, gamma, beta, w1tp, w2tp, ls, scale, y, stats, h, u, dout,
-                     dy, scratch, tile, g, one);
+                     dy, &s, g, one);
     }
     dw_filter_grad(x + i0 * map, dy + i0 * map, i1 - i0, H, W, C, k, g->dww, g->dwb);
-    dw_input_grad(dy + i0 * map, i1 - i0, H, W, C, k, dwflip, zeros, rowbuf, dout + i0 * map);
+    dw_input_grad(dy + i0 * map, i1 - i0, H, W, C, k, dwflip, s.zeros, s.rowbuf,
+                  dout + i0 * map);
     i0 = i1;
   }
 }
@@ -1316,7 +1347,7 @@ EXPORT(block_fwd_train_grn) void block_fwd_train_grn(
     const float* w2p, const float* b2, const float* ls, const float* scale, int tile,
     float* scratch, float* y, float* stats, float* h, float* u, float* out,
     const float* ggamma, const float* gbeta, float geps, float* stat) {
-  int half = (k - 1) / 2, hidden = 4 * C, hw = H * W;
+  int hidden = 4 * C, hw = H * W;
   long map = (long)hw * C;
   float* zt = scratch;
   float* gt = zt + (long)tile * C;
@@ -1330,10 +1361,7 @@ EXPORT(block_fwd_train_grn) void block_fwd_train_grn(
     }
     float* gx = stat + (long)img * 2 * hidden;
     float* nx = gx + hidden;
-    if (k == 7)
-      dw_rows(x + img * map, H, W, C, 7, half, dww, dwb, y + img * map, 0, H);
-    else
-      dw_rows(x + img * map, H, W, C, k, half, dww, dwb, y + img * map, 0, H);
+    dw_map(x + img * map, H, W, C, k, dww, dwb, y + img * map);
     zero(gx, hidden);
     long p1 = (long)(img + 1) * hw;
     for (long p0 = (long)img * hw; p0 < p1; p0 += tile) {
@@ -1422,19 +1450,11 @@ EXPORT(block_bwd_train_grn) void block_bwd_train_grn(
   const block_grads_grn* g = (const block_grads_grn*)grads;
   int hidden = 4 * C, hw = H * W;
   long map = (long)hw * C;
-  float* du = scratch;
-  float* zt = du + (long)tile * C;
-  float* dz = zt + (long)tile * C;
-  float* gt = dz + 2L * tile * C;
-  float* gp = gt + (long)tile * hidden;
-  float* dt = gp + (long)tile * hidden;
-  float* pack = dt + (long)tile * hidden;
-  float* zeros = scratch + 4L * tile * C + 12L * tile * C + train_pack(C);
-  float* rowbuf = zeros + C;
-  float* a = rowbuf + (long)W * C + 64;
+  bwd_scratch s = bwd_layout(scratch, tile, C);
+  float* a = s.rowbuf + (long)W * C + 64;
   float* coef = a + hidden;
   float* r = coef + hidden;
-  zero(zeros, C);
+  zero(s.zeros, C);
   for (int img = 0; img < n; img++) {
     if (scale && scale[img] == 0.f) continue;
     const float* gx = stat + (long)img * 2 * hidden;
@@ -1443,27 +1463,23 @@ EXPORT(block_bwd_train_grn) void block_bwd_train_grn(
     zero(a, hidden);
     for (long p0 = pi; p0 < p1; p0 += tile) {
       int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
-      branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, du, g->b.ls,
+      branch_grad(dout + p0 * C, u ? u + p0 * C : 0, m, C, ls, scale, p0, hw, s.du, g->b.ls,
                   g->b.b2);
-      gelu_copy(h + p0 * hidden, gt, (long)m * hidden, one);
-      grn_apply(gt, nx, ggamma_w, gbeta_w, m, hidden, gp);
-      gemm_tn(gp, hidden, du, C, m, hidden, C, g->b.w2, C, pack);
+      gelu_copy(h + p0 * hidden, s.gt, (long)m * hidden, one);
+      grn_apply(s.gt, nx, ggamma_w, gbeta_w, m, hidden, s.gp);
+      gemm_tn(s.gp, hidden, s.du, C, m, hidden, C, g->b.w2, C, s.pack);
       float* d = dh + (p0 - pi) * hidden;
-      gemm(du, C, m, C, w2tp, hidden, 0, d, hidden, EPI_BIAS, 0, 0, pack);
-      grn_sums(d, gt, m, hidden, g->gbeta, a);
+      gemm(s.du, C, m, C, w2tp, hidden, 0, d, hidden, EPI_BIAS, 0, 0, s.pack);
+      grn_sums(d, s.gt, m, hidden, g->gbeta, a);
     }
     grn_factors(a, gx, nx, ggamma_w, hidden, geps, g->ggamma, coef, r);
     for (long p0 = pi; p0 < p1; p0 += tile) {
       int m = p1 - p0 < tile ? (int)(p1 - p0) : tile;
-      gelu_both(h + p0 * hidden, gt, gp, (long)m * hidden, one);
-      grn_input_grad(dh + (p0 - pi) * hidden, gt, coef, r, m, hidden, dt);
-      mul_col_sum(gp, dt, m, hidden, g->b.b1);
-      ln_apply(y + p0 * C, stats + 2 * p0, m, C, gamma, beta, zt);
-      gemm_tn(zt, C, dt, hidden, m, C, hidden, g->b.w1, hidden, pack);
-      gemm(dt, hidden, m, hidden, w1tp, C, 0, dz, C, EPI_BIAS, 0, 0, pack);
-      ln_bwd(y + p0 * C, stats + 2 * p0, dz, m, C, gamma, dy + p0 * C, g->b.gamma, g->b.beta);
+      gelu_both(h + p0 * hidden, s.gt, s.gp, (long)m * hidden, one);
+      grn_input_grad(dh + (p0 - pi) * hidden, s.gt, coef, r, m, hidden, s.dt);
+      first_layer_bwd(p0, m, C, gamma, beta, w1tp, y, stats, dy, &s, &g->b);
     }
     dw_filter_grad(x + img * map, dy + img * map, 1, H, W, C, k, g->b.dww, g->b.dwb);
-    dw_input_grad(dy + img * map, 1, H, W, C, k, dwflip, zeros, rowbuf, dout + img * map);
+    dw_input_grad(dy + img * map, 1, H, W, C, k, dwflip, s.zeros, s.rowbuf, dout + img * map);
   }
 }

@@ -598,8 +598,7 @@ export function inferencePool(executor: "kernels" | "tfjs" = "kernels"): Inferen
   if (!shared) {
     shared = new InferencePool(threads, "wasm");
     // Stop the threads before this isolate goes away (the end of a program, or of each test
-    // module under `deno test`) rather than have it torn down under them: a rare crash at
-    // the end of a test run (a worker thread jumping into freed code) pointed there.
+    // module under `deno test`) rather than have it torn down under them.
     if (!unloadHooked) globalThis.addEventListener("unload", closeInferencePool);
     unloadHooked = true;
   }

@@ -105,6 +105,31 @@ Deno.test("breaking out of imageBatches early closes the pool (no leaked workers
   assert.equal(PreprocessPool.openPools, before);
 });
 
+for (const workers of [0, 1]) {
+  Deno.test(`breaking out of imageBatches (${workers} workers) waits for the loads it started`, async () => {
+    // A decode still running when the program ends can crash the process (sharp's native
+    // work outliving its thread): the loop's end must leave none running.
+    const counts = { started: 0, finished: 0 };
+    const original = PreprocessPool.prototype.run;
+    PreprocessPool.prototype.run = async function (this: PreprocessPool, ...args) {
+      counts.started++;
+      try {
+        return await original.apply(this, args);
+      } finally {
+        counts.finished++;
+      }
+    };
+    try {
+      const inputs = [...photos, ...photos];
+      for await (const _ of imageBatches(inputs, { batch: 2, prefetch: 2, workers })) break;
+      assert.ok(counts.started > 2, `prefetching started ${counts.started} loads`);
+      assert.equal(counts.finished, counts.started, "loads still running after the loop");
+    } finally {
+      PreprocessPool.prototype.run = original;
+    }
+  });
+}
+
 Deno.test("loadImageTensor and preprocessBatch give NHWC float32 tensors", async () => {
   await tf.setBackend("cpu");
   const one = await loadImageTensor(photos[0], 224);

@@ -161,7 +161,33 @@ Deno.test("trainTransform: seeded, normalized, flips; the loader skips bad files
     assert.equal(seen.length, 11);
     assert.equal(pool.loads, 12);
   } finally {
-    pool.close();
+    await pool.close();
+  }
+});
+
+Deno.test("breaking out of loadBatches waits for the loads it started", async () => {
+  // As for imageBatches: no decode may outlive the loop (it can crash the process at exit).
+  const ds = await listImageFolder(root);
+  const pool = new LoadPool(0);
+  const counts = { started: 0, finished: 0 };
+  const original = pool.load.bind(pool);
+  pool.load = async (request) => {
+    counts.started++;
+    try {
+      return await original(request);
+    } finally {
+      counts.finished++;
+    }
+  };
+  try {
+    const batches = [0, 3, 6, 9].map((i) => ds.samples.slice(i, i + 3));
+    for await (const _ of loadBatches(pool, batches, { size: 40, mode: "train", prefetch: 2 })) {
+      break;
+    }
+    assert.ok(counts.started > 3, `prefetching started ${counts.started} loads`);
+    assert.equal(counts.finished, counts.started, "loads still running after the loop");
+  } finally {
+    await pool.close();
   }
 });
 

@@ -151,6 +151,8 @@ export async function* imageBatches(
       yield current;
     }
   } finally {
-    pool.close();
+    // A consumer that stops early waits for the decodes it started: none outlives the loop.
+    await pool.close();
+    await Promise.allSettled(inFlight);
   }
 }

@@ -29,7 +29,7 @@ export function defaultWorkerCount(): number {
  *   const x = await pool.run(path, 224); // Float32Array, HWC
  *   if (x.length !== 224 * 224 * 3) throw new Error(`length ${x.length}`);
  * } finally {
- *   pool.close();
+ *   await pool.close();
  * }
  * ```
  */
@@ -70,8 +70,12 @@ export class PreprocessPool {
     return this.#pool.submit({ input, name, size, options });
   }
 
-  /** Terminate the workers; pending requests are rejected. */
-  close(): void {
-    if (this.#pool.close()) PreprocessPool.#open--;
+  /**
+   * Stops the pool: queued requests are rejected, started ones finish, then the workers
+   * end. Await it before the program ends (a decode cut off at exit can crash the process).
+   */
+  close(): Promise<void> {
+    if (!this.#pool.closed) PreprocessPool.#open--;
+    return this.#pool.close();
   }
 }

@@ -245,7 +245,7 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneResult
       validation: plan.val,
     };
   } finally {
-    pool?.close();
+    await pool?.close();
     for (const d of disposables.reverse()) d.dispose();
     if (ownBase) base.dispose();
   }

@@ -23,7 +23,7 @@ import { type LoadRequest, loadRequest } from "./augment_worker.ts";
  *   const x = await pool.load({ path, size: 64, mode: "eval", seed: 0 });
  *   if (x.length !== 64 * 64 * 3) throw new Error(`length ${x.length}`);
  * } finally {
- *   pool.close();
+ *   await pool.close();
  * }
  * ```
  */
@@ -55,9 +55,12 @@ export class LoadPool {
     return this.#pool.submit(request);
   }
 
-  /** Stop the workers; pending loads are rejected. */
-  close(): void {
-    this.#pool.close();
+  /**
+   * Stops the pool: queued loads are rejected, started ones finish, then the workers end.
+   * Await it before the program ends (a decode cut off at exit can crash the process).
+   */
+  close(): Promise<void> {
+    return this.#pool.close();
   }
 }
 
@@ -141,11 +144,16 @@ export async function* loadBatches(
       inFlight.push(p);
     }
   };
-  while (true) {
-    launch(prefetch + 1);
-    if (inFlight.length === 0) return;
-    const current = await inFlight.shift()!;
-    launch(prefetch);
-    yield current;
+  try {
+    while (true) {
+      launch(prefetch + 1);
+      if (inFlight.length === 0) return;
+      const current = await inFlight.shift()!;
+      launch(prefetch);
+      yield current;
+    }
+  } finally {
+    // A consumer that stops early waits for the loads it started: none outlives the loop.
+    await Promise.allSettled(inFlight);
   }
 }

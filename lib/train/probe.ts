@@ -102,7 +102,7 @@ export interface ExtractOptions {
  * const pool = new LoadPool(0);
  * const { features, dim } = await extractFeatures(model, pool, samples, { size: 64, cacheDir });
  * console.log(features.length, dim); // 2 16
- * pool.close();
+ * await pool.close();
  * await Deno.remove(cacheDir, { recursive: true });
  * ```
  */

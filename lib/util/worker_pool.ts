@@ -44,7 +44,8 @@ export interface Float32WorkerPoolOptions<R extends PoolRequest> {
 /**
  * Dispatches requests to worker threads, at most {@link SLOTS_PER_WORKER} in flight per
  * worker, in submission order. Call {@link Float32WorkerPool.close} when done, or the
- * workers keep the process alive.
+ * workers keep the process alive, and await it before the program ends: a native decode
+ * (sharp) still running when its thread or the process goes away can crash the process.
  *
  * For example (lib/data/pool.ts): `new Float32WorkerPool({ script: new URL("./worker.ts",
  * import.meta.url), workers: 2, inline: load, name: "loader" })`, then
@@ -56,8 +57,10 @@ export class Float32WorkerPool<R extends PoolRequest> {
   #slots: Worker[] = [];
   #queue: { req: R; pending: Pending }[] = [];
   #pending = new Map<number, Pending>();
+  /** Requests started (inline or posted to a worker) and not yet settled. */
+  #running = new Set<Promise<void>>();
   #nextId = 0;
-  #closed = false;
+  #closing: Promise<void> | null = null;
   readonly #options: Float32WorkerPoolOptions<R>;
 
   constructor(options: Float32WorkerPoolOptions<R>) {
@@ -81,29 +84,58 @@ export class Float32WorkerPool<R extends PoolRequest> {
 
   /** Runs one request; rejects with the worker's one-line message. */
   submit(request: Omit<R, "id">): Promise<Float32Array> {
-    if (this.#closed) return Promise.reject(new Error(`${this.#options.name}: pool is closed`));
+    if (this.#closing) return Promise.reject(new Error(`${this.#options.name}: pool is closed`));
     const req = { ...request, id: this.#nextId++ } as R;
-    if (this.#workers.length === 0) return this.#options.inline(req);
+    if (this.#workers.length === 0) {
+      const p = this.#options.inline(req);
+      this.#track(p);
+      return p;
+    }
     return new Promise((resolve, reject) => {
       this.#queue.push({ req, pending: { resolve, reject } });
       this.#pump();
     });
   }
 
-  /** Terminates the workers; pending requests are rejected. Returns false if already closed. */
-  close(): boolean {
-    if (this.#closed) return false;
-    this.#closed = true;
-    for (const w of this.#workers) w.terminate();
-    this.#failAll(new Error(`${this.#options.name}: pool closed`));
-    return true;
+  /** Whether {@link close} was called. */
+  get closed(): boolean {
+    return this.#closing !== null;
+  }
+
+  /**
+   * Takes no more requests and rejects those still queued, lets the started ones finish,
+   * then terminates the workers. Resolves when all that is done (the same promise on every
+   * call).
+   */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    const err = new Error(`${this.#options.name}: pool closed`);
+    for (const { pending } of this.#queue) pending.reject(err);
+    this.#queue = [];
+    this.#closing = Promise.allSettled([...this.#running]).then(() => {
+      for (const w of this.#workers) w.terminate();
+    });
+    return this.#closing;
+  }
+
+  /** Keeps `work` in {@link #running} until it settles. */
+  #track(work: Promise<unknown>): void {
+    const settled: Promise<void> = work.then(() => {}, () => {}).finally(() => {
+      this.#running.delete(settled);
+    });
+    this.#running.add(settled);
   }
 
   #pump(): void {
     while (this.#slots.length > 0 && this.#queue.length > 0) {
       const w = this.#slots.pop()!;
       const { req, pending } = this.#queue.shift()!;
-      this.#pending.set(req.id, pending);
+      this.#track(
+        new Promise<Float32Array>((resolve, reject) =>
+          this.#pending.set(req.id, { resolve, reject })
+        )
+          .then(pending.resolve, pending.reject),
+      );
       w.postMessage(req);
     }
   }

@@ -120,6 +120,8 @@ export interface KernelExports {
   avg_pool(x: number, n: number, pixels: number, c: number, out: number): void;
   /** Exact GELU in place. */
   gelu(x: number, size: number, one: number): void;
+  /** `iters` rounds of 12 multiply-adds on registers only: the machine's ceiling (bench). */
+  fma_peak(iters: number): number;
   /** First free byte after the kernels' own stack and data. */
   __heap_base: WebAssembly.Global;
   /** The instance's stack pointer (each thread's instance gets its own stack). */

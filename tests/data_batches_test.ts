@@ -43,15 +43,10 @@ for (const workers of [0, 2]) {
   });
 }
 
-/**
- * Runs imageBatches over 8 photos in batches of 2 with a consumer that, holding batch k,
- * calls `hold(k, counts)` before asking for the next; `counts` are the pool's started and
- * finished image loads so far (the pool's `run` is wrapped to count them).
- */
-async function consume(
-  prefetch: number,
-  hold: (k: number, counts: { started: number; finished: number }) => Promise<void>,
-): Promise<number> {
+/** Runs `body` with the pool's `run` wrapped to count the loads started and finished. */
+async function countingLoads<T>(
+  body: (counts: { started: number; finished: number }) => Promise<T>,
+): Promise<T> {
   const counts = { started: 0, finished: 0 };
   const original = PreprocessPool.prototype.run;
   PreprocessPool.prototype.run = async function (this: PreprocessPool, ...args) {
@@ -63,6 +58,22 @@ async function consume(
     }
   };
   try {
+    return await body(counts);
+  } finally {
+    PreprocessPool.prototype.run = original;
+  }
+}
+
+/**
+ * Runs imageBatches over 8 photos in batches of 2 with a consumer that, holding batch k,
+ * calls `hold(k, counts)` before asking for the next; `counts` are the pool's started and
+ * finished image loads so far.
+ */
+function consume(
+  prefetch: number,
+  hold: (k: number, counts: { started: number; finished: number }) => Promise<void>,
+): Promise<number> {
+  return countingLoads(async (counts) => {
     let k = 0;
     const inputs = [...photos, ...photos];
     for await (const _ of imageBatches(inputs, { size: 224, batch: 2, prefetch, workers: 1 })) {
@@ -70,9 +81,7 @@ async function consume(
       k++;
     }
     return k;
-  } finally {
-    PreprocessPool.prototype.run = original;
-  }
+  });
 }
 
 Deno.test("imageBatches prefetches: the next batch is prepared while the consumer works", async () => {
@@ -109,24 +118,12 @@ for (const workers of [0, 1]) {
   Deno.test(`breaking out of imageBatches (${workers} workers) waits for the loads it started`, async () => {
     // A decode still running when the program ends can crash the process (sharp's native
     // work outliving its thread): the loop's end must leave none running.
-    const counts = { started: 0, finished: 0 };
-    const original = PreprocessPool.prototype.run;
-    PreprocessPool.prototype.run = async function (this: PreprocessPool, ...args) {
-      counts.started++;
-      try {
-        return await original.apply(this, args);
-      } finally {
-        counts.finished++;
-      }
-    };
-    try {
+    await countingLoads(async (counts) => {
       const inputs = [...photos, ...photos];
       for await (const _ of imageBatches(inputs, { batch: 2, prefetch: 2, workers })) break;
       assert.ok(counts.started > 2, `prefetching started ${counts.started} loads`);
       assert.equal(counts.finished, counts.started, "loads still running after the loop");
-    } finally {
-      PreprocessPool.prototype.run = original;
-    }
+    });
   });
 }
 

@@ -315,6 +315,42 @@ Deno.test("plans the kernels cannot run take the TF.js executor", opts, () => {
   model.dispose();
 });
 
+Deno.test(
+  "a graph the engine refuses: one pool across calls, outputs larger than inputs",
+  opts,
+  async () => {
+    const { inferencePool } = await import("../lib/infer/pool.ts");
+    const saved = Deno.env.get("CONVNEXT_THREADS");
+    Deno.env.delete("CONVNEXT_THREADS");
+    // 6 cores: 6 threads for the engine, 4 for the TF.js executor this graph needs.
+    Object.defineProperty(navigator, "hardwareConcurrency", { value: 6, configurable: true });
+    const input = tf.input({ shape: [8, 8, 3] });
+    const conv = tf.layers.conv2d({ filters: 4, kernelSize: 3, padding: "same", name: "c3" });
+    const model = new ConvNeXtModel({
+      inputs: input,
+      outputs: conv.apply(input) as tf.SymbolicTensor,
+    });
+    const x = tf.randomNormal([2, 8, 8, 3], 0, 1, "float32", 7);
+    try {
+      const pools = [];
+      for (let call = 0; call < 3; call++) {
+        // Its output (8x8x4 per image) is larger than its input (8x8x3): the workers'
+        // buffers must make room for it.
+        assertClose(model, x, `call ${call + 1}`);
+        pools.push(inferencePool("tfjs"));
+      }
+      assert.equal(pools[0]?.threads, 4);
+      assert.ok(pools[1] === pools[0] && pools[2] === pools[0], "the pool restarted between calls");
+    } finally {
+      delete (navigator as { hardwareConcurrency?: number }).hardwareConcurrency;
+      if (saved !== undefined) Deno.env.set("CONVNEXT_THREADS", saved);
+      closeInferencePool();
+      tf.dispose(x);
+      model.dispose();
+    }
+  },
+);
+
 Deno.test("a block on bands of rows equals the block on the whole map", () => {
   const model = createConvNeXt(SMALL, { seed: 8 });
   randomizeWeights(model, 8);

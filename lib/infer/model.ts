@@ -230,10 +230,15 @@ export class ConvNeXtModel extends tf.LayersModel {
     }
     const batchSize = args?.batchSize ?? 32;
     let run: (chunk: tf.Tensor4D) => tf.Tensor;
-    const kernels = requestedExecutor() === "kernels" ? this.engine(plan) : null;
+    // Not once the engine has refused this graph: a pool for the engine, then one for TF.js,
+    // would restart the threads on every call where their counts differ.
+    const wantKernels = requestedExecutor() === "kernels" && this.engineError === undefined;
+    // The threads start before the weights are folded into the engine, so that they load
+    // meanwhile (on a first call both take a few hundred ms). The engine is independent of
+    // the TF.js backend: threads help on every backend.
+    const pool = wantKernels ? inferencePool("kernels") : null;
+    const kernels = wantKernels ? this.engine(plan) : null;
     if (kernels) {
-      // The engine is independent of the TF.js backend: threads help on every backend.
-      const pool = inferencePool("kernels");
       run = (chunk) => {
         const x = chunk.dataSync() as Float32Array;
         const { data, shape } = pool
@@ -243,9 +248,17 @@ export class ConvNeXtModel extends tf.LayersModel {
       };
     } else {
       const { weights, token } = this.folded(plan);
-      const pool = tf.getBackend() === "wasm" ? inferencePool("tfjs") : null;
-      run = (chunk) =>
-        pool ? pool.tfjs.run(plan, weights, token, chunk) : executePlan(plan, weights, chunk);
+      // A graph the engine does not take: the TF.js executor's pool (the same threads unless
+      // its cap of 4 is lower than the core count, when the pool restarts with fewer).
+      const tfjsPool = tf.getBackend() === "wasm" ? inferencePool("tfjs") : null;
+      run = (chunk) => {
+        if (!tfjsPool) return executePlan(plan, weights, chunk);
+        // The workers' buffers must hold their share of the output, which can be larger
+        // than the input (a graph that widens the channels without downsampling).
+        const out = this.computeOutputShape(chunk.shape) as number[];
+        const perImage = out.slice(1).reduce((a, b) => a * b, 1);
+        return tfjsPool.tfjs.run(plan, weights, token, chunk, perImage);
+      };
     }
     const cast = images.dtype === "float32" ? images : tf.cast(images, "float32");
     try {

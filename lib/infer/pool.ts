@@ -396,9 +396,17 @@ export class TfjsExecutor {
 
   /**
    * Run `plan` on `x` (`[batch, h, w, c]`) with every thread: a batch is split by images,
-   * a single image by rows. `token` identifies `weights` (a new token resends them).
+   * a single image by rows. `token` identifies `weights` (a new token resends them);
+   * `outFloats` is the output's size per image (default: the input's), for which the
+   * workers' buffers are made room.
    */
-  run(plan: Plan, weights: FoldedWeights, token: number, x: tf.Tensor4D): tf.Tensor {
+  run(
+    plan: Plan,
+    weights: FoldedWeights,
+    token: number,
+    x: tf.Tensor4D,
+    outFloats?: number,
+  ): tf.Tensor {
     this.sync(plan, weights, token);
     if (x.shape[0] === 1) {
       return executePlan(
@@ -408,10 +416,15 @@ export class TfjsExecutor {
         (slab, step, w) => this.runBlock(plan, token, slab, step, w),
       );
     }
-    return this.runBatch(plan, weights, x);
+    return this.runBatch(plan, weights, x, outFloats ?? x.size / x.shape[0]);
   }
 
-  private runBatch(plan: Plan, weights: FoldedWeights, x: tf.Tensor4D): tf.Tensor {
+  private runBatch(
+    plan: Plan,
+    weights: FoldedWeights,
+    x: tf.Tensor4D,
+    outFloats: number,
+  ): tf.Tensor {
     const n = x.shape[0];
     const shares = splitEven(n, this.pool.threads).filter((s) => s > 0);
     const busy: WorkerHandle[] = [];
@@ -421,8 +434,7 @@ export class TfjsExecutor {
       for (let i = 0; i < shares.length - 1; i++) {
         const part = tf.slice(x, [start, 0, 0, 0], [shares[i], -1, -1, -1]);
         const w = this.pool.workers[i];
-        // The output is no larger than the input for ConvNeXt plans; reserve() grows otherwise.
-        w.writeInput(part, part.size);
+        w.writeInput(part, shares[i] * outFloats);
         part.dispose();
         w.post(OP.RUN);
         busy.push(w);

@@ -417,6 +417,63 @@ Deno.test("convnext_tiny at 224, batch 2: optimized logits within 1e-4 of stock"
   model.dispose();
 });
 
-Deno.test("close the inference pool", opts, () => {
-  closeInferencePool();
+Deno.test({
+  name: "closing a pool resolves once its threads have left (not at terminate's request)",
+  ignore: Deno.build.os !== "linux", // counts the process's threads in /proc
+  ...opts,
+  fn: async () => {
+    // Deno's Worker.terminate() returns before the thread stops; the pool's close lets each
+    // idle thread leave on its own and resolves when it has.
+    const threads = () => [...Deno.readDirSync("/proc/self/task")].length;
+    const before = threads();
+    const pool = new InferencePool(4);
+    for (const w of pool.workers) w.waitStarted();
+    const running = threads();
+    await pool.close();
+    const after = threads();
+    const started = running - before;
+    assert.ok(started >= 3, `3 workers started ${started} threads`);
+    assert.ok(
+      after - before <= started / 2,
+      `${after - before} of the workers' ${started} threads are still there`,
+    );
+  },
+});
+
+Deno.test("a program's inference threads are gone before it unloads", opts, async () => {
+  // A thread still being torn down while the process exits can crash it: the pool stops its
+  // threads when the event loop runs dry, and the loop waits for them.
+  const script = await Deno.makeTempFile({ suffix: ".ts" });
+  const lib = new URL("../lib/", import.meta.url).href;
+  await Deno.writeTextFile(
+    script,
+    `import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { selectBackend } from "${lib}backend/select.ts";
+import { createConvNeXt } from "${lib}model/convnext.ts";
+import { inferencePool } from "${lib}infer/pool.ts";
+await selectBackend("wasm");
+const model = createConvNeXt({ kind: "hierarchical", depths: [1, 1, 1, 1], dims: [8, 16, 32, 64], layerScaleInit: 0.5 });
+tf.dispose(model.predict(tf.ones([2, 32, 32, 3])));
+let alive = inferencePool()!.workers.length;
+for (const w of inferencePool()!.workers) w.worker.on("exit", () => alive--);
+globalThis.addEventListener("unload", () => console.log("threads alive at unload:", alive));
+`,
+  );
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script],
+      env: { CONVNEXT_THREADS: "3" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(text, /threads alive at unload: 0\n/);
+  } finally {
+    await Deno.remove(script);
+  }
+});
+
+Deno.test("close the inference pool", opts, async () => {
+  await closeInferencePool();
 });

@@ -128,8 +128,8 @@ class WorkerHandle extends JobClient {
     return tf.tensor(data.slice(), shape, "float32");
   }
 
-  override close(): void {
-    super.close(OP.EXIT);
+  override close(): Promise<void> {
+    return super.close(OP.EXIT);
   }
 }
 
@@ -182,10 +182,13 @@ export class InferencePool {
     this.tfjs = new TfjsExecutor(this);
   }
 
-  /** Stop the worker threads. The pool cannot be used afterwards. */
-  close(): void {
+  /**
+   * Stop the worker threads; resolves once they have exited. The pool cannot be used
+   * afterwards.
+   */
+  close(): Promise<void> {
     this.tfjs.dropSlices();
-    for (const w of this.workers) w.close();
+    return Promise.all(this.workers.map((w) => w.close())).then(() => {});
   }
 }
 
@@ -609,9 +612,7 @@ export function inferencePool(executor: "kernels" | "tfjs" = "kernels"): Inferen
   if (threads < 2) return null;
   if (!shared) {
     shared = new InferencePool(threads, "wasm");
-    // Stop the threads before this isolate goes away (the end of a program, or of each test
-    // module under `deno test`) rather than have it torn down under them.
-    if (!unloadHooked) globalThis.addEventListener("unload", closeInferencePool);
+    if (!unloadHooked) hookUnload();
     unloadHooked = true;
   }
   return shared;
@@ -620,10 +621,25 @@ export function inferencePool(executor: "kernels" | "tfjs" = "kernels"): Inferen
 let unloadHooked = false;
 
 /**
- * Stop the shared pool's threads (the next parallel predict starts a new pool). Tests call
- * it to leave no threads behind; programs need not: the threads never keep a process alive.
+ * Stop the threads before the program ends rather than have the process torn down under
+ * them: when the event loop runs dry (`beforeunload`), close the pool and let the loop
+ * run until the threads have exited; `unload` is the last resort, where nothing can be
+ * awaited any more.
  */
-export function closeInferencePool(): void {
-  shared?.close();
+function hookUnload(): void {
+  globalThis.addEventListener("beforeunload", () => {
+    if (shared) void closeInferencePool();
+  });
+  globalThis.addEventListener("unload", () => void closeInferencePool());
+}
+
+/**
+ * Stop the shared pool's threads (the next parallel predict starts a new pool); resolves
+ * once they have exited. Tests call it to leave no threads behind; programs need not: the
+ * threads never keep a process alive, and they are stopped when the program ends.
+ */
+export function closeInferencePool(): Promise<void> {
+  const pool = shared;
   shared = null;
+  return pool ? pool.close() : Promise.resolve();
 }

@@ -90,8 +90,8 @@ class EngineWorker extends JobClient {
     this.checkStarted();
   }
 
-  override close(): void {
-    super.close(EOP.EXIT);
+  override close(): Promise<void> {
+    return super.close(EOP.EXIT);
   }
 }
 

@@ -88,8 +88,8 @@ class TrainWorker extends JobClient {
     this.input = new Float32Array(buffer);
   }
 
-  override close(): void {
-    super.close(TOP.EXIT);
+  override close(): Promise<void> {
+    return super.close(TOP.EXIT);
   }
 }
 

@@ -111,6 +111,9 @@ export class JobServer {
 
 type Port = InstanceType<typeof MessageChannel>["port1"];
 
+/** How long {@link JobClient.close} lets an idle worker take to leave before terminating it. */
+export const EXIT_WAIT_MS = 10_000;
+
 /** What a {@link JobClient} needs to start its worker. */
 export interface JobClientOptions {
   /** The worker module. */
@@ -137,6 +140,8 @@ export class JobClient {
   /** The worker thread. */
   readonly worker: Worker;
   private seq = 0;
+  /** The thread's exit once {@link close} was called. */
+  #closing: Promise<void> | null = null;
 
   constructor(ctrlSlots: number, protected readonly options: JobClientOptions) {
     this.ctrl = new Int32Array(new SharedArrayBuffer(ctrlSlots * 4));
@@ -196,11 +201,34 @@ export class JobClient {
     }
   }
 
-  /** Ends the worker: the exit job when it is running, then terminate. */
-  close(exitOp: number): void {
-    if (Atomics.load(this.ctrl, JOB_SLOTS.READY) === 1) this.post(exitOp);
-    this.worker.terminate();
+  /**
+   * Ends the worker: an idle running worker gets the exit job and leaves on its own (within
+   * {@link EXIT_WAIT_MS}, else it is terminated); one still starting or busy is terminated.
+   * Resolves once the thread has left, and the program does not end before: a thread torn
+   * down while the process exits can crash it (Deno's `terminate()` returns before the
+   * thread has stopped). Idempotent.
+   */
+  close(exitOp: number): Promise<void> {
+    if (this.#closing) return this.#closing;
     this.port.close();
+    const idle = Atomics.load(this.ctrl, JOB_SLOTS.DONE) === this.seq;
+    if (Atomics.load(this.ctrl, JOB_SLOTS.READY) !== 1 || !idle) {
+      this.worker.terminate();
+      return this.#closing = Promise.resolve();
+    }
+    this.#closing = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.worker.terminate();
+        resolve();
+      }, EXIT_WAIT_MS);
+      this.worker.once("exit", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    this.worker.ref(); // the program waits for the thread
+    this.post(exitOp);
+    return this.#closing;
   }
 }
 

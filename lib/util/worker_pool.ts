@@ -24,6 +24,9 @@ export type PoolReply =
  */
 const SLOTS_PER_WORKER = 2;
 
+/** How long {@link Float32WorkerPool.close} waits for started requests before terminating. */
+const CLOSE_WAIT_MS = 60_000;
+
 interface Pending {
   resolve: (data: Float32Array) => void;
   reject: (err: Error) => void;
@@ -103,16 +106,20 @@ export class Float32WorkerPool<R extends PoolRequest> {
   }
 
   /**
-   * Takes no more requests and rejects those still queued, lets the started ones finish,
-   * then terminates the workers. Resolves when all that is done (the same promise on every
-   * call).
+   * Takes no more requests and rejects those still queued, lets the started ones finish
+   * (for at most a minute), then terminates the workers. Resolves when all that is done
+   * (the same promise on every call).
    */
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
     const err = new Error(`${this.#options.name}: pool closed`);
     for (const { pending } of this.#queue) pending.reject(err);
     this.#queue = [];
-    this.#closing = Promise.allSettled([...this.#running]).then(() => {
+    // A request that never ends (it should not: reads and decodes) must not hang the caller.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const limit = new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_WAIT_MS));
+    this.#closing = Promise.race([Promise.allSettled([...this.#running]), limit]).then(() => {
+      clearTimeout(timer);
       for (const w of this.#workers) w.terminate();
     });
     return this.#closing;

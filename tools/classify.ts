@@ -138,4 +138,6 @@ try {
 } catch (e) {
   fail((e as Error).message.split("\n")[0], 1);
 }
-Deno.exit(failed > 0 ? 1 : 0);
+// Not Deno.exit: the program ends on its own, after the inference threads have stopped (a
+// thread torn down while the process exits can crash it).
+Deno.exitCode = failed > 0 ? 1 : 0;

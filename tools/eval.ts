@@ -156,12 +156,13 @@ try {
 
 const controller = new AbortController();
 let interrupts = 0;
-Deno.addSignalListener("SIGINT", () => {
+const onInterrupt = () => {
   // First Ctrl-C: finish the batch, save progress, stop. Second: stop now.
   if (++interrupts > 1) Deno.exit(130);
   console.error("\neval: stopping after this batch (Ctrl-C again to quit at once)");
   controller.abort();
-});
+};
+Deno.addSignalListener("SIGINT", onInterrupt);
 
 try {
   await selectBackend(backend);
@@ -205,4 +206,6 @@ try {
   if (e instanceof EvalAbortedError) fail(e.message, 130);
   fail(errorLine(e, "eval"), 1);
 }
-Deno.exit(0);
+// Not Deno.exit: the program ends on its own (the listener would keep it alive), after the
+// inference threads have stopped (a thread torn down while the process exits can crash it).
+Deno.removeSignalListener("SIGINT", onInterrupt);

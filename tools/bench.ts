@@ -248,38 +248,39 @@ if (import.meta.main) {
       paths[0],
     );
     for (const r of rows) console.log(JSON.stringify(r));
-    Deno.exit(0);
-  }
-  // With --json, stdout carries the JSON lines only.
-  (values.json ? console.error : console.log)(`machine: ${machineLine()}`);
-  const rows: BenchResult[] = [];
-  for (const arch of archs) {
-    for (const path of paths) {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          fileURLToPath(import.meta.url),
-          "--child",
-          `--model=${arch}`,
-          `--batch=${values.batch}`,
-          `--size=${size}`,
-          `--backend=${backend}`,
-          `--warmup=${warmup}`,
-          `--iters=${iters}`,
-          `--path=${path}`,
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output();
-      if (!out.success) fail(`measuring ${arch} (${path}) failed (exit ${out.code})`, 1);
-      for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-        if (!line.startsWith("{")) continue;
-        const r = JSON.parse(line) as BenchResult;
-        rows.push(r);
-        if (values.json) console.log(JSON.stringify(r));
+    // The child ends on its own (no Deno.exit): its inference threads stop first.
+  } else {
+    // With --json, stdout carries the JSON lines only.
+    (values.json ? console.error : console.log)(`machine: ${machineLine()}`);
+    const rows: BenchResult[] = [];
+    for (const arch of archs) {
+      for (const path of paths) {
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-A",
+            fileURLToPath(import.meta.url),
+            "--child",
+            `--model=${arch}`,
+            `--batch=${values.batch}`,
+            `--size=${size}`,
+            `--backend=${backend}`,
+            `--warmup=${warmup}`,
+            `--iters=${iters}`,
+            `--path=${path}`,
+          ],
+          stdout: "piped",
+          stderr: "inherit",
+        }).output();
+        if (!out.success) fail(`measuring ${arch} (${path}) failed (exit ${out.code})`, 1);
+        for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+          if (!line.startsWith("{")) continue;
+          const r = JSON.parse(line) as BenchResult;
+          rows.push(r);
+          if (values.json) console.log(JSON.stringify(r));
+        }
       }
     }
+    if (!values.json) console.log(table(rows));
   }
-  if (!values.json) console.log(table(rows));
 }

@@ -273,14 +273,14 @@ interface Run {
   peakRssMB: number;
 }
 
+/** Set in the runs `--path both` starts (they print no machine line of their own). */
+const CHILD_ENV = "CONVNEXT_BENCH_CHILD";
+
 /**
  * Both paths, each in a process of its own (so that each peak RSS is its own, and a stock
  * run that exhausts the wasm heap does not stop the engine's): their JSON lines, then the
  * speed-up of the engine over the stock path's best run.
  */
-/** Set in the runs `--path both` starts (they print no machine line of their own). */
-const CHILD_ENV = "CONVNEXT_BENCH_CHILD";
-
 async function bothPaths(args: BenchArgs): Promise<void> {
   const records: Record<string, unknown>[] = [];
   const argv = Deno.args.filter((a, i, all) =>

@@ -112,7 +112,7 @@ export class JobServer {
 type Port = InstanceType<typeof MessageChannel>["port1"];
 
 /** How long {@link JobClient.close} lets an idle worker take to leave before terminating it. */
-export const EXIT_WAIT_MS = 10_000;
+const EXIT_WAIT_MS = 10_000;
 
 /** What a {@link JobClient} needs to start its worker. */
 export interface JobClientOptions {

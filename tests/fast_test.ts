@@ -422,8 +422,9 @@ Deno.test({
   ignore: Deno.build.os !== "linux", // counts the process's threads in /proc
   ...opts,
   fn: async () => {
-    // Deno's Worker.terminate() returns before the thread stops; the pool's close lets each
-    // idle thread leave on its own and resolves when it has.
+    // Deno's Worker.terminate() returns before the thread stops, and a worker's "exit" event
+    // comes before its thread has dropped its isolate and runtime threads; the pool's close
+    // lets each idle thread leave on its own and resolves when it is gone.
     const threads = () => [...Deno.readDirSync("/proc/self/task")].length;
     const before = threads();
     const pool = new InferencePool(4);
@@ -433,8 +434,9 @@ Deno.test({
     const after = threads();
     const started = running - before;
     assert.ok(started >= 3, `3 workers started ${started} threads`);
+    // One thread of slack: the main runtime may start a blocking thread meanwhile.
     assert.ok(
-      after - before <= started / 2,
+      after - before <= 1,
       `${after - before} of the workers' ${started} threads are still there`,
     );
   },

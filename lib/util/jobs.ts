@@ -23,6 +23,11 @@ export const JOB_SLOTS = {
   OP: 4,
   /** Input shape `[n, h, w, c]` (4 slots). */
   SHAPE: 5,
+  /**
+   * The exit job's answer: the thread's Linux id, 0 where it cannot be read. Shares SHAPE's
+   * first slot, which no job reads once the worker leaves.
+   */
+  EXIT_TID: 5,
 } as const;
 
 /** The message port of a worker (structurally; node's and Deno's types differ). */
@@ -101,12 +106,42 @@ export class JobServer {
       } catch (e) {
         this.fail(JOB_SLOTS.STATUS, e);
       }
+      if (!more) Atomics.store(this.ctrl, JOB_SLOTS.EXIT_TID, threadId());
       Atomics.store(this.ctrl, JOB_SLOTS.DONE, seen);
       Atomics.notify(this.ctrl, JOB_SLOTS.DONE);
       if (!more) break;
     }
     this.port.close();
   }
+}
+
+/** This thread's Linux id, or 0 (another OS, or /proc not readable without asking). */
+function threadId(): number {
+  try {
+    if (Deno.permissions.querySync({ name: "read", path: "/proc" }).state !== "granted") return 0;
+    return Number(Deno.readLinkSync("/proc/thread-self").split("/").pop()) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Resolves once the thread `tid` is gone from /proc/self/task (polled; at most `limitMs`),
+ * at once for tid 0.
+ */
+function threadGone(tid: number, limitMs: number): Promise<void> {
+  const deadline = performance.now() + limitMs;
+  return new Promise((resolve) => {
+    const poll = () => {
+      let alive = false;
+      try {
+        if (tid > 0) alive = Deno.statSync(`/proc/self/task/${tid}`).isDirectory;
+      } catch { /* gone (or unreadable): either way nothing left to wait for */ }
+      if (!alive || performance.now() > deadline) resolve();
+      else setTimeout(poll, 2);
+    };
+    poll();
+  });
 }
 
 type Port = InstanceType<typeof MessageChannel>["port1"];
@@ -204,9 +239,10 @@ export class JobClient {
   /**
    * Ends the worker: an idle running worker gets the exit job and leaves on its own (within
    * {@link EXIT_WAIT_MS}, else it is terminated); one still starting or busy is terminated.
-   * Resolves once the thread has left, and the program does not end before: a thread torn
-   * down while the process exits can crash it (Deno's `terminate()` returns before the
-   * thread has stopped). Idempotent.
+   * Resolves once the thread has left (on Linux: once it is gone from /proc, since the exit
+   * event comes before the thread has torn down its isolate), and the program does not end
+   * before: a thread torn down while the process exits can crash it (Deno's `terminate()`
+   * returns before the thread has stopped). Idempotent.
    */
   close(exitOp: number): Promise<void> {
     if (this.#closing) return this.#closing;
@@ -223,7 +259,9 @@ export class JobClient {
       }, EXIT_WAIT_MS);
       this.worker.once("exit", () => {
         clearTimeout(timer);
-        resolve();
+        // "exit" arrives before the thread has dropped its V8 isolate and tokio runtime;
+        // the thread itself is gone only after that.
+        threadGone(Atomics.load(this.ctrl, JOB_SLOTS.EXIT_TID), EXIT_WAIT_MS).then(resolve);
       });
     });
     this.worker.ref(); // the program waits for the thread

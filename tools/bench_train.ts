@@ -1,46 +1,40 @@
 /**
  * Benchmark one training step (forward + backward + AdamW update, as the fine-tuning loop
- * does it) of a ConvNeXt on the wasm backend (or another), after warm-up, and print
- * milliseconds per step: first with the batch split over `--threads N` threads
- * (lib/train/parallel.ts; default: min(cores, batch), or CONVNEXT_TRAIN_THREADS), then on
- * the main thread alone, so that the speedup shows in one run.
+ * does it) of a ConvNeXt with random weights on random images, after warm-up, and print
+ * milliseconds per step and per image, on two paths:
+ *
+ * - `engine` (wasm and cpu; the default path of `finetune` there): the whole model on the
+ *   kernel engine (lib/train/engine_grads.ts), the batch split over `--threads N` threads
+ *   (default: one per core, at most the batch; or CONVNEXT_TRAIN_THREADS).
+ * - `stock`: TF.js's kernels with lib/backend/wasm_grads.ts; on wasm the batch split over
+ *   worker threads (lib/train/parallel.ts), then the main thread alone; on webgpu one
+ *   thread (every read asynchronous).
+ *
+ * `--path both` (the default on wasm and cpu) runs each path in a process of its own, so
+ * that each peak RSS is its own and a stock run that exhausts the 4 GiB wasm heap does not
+ * stop the engine's, then prints the engine's speed-up over the stock path's best run.
  *
  * Usage:
  *   deno task bench:train [--model convnext_tiny] [--batch 2] [--size 224] [--steps 3]
  *     [--warmup 1] [--classes 1000] [--backend wasm|cpu|webgpu] [--threads N]
- *     [--no-matmul-fix] [--profile] [--json]
+ *     [--path stock|engine|both] [--no-matmul-fix] [--profile] [--json]
  *
- * The backend is selected with lib/backend/select.ts (no silent fallback). On webgpu every
- * read is asynchronous and one thread runs (the worker split of lib/train/parallel.ts is for
- * wasm).
+ * The backend is selected with lib/backend/select.ts (no silent fallback).
  *
  * `--json` prints JSON lines only on stdout (the progress goes to stderr), one per measured
- * run: `{"model", "backend", "path", "threads", "batch", "size", "params", "msPerStep",
- * "minMsPerStep", "msPerImage", "cpuMsPerStep", "peakRssMB"}`, plus `"adapter"` on webgpu
- * (e.g. llvmpipe for Mesa's software Vulkan driver). `path` is "parallel" (the batch split
- * over worker threads) or "main" (the main thread alone); `peakRssMB` is the process's peak
- * resident memory during the run (VmHWM, reset before the run where Linux allows).
- *
- * `--threads 1` measures the single-threaded step only. The multi-threaded run goes first:
- * a batch too large for one wasm heap can abort the single-threaded run (reported), and an
- * aborted wasm instance cannot run anything afterwards.
+ * run: `{"model", "backend", "path", "threads", "batch", "size", "msPerStep",
+ * "minMsPerStep", "msPerImage", "peakRssMB"}`; the stock path's lines add `"split"`
+ * ("parallel": over worker threads, "main": the main thread alone), `"params"` and
+ * `"cpuMsPerStep"`, `"matMulFix"` on wasm and `"adapter"` on webgpu (e.g. llvmpipe for Mesa's software Vulkan
+ * driver). `peakRssMB` is the process's peak resident memory (VmHWM).
  *
  * `--no-matmul-fix` keeps wasm's own BatchMatMul/_FusedMatMul (transpose flags passed
- * down) to measure what the fix is worth; `--profile` prints the kernels that took the
- * most time in one step. Wall time on a shared machine includes waiting for a core, so the
- * process CPU time per step is printed too.
+ * down) to measure what the fix is worth; `--profile` prints the stock path's kernels that
+ * took the most time in one step. Wall time on a shared machine includes waiting for a
+ * core, so the stock path prints the process CPU time per step too.
  *
- * The wasm heap is capped at 4 GiB and never shrinks: convnext_tiny at 224 peaks at about
- * 2.5 GiB at batch 2 (with the Identity sharing of lib/backend/share_data.ts; 3.2 GiB
- * without), batch 3 at 3.3 GiB; batch 4 runs one step at 3.9 GiB and aborts ("Aborted()") in
- * the next. With 2 threads each heap holds the activations of half the batch: batch 4 then
- * runs (main heap 2.7 GiB).
- *
- * Measured on the 2-core development machine (AMD EPYC VM, otherwise idle), convnext_tiny
- * 224: batch 2, 1 thread 5.0 to 5.6 s/step, 2 threads 4.4 to 4.7 s/step (about 1.2x: each
- * thread's shard runs 20 to 50 % slower while the other core is busy, though plain
- * compute and memory copies scale 2x there); batch 4, 2 threads 7.1 to 8.0 s/step (1 thread
- * aborts).
+ * Figures for convnext_tiny at 224 on the 2-core development machine are in the README
+ * (Fine-tuning): the engine at 676-741 ms/image with 2 threads, the stock path at ~2100.
  *
  * @example
  * ```sh
@@ -96,11 +90,12 @@ const HELP: CommandHelp = {
   synopsis: "[flags]",
   about: `
 Time one training step (forward, backward and the AdamW update, as fine-tuning does it) of a
-ConvNeXt architecture with random weights on random images, after warm-up. On wasm the batch is
-first split over worker threads, then run on the main thread alone, so the speedup shows in one
-run. Wall time on a shared machine includes waiting for a core: the process CPU time per step and a
-reference matmul speed are printed too. The wasm heap is capped at 4 GiB (convnext_tiny at 224:
-batch 2 on one thread, batch 4 on two).`,
+ConvNeXt architecture with random weights on random images, after warm-up, on the kernel engine
+("engine", wasm and cpu) and on TF.js's kernels ("stock"), each in its own process, then the
+engine's speed-up. The stock path on wasm splits the batch over worker threads, then runs it on
+the main thread alone; its wasm heap is capped at 4 GiB (convnext_tiny at 224: batch 2 on one
+thread, batch 4 on two). Wall time on a shared machine includes waiting for a core: the stock path
+prints the process CPU time per step and a reference matmul speed too.`,
   flags: {
     model: { value: "ARCH", help: "architecture, random weights" },
     batch: { value: "N", help: "images per step", default: "2" },
@@ -110,7 +105,7 @@ batch 2 on one thread, batch 4 on two).`,
     classes: { value: "N", help: "width of the classifier head", default: "1000" },
     threads: {
       value: "N",
-      help: "threads of the split run on wasm (1: the main thread only)",
+      help: "threads of the engine, and of the stock path's split run (1: the main thread only)",
       default: "min(cores, batch)",
     },
     backend: {

@@ -24,9 +24,9 @@
  * `--json` prints JSON lines only on stdout (the progress goes to stderr), one per measured
  * run: `{"model", "backend", "path", "threads", "batch", "size", "msPerStep",
  * "minMsPerStep", "msPerImage", "peakRssMB"}`; the stock path's lines add `"split"`
- * ("parallel": over worker threads, "main": the main thread alone), `"params"` and
- * `"cpuMsPerStep"`, `"matMulFix"` on wasm and `"adapter"` on webgpu (e.g. llvmpipe for Mesa's software Vulkan
- * driver). `peakRssMB` is the process's peak resident memory (VmHWM).
+ * ("parallel": over worker threads, "main": the main thread alone), `"params"`,
+ * `"cpuMsPerStep"`, `"matMulFix"` on wasm and `"adapter"` on webgpu (e.g. llvmpipe for
+ * Mesa's software Vulkan driver). `peakRssMB` is the process's peak resident memory (VmHWM).
  *
  * `--no-matmul-fix` keeps wasm's own BatchMatMul/_FusedMatMul (transpose flags passed
  * down) to measure what the fix is worth; `--profile` prints the stock path's kernels that

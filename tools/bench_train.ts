@@ -52,7 +52,12 @@ import { createConvNeXt } from "../lib/model/convnext.ts";
 import { crossEntropy } from "../lib/train/losses.ts";
 import { AdamW, modelParams } from "../lib/train/optimizer.ts";
 import { ParallelGradients, trainThreads } from "../lib/train/parallel.ts";
-import { runTrainBench, speedupLine, type TrainBenchRecord } from "../lib/train/engine_bench.ts";
+import {
+  peakRssMB,
+  runTrainBench,
+  speedupLine,
+  type TrainBenchRecord,
+} from "../lib/train/engine_bench.ts";
 import { machineLine } from "../lib/util/machine.ts";
 import {
   architectureFlag,
@@ -241,17 +246,6 @@ function resetPeakRss(): boolean {
   }
 }
 
-/** The process's peak resident memory in MB (VmHWM, Linux; else the current RSS). */
-function peakRssMB(): number {
-  try {
-    const line = Deno.readTextFileSync("/proc/self/status").split("\n").find((l) =>
-      l.startsWith("VmHWM:")
-    );
-    if (line) return Math.round(Number(line.split(/\s+/)[1]) / 1024);
-  } catch { /* not Linux */ }
-  return Math.round(Deno.memoryUsage().rss / 2 ** 20);
-}
-
 function heapMiB(): string {
   const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array } }).wasm;
   return wasm ? `${(wasm.HEAPU8.buffer.byteLength / 2 ** 20).toFixed(0)} MiB` : "n/a";
@@ -264,8 +258,8 @@ interface Run {
   min: number;
   /** Mean process CPU time per step, ms (NaN where /proc is missing). */
   cpu: number;
-  /** The process's peak resident memory during the run, MB. */
-  peakRssMB: number;
+  /** The process's peak resident memory during the run, MB (null where unknown). */
+  peakRssMB: number | null;
 }
 
 /** Set in the runs `--path both` starts (they print no machine line of their own). */
@@ -341,15 +335,37 @@ async function main(): Promise<void> {
   }
   if (backend === "webgpu") installWebGpuTrainingKernels();
   if (args.path === "engine") return await enginePath(args, log);
-  const adapter = backend === "webgpu" ? webGpuAdapterInfo() ?? null : null;
+  await stockPath(args, log);
+}
 
-  let t0 = performance.now();
+/** The stock path's model, batch and optimizer, and the worker split while it runs. */
+interface StockBench {
+  args: BenchArgs;
+  log: (line: string) => void;
+  model: tf.LayersModel;
+  /** Parameter count. */
+  params: number;
+  /** The WebGPU adapter, or null on other backends. */
+  adapter: ReturnType<typeof webGpuAdapterInfo> | null;
+  x: tf.Tensor;
+  labelIds: Int32Array;
+  labels: tf.Tensor;
+  trained: ReturnType<typeof modelParams>;
+  optimizer: AdamW;
+  /** The batch split over worker threads, while the multi-threaded run goes on. */
+  parallel: ParallelGradients | null;
+}
+
+/** Builds the stock path's model and batch on the selected backend. */
+function stockBench(args: BenchArgs, log: (line: string) => void): StockBench {
+  const t0 = performance.now();
   const model = createConvNeXt(args.model, {
     inputShape: [args.size, args.size, 3],
     numClasses: args.classes,
     seed: 0,
   });
   const params = model.countParams();
+  const adapter = args.backend === "webgpu" ? webGpuAdapterInfo() ?? null : null;
   log(
     `${args.model}: ${(params / 1e6).toFixed(1)} M parameters, built in ${
       ((performance.now() - t0) / 1000).toFixed(1)
@@ -359,115 +375,131 @@ async function main(): Promise<void> {
       args.backend === "wasm" ? (args.matMulFix ? "on" : "off") : "n/a"
     }`,
   );
-
-  const x = tf.randomUniform([args.batch, args.size, args.size, 3], -1, 1, "float32", 1);
   const labelIds = Int32Array.from({ length: args.batch }, (_, i) => i % args.classes);
-  const labels = tf.tensor1d(labelIds, "int32");
   const trained = modelParams(model, { weightDecay: 0.05 });
-  const optimizer = new AdamW(trained);
-  let parallel: ParallelGradients | null = null;
-  // The fine-tuning loop's step: loss gradients (split over threads or not), then AdamW.
-  // The loss is read (asynchronously) after the update is queued, so that on webgpu the
-  // read waits for the whole step.
-  const step = async (): Promise<number> => {
-    let loss: number | tf.Tensor;
-    let grads: Map<string, tf.Tensor>;
-    if (parallel) {
-      ({ loss, grads } = parallel.gradients(x, labelIds));
-    } else {
-      const r = tf.variableGrads(
-        () => crossEntropy(model.apply(x, { training: true }) as tf.Tensor, labels),
-        optimizer.variables,
-      );
-      loss = r.value;
-      grads = new Map(trained.map((p) => [p.name, r.grads[p.variable.name]]));
-    }
-    optimizer.step(grads, 1e-4);
-    tf.dispose([...grads.values()]);
-    if (typeof loss === "number") return loss;
-    const value = (await loss.data())[0];
-    loss.dispose();
-    return value;
+  return {
+    args,
+    log,
+    model,
+    params,
+    adapter,
+    x: tf.randomUniform([args.batch, args.size, args.size, 3], -1, 1, "float32", 1),
+    labelIds,
+    labels: tf.tensor1d(labelIds, "int32"),
+    trained,
+    optimizer: new AdamW(trained),
+    parallel: null,
   };
+}
 
-  const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-  /** Warm-up, then timed steps: mean and min ms/step, CPU ms/step, peak resident MB. */
-  const measure = async (label: string): Promise<Run> => {
-    log(`-- ${label}`);
-    resetPeakRss();
-    for (let i = 0; i < args.warmup; i++) {
-      t0 = performance.now();
-      const loss = await step();
-      log(
-        `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
-          loss.toFixed(4)
-        }, heap ${heapMiB()})`,
-      );
-    }
-    const gmacsBefore = await matmulGmacs();
-    const times: number[] = [];
-    const cpuTimes: number[] = [];
-    for (let i = 0; i < args.steps; i++) {
-      const cpu0 = processCpuMs();
-      t0 = performance.now();
-      const loss = await step();
-      times.push(performance.now() - t0);
-      const cpu1 = processCpuMs();
-      const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
-      cpuTimes.push(cpu);
-      const t = parallel?.timings;
-      const split = t
-        ? `; main shard ${t.own.toFixed(0)} ms, then waited ${
-          t.wait.toFixed(0)
-        } ms for the workers, weights out ${t.publish.toFixed(0)} ms, gradient sum ${
-          t.sum.toFixed(0)
-        } ms`
-        : "";
-      log(
-        `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
-          loss.toFixed(4)
-        }${split})`,
-      );
-    }
-    // Process CPU time counts every thread of the process, workers included.
-    log(
-      `${label}: mean ${mean(times).toFixed(0)} ms/step, min ${
-        Math.min(...times).toFixed(0)
-      } ms; ` +
-        `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
-        `${tf.memory().numTensors} tensors, main heap ${heapMiB()}`,
+/**
+ * The fine-tuning loop's step: loss gradients (split over threads or not), then AdamW. The
+ * loss is read (asynchronously) after the update is queued, so that on webgpu the read
+ * waits for the whole step.
+ */
+async function stockStep(b: StockBench): Promise<number> {
+  let loss: number | tf.Tensor;
+  let grads: Map<string, tf.Tensor>;
+  if (b.parallel) {
+    ({ loss, grads } = b.parallel.gradients(b.x, b.labelIds));
+  } else {
+    const r = tf.variableGrads(
+      () => crossEntropy(b.model.apply(b.x, { training: true }) as tf.Tensor, b.labels),
+      b.optimizer.variables,
     );
-    const peak = peakRssMB();
-    log(
-      `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
-        (await matmulGmacs()).toFixed(1)
-      } after (lower means a busier machine); peak RSS ${peak} MB`,
-    );
-    return { mean: mean(times), min: Math.min(...times), cpu: mean(cpuTimes), peakRssMB: peak };
-  };
-  /** The JSON line of one run (--json). */
-  const jsonLine = (path: "parallel" | "main", threads: number, run: Run) => {
-    const round = (v: number) => Number.isFinite(v) ? Math.round(v) : null;
-    console.log(JSON.stringify({
-      model: args.model,
-      backend: args.backend,
-      ...(adapter !== null ? { adapter } : {}),
-      path: "stock",
-      // The stock path's batch split over worker threads ("threads") or the main thread alone.
-      split: path,
-      threads,
-      batch: args.batch,
-      size: args.size,
-      params,
-      msPerStep: round(run.mean),
-      minMsPerStep: round(run.min),
-      msPerImage: Math.round((run.mean / args.batch) * 10) / 10,
-      cpuMsPerStep: round(run.cpu),
-      peakRssMB: run.peakRssMB,
-      ...(args.backend === "wasm" ? { matMulFix: args.matMulFix } : {}),
-    }));
-  };
+    loss = r.value;
+    grads = new Map(b.trained.map((p) => [p.name, r.grads[p.variable.name]]));
+  }
+  b.optimizer.step(grads, 1e-4);
+  tf.dispose([...grads.values()]);
+  if (typeof loss === "number") return loss;
+  const value = (await loss.data())[0];
+  loss.dispose();
+  return value;
+}
 
+const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+
+/** Warm-up, then timed steps: mean and min ms/step, CPU ms/step, peak resident MB. */
+async function measure(b: StockBench, label: string): Promise<Run> {
+  const { args, log } = b;
+  log(`-- ${label}`);
+  resetPeakRss();
+  for (let i = 0; i < args.warmup; i++) {
+    const t0 = performance.now();
+    const loss = await stockStep(b);
+    log(
+      `warm-up ${i + 1}: ${(performance.now() - t0).toFixed(0)} ms (loss ${
+        loss.toFixed(4)
+      }, heap ${heapMiB()})`,
+    );
+  }
+  const gmacsBefore = await matmulGmacs();
+  const times: number[] = [];
+  const cpuTimes: number[] = [];
+  for (let i = 0; i < args.steps; i++) {
+    const cpu0 = processCpuMs();
+    const t0 = performance.now();
+    const loss = await stockStep(b);
+    times.push(performance.now() - t0);
+    const cpu1 = processCpuMs();
+    const cpu = cpu0 != null && cpu1 != null ? cpu1 - cpu0 : NaN;
+    cpuTimes.push(cpu);
+    const t = b.parallel?.timings;
+    const split = t
+      ? `; main shard ${t.own.toFixed(0)} ms, then waited ${
+        t.wait.toFixed(0)
+      } ms for the workers, weights out ${t.publish.toFixed(0)} ms, gradient sum ${
+        t.sum.toFixed(0)
+      } ms`
+      : "";
+    log(
+      `step ${i + 1}: ${times[i].toFixed(0)} ms (process CPU ${cpu.toFixed(0)} ms, loss ${
+        loss.toFixed(4)
+      }${split})`,
+    );
+  }
+  // Process CPU time counts every thread of the process, workers included.
+  log(
+    `${label}: mean ${mean(times).toFixed(0)} ms/step, min ${Math.min(...times).toFixed(0)} ms; ` +
+      `process CPU mean ${mean(cpuTimes).toFixed(0)} ms/step; ` +
+      `${tf.memory().numTensors} tensors, main heap ${heapMiB()}`,
+  );
+  const peak = peakRssMB();
+  log(
+    `reference matmul: ${gmacsBefore.toFixed(1)} GMAC/s before the steps, ${
+      (await matmulGmacs()).toFixed(1)
+    } after (lower means a busier machine); peak RSS ${peak ?? "n/a"} MB`,
+  );
+  return { mean: mean(times), min: Math.min(...times), cpu: mean(cpuTimes), peakRssMB: peak };
+}
+
+/** The JSON line of one stock run (--json). */
+function jsonLine(b: StockBench, split: "parallel" | "main", threads: number, run: Run): void {
+  const { args } = b;
+  const round = (v: number) => Number.isFinite(v) ? Math.round(v) : null;
+  console.log(JSON.stringify({
+    model: args.model,
+    backend: args.backend,
+    ...(b.adapter !== null ? { adapter: b.adapter } : {}),
+    path: "stock",
+    // The stock path's batch split over worker threads ("parallel") or the main thread alone.
+    split,
+    threads,
+    batch: args.batch,
+    size: args.size,
+    params: b.params,
+    msPerStep: round(run.mean),
+    minMsPerStep: round(run.min),
+    msPerImage: Math.round((run.mean / args.batch) * 10) / 10,
+    cpuMsPerStep: round(run.cpu),
+    peakRssMB: run.peakRssMB,
+    ...(args.backend === "wasm" ? { matMulFix: args.matMulFix } : {}),
+  }));
+}
+
+/** The stock path's runs: split over threads (wasm), then the main thread alone. */
+async function stockPath(args: BenchArgs, log: (line: string) => void): Promise<void> {
   if (args.backend === "webgpu" && (args.threads ?? 1) > 1) {
     throw new Error("bench_train: --backend webgpu runs one thread (the worker split is for wasm)");
   }
@@ -476,27 +508,28 @@ async function main(): Promise<void> {
   if (threads > 1 && !args.matMulFix) {
     throw new Error("bench_train: --no-matmul-fix measures one thread only; add --threads 1");
   }
+  const b = stockBench(args, log);
   let multi: Run | null = null;
   if (threads > 1) {
-    t0 = performance.now();
-    parallel = await ParallelGradients.start(model, trained, { threads });
+    const t0 = performance.now();
+    b.parallel = await ParallelGradients.start(b.model, b.trained, { threads });
     log(
       `${threads - 1} worker thread(s) started in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s`,
     );
     try {
-      multi = await measure(`${threads} threads`);
-      if (args.json) jsonLine("parallel", threads, multi);
+      multi = await measure(b, `${threads} threads`);
+      if (args.json) jsonLine(b, "parallel", threads, multi);
     } finally {
-      parallel.close();
-      parallel = null;
+      b.parallel.close();
+      b.parallel = null;
     }
   }
   let single: Run | null = null;
   try {
-    single = await measure("1 thread");
-    if (args.json) jsonLine("main", 1, single);
+    single = await measure(b, "1 thread");
+    if (args.json) jsonLine(b, "main", 1, single);
   } catch (e) {
     if (!multi) throw e;
     log(`1 thread: failed: ${(e as Error).message?.split("\n")[0] ?? e}`);
@@ -509,34 +542,34 @@ async function main(): Promise<void> {
         (single ? `, speedup ${(single.mean / multi.mean).toFixed(2)}x` : ""),
     );
   }
+  if (args.profile) await profileStep(b);
+}
 
-  if (args.profile) {
-    const start = performance.now();
-    const info = await tf.profile(async () => {
-      await step();
-    });
-    const wall = performance.now() - start;
-    const byKernel = new Map<string, { ms: number; calls: number }>();
-    for (const k of info.kernels) {
-      const e = byKernel.get(k.name) ?? { ms: 0, calls: 0 };
-      e.ms += typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0;
-      e.calls++;
-      byKernel.set(k.name, e);
-    }
-    const top = [...byKernel.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 20);
-    // Ops that wrap a kernel (names ending in "__op") are listed by tf.profile as well.
-    const kernelMs = [...byKernel.entries()].filter(([n]) => !n.endsWith("__op"))
-      .reduce((acc, [, e]) => acc + e.ms, 0);
-    log(
-      `profiled step: ${wall.toFixed(0)} ms wall (profiling adds overhead), ` +
-        `${kernelMs.toFixed(0)} ms in kernels, ${info.kernels.length} kernel calls`,
-    );
-    log("kernel                               ms   calls");
-    for (const [name, e] of top) {
-      log(
-        `${name.padEnd(34)} ${e.ms.toFixed(0).padStart(6)} ${String(e.calls).padStart(7)}`,
-      );
-    }
+/** `--profile`: the kernels that took the most time in one step (tf.profile). */
+async function profileStep(b: StockBench): Promise<void> {
+  const start = performance.now();
+  const info = await tf.profile(async () => {
+    await stockStep(b);
+  });
+  const wall = performance.now() - start;
+  const byKernel = new Map<string, { ms: number; calls: number }>();
+  for (const k of info.kernels) {
+    const e = byKernel.get(k.name) ?? { ms: 0, calls: 0 };
+    e.ms += typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0;
+    e.calls++;
+    byKernel.set(k.name, e);
+  }
+  const top = [...byKernel.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 20);
+  // Ops that wrap a kernel (names ending in "__op") are listed by tf.profile as well.
+  const kernelMs = [...byKernel.entries()].filter(([n]) => !n.endsWith("__op"))
+    .reduce((acc, [, e]) => acc + e.ms, 0);
+  b.log(
+    `profiled step: ${wall.toFixed(0)} ms wall (profiling adds overhead), ` +
+      `${kernelMs.toFixed(0)} ms in kernels, ${info.kernels.length} kernel calls`,
+  );
+  b.log("kernel                               ms   calls");
+  for (const [name, e] of top) {
+    b.log(`${name.padEnd(34)} ${e.ms.toFixed(0).padStart(6)} ${String(e.calls).padStart(7)}`);
   }
 }
 

@@ -134,12 +134,8 @@ function inferenceStage(b: Bench, c: number, side: number): Measurement[] {
   ];
 }
 
-/**
- * The training block of a stage on {@link TRAIN_IMAGES} images (with layer scale, no drop
- * path), forward and backward, and its six pointwise matmuls alone, tile by tile as the
- * block runs them: two forward, and per layer the weight and the input gradient.
- */
-function trainingStage(b: Bench, c: number, side: number): Measurement[] {
+/** A training block's buffers in engine memory (random weights and input). */
+function trainingBuffers(b: Bench, c: number, side: number) {
   const { engine } = b;
   const k = trainKernels(engine);
   const n = TRAIN_IMAGES, tile = trainTile(c), hidden = 4 * c, m = n * side * side;
@@ -157,72 +153,77 @@ function trainingStage(b: Bench, c: number, side: number): Measurement[] {
   k.pack_bt(w2, hidden, c, w2tp);
   const dwflip = alloc(49 * c);
   k.dw_flip(dww, 7, c, dwflip);
-  const scratch = alloc(k.block_train_scratch(side, c, tile));
   const [y, u, out, dout, dy] = [1, 2, 3, 4, 5].map(() => alloc(m * c));
-  const stats = alloc(2 * m), h = alloc(m * hidden);
   // The gradients' pointers, in kernels.c's block_grads order.
   const gradSizes = [49 * c, c, c, c, c * hidden, hidden, c * hidden, c, c];
   const grads = alloc(gradSizes.length);
   new Int32Array(engine.memory.buffer, grads, gradSizes.length).set(gradSizes.map(alloc));
-  const d = b.values(m * c);
+  return {
+    k,
+    n,
+    tile,
+    hidden,
+    m,
+    own,
+    ptr: {
+      x,
+      dww,
+      dwb,
+      gamma,
+      beta,
+      ls,
+      b1,
+      b2,
+      w1p,
+      w2p,
+      w1tp,
+      w2tp,
+      dwflip,
+      y,
+      u,
+      out,
+      dout,
+      dy,
+    },
+    grads,
+    scratch: alloc(k.block_train_scratch(side, c, tile)),
+    stats: alloc(2 * m),
+    h: alloc(m * hidden),
+    pack: alloc(Math.max(k.gemm_scratch(hidden), k.gemm_tn_scratch(hidden))),
+    gw: alloc(c * hidden),
+  };
+}
+
+/**
+ * The training block of a stage on {@link TRAIN_IMAGES} images (with layer scale, no drop
+ * path), forward and backward, and its six pointwise matmuls alone, tile by tile as the
+ * block runs them: two forward, and per layer the weight and the input gradient.
+ */
+function trainingStage(b: Bench, c: number, side: number): Measurement[] {
+  const t = trainingBuffers(b, c, side);
+  const { k, n, tile, hidden, m, h, pack, gw } = t;
+  const { x, y, u, dy, dout, w1p, w2p, w1tp, w2tp } = t.ptr;
+  const shape = [n, side, side, c, 7];
+  const layers = [t.ptr.gamma, t.ptr.beta];
+  const saved = [y, t.stats, h, u];
   const fwd = b.best(() =>
     k.block_fwd_train(
       x,
-      n,
-      side,
-      side,
-      c,
-      7,
-      dww,
-      dwb,
-      1e-6,
-      gamma,
-      beta,
-      w1p,
-      b1,
-      w2p,
-      b2,
-      ls,
-      0,
-      tile,
-      scratch,
-      y,
-      stats,
-      h,
-      u,
-      out,
+      ...shape,
+      ...[t.ptr.dww, t.ptr.dwb, 1e-6, ...layers, w1p, t.ptr.b1, w2p, t.ptr.b2, t.ptr.ls, 0],
+      ...[tile, t.scratch, ...saved, t.ptr.out],
     )
   );
+  const d = b.values(m * c);
   const bwd = b.best(() => {
-    new Float32Array(engine.memory.buffer, dout, m * c).set(d); // the kernel works in place
+    new Float32Array(b.engine.memory.buffer, dout, m * c).set(d); // the kernel works in place
     k.block_bwd_train(
       x,
-      n,
-      side,
-      side,
-      c,
-      7,
-      dwflip,
-      gamma,
-      beta,
-      w1tp,
-      w2tp,
-      ls,
-      0,
-      y,
-      stats,
-      h,
-      u,
-      dout,
-      dy,
-      tile,
-      scratch,
-      grads,
-      1,
+      ...shape,
+      ...[t.ptr.dwflip, ...layers, w1tp, w2tp, t.ptr.ls, 0, ...saved],
+      ...[dout, dy, tile, t.scratch, t.grads, 1],
     );
   });
-  const pack = alloc(Math.max(k.gemm_scratch(hidden), k.gemm_tn_scratch(hidden)));
-  const gw = alloc(c * hidden);
   const mms = b.best(() => {
     for (let p = 0; p < m; p += tile) {
       const rows = Math.min(tile, m - p), zt = x + 4 * p * c, ht = h + 4 * p * hidden;
@@ -234,18 +235,19 @@ function trainingStage(b: Bench, c: number, side: number): Measurement[] {
       k.gemm(ht, hidden, rows, hidden, w1tp, c, 0, dy + 4 * p * c, c, 0, 0, 0, pack);
     }
   });
-  for (const p of own) engine.free(p);
+  for (const p of t.own) b.engine.free(p);
   const matmul = 2 * m * c * hidden, dw = 2 * 49 * m * c;
+  const line = (kernel: string, ms: number, flops: number): Measurement => ({
+    kernel,
+    images: n,
+    tile,
+    ms,
+    gflops: gflops(flops, ms),
+  });
   return [
-    { kernel: "train-forward", images: n, tile, ms: fwd, gflops: gflops(2 * matmul + dw, fwd) },
-    {
-      kernel: "train-backward",
-      images: n,
-      tile,
-      ms: bwd,
-      gflops: gflops(4 * matmul + 2 * dw, bwd),
-    },
-    { kernel: "train-matmuls", images: n, tile, ms: mms, gflops: gflops(6 * matmul, mms) },
+    line("train-forward", fwd, 2 * matmul + dw),
+    line("train-backward", bwd, 4 * matmul + 2 * dw),
+    line("train-matmuls", mms, 6 * matmul),
   ];
 }
 

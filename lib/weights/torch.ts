@@ -306,6 +306,30 @@ async function readFromZip(
   });
   const refs = selectStateDict(obj, options.key, label);
   // Read each storage once, materialise the tensors that view it, then drop its bytes.
+  const byStorage = groupByStorage(refs, label);
+  checkAgainstArchive(zip, root, refs, byStorage, label);
+  const tensors = new Map<string, TensorData>();
+  for (const [key, tensorNames] of byStorage) {
+    const entry = `${root}/data/${key}`;
+    const storage = refs.get(tensorNames[0])!.storage;
+    const bytes = await zip.read(entry, { verifyCrc });
+    const need = storage.numel * DTYPE_SIZE[storage.dtype];
+    if (bytes.length < need) {
+      throw new Error(`${label}: storage "${entry}" has ${bytes.length} bytes, expected ${need}`);
+    }
+    const values = decodeToFloat32(bytes, storage.dtype, storage.numel, bigEndian);
+    for (const name of tensorNames) {
+      tensors.set(name, materialize(refs.get(name)!, values, `${label}: tensor ${quote(name)}`));
+    }
+  }
+  // Keep the checkpoint's key order.
+  const out: StateDict = new Map();
+  for (const name of refs.keys()) out.set(name, tensors.get(name)!);
+  return out;
+}
+
+/** The tensors' names by the storage they view; a storage declared twice differently throws. */
+function groupByStorage(refs: Map<string, TensorRef>, label: string): Map<string, string[]> {
   const byStorage = new Map<string, string[]>();
   for (const [name, t] of refs) {
     const list = byStorage.get(t.storage.key) ?? [];
@@ -319,8 +343,21 @@ async function readFromZip(
     list.push(name);
     byStorage.set(t.storage.key, list);
   }
-  // Everything is checked against what the archive holds before any storage is read or
-  // any tensor allocated: a hostile file must fail for the price of its pickle.
+  return byStorage;
+}
+
+/**
+ * Checks everything against what the archive holds before any storage is read or any
+ * tensor allocated, so that a hostile file fails for the price of its pickle: every storage
+ * entry present and large enough, and the views copying at most twice the storages' data.
+ */
+function checkAgainstArchive(
+  zip: ZipArchive,
+  root: string,
+  refs: Map<string, TensorRef>,
+  byStorage: Map<string, string[]>,
+  label: string,
+): void {
   let storageElements = 0;
   for (const [key, tensorNames] of byStorage) {
     const storage = refs.get(tensorNames[0])!.storage;
@@ -350,24 +387,6 @@ async function readFromZip(
       );
     }
   }
-  const tensors = new Map<string, TensorData>();
-  for (const [key, tensorNames] of byStorage) {
-    const entry = `${root}/data/${key}`;
-    const storage = refs.get(tensorNames[0])!.storage;
-    const bytes = await zip.read(entry, { verifyCrc });
-    const need = storage.numel * DTYPE_SIZE[storage.dtype];
-    if (bytes.length < need) {
-      throw new Error(`${label}: storage "${entry}" has ${bytes.length} bytes, expected ${need}`);
-    }
-    const values = decodeToFloat32(bytes, storage.dtype, storage.numel, bigEndian);
-    for (const name of tensorNames) {
-      tensors.set(name, materialize(refs.get(name)!, values, `${label}: tensor ${quote(name)}`));
-    }
-  }
-  // Keep the checkpoint's key order.
-  const out: StateDict = new Map();
-  for (const name of refs.keys()) out.set(name, tensors.get(name)!);
-  return out;
 }
 
 function tensorEntries(m: Map<unknown, unknown>): Map<string, TensorRef> {

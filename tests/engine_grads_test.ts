@@ -140,6 +140,10 @@ async function compare(c: Case, backend: "cpu" | "wasm"): Promise<void> {
     assert.ok(Math.abs(got.loss - want.loss) < 1e-5, `loss ${got.loss} vs ${want.loss}`);
     assert.equal(got.grads.size, params.length);
     assert.deepEqual(mismatches(want.grads, got.grads), []);
+    // Each thread with images timed its shard, within the step's shards time.
+    const { threadMs, shards } = engine.timings;
+    assert.equal(threadMs.length, Math.min(c.threads, c.batch));
+    for (const ms of threadMs) assert.ok(ms > 0 && ms <= shards, `${threadMs} of ${shards} ms`);
     tf.dispose([...got.grads.values()]);
   } finally {
     engine.close();

@@ -142,7 +142,7 @@ export async function benchStepper(
       const parts = t
         ? [
           `weights in ${ms(t.weights)}`,
-          `shards ${ms(t.shards)}`,
+          `shards ${ms(t.shards)} (threads ${t.threadMs.map((v) => v.toFixed(0)).join("/")} ms)`,
           `gradients out ${ms(t.gradients)}`,
         ]
         : [];

@@ -129,6 +129,11 @@ export interface EngineTimings {
   inputs: number;
   /** The shards (forward, loss, backward), until the last thread finished. */
   shards: number;
+  /**
+   * Each thread's time on its shard, the workers' then the main thread's: the batch is
+   * split evenly, so a thread the machine slows makes the others wait.
+   */
+  threadMs: number[];
   /** Summing the threads' gradients and reading them out as tensors. */
   gradients: number;
 }
@@ -159,7 +164,7 @@ export interface EngineTimings {
  */
 export class EngineGradients {
   /** Where the last step spent its time. */
-  timings: EngineTimings = { weights: 0, inputs: 0, shards: 0, gradients: 0 };
+  timings: EngineTimings = { weights: 0, inputs: 0, shards: 0, threadMs: [], gradients: 0 };
   private closed = false;
   private readonly mainTapes = new Map<string, Tape>();
   private inputBuffer = { ptr: 0, floats: 0 };
@@ -334,7 +339,7 @@ export class EngineGradients {
       scale: options.scale ?? 1,
     };
     const t2 = performance.now();
-    const { lossSum, correct, tape } = this.runShards(base, [n, h, w, c], job);
+    const { lossSum, correct, tape, threadMs } = this.runShards(base, [n, h, w, c], job);
     const t3 = performance.now();
     this.pendingGrads = tape.grads;
     const grads = options.tensors === false ? new Map<string, tf.Tensor>() : this.collect(tape);
@@ -342,6 +347,7 @@ export class EngineGradients {
       weights: t1 - t0,
       inputs: t2 - t1,
       shards: t3 - t2,
+      threadMs,
       gradients: performance.now() - t3,
     };
     return { loss: lossSum / n, correct, grads };
@@ -399,7 +405,7 @@ export class EngineGradients {
     base: number,
     shape: number[],
     job: { labels: number; scales: number; batch: number; smoothing: number; scale: number },
-  ): { lossSum: number; correct: number; tape: Tape } {
+  ): { lossSum: number; correct: number; tape: Tape; threadMs: number[] } {
     const [n, h, w, c] = shape;
     const shares = splitEven(n, Math.min(this.threads, n)).filter((s) => s > 0);
     const budget = this.tapeBudget - this.inputBuffer.floats * 4;
@@ -429,22 +435,26 @@ export class EngineGradients {
         first += shares[k];
       }
       const tape = this.mainTape([room, h, w, c]);
+      const t0 = performance.now();
       const own = runShard(this.engine, this.loaded.program, tape, {
         ...job,
         x: base + 4 * first * h * w * c,
         count: n - first,
         first,
       });
+      const ownMs = performance.now() - t0;
       let { lossSum, correct } = own;
       const sources: number[] = [];
+      const threadMs: number[] = [];
       for (const worker of busy.splice(0)) {
         worker.wait();
         lossSum += worker.scalars[ESCALAR.LOSS];
         correct += worker.scalars[ESCALAR.CORRECT];
+        threadMs.push(worker.scalars[ESCALAR.MS]);
         sources.push(worker.tape!.grads);
       }
       this.sumGradients(tape.grads, sources);
-      return { lossSum, correct, tape };
+      return { lossSum, correct, tape, threadMs: [...threadMs, ownMs] };
     } finally {
       for (const worker of busy) {
         try {

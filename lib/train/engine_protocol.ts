@@ -43,8 +43,10 @@ export const ESCALAR = {
   LOSS: 2,
   /** Output: the shard's correctly classified images. */
   CORRECT: 3,
+  /** Output: the shard's wall time, ms. */
+  MS: 4,
   /** Length. */
-  LENGTH: 4,
+  LENGTH: 5,
 } as const;
 
 /** Job opcodes. */

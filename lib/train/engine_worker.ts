@@ -28,6 +28,7 @@ let tape: Tape | null = null;
 function step(): void {
   if (!program || !tape) throw new Error("engine training worker: no program or tape set up");
   const ptr = (slot: number) => Atomics.load(ctrl, slot) >>> 0;
+  const t0 = performance.now();
   const r = runShard(engine, program, tape, {
     x: ptr(ECTRL.X),
     count: Atomics.load(ctrl, ECTRL.SHAPE),
@@ -40,6 +41,7 @@ function step(): void {
   });
   scalars[ESCALAR.LOSS] = r.lossSum;
   scalars[ESCALAR.CORRECT] = r.correct;
+  scalars[ESCALAR.MS] = performance.now() - t0;
 }
 
 function runJob(op: number): boolean {

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import {
   type ArchitectureSpec,
   classify,
+  type ConvNeXtModel,
   createConvNeXt,
   createFeatureExtractor,
   loadSavedModel,
@@ -249,27 +250,33 @@ Deno.test("compat: a private XDG_RUNTIME_DIR quiets the Vulkan loader's complain
   assert.doesNotMatch(await run(true), /XDG_RUNTIME_DIR/);
 });
 
+const PATHS = ["stock", "optimized"] as const;
+
 for (const [name, spec] of [["hierarchical", HIER], ["isotropic", ISO]] as const) {
-  Deno.test(`logits of a small ${name} ConvNeXt on webgpu equal the cpu backend's (1e-4)`, async () => {
-    await on("webgpu");
-    // Built on webgpu: the initializer reads nothing back.
-    const model = createConvNeXt(spec, { numClasses: 10, seed: 7 });
-    // Each backend gets its own input tensor: TF.js moves tensors between backends with a
-    // synchronous read, which a GPU-resident tensor does not allow.
-    const values = await randomValues([2, 32, 32, 3], 3);
-    const input = tf.tensor4d(values, [2, 32, 32, 3]);
-    const gpu = await predictValues(model, input);
-    const weights = await weightValues(model);
-    await on("cpu");
-    const twin = cpuTwin(spec, 10, weights);
-    const cpuInput = tf.tensor4d(values, [2, 32, 32, 3]);
-    const cpu = await predictValues(twin, cpuInput);
-    const diff = maxAbsDiff(gpu, cpu);
-    assert.ok(diff <= 1e-4, `max abs diff ${diff}`);
-    tf.dispose([input, cpuInput, ...weights]);
-    model.dispose();
-    twin.dispose();
-  });
+  for (const path of PATHS) {
+    Deno.test(`logits of a small ${name} ConvNeXt on webgpu, ${path} path, equal the cpu backend's (1e-4)`, async () => {
+      await on("webgpu");
+      // Built on webgpu: the initializer reads nothing back.
+      const model = createConvNeXt(spec, { numClasses: 10, seed: 7 }) as ConvNeXtModel;
+      model.inferencePath = path;
+      assert.equal(model.usesOptimizedPath(), path === "optimized");
+      // Each backend gets its own input tensor: TF.js moves tensors between backends with a
+      // synchronous read, which a GPU-resident tensor does not allow.
+      const values = await randomValues([2, 32, 32, 3], 3);
+      const input = tf.tensor4d(values, [2, 32, 32, 3]);
+      const gpu = await predictValues(model, input);
+      const weights = await weightValues(model);
+      await on("cpu");
+      const twin = cpuTwin(spec, 10, weights);
+      const cpuInput = tf.tensor4d(values, [2, 32, 32, 3]);
+      const cpu = await predictValues(twin, cpuInput);
+      const diff = maxAbsDiff(gpu, cpu);
+      assert.ok(diff <= 1e-4, `max abs diff ${diff}`);
+      tf.dispose([input, cpuInput, ...weights]);
+      model.dispose();
+      twin.dispose();
+    });
+  }
 }
 
 const DIR = new URL("./fixtures/checkpoints/", import.meta.url);
@@ -290,32 +297,35 @@ async function readF32(file: string): Promise<Float32Array> {
 }
 
 for (const name of ["official_tiny", "official_iso_gamma"]) {
-  Deno.test(`logits of ${name} on webgpu match PyTorch's (1e-4)`, async () => {
-    await on("webgpu");
-    const fixture = FIXTURES.find((f) => f.name === name)!;
-    const sd = await readStateDict(new URL(fixture.file, DIR).pathname);
-    const converted = remapStateDict(sd, { label: fixture.file });
-    const model = createConvNeXt(converted.spec, {
-      numClasses: converted.numClasses,
-      randomInit: false,
+  for (const path of PATHS) {
+    Deno.test(`logits of ${name} on webgpu, ${path} path, match PyTorch's (1e-4)`, async () => {
+      await on("webgpu");
+      const fixture = FIXTURES.find((f) => f.name === name)!;
+      const sd = await readStateDict(new URL(fixture.file, DIR).pathname);
+      const converted = remapStateDict(sd, { label: fixture.file });
+      const model = createConvNeXt(converted.spec, {
+        numClasses: converted.numClasses,
+        randomInit: false,
+      }) as ConvNeXtModel;
+      for (const layer of model.layers) {
+        if (layer.weights.length === 0) continue;
+        const values = layer.weights.map((w) => {
+          const v = converted.weights.get(w.originalName)!;
+          return tf.tensor(v.data, v.shape);
+        });
+        layer.setWeights(values);
+        tf.dispose(values);
+      }
+      model.inferencePath = path;
+      const input = fixture.inputs.inputs_64;
+      const x = tf.tensor(await readF32(input.file), input.shape);
+      const got = await predictValues(model, x);
+      const diff = maxAbsDiff(got, await readF32(fixture.logits.inputs_64.file));
+      assert.ok(diff <= 1e-4, `${name}: max abs diff ${diff}`);
+      x.dispose();
+      model.dispose();
     });
-    for (const layer of model.layers) {
-      if (layer.weights.length === 0) continue;
-      const values = layer.weights.map((w) => {
-        const v = converted.weights.get(w.originalName)!;
-        return tf.tensor(v.data, v.shape);
-      });
-      layer.setWeights(values);
-      tf.dispose(values);
-    }
-    const input = fixture.inputs.inputs_64;
-    const x = tf.tensor(await readF32(input.file), input.shape);
-    const got = await predictValues(model, x);
-    const diff = maxAbsDiff(got, await readF32(fixture.logits.inputs_64.file));
-    assert.ok(diff <= 1e-4, `${name}: max abs diff ${diff}`);
-    x.dispose();
-    model.dispose();
-  });
+  }
 }
 
 Deno.test("classify, feature maps and Grad-CAM on webgpu equal the cpu backend's", async () => {

@@ -7,10 +7,10 @@
  * `--model` takes architecture names (random weights: speed does not depend on them).
  *
  * `--path` picks the inference path: "stock" (TF.js Layers `predict`), "optimized" (the
- * compiled plan with folded weights and all cores, lib/infer/, the
- * default of `predict` on wasm and cpu; skipped on webgpu) or both (default). The `executor` column says what
- * ran the optimized path: "kernels" (the fused WebAssembly kernels, the default) or "tfjs"
- * (the plan on TF.js kernels, with `CONVNEXT_EXECUTOR=tfjs`).
+ * compiled plan with folded weights, lib/infer/, the default of `predict` on wasm, cpu and
+ * webgpu) or both (default). The `executor` column says what ran the optimized path:
+ * "kernels" (the fused WebAssembly kernels on all cores, the default on wasm and cpu) or
+ * "tfjs" (the plan on TF.js kernels: on webgpu, or with `CONVNEXT_EXECUTOR=tfjs`).
  *
  * Each architecture/path/backend runs in its own subprocess, so peak memory (the process's
  * VmHWM, worker threads included) belongs to that measurement alone. On webgpu each JSON
@@ -76,8 +76,8 @@ const HELP: CommandHelp = {
 Forward-pass speed of ConvNeXt architectures (random weights) after warm-up: ms/image, images/s
 and peak resident memory. Each architecture and path runs in its own process, so the peak memory
 belongs to that measurement alone. The stock path is TF.js Layers' predict; the optimized one is
-the compiled plan with folded weights on every core (wasm and cpu; skipped on webgpu), run by the
-fused WebAssembly kernels or, with CONVNEXT_EXECUTOR=tfjs, by TF.js kernels.`,
+the compiled plan with folded weights, run by the fused WebAssembly kernels on every core (wasm and
+cpu) or by TF.js kernels (webgpu, or CONVNEXT_EXECUTOR=tfjs).`,
   flags: {
     model: {
       value: "ARCH[,ARCH...]",
@@ -134,11 +134,6 @@ async function measure(
 ): Promise<BenchResult[]> {
   quietHeadlessVulkan(); // headless Linux: no "XDG_RUNTIME_DIR is invalid" noise
   const active = await selectBackend(backend);
-  if (active === "webgpu" && path === "optimized") {
-    // The kernel engine reads weights synchronously and runs on the CPU: wasm/cpu only.
-    console.error("bench: skipping the optimized path on webgpu (it is wasm/cpu-only)");
-    return [];
-  }
   const adapter = active === "webgpu" ? webGpuAdapterInfo() : undefined;
   const model = createConvNeXt(arch, { inputShape: [size, size, 3], seed: 0 }) as ConvNeXtModel;
   // "optimized" forces the plan on any backend (generic TF.js ops), "stock" the Layers path.

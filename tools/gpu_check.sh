@@ -36,10 +36,10 @@ console.log(JSON.stringify({ vendor, architecture, device, description,
   maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize }));' || status=1
 
 step "parity: the WebGPU tests"
-deno test -A tests/webgpu_test.ts tests/webgpu_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
+deno test -A tests/webgpu_test.ts tests/webgpu_kernels_test.ts tests/webgpu_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
 
-step "inference, webgpu (stock TF.js graph)"
-deno task bench --backend webgpu --path stock --model convnext_tiny --size "$SIZE" \
+step "inference, webgpu (the stock TF.js graph, then the optimized plan as GPU ops)"
+deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE" \
   --batch "$BATCHES" --iters 5 --json || status=1
 
 step "inference, wasm on every core (the kernel engine)"

@@ -13,6 +13,7 @@
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { type FoldedWeights, TILE_OFFSETS } from "./fold.ts";
 import { gelu } from "./gelu.ts";
+import { webGpuGelu, webGpuRowNorm } from "../backend/webgpu_kernels.ts";
 import type { BlockStep, Plan, PlanActivation } from "./plan.ts";
 
 const half = (step: BlockStep) => (step.kernelSize - 1) / 2;
@@ -25,10 +26,16 @@ function get(weights: FoldedWeights, key: string): tf.Tensor {
 
 /** `(x - mean) / sqrt(var + eps)` over the last axis of a 2-D tensor (biased variance). */
 function normalize(x: tf.Tensor, epsilon: number): tf.Tensor {
+  if (tf.getBackend() === "webgpu") return webGpuRowNorm(x, epsilon);
   const mean = tf.mean(x, -1, true);
   const centered = tf.sub(x, mean);
   const variance = tf.mean(tf.square(centered), -1, true);
   return tf.mul(centered, tf.rsqrt(tf.add(variance, epsilon)));
+}
+
+/** GELU of a block's hidden units: one dispatch on webgpu, else ./gelu.ts's fast kernels. */
+function hiddenGelu(x: tf.Tensor): tf.Tensor {
+  return tf.getBackend() === "webgpu" ? webGpuGelu(x) : gelu(x);
 }
 
 function activate(x: tf.Tensor, activation: PlanActivation): tf.Tensor {
@@ -42,6 +49,7 @@ function activate(x: tf.Tensor, activation: PlanActivation): tf.Tensor {
     case "softmax":
       return tf.softmax(x, -1);
     case "gelu":
+      if (tf.getBackend() === "webgpu") return webGpuGelu(x);
       return tf.mul(x, tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2)))));
   }
 }
@@ -119,7 +127,7 @@ export function mlpPart(
   b2?: tf.Tensor,
 ): tf.Tensor {
   const z = tf.fused.matMul({ a, b: w1 as tf.Tensor2D, bias: b1 });
-  return tf.fused.matMul({ a: gelu(z) as tf.Tensor2D, b: w2 as tf.Tensor2D, bias: b2 });
+  return tf.fused.matMul({ a: hiddenGelu(z) as tf.Tensor2D, b: w2 as tf.Tensor2D, bias: b2 });
 }
 
 /**
@@ -140,7 +148,7 @@ function grnMlp(
     b: get(weights, `${p}/w1`) as tf.Tensor2D,
     bias: get(weights, `${p}/b1`),
   });
-  const h = gelu(z);
+  const h = hiddenGelu(z);
   const [m, hidden] = h.shape;
   const h3 = tf.reshape(h, [n, m / n, hidden]);
   const gx = tf.sqrt(tf.sum(tf.square(h3), 1, true));

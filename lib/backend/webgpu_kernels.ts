@@ -1,0 +1,199 @@
+/**
+ * Two WebGPU kernels for the optimized inference plan (lib/infer/execute.ts) on the webgpu
+ * backend, each one dispatch where TF.js ops take several passes over the tensor:
+ *
+ * - {@link webGpuGelu}: the exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf as the
+ *   kernel engine computes it (XLA's rational function, within 2e-7 of erf). The TF.js ops
+ *   take 5 kernels (tfjs-backend-webgpu has no fused GELU activation), the plan's
+ *   sigmoid-polynomial form 12, on the block's widest tensor (4C channels per pixel).
+ * - {@link webGpuRowNorm}: LayerNorm without its affine (folded into the next matmul) over
+ *   the last axis: the mean, then the centered variance (two passes, as PyTorch), in one
+ *   thread per row. The TF.js ops take 7 kernels (Mean, Sub, Square, Mean, Add, Rsqrt,
+ *   Mul).
+ *
+ * Registered for "webgpu" only, under their own kernel names; the programs follow
+ * tfjs-backend-webgpu's `WebGPUProgram` interface (`runWebGPUProgram` adds the bindings,
+ * uniforms and `main`'s caller around `getUserCode()`).
+ *
+ * @module
+ */
+import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
+
+/** Kernel name of {@link webGpuGelu}. */
+export const GELU_KERNEL = "ConvnextGeluErf";
+/** Kernel name of {@link webGpuRowNorm}. */
+export const ROW_NORM_KERNEL = "ConvnextRowNorm";
+
+const WORKGROUP = 128;
+
+// erf(x) as kernels.c's gelu4k computes it: x clamped to [-4, 4] (beyond, erf is +-1 in
+// float32), then an odd degree-13 polynomial over an even degree-8 one.
+const ERF_WGSL = `
+fn erfXla(v : f32) -> f32 {
+  let x = clamp(v, -4.0, 4.0);
+  let x2 = x * x;
+  var p = -2.72614225801306e-10 * x2 + 2.77068142495902e-08;
+  p = p * x2 - 2.10102402082508e-06;
+  p = p * x2 - 5.69250639462346e-05;
+  p = p * x2 - 7.34990630326855e-04;
+  p = p * x2 - 2.95459980854025e-03;
+  p = p * x2 - 1.60960333262415e-02;
+  var q = -1.45660718464996e-05 * x2 - 2.13374055278905e-04;
+  q = q * x2 - 1.68282697438203e-03;
+  q = q * x2 - 7.37332916720468e-03;
+  q = q * x2 - 1.42647390514189e-02;
+  return p * x / q;
+}`;
+
+/** The fields of tfjs-backend-webgpu's `WebGPUProgram` these kernels use. */
+interface Program {
+  variableNames: string[];
+  outputShape: number[];
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number];
+  shaderKey: string;
+  size?: boolean;
+  uniforms?: string;
+  getUserCode(): string;
+}
+
+/** A flat program: one invocation per `count` (elements or rows) of `outputShape`. */
+function flatProgram(
+  outputShape: number[],
+  count: number,
+  shaderKey: string,
+  code: string,
+): Program {
+  return {
+    variableNames: ["A"],
+    outputShape,
+    dispatchLayout: { x: outputShape.map((_, i) => i) },
+    // runWebGPUProgram reshapes a dispatch beyond the adapter's per-dimension limit.
+    dispatch: [Math.ceil(count / WORKGROUP), 1, 1],
+    workgroupSize: [WORKGROUP, 1, 1],
+    shaderKey,
+    getUserCode: () => code,
+  };
+}
+
+function geluProgram(shape: number[]): Program {
+  const size = shape.reduce((a, b) => a * b, 1);
+  return {
+    ...flatProgram(
+      shape,
+      size,
+      "convnext_gelu_erf",
+      `${ERF_WGSL}
+fn main(index : i32) {
+  if (index < uniforms.size) {
+    let v = A[index];
+    setOutputAtIndex(index, 0.5 * v * (1.0 + erfXla(v * 0.7071067811865476)));
+  }
+}`,
+    ),
+    size: true,
+  };
+}
+
+function rowNormProgram(shape: number[]): Program {
+  const cols = shape[shape.length - 1];
+  const rows = shape.reduce((a, b) => a * b, 1) / cols;
+  return {
+    ...flatProgram(
+      shape,
+      rows,
+      "convnext_row_norm",
+      `
+fn main(row : i32) {
+  if (row >= uniforms.rows) {
+    return;
+  }
+  let cols = uniforms.cols;
+  let base = row * cols;
+  var sum = 0.0;
+  for (var c = 0; c < cols; c++) {
+    sum += A[base + c];
+  }
+  let mean = sum / f32(cols);
+  var squares = 0.0;
+  for (var c = 0; c < cols; c++) {
+    let d = A[base + c] - mean;
+    squares += d * d;
+  }
+  let r = inverseSqrt(squares / f32(cols) + uniforms.eps);
+  for (var c = 0; c < cols; c++) {
+    setOutputAtIndex(base + c, (A[base + c] - mean) * r);
+  }
+}`,
+    ),
+    uniforms: "rows : i32, cols : i32, eps : f32,",
+  };
+}
+
+let registered = false;
+
+/** Registers both kernels for "webgpu" (once; the backend need not be loaded yet). */
+export function registerWebGpuKernels(): void {
+  if (registered) return;
+  registered = true;
+  tf.registerKernel({
+    kernelName: GELU_KERNEL,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend }) => {
+      const x = inputs.x as tf.TensorInfo;
+      const program = geluProgram(x.shape);
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+        [x],
+        "float32",
+      );
+    },
+  });
+  tf.registerKernel({
+    kernelName: ROW_NORM_KERNEL,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const x = inputs.x as tf.TensorInfo;
+      const program = rowNormProgram(x.shape);
+      const cols = x.shape[x.shape.length - 1];
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+        [x],
+        "float32",
+        [
+          { type: "int32", data: [x.shape.reduce((a, b) => a * b, 1) / cols] },
+          { type: "int32", data: [cols] },
+          { type: "float32", data: [(attrs as { epsilon: number }).epsilon] },
+        ],
+      );
+    },
+  });
+}
+
+/**
+ * The exact GELU of `x` (float32) in one WebGPU dispatch; the webgpu backend must be active.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+ * import { selectBackend } from "./select.ts";
+ * await selectBackend("webgpu");
+ * const y = await webGpuGelu(tf.tensor([-1, 0, 1])).data(); // ~[-0.158655, 0, 0.841345]
+ * if (Math.abs(y[2] - 0.841345) > 1e-6) throw new Error(`gelu(1) = ${y[2]}`);
+ * ```
+ */
+export function webGpuGelu(x: tf.Tensor): tf.Tensor {
+  registerWebGpuKernels();
+  return tf.engine().runKernel(GELU_KERNEL, { x }) as tf.Tensor;
+}
+
+/**
+ * `(x - mean) / sqrt(var + epsilon)` over the last axis of `x` (float32), in one WebGPU
+ * dispatch; the webgpu backend must be active.
+ */
+export function webGpuRowNorm(x: tf.Tensor, epsilon: number): tf.Tensor {
+  registerWebGpuKernels();
+  return tf.engine().runKernel(ROW_NORM_KERNEL, { x }, { epsilon }) as tf.Tensor;
+}

@@ -1,0 +1,98 @@
+// The WebGPU kernels of lib/backend/webgpu_kernels.ts (issue #12, speed on the GPU) against
+// float64 references computed here, and the optimized plan's dispatches on webgpu.
+//
+// Runs on whatever adapter Deno finds (CI: Mesa's software Vulkan driver). Without an
+// adapter every test FAILS (no silent skip).
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { createConvNeXt } from "../lib/mod.ts";
+import { selectBackend } from "../lib/backend/select.ts";
+import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import { webGpuGelu, webGpuRowNorm } from "../lib/backend/webgpu_kernels.ts";
+
+quietHeadlessVulkan();
+
+async function onWebGpu(): Promise<void> {
+  if (!await navigator.gpu?.requestAdapter()) {
+    throw new Error("no WebGPU adapter: apt-get install mesa-vulkan-drivers");
+  }
+  assert.equal(await selectBackend("webgpu"), "webgpu");
+}
+
+/** erf(x) in float64: Simpson's rule on 2/sqrt(pi) exp(-t^2) over [0, x] (error < 1e-12). */
+function erf64(x: number): number {
+  const n = 2000, h = x / n;
+  let s = 1 + Math.exp(-x * x);
+  for (let i = 1; i < n; i++) s += (i % 2 ? 4 : 2) * Math.exp(-((i * h) ** 2));
+  return (s * h / 3) * 2 / Math.sqrt(Math.PI);
+}
+
+/** Deterministic values in [-scale, scale). */
+function values(n: number, seed: number, scale: number): Float32Array {
+  let s = seed;
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1103515245 + 12345) % 2 ** 31;
+    return (s / 2 ** 31 * 2 - 1) * scale;
+  });
+}
+
+Deno.test("webgpu GELU kernel: the exact GELU within float32 rounding, -10 to 10", async () => {
+  await onWebGpu();
+  // Above the CPU hand-off size (1000 elements), so that the GPU computes it.
+  const x = Float32Array.from([...values(4000, 1, 10), 0, -0, 1, -1, 1e-8, 30, -30]);
+  const y = await webGpuGelu(tf.tensor(x)).data();
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i], want = 0.5 * v * (1 + erf64(v / Math.SQRT2));
+    const err = Math.abs(y[i] - want);
+    assert.ok(err <= 1e-6 + 1e-6 * Math.abs(v), `gelu(${v}) = ${y[i]}, want ${want}`);
+  }
+});
+
+Deno.test("webgpu row norm kernel: LayerNorm without affine, as float64 computes it", async () => {
+  await onWebGpu();
+  for (const [rows, cols, eps] of [[300, 96, 1e-6], [17, 100, 1e-6], [64, 8, 1e-3]] as const) {
+    // An offset and a spread per row, as activations have.
+    const x = values(rows * cols, cols, 1).map((v, i) => 3 * v + Math.floor(i / cols) % 5);
+    const y = await webGpuRowNorm(tf.tensor2d(x, [rows, cols]), eps).data();
+    for (let r = 0; r < rows; r++) {
+      const row = Array.from(x.subarray(r * cols, (r + 1) * cols));
+      const mean = row.reduce((a, b) => a + b, 0) / cols;
+      const variance = row.reduce((a, b) => a + (b - mean) ** 2, 0) / cols;
+      for (let c = 0; c < cols; c++) {
+        const want = (row[c] - mean) / Math.sqrt(variance + eps);
+        const got = y[r * cols + c];
+        assert.ok(
+          Math.abs(got - want) <= 1e-5,
+          `[${rows}x${cols}] (${r}, ${c}): ${got} vs ${want}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("the optimized plan on webgpu: six dispatches per block, no transposes", async () => {
+  await onWebGpu();
+  const depths = [1, 1, 2, 1] as const;
+  const model = createConvNeXt(
+    { kind: "hierarchical", depths, dims: [8, 16, 32, 64], layerScaleInit: 0.5 },
+    { numClasses: 10, seed: 3 },
+  );
+  const x = tf.randomNormal([2, 64, 64, 3], 0, 1, "float32", 4);
+  const run = async () => {
+    const y = model.predict(x) as tf.Tensor;
+    await y.data();
+    y.dispose();
+  };
+  await run(); // folds the weights
+  const info = await tf.profile(run);
+  const count = (name: string) => info.kernels.filter((k) => k.name === name).length;
+  const blocks = depths.reduce((a, b) => a + b, 0);
+  assert.equal(count("ConvnextGeluErf"), blocks);
+  assert.equal(count("FusedDepthwiseConv2D"), blocks);
+  // A LayerNorm in each block, after the stem and before each downsampling, and the head's.
+  assert.equal(count("ConvnextRowNorm"), blocks + 1 + 3 + 1);
+  assert.equal(count("Mean"), 1, "the global average pooling");
+  for (const stock of ["Transpose", "Erf", "Rsqrt", "Sub"]) assert.equal(count(stock), 0, stock);
+  tf.dispose(x);
+  model.dispose();
+});

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createConvNeXt } from "../lib/mod.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
-import { webGpuGelu, webGpuRowNorm } from "../lib/backend/webgpu_kernels.ts";
+import { webGpuGelu, webGpuLayerNorm, webGpuRowNorm } from "../lib/backend/webgpu_kernels.ts";
 
 quietHeadlessVulkan();
 
@@ -68,6 +68,34 @@ Deno.test("webgpu row norm kernel: LayerNorm without affine, as float64 computes
       }
     }
   }
+});
+
+Deno.test("webgpu LayerNorm op: value and gradients equal the cpu backend's autodiff", async () => {
+  const [rows, cols, eps] = [40, 96, 1e-6];
+  const x = values(rows * cols, 5, 2).map((v, i) => v + (i % 7));
+  const [gamma, beta, dy] = [values(cols, 6, 1), values(cols, 7, 1), values(rows * cols, 8, 1)];
+  /** y and the gradients of sum(y * dy) with respect to x, gamma and beta. */
+  const run = async (norm: (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.Tensor) => {
+    const [xt, gt, bt] = [tf.tensor2d(x, [rows, cols]), tf.tensor1d(gamma), tf.tensor1d(beta)];
+    const dyt = tf.tensor2d(dy, [rows, cols]);
+    const y = norm(xt, gt, bt);
+    const grads = tf.grads((a, b, c) => tf.sum(tf.mul(norm(a, b, c), dyt)))([xt, gt, bt]);
+    const out = [await y.data(), ...await Promise.all(grads.map((g) => g.data()))];
+    tf.dispose([xt, gt, bt, dyt, y, ...grads]);
+    return out;
+  };
+  await onWebGpu();
+  const gpu = await run((a, g, b) => webGpuLayerNorm(a, g, b, eps));
+  assert.equal(await selectBackend("cpu"), "cpu");
+  const cpu = await run((a, g, b) => {
+    const { mean, variance } = tf.moments(a, -1, true);
+    return tf.add(tf.mul(tf.mul(tf.sub(a, mean), tf.rsqrt(tf.add(variance, eps))), g), b);
+  });
+  ["y", "dx", "dgamma", "dbeta"].forEach((name, k) => {
+    let err = 0;
+    for (let i = 0; i < cpu[k].length; i++) err = Math.max(err, Math.abs(gpu[k][i] - cpu[k][i]));
+    assert.ok(err <= 2e-5, `${name}: max abs diff ${err}`);
+  });
 });
 
 Deno.test("the optimized plan on webgpu: six dispatches per block, no transposes", async () => {

@@ -9,10 +9,11 @@
  * flags), and tests/webgpu_grads_test.ts measures them equal to the cpu backend's (about
  * 1e-6 relative 2-norm, at most 1e-4 elementwise) on every trainable variable of small
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
- * {@link installWebGpuTrainingKernels} registers and replaces nothing: it checks that the
- * kernels a training step runs are registered for "webgpu" (a missing one would otherwise
- * surface as "kernel not registered" deep inside `fit()`) and names the import that
- * registers them.
+ * {@link installWebGpuTrainingKernels} replaces nothing and registers only this project's
+ * LayerNorm kernels (./webgpu_kernels.ts: the model's LayerNorm runs on them on webgpu, in
+ * one dispatch where TF.js ops take nine): it checks that the kernels a training step runs
+ * are registered for "webgpu" (a missing one would otherwise surface as "kernel not
+ * registered" deep inside `fit()`) and names the import that registers them.
  *
  * The backend-generic gradients of ./conv_grads.ts, which wasm needs, are no fallback here
  * as they stand: their depthwise ones call `DepthwiseConv2dNative` without a `dataFormat`
@@ -31,6 +32,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { GELU_KERNEL, registerWebGpuKernels, WEBGPU_OWN_KERNELS } from "./webgpu_kernels.ts";
 
 const BACKEND = "webgpu";
 
@@ -40,6 +42,7 @@ const BACKEND = "webgpu";
  * list against a profiled step). {@link installWebGpuTrainingKernels} requires them.
  */
 export const WEBGPU_TRAINING_KERNELS = [
+  ...WEBGPU_OWN_KERNELS.filter((k) => k !== GELU_KERNEL),
   "Add",
   "BatchMatMul",
   "Cast",
@@ -73,7 +76,7 @@ export const WEBGPU_TRAINING_KERNELS = [
 
 /** What {@link installWebGpuTrainingKernels} found. */
 export interface WebGpuTrainingInstall {
-  /** Kernels registered now: always empty with tfjs-backend-webgpu 4.22 (it lacks none). */
+  /** Backend kernels added now: always empty with tfjs-backend-webgpu 4.22 (it lacks none). */
   added: string[];
   /** Kernels checked and left as the backend registered them. */
   unchanged: string[];
@@ -81,9 +84,10 @@ export interface WebGpuTrainingInstall {
 
 /**
  * Make sure the webgpu backend can run a ConvNeXt training step: check that every kernel
- * of {@link WEBGPU_TRAINING_KERNELS} is registered for "webgpu". tfjs-backend-webgpu 4.22
- * lacks none and gets none wrong for ConvNeXt, so nothing is registered or replaced (see
- * the module doc); the call is the webgpu counterpart of `installWasmTrainingKernels` for
+ * of {@link WEBGPU_TRAINING_KERNELS} is registered for "webgpu", after registering this
+ * project's own (./webgpu_kernels.ts). tfjs-backend-webgpu 4.22 lacks none and gets none
+ * wrong for ConvNeXt, so none of its kernels is added or replaced (see the module doc);
+ * the call is the webgpu counterpart of `installWasmTrainingKernels` for
  * callers that switch on the backend, and affects no other backend. Idempotent. Works
  * before or after `tf.setBackend("webgpu")`, but only after the backend's module
  * (`@tensorflow/tfjs-backend-webgpu`) was imported, which registers its kernels.
@@ -100,6 +104,7 @@ export interface WebGpuTrainingInstall {
  * ```
  */
 export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {
+  registerWebGpuKernels(); // this project's LayerNorm kernels (./webgpu_kernels.ts)
   const missing = WEBGPU_TRAINING_KERNELS.filter((name) => tf.getKernel(name, BACKEND) == null);
   if (missing.length > 0) {
     throw new Error(

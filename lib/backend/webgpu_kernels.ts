@@ -10,6 +10,10 @@
  *   the last axis: the mean, then the centered variance (two passes, as PyTorch), in one
  *   thread per row. The TF.js ops take 7 kernels (Mean, Sub, Square, Mean, Add, Rsqrt,
  *   Mul).
+ * - {@link webGpuLayerNorm}: LayerNorm with its affine, differentiable (the model's
+ *   LayerNorm layer on webgpu: training, feature maps): one dispatch forward where the
+ *   TF.js ops take 9; backward, the input's gradient in one dispatch per row and gamma's
+ *   and beta's as column sums, where TF.js's autodiff of those ops takes about 20.
  *
  * Registered for "webgpu" only, under their own kernel names; the programs follow
  * tfjs-backend-webgpu's `WebGPUProgram` interface (`runWebGPUProgram` adds the bindings,
@@ -24,6 +28,17 @@ import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 export const GELU_KERNEL = "ConvnextGeluErf";
 /** Kernel name of {@link webGpuRowNorm}. */
 export const ROW_NORM_KERNEL = "ConvnextRowNorm";
+/** Kernel name of {@link webGpuLayerNorm}'s forward pass. */
+export const LAYER_NORM_KERNEL = "ConvnextLayerNorm";
+/** Kernel name of {@link webGpuLayerNorm}'s input gradient. */
+export const LAYER_NORM_GRAD_KERNEL = "ConvnextLayerNormGrad";
+/** Every kernel this module registers for "webgpu". */
+export const WEBGPU_OWN_KERNELS = [
+  GELU_KERNEL,
+  ROW_NORM_KERNEL,
+  LAYER_NORM_KERNEL,
+  LAYER_NORM_GRAD_KERNEL,
+] as const;
 
 const WORKGROUP = 128;
 
@@ -97,19 +112,8 @@ fn main(index : i32) {
   };
 }
 
-function rowNormProgram(shape: number[]): Program {
-  const cols = shape[shape.length - 1];
-  const rows = shape.reduce((a, b) => a * b, 1) / cols;
-  return {
-    ...flatProgram(
-      shape,
-      rows,
-      "convnext_row_norm",
-      `
-fn main(row : i32) {
-  if (row >= uniforms.rows) {
-    return;
-  }
+// A row's mean and 1 / sqrt(variance + eps), two passes as PyTorch (A: the rows).
+const ROW_STATS_WGSL = `
   let cols = uniforms.cols;
   let base = row * cols;
   var sum = 0.0;
@@ -122,19 +126,89 @@ fn main(row : i32) {
     let d = A[base + c] - mean;
     squares += d * d;
   }
-  let r = inverseSqrt(squares / f32(cols) + uniforms.eps);
+  let r = inverseSqrt(squares / f32(cols) + uniforms.eps);`;
+
+/** What each row's program writes once ROW_STATS_WGSL has the row's mean and r. */
+const ROW_OUTPUTS = {
+  [ROW_NORM_KERNEL]: `
   for (var c = 0; c < cols; c++) {
     setOutputAtIndex(base + c, (A[base + c] - mean) * r);
+  }`,
+  [LAYER_NORM_KERNEL]: `
+  for (var c = 0; c < cols; c++) {
+    setOutputAtIndex(base + c, (A[base + c] - mean) * r * Gamma[c] + Beta[c]);
+  }`,
+  // dx = r (g - mean(g) - xhat mean(g xhat)), g = dy gamma: LayerNorm's input gradient.
+  [LAYER_NORM_GRAD_KERNEL]: `
+  var sg = 0.0;
+  var sgx = 0.0;
+  for (var c = 0; c < cols; c++) {
+    let g = Dy[base + c] * Gamma[c];
+    sg += g;
+    sgx += g * (A[base + c] - mean) * r;
   }
+  let mg = sg / f32(cols);
+  let mgx = sgx / f32(cols);
+  for (var c = 0; c < cols; c++) {
+    let g = Dy[base + c] * Gamma[c];
+    setOutputAtIndex(base + c, r * (g - mg - (A[base + c] - mean) * r * mgx));
+  }`,
+} as const;
+
+const ROW_INPUTS = {
+  [ROW_NORM_KERNEL]: ["A"],
+  [LAYER_NORM_KERNEL]: ["A", "Gamma", "Beta"],
+  [LAYER_NORM_GRAD_KERNEL]: ["A", "Dy", "Gamma"],
+} as const;
+
+type RowKernel = keyof typeof ROW_OUTPUTS;
+
+/** A program of one thread per row of `shape` (rows x the last axis). */
+function rowProgram(kernel: RowKernel, shape: number[]): Program {
+  const cols = shape[shape.length - 1];
+  const rows = shape.reduce((a, b) => a * b, 1) / cols;
+  return {
+    ...flatProgram(
+      shape,
+      rows,
+      kernel,
+      `
+fn main(row : i32) {
+  if (row >= uniforms.rows) {
+    return;
+  }${ROW_STATS_WGSL}${ROW_OUTPUTS[kernel]}
 }`,
     ),
+    variableNames: [...ROW_INPUTS[kernel]],
     uniforms: "rows : i32, cols : i32, eps : f32,",
   };
 }
 
+/** Registers a row kernel: inputs in ROW_INPUTS order, attribute `epsilon`. */
+function registerRowKernel(kernel: RowKernel, inputNames: string[]): void {
+  tf.registerKernel({
+    kernelName: kernel,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const x = inputs[inputNames[0]] as tf.TensorInfo;
+      const cols = x.shape[x.shape.length - 1];
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        rowProgram(kernel, x.shape) as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+        inputNames.map((n) => inputs[n] as tf.TensorInfo),
+        "float32",
+        [
+          { type: "int32", data: [x.shape.reduce((a, b) => a * b, 1) / cols] },
+          { type: "int32", data: [cols] },
+          { type: "float32", data: [(attrs as { epsilon: number }).epsilon] },
+        ],
+      );
+    },
+  });
+}
+
 let registered = false;
 
-/** Registers both kernels for "webgpu" (once; the backend need not be loaded yet). */
+/** Registers {@link WEBGPU_OWN_KERNELS} for "webgpu" (once; the backend need not be loaded). */
 export function registerWebGpuKernels(): void {
   if (registered) return;
   registered = true;
@@ -151,25 +225,9 @@ export function registerWebGpuKernels(): void {
       );
     },
   });
-  tf.registerKernel({
-    kernelName: ROW_NORM_KERNEL,
-    backendName: "webgpu",
-    kernelFunc: ({ inputs, backend, attrs }) => {
-      const x = inputs.x as tf.TensorInfo;
-      const program = rowNormProgram(x.shape);
-      const cols = x.shape[x.shape.length - 1];
-      return (backend as WebGPUBackend).runWebGPUProgram(
-        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
-        [x],
-        "float32",
-        [
-          { type: "int32", data: [x.shape.reduce((a, b) => a * b, 1) / cols] },
-          { type: "int32", data: [cols] },
-          { type: "float32", data: [(attrs as { epsilon: number }).epsilon] },
-        ],
-      );
-    },
-  });
+  registerRowKernel(ROW_NORM_KERNEL, ["x"]);
+  registerRowKernel(LAYER_NORM_KERNEL, ["x", "gamma", "beta"]);
+  registerRowKernel(LAYER_NORM_GRAD_KERNEL, ["x", "dy", "gamma"]);
 }
 
 /**
@@ -197,3 +255,40 @@ export function webGpuRowNorm(x: tf.Tensor, epsilon: number): tf.Tensor {
   registerWebGpuKernels();
   return tf.engine().runKernel(ROW_NORM_KERNEL, { x }, { epsilon }) as tf.Tensor;
 }
+
+function webGpuLayerNorm_(
+  x: tf.Tensor,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  epsilon: number,
+): tf.Tensor {
+  registerWebGpuKernels();
+  const shape = x.shape;
+  const norm = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [rows, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    save([rows, g]);
+    return {
+      value: tf.engine().runKernel(LAYER_NORM_KERNEL, { x: rows, gamma: g, beta: b }, {
+        epsilon,
+      }) as tf.Tensor,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, gs] = saved;
+        const dx = tf.engine().runKernel(LAYER_NORM_GRAD_KERNEL, { x: xs, dy, gamma: gs }, {
+          epsilon,
+        }) as tf.Tensor;
+        const normalized = webGpuRowNorm(xs, epsilon);
+        return [dx, tf.sum(tf.mul(dy, normalized), 0), tf.sum(dy, 0)];
+      },
+    };
+  });
+  const rows = tf.reshape(x, [-1, shape[shape.length - 1]]);
+  return tf.reshape(norm(rows, gamma, beta), shape);
+}
+
+/**
+ * LayerNorm over the last axis of `x` with `gamma` and `beta` (float32), differentiable with
+ * respect to all three: one WebGPU dispatch forward; backward, the input's gradient in one
+ * and gamma's and beta's as column sums. The webgpu backend must be active. A TF.js op
+ * (`tf.op`): `tf.profile` lists it as "webGpuLayerNorm__op" around its kernels.
+ */
+export const webGpuLayerNorm: typeof webGpuLayerNorm_ = tf.op({ webGpuLayerNorm_ });

@@ -11,6 +11,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { webGpuLayerNorm } from "../backend/webgpu_kernels.ts";
 
 /** Options every TF.js layer takes (name, trainable, ...). */
 export type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
@@ -87,6 +88,10 @@ export class LayerNorm extends tf.layers.Layer {
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
       const x = single(inputs);
+      if (tf.getBackend() === "webgpu") {
+        // One dispatch (and about five backward) instead of nine TF.js ops (and ~20).
+        return webGpuLayerNorm(x, this.gamma!.read(), this.beta!.read(), this.epsilon);
+      }
       const { mean, variance } = tf.moments(x, -1, true);
       const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.epsilon)));
       return tf.add(tf.mul(normed, this.gamma!.read()), this.beta!.read());

@@ -8,7 +8,12 @@ import assert from "node:assert/strict";
 import { createConvNeXt } from "../lib/mod.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
-import { webGpuGelu, webGpuLayerNorm, webGpuRowNorm } from "../lib/backend/webgpu_kernels.ts";
+import {
+  webGpuGelu,
+  webGpuGeluTrainable,
+  webGpuLayerNorm,
+  webGpuRowNorm,
+} from "../lib/backend/webgpu_kernels.ts";
 
 quietHeadlessVulkan();
 
@@ -96,6 +101,50 @@ Deno.test("webgpu LayerNorm op: value and gradients equal the cpu backend's auto
     for (let i = 0; i < cpu[k].length; i++) err = Math.max(err, Math.abs(gpu[k][i] - cpu[k][i]));
     assert.ok(err <= 2e-5, `${name}: max abs diff ${err}`);
   });
+});
+
+Deno.test("webgpu GELU op: value and gradient equal the cpu backend's autodiff", async () => {
+  const x = values(3000, 9, 6), dy = values(3000, 10, 1);
+  const run = async (gelu: (x: tf.Tensor) => tf.Tensor) => {
+    const [xt, dyt] = [tf.tensor1d(x), tf.tensor1d(dy)];
+    const y = gelu(xt);
+    const dx = tf.grad((a: tf.Tensor) => tf.sum(tf.mul(gelu(a), dyt)))(xt);
+    const out = [await y.data(), await dx.data()];
+    tf.dispose([xt, dyt, y, dx]);
+    return out;
+  };
+  await onWebGpu();
+  const gpu = await run(webGpuGeluTrainable);
+  assert.equal(await selectBackend("cpu"), "cpu");
+  // TF.js's own "gelu" activation, differentiated by TF.js.
+  const stock = tf.layers.activation({ activation: "gelu" });
+  const cpu = await run((a) => stock.apply(a) as tf.Tensor);
+  ["y", "dx"].forEach((name, k) => {
+    let err = 0;
+    for (let i = 0; i < x.length; i++) err = Math.max(err, Math.abs(gpu[k][i] - cpu[k][i]));
+    assert.ok(err <= 1e-5, `${name}: max abs diff ${err}`); // float32 rounding, |x| < 6
+  });
+});
+
+Deno.test("a model's GELUs run as one kernel each on webgpu and save as TF.js's gelu", async () => {
+  await onWebGpu();
+  const model = createConvNeXt(
+    { kind: "isotropic", depth: 2, dim: 16, layerScaleInit: 0.5 },
+    { numClasses: 4, seed: 2 },
+  );
+  const x = tf.randomNormal([1, 32, 32, 3], 0, 1, "float32", 1);
+  const info = await tf.profile(async () => {
+    const y = model.apply(x) as tf.Tensor; // the Layers graph, as training runs it
+    await y.data();
+    y.dispose();
+  });
+  const names = info.kernels.map((k) => k.name);
+  assert.equal(names.filter((n) => n === "ConvnextGeluErf").length, 2);
+  assert.ok(!names.includes("Erf"), "TF.js's GELU ran");
+  const pw1 = model.layers.find((l) => l.name.endsWith("pwconv1"))!;
+  assert.equal(pw1.getConfig().activation, "gelu");
+  x.dispose();
+  model.dispose();
 });
 
 Deno.test("the optimized plan on webgpu: six dispatches per block, no transposes", async () => {

@@ -10,8 +10,8 @@
  * 1e-6 relative 2-norm, at most 1e-4 elementwise) on every trainable variable of small
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
  * {@link installWebGpuTrainingKernels} replaces nothing and registers only this project's
- * LayerNorm kernels (./webgpu_kernels.ts: the model's LayerNorm runs on them on webgpu, in
- * one dispatch where TF.js ops take nine): it checks that the kernels a training step runs
+ * GELU and LayerNorm kernels (./webgpu_kernels.ts: the model's GELUs and LayerNorms run on
+ * them on webgpu, one dispatch each where TF.js ops take five and nine): it checks that the kernels a training step runs
  * are registered for "webgpu" (a missing one would otherwise surface as "kernel not
  * registered" deep inside `fit()`) and names the import that registers them.
  *
@@ -32,7 +32,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
-import { GELU_KERNEL, registerWebGpuKernels, WEBGPU_OWN_KERNELS } from "./webgpu_kernels.ts";
+import { registerWebGpuKernels, WEBGPU_OWN_KERNELS } from "./webgpu_kernels.ts";
 
 const BACKEND = "webgpu";
 
@@ -42,7 +42,7 @@ const BACKEND = "webgpu";
  * list against a profiled step). {@link installWebGpuTrainingKernels} requires them.
  */
 export const WEBGPU_TRAINING_KERNELS = [
-  ...WEBGPU_OWN_KERNELS.filter((k) => k !== GELU_KERNEL),
+  ...WEBGPU_OWN_KERNELS,
   "Add",
   "BatchMatMul",
   "Cast",
@@ -104,7 +104,7 @@ export interface WebGpuTrainingInstall {
  * ```
  */
 export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {
-  registerWebGpuKernels(); // this project's LayerNorm kernels (./webgpu_kernels.ts)
+  registerWebGpuKernels(); // this project's GELU and LayerNorm kernels (./webgpu_kernels.ts)
   const missing = WEBGPU_TRAINING_KERNELS.filter((name) => tf.getKernel(name, BACKEND) == null);
   if (missing.length > 0) {
     throw new Error(

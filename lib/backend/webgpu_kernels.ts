@@ -10,6 +10,9 @@
  *   the last axis: the mean, then the centered variance (two passes, as PyTorch), in one
  *   thread per row. The TF.js ops take 7 kernels (Mean, Sub, Square, Mean, Add, Rsqrt,
  *   Mul).
+ * - {@link useWebGpuGelu}: the model's own GELU activations (in its Dense layers) run on
+ *   webgpu as {@link webGpuGelu}, differentiable: one dispatch forward, one for the
+ *   gradient, where TF.js takes 5 and about 10.
  * - {@link webGpuLayerNorm}: LayerNorm with its affine, differentiable (the model's
  *   LayerNorm layer on webgpu: training, feature maps): one dispatch forward where the
  *   TF.js ops take 9; backward, the input's gradient in one dispatch per row and gamma's
@@ -28,6 +31,8 @@ import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 export const GELU_KERNEL = "ConvnextGeluErf";
 /** Kernel name of {@link webGpuRowNorm}. */
 export const ROW_NORM_KERNEL = "ConvnextRowNorm";
+/** Kernel name of the GELU's gradient (`dy * GELU'(x)`). */
+export const GELU_GRAD_KERNEL = "ConvnextGeluGrad";
 /** Kernel name of {@link webGpuLayerNorm}'s forward pass. */
 export const LAYER_NORM_KERNEL = "ConvnextLayerNorm";
 /** Kernel name of {@link webGpuLayerNorm}'s input gradient. */
@@ -35,6 +40,7 @@ export const LAYER_NORM_GRAD_KERNEL = "ConvnextLayerNormGrad";
 /** Every kernel this module registers for "webgpu". */
 export const WEBGPU_OWN_KERNELS = [
   GELU_KERNEL,
+  GELU_GRAD_KERNEL,
   ROW_NORM_KERNEL,
   LAYER_NORM_KERNEL,
   LAYER_NORM_GRAD_KERNEL,
@@ -108,6 +114,29 @@ fn main(index : i32) {
   }
 }`,
     ),
+    size: true,
+  };
+}
+
+// dy * GELU'(x) = dy (Phi(x) + x phi(x)): Phi the normal CDF (from erfXla), phi its density.
+function geluGradProgram(shape: number[]): Program {
+  const size = shape.reduce((a, b) => a * b, 1);
+  return {
+    ...flatProgram(
+      shape,
+      size,
+      "convnext_gelu_grad",
+      `${ERF_WGSL}
+fn main(index : i32) {
+  if (index < uniforms.size) {
+    let v = A[index];
+    let cdf = 0.5 * (1.0 + erfXla(v * 0.7071067811865476));
+    let pdf = 0.3989422804014327 * exp(-0.5 * v * v);
+    setOutputAtIndex(index, Dy[index] * (cdf + v * pdf));
+  }
+}`,
+    ),
+    variableNames: ["A", "Dy"],
     size: true,
   };
 }
@@ -225,6 +254,18 @@ export function registerWebGpuKernels(): void {
       );
     },
   });
+  tf.registerKernel({
+    kernelName: GELU_GRAD_KERNEL,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend }) => {
+      const x = inputs.x as tf.TensorInfo;
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        geluGradProgram(x.shape) as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+        [x, inputs.dy as tf.TensorInfo],
+        "float32",
+      );
+    },
+  });
   registerRowKernel(ROW_NORM_KERNEL, ["x"]);
   registerRowKernel(LAYER_NORM_KERNEL, ["x", "gamma", "beta"]);
   registerRowKernel(LAYER_NORM_GRAD_KERNEL, ["x", "dy", "gamma"]);
@@ -292,3 +333,59 @@ function webGpuLayerNorm_(
  * (`tf.op`): `tf.profile` lists it as "webGpuLayerNorm__op" around its kernels.
  */
 export const webGpuLayerNorm: typeof webGpuLayerNorm_ = tf.op({ webGpuLayerNorm_ });
+
+function webGpuGeluTrainable_(x: tf.Tensor): tf.Tensor {
+  registerWebGpuKernels();
+  const gelu = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    save([input]);
+    return {
+      value: tf.engine().runKernel(GELU_KERNEL, { x: input }) as tf.Tensor,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(GELU_GRAD_KERNEL, { x: saved[0], dy }) as tf.Tensor,
+    };
+  });
+  return gelu(x);
+}
+
+/**
+ * The exact GELU of `x` as a differentiable TF.js op on webgpu: one dispatch forward, one for
+ * the gradient (`tf.profile` lists it as "webGpuGeluTrainable__op" around its kernels).
+ */
+export const webGpuGeluTrainable: typeof webGpuGeluTrainable_ = tf.op({ webGpuGeluTrainable_ });
+
+/** What Dense layers call their activation with (tfjs-layers' `Activation`, structurally). */
+interface ActivationLike {
+  apply(x: tf.Tensor, axis?: number): tf.Tensor;
+  getClassName(): string;
+  getConfig(): tf.serialization.ConfigDict;
+}
+
+/** The "gelu" activation that runs {@link webGpuGeluTrainable} on webgpu, `stock` elsewhere. */
+class GeluOnWebGpu implements ActivationLike {
+  constructor(readonly stock: ActivationLike) {}
+  apply(x: tf.Tensor, axis?: number): tf.Tensor {
+    return tf.getBackend() === "webgpu" ? webGpuGeluTrainable(x) : this.stock.apply(x, axis);
+  }
+  /** Saved as TF.js's own (`"gelu"`): models save and load as before. */
+  getClassName(): string {
+    return this.stock.getClassName();
+  }
+  getConfig(): tf.serialization.ConfigDict {
+    return this.stock.getConfig();
+  }
+}
+
+/**
+ * Lets the layers' exact-GELU activations (TF.js's `"gelu"`) run as
+ * {@link webGpuGeluTrainable} whenever the webgpu backend is active; on other backends, and
+ * in saved models, they stay TF.js's own. Idempotent.
+ */
+export function useWebGpuGelu(layers: readonly tf.layers.Layer[]): void {
+  for (const layer of layers) {
+    const holder = layer as unknown as { activation?: ActivationLike };
+    const act = holder.activation;
+    if (!act || act instanceof GeluOnWebGpu || act.getClassName() !== "gelu") continue;
+    holder.activation = new GeluOnWebGpu(act);
+  }
+}

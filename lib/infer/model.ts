@@ -34,6 +34,7 @@ import { inferencePool } from "./pool.ts";
 import { KernelEngine } from "./engine/engine.ts";
 import { EnginePlan, EngineUnsupported, type WeightArrays } from "./engine/run.ts";
 import { checkWebGpuLimits } from "../backend/webgpu_limits.ts";
+import { useWebGpuGelu } from "../backend/webgpu_kernels.ts";
 
 /**
  * Backends on which {@link ConvNeXtModel.predict} takes the optimized path: the kernel
@@ -107,6 +108,12 @@ export type PredictArgs = Parameters<tf.LayersModel["predict"]>[1];
 export class ConvNeXtModel extends tf.LayersModel {
   /** Its own class name (TF.js's `LayersModel` is `"Model"`), as registered and saved. */
   static override className = "ConvNeXtModel";
+
+  /** As `tf.model(args)`; the GELUs then run as one kernel each on webgpu. */
+  constructor(args: ConstructorParameters<typeof tf.LayersModel>[0]) {
+    super(args);
+    useWebGpuGelu(this.layers);
+  }
 
   /**
    * Path taken by `predict`: "auto" picks the optimized path on wasm/cpu/webgpu when the graph

@@ -1,11 +1,13 @@
 /**
- * Two WebGPU kernels for the optimized inference plan (lib/infer/execute.ts) on the webgpu
- * backend, each one dispatch where TF.js ops take several passes over the tensor:
+ * WebGPU kernels of our own for ConvNeXt's GELU and LayerNorm, each one dispatch where TF.js
+ * ops take several passes over the tensor. The optimized inference plan
+ * (lib/infer/execute.ts) and the model's layers use them on the webgpu backend:
  *
  * - {@link webGpuGelu}: the exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf as the
  *   kernel engine computes it (XLA's rational function, within 2e-7 of erf). The TF.js ops
- *   take 5 kernels (tfjs-backend-webgpu has no fused GELU activation), the plan's
- *   sigmoid-polynomial form 12, on the block's widest tensor (4C channels per pixel).
+ *   take 5 kernels (tfjs-backend-webgpu has no fused GELU activation), the wasm plan's
+ *   sigmoid-polynomial form (../infer/gelu.ts) 12, on the block's widest tensor (4C
+ *   channels per pixel).
  * - {@link webGpuRowNorm}: LayerNorm without its affine (folded into the next matmul) over
  *   the last axis: the mean, then the centered variance (two passes, as PyTorch), in one
  *   thread per row. The TF.js ops take 7 kernels (Mean, Sub, Square, Mean, Add, Rsqrt,
@@ -15,8 +17,9 @@
  *   gradient, where TF.js takes 5 and about 10.
  * - {@link webGpuLayerNorm}: LayerNorm with its affine, differentiable (the model's
  *   LayerNorm layer on webgpu: training, feature maps): one dispatch forward where the
- *   TF.js ops take 9; backward, the input's gradient in one dispatch per row and gamma's
- *   and beta's as column sums, where TF.js's autodiff of those ops takes about 20.
+ *   TF.js ops take 9; backward five, where TF.js's autodiff of those ops takes about 20:
+ *   the input's gradient in one (a thread per row), gamma's and beta's as column sums of
+ *   `dy` and `dy` times the normalized input.
  *
  * Registered for "webgpu" only, under their own kernel names; the programs follow
  * tfjs-backend-webgpu's `WebGPUProgram` interface (`runWebGPUProgram` adds the bindings,

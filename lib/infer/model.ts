@@ -39,8 +39,8 @@ import { useWebGpuGelu } from "../backend/webgpu_kernels.ts";
 /**
  * Backends on which {@link ConvNeXtModel.predict} takes the optimized path: the kernel
  * engine on wasm and cpu; on webgpu the plan as GPU ops (six dispatches per block, with the
- * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against about 25 on the
- * stock path).
+ * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against about 12 on the
+ * Layers graph).
  */
 export const FAST_BACKENDS = ["wasm", "cpu", "webgpu"] as const;
 

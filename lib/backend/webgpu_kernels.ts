@@ -102,47 +102,40 @@ function flatProgram(
   };
 }
 
-function geluProgram(shape: number[]): Program {
+/**
+ * An elementwise program over `shape`: `value` (WGSL) computes the output at `index` from
+ * `v = A[index]` (and the other inputs, indexed alike).
+ */
+function elementwiseProgram(
+  shape: number[],
+  shaderKey: string,
+  inputs: string[],
+  value: string,
+): Program {
   const size = shape.reduce((a, b) => a * b, 1);
   return {
     ...flatProgram(
       shape,
       size,
-      "convnext_gelu_erf",
+      shaderKey,
       `${ERF_WGSL}
 fn main(index : i32) {
   if (index < uniforms.size) {
     let v = A[index];
-    setOutputAtIndex(index, 0.5 * v * (1.0 + erfXla(v * 0.7071067811865476)));
+    setOutputAtIndex(index, ${value});
   }
 }`,
     ),
+    variableNames: inputs,
     size: true,
   };
 }
 
-// dy * GELU'(x) = dy (Phi(x) + x phi(x)): Phi the normal CDF (from erfXla), phi its density.
-function geluGradProgram(shape: number[]): Program {
-  const size = shape.reduce((a, b) => a * b, 1);
-  return {
-    ...flatProgram(
-      shape,
-      size,
-      "convnext_gelu_grad",
-      `${ERF_WGSL}
-fn main(index : i32) {
-  if (index < uniforms.size) {
-    let v = A[index];
-    let cdf = 0.5 * (1.0 + erfXla(v * 0.7071067811865476));
-    let pdf = 0.3989422804014327 * exp(-0.5 * v * v);
-    setOutputAtIndex(index, Dy[index] * (cdf + v * pdf));
-  }
-}`,
-    ),
-    variableNames: ["A", "Dy"],
-    size: true,
-  };
-}
+// GELU(x) = x Phi(x), Phi the normal CDF.
+const GELU_WGSL = "0.5 * v * (1.0 + erfXla(v * 0.7071067811865476))";
+// dy * GELU'(x) = dy (Phi(x) + x phi(x)), phi the normal density.
+const GELU_GRAD_WGSL = "Dy[index] * (0.5 * (1.0 + erfXla(v * 0.7071067811865476)) + " +
+  "v * 0.3989422804014327 * exp(-0.5 * v * v))";
 
 // A row's mean and 1 / sqrt(variance + eps), two passes as PyTorch (A: the rows).
 const ROW_STATS_WGSL = `
@@ -249,7 +242,7 @@ export function registerWebGpuKernels(): void {
     backendName: "webgpu",
     kernelFunc: ({ inputs, backend }) => {
       const x = inputs.x as tf.TensorInfo;
-      const program = geluProgram(x.shape);
+      const program = elementwiseProgram(x.shape, "convnext_gelu_erf", ["A"], GELU_WGSL);
       return (backend as WebGPUBackend).runWebGPUProgram(
         program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
         [x],
@@ -262,8 +255,14 @@ export function registerWebGpuKernels(): void {
     backendName: "webgpu",
     kernelFunc: ({ inputs, backend }) => {
       const x = inputs.x as tf.TensorInfo;
+      const program = elementwiseProgram(
+        x.shape,
+        "convnext_gelu_grad",
+        ["A", "Dy"],
+        GELU_GRAD_WGSL,
+      );
       return (backend as WebGPUBackend).runWebGPUProgram(
-        geluGradProgram(x.shape) as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
         [x, inputs.dy as tf.TensorInfo],
         "float32",
       );

@@ -231,43 +231,47 @@ function registerRowKernel(kernel: RowKernel, inputNames: string[]): void {
   });
 }
 
+/**
+ * Registers an elementwise kernel: `bindings` maps the kernel's inputs (the first sets the shape)
+ * to the program's variables; `value` as in {@link elementwiseProgram}.
+ */
+function registerElementwiseKernel(
+  kernel: string,
+  shaderKey: string,
+  bindings: Record<string, string>,
+  value: string,
+): void {
+  const inputNames = Object.keys(bindings);
+  const variables = Object.values(bindings);
+  tf.registerKernel({
+    kernelName: kernel,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend }) => {
+      const x = inputs[inputNames[0]] as tf.TensorInfo;
+      return (backend as WebGPUBackend).runWebGPUProgram(
+        elementwiseProgram(x.shape, shaderKey, variables, value) as unknown as Parameters<
+          WebGPUBackend["runWebGPUProgram"]
+        >[0],
+        inputNames.map((n) => inputs[n] as tf.TensorInfo),
+        "float32",
+      );
+    },
+  });
+}
+
 let registered = false;
 
 /** Registers {@link WEBGPU_OWN_KERNELS} for "webgpu" (once; the backend need not be loaded). */
 export function registerWebGpuKernels(): void {
   if (registered) return;
   registered = true;
-  tf.registerKernel({
-    kernelName: GELU_KERNEL,
-    backendName: "webgpu",
-    kernelFunc: ({ inputs, backend }) => {
-      const x = inputs.x as tf.TensorInfo;
-      const program = elementwiseProgram(x.shape, "convnext_gelu_erf", ["A"], GELU_WGSL);
-      return (backend as WebGPUBackend).runWebGPUProgram(
-        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
-        [x],
-        "float32",
-      );
-    },
-  });
-  tf.registerKernel({
-    kernelName: GELU_GRAD_KERNEL,
-    backendName: "webgpu",
-    kernelFunc: ({ inputs, backend }) => {
-      const x = inputs.x as tf.TensorInfo;
-      const program = elementwiseProgram(
-        x.shape,
-        "convnext_gelu_grad",
-        ["A", "Dy"],
-        GELU_GRAD_WGSL,
-      );
-      return (backend as WebGPUBackend).runWebGPUProgram(
-        program as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
-        [x, inputs.dy as tf.TensorInfo],
-        "float32",
-      );
-    },
-  });
+  registerElementwiseKernel(GELU_KERNEL, "convnext_gelu_erf", { x: "A" }, GELU_WGSL);
+  registerElementwiseKernel(
+    GELU_GRAD_KERNEL,
+    "convnext_gelu_grad",
+    { x: "A", dy: "Dy" },
+    GELU_GRAD_WGSL,
+  );
   registerRowKernel(ROW_NORM_KERNEL, ["x"]);
   registerRowKernel(LAYER_NORM_KERNEL, ["x", "gamma", "beta"]);
   registerRowKernel(LAYER_NORM_GRAD_KERNEL, ["x", "dy", "gamma"]);

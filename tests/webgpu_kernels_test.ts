@@ -1,5 +1,6 @@
 // The WebGPU kernels of lib/backend/webgpu_kernels.ts (issue #12, speed on the GPU) against
-// float64 references computed here, and the optimized plan's dispatches on webgpu.
+// float64 references computed here and PyTorch's AdamW (tests/fixtures/train/), and the
+// optimized plan's and the optimizer's dispatches on webgpu.
 //
 // Runs on whatever adapter Deno finds (CI: Mesa's software Vulkan driver). Without an
 // adapter every test FAILS (no silent skip).
@@ -9,11 +10,15 @@ import { createConvNeXt } from "../lib/mod.ts";
 import { selectBackend } from "../lib/backend/select.ts";
 import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import {
+  webGpuAdamWUpdate,
   webGpuGelu,
   webGpuGeluTrainable,
   webGpuLayerNorm,
+  webGpuMovingAverage,
   webGpuRowNorm,
 } from "../lib/backend/webgpu_kernels.ts";
+import { AdamW, type AdamWParam } from "../lib/train/optimizer.ts";
+import { ModelEma } from "../lib/train/ema.ts";
 
 quietHeadlessVulkan();
 
@@ -172,4 +177,101 @@ Deno.test("the optimized plan on webgpu: six dispatches per block, no transposes
   for (const stock of ["Transpose", "Erf", "Rsqrt", "Sub"]) assert.equal(count(stock), 0, stock);
   tf.dispose(x);
   model.dispose();
+});
+
+// tools/fixtures/make_train_fixture.py: torch.optim.AdamW over four parameters in three
+// groups (weight decay, none, a quarter of the learning rate), six steps.
+const adamwRef = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/train/reference.json", import.meta.url)),
+).adamw;
+
+Deno.test("AdamW on webgpu: torch.optim.AdamW step by step, three dispatches a parameter", async () => {
+  await onWebGpu();
+  const a = adamwRef;
+  const params: AdamWParam[] = a.groups.flatMap((
+    group: { names: string[]; weightDecay: number; lrScale: number },
+  ) =>
+    group.names.map((name) => ({
+      name,
+      variable: tf.variable(tf.tensor(a.init[name], a.shapes[name])),
+      weightDecay: group.weightDecay,
+      lrScale: group.lrScale,
+    }))
+  );
+  const opt = new AdamW(params, { beta1: a.betas[0], beta2: a.betas[1], eps: a.eps });
+  for (let t = 0; t < a.grads.length; t++) {
+    const grads = new Map<string, tf.Tensor>(
+      Object.entries(a.grads[t] as Record<string, number[]>)
+        .map(([k, g]) => [k, tf.tensor(g, a.shapes[k])]),
+    );
+    const info = await tf.profile(() => opt.step(grads, a.lr[t]));
+    const names = info.kernels.map((k) => k.name).filter((n) => !n.endsWith("__op"));
+    assert.deepEqual(
+      [...new Set(names)].sort(),
+      ["ConvnextAdamWUpdate", "ConvnextMovingAverage", "ConvnextMovingSquareAverage"],
+    );
+    assert.equal(names.length, 3 * params.length);
+    grads.forEach((g) => g.dispose());
+    for (const p of params) {
+      const got = await p.variable.data(), want = a.after[t][p.name] as number[];
+      want.forEach((w, i) =>
+        assert.ok(
+          Math.abs(got[i] - w) <= 2e-6 * Math.max(1, Math.abs(w)),
+          `step ${t + 1} ${p.name}[${i}]: ${got[i]} vs torch ${w}`,
+        )
+      );
+    }
+  }
+  const state = await opt.getState();
+  for (const s of state.slots) {
+    for (const [moment, got] of [["exp_avg", s.m], ["exp_avg_sq", s.v]] as const) {
+      const want = a.finalState[s.name][moment] as number[];
+      want.forEach((w, i) =>
+        assert.ok(Math.abs(got[i] - w) <= 1e-6 * Math.max(1, Math.abs(w)), `${moment} ${s.name}`)
+      );
+    }
+  }
+  opt.dispose();
+  params.forEach((p) => p.variable.dispose());
+});
+
+Deno.test("webgpu moving averages: EMA and AdamW's moments as float64 computes them", async () => {
+  await onWebGpu();
+  const n = 5000, x = values(n, 11, 3), y = values(n, 12, 2);
+  for (const [decay, square] of [[0.9, false], [0.999, true], [0.9999, false]] as const) {
+    const got = await webGpuMovingAverage(tf.tensor(x), tf.tensor(y), decay, square).data();
+    for (let i = 0; i < n; i++) {
+      const want = x[i] * decay + (square ? y[i] * y[i] : y[i]) * (1 - decay);
+      assert.ok(
+        Math.abs(got[i] - want) <= 1e-6 * Math.max(1, Math.abs(want)),
+        `decay ${decay}, square ${square}: [${i}] ${got[i]} vs ${want}`,
+      );
+    }
+  }
+  // The model's EMA on webgpu takes the kernel, and gives ema = d ema + (1 - d) w.
+  const model = tf.sequential({
+    layers: [tf.layers.dense({ units: 40, inputShape: [30], kernelInitializer: "ones" })],
+  });
+  const ema = new ModelEma(model, 0.75);
+  model.weights[0].write(tf.fill([30, 40], 5));
+  const info = await tf.profile(() => ema.update());
+  assert.deepEqual(info.kernels.map((k) => k.name), Array(2).fill("ConvnextMovingAverage"));
+  const averaged = await ema.weights.get(model.weights[0].originalName)!.data();
+  assert.ok(averaged.every((v) => v === 0.75 * 1 + 0.25 * 5), "ema of 1 and 5");
+  ema.dispose();
+  model.dispose();
+  assert.throws(
+    () => webGpuMovingAverage(tf.zeros([2, 3]), tf.zeros([3, 2]), 0.9),
+    /webGpuMovingAverage: y has shape \[3,2\], x \[2,3\]; they must match/,
+  );
+  assert.throws(
+    () =>
+      webGpuAdamWUpdate(tf.zeros([2]), tf.zeros([2]), tf.zeros([2], "int32"), {
+        keep: 1,
+        stepSize: 1,
+        bc2Sqrt: 1,
+        eps: 1e-8,
+      }),
+    /webGpuAdamWUpdate: v must be float32, got int32/,
+  );
 });

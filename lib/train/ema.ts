@@ -6,6 +6,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { webGpuMovingAverage } from "../backend/webgpu_kernels.ts";
 
 /**
  * EMA copies of a model's weights.
@@ -49,9 +50,17 @@ export class ModelEma {
 
   /** Moves the average toward the model's current weights. */
   update(): void {
+    // On webgpu one dispatch a weight (this project's kernel), where the ops take three.
+    const webgpu = tf.getBackend() === "webgpu";
     for (const w of this.#model.weights) {
       const s = this.#shadow.get(w.originalName)!;
-      tf.tidy(() => s.assign(tf.add(tf.mul(s, this.decay), tf.mul(w.read(), 1 - this.decay))));
+      tf.tidy(() =>
+        s.assign(
+          webgpu && s.dtype === "float32"
+            ? webGpuMovingAverage(s, w.read(), this.decay)
+            : tf.add(tf.mul(s, this.decay), tf.mul(w.read(), 1 - this.decay)),
+        )
+      );
     }
   }
 

@@ -10,6 +10,7 @@
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import { architectureOf } from "../model/architecture.ts";
+import { webGpuAdamWUpdate, webGpuMovingAverage } from "../backend/webgpu_kernels.ts";
 import { paramSettings, type ParamSettingsOptions } from "./lr_decay.ts";
 
 /** One trained variable and its optimizer settings. */
@@ -75,6 +76,44 @@ export interface AdamWKernel {
   readMoments(name: string): { m: Float32Array; v: Float32Array };
   /** One update of every parameter's variable with the kernel's own gradients. */
   update(step: AdamWStep): void;
+}
+
+/** A parameter and its moments (before an update, or after it), and its gradient. */
+interface AdamWTensors {
+  p: tf.Tensor;
+  m: tf.Tensor;
+  v: tf.Tensor;
+  g: tf.Tensor;
+}
+
+/** Parameter `i`'s update of `plan` as TF.js ops (any backend). */
+function adamWOps(plan: AdamWStep, i: number, t: AdamWTensors): Omit<AdamWTensors, "g"> {
+  const { lr, weightDecay: wd } = plan.params[i];
+  const decayed = wd !== 0 ? tf.mul(t.p, 1 - lr * wd) : t.p;
+  const m = tf.add(tf.mul(t.m, plan.beta1), tf.mul(t.g, 1 - plan.beta1));
+  const v = tf.add(tf.mul(t.v, plan.beta2), tf.mul(tf.mul(t.g, t.g), 1 - plan.beta2));
+  const denom = tf.add(tf.div(tf.sqrt(v), plan.bc2Sqrt), plan.eps);
+  const update = tf.mul(tf.div(m, denom), lr / plan.bc1);
+  return { m, v, p: tf.sub(decayed, update) };
+}
+
+/**
+ * The same update in this project's webgpu kernels (lib/backend/webgpu_kernels.ts): each
+ * moment in one dispatch, the parameter in one. The same float32 operations in the same
+ * order, but the GPU's compiler may fuse a multiply and an add: within a rounding of
+ * {@link adamWOps} (tests/webgpu_kernels_test.ts).
+ */
+function adamWKernels(plan: AdamWStep, i: number, t: AdamWTensors): Omit<AdamWTensors, "g"> {
+  const { lr, weightDecay: wd } = plan.params[i];
+  const m = webGpuMovingAverage(t.m, t.g, plan.beta1);
+  const v = webGpuMovingAverage(t.v, t.g, plan.beta2, true);
+  const p = webGpuAdamWUpdate(t.p, m, v, {
+    keep: 1 - lr * wd,
+    stepSize: lr / plan.bc1,
+    bc2Sqrt: plan.bc2Sqrt,
+    eps: plan.eps,
+  });
+  return { m, v, p };
 }
 
 /**
@@ -163,22 +202,18 @@ export class AdamW {
       if (!grads.has(p.name)) throw new Error(`AdamW.step: no gradient for "${p.name}"`);
     }
     this.#takeBack();
-    const { bc1, bc2Sqrt, params } = this.#plan(lr, weightDecay);
+    const plan = this.#plan(lr, weightDecay);
     this.stepCount++;
+    // On webgpu, this project's kernels: 3 dispatches a parameter where the ops take 13-14.
+    const update = tf.getBackend() === "webgpu" ? adamWKernels : adamWOps;
     for (const [i, p] of this.params.entries()) {
-      const g = grads.get(p.name)!;
-      const { lr: plr, weightDecay: wd } = params[i];
       const m = this.#m.get(p.name)!;
       const v = this.#v.get(p.name)!;
       tf.tidy(() => {
-        const decayed = wd !== 0 ? tf.mul(p.variable, 1 - plr * wd) : p.variable;
-        const m1 = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
-        const v1 = tf.add(tf.mul(v, this.beta2), tf.mul(tf.mul(g, g), 1 - this.beta2));
-        const denom = tf.add(tf.div(tf.sqrt(v1), bc2Sqrt), this.eps);
-        const update = tf.mul(tf.div(m1, denom), plr / bc1);
-        m.assign(m1);
-        v.assign(v1);
-        p.variable.assign(tf.sub(decayed, update));
+        const next = update(plan, i, { p: p.variable, m, v, g: grads.get(p.name)! });
+        m.assign(next.m);
+        v.assign(next.v);
+        p.variable.assign(next.p);
       });
     }
   }

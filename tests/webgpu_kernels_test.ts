@@ -131,24 +131,33 @@ Deno.test("webgpu GELU op: value and gradient equal the cpu backend's autodiff",
   });
 });
 
-Deno.test("a model's GELUs run as one kernel each on webgpu and save as TF.js's gelu", async () => {
+Deno.test("a model's layers on webgpu: GELU in one kernel, Dense without transposes, saved as TF.js's", async () => {
   await onWebGpu();
   const model = createConvNeXt(
     { kind: "isotropic", depth: 2, dim: 16, layerScaleInit: 0.5 },
     { numClasses: 4, seed: 2 },
   );
   const x = tf.randomNormal([1, 32, 32, 3], 0, 1, "float32", 1);
+  const labels = tf.oneHot(tf.tensor1d([1], "int32"), 4);
+  // The Layers graph, as training runs it: forward and backward.
   const info = await tf.profile(async () => {
-    const y = model.apply(x) as tf.Tensor; // the Layers graph, as training runs it
-    await y.data();
-    y.dispose();
+    const { value, grads } = tf.variableGrads(() =>
+      tf.losses.softmaxCrossEntropy(labels, model.apply(x, { training: true }) as tf.Tensor)
+    );
+    await value.data();
+    tf.dispose([value, ...Object.values(grads)]);
   });
-  const names = info.kernels.map((k) => k.name);
-  assert.equal(names.filter((n) => n === "ConvnextGeluErf").length, 2);
-  assert.ok(!names.includes("Erf"), "TF.js's GELU ran");
+  const names = info.kernels.map((k) => k.name).filter((n) => !n.endsWith("__op"));
+  const count = (name: string) => names.filter((n) => n === name).length;
+  assert.equal(count("ConvnextGeluErf"), 2);
+  assert.equal(count("ConvnextGeluGrad"), 2);
+  for (const stock of ["Erf", "Transpose"]) assert.equal(count(stock), 0, stock);
+  // Forward: two pointwise layers a block and the head, each one product with its bias.
+  assert.equal(count("_FusedMatMul"), 2 * 2 + 1);
   const pw1 = model.layers.find((l) => l.name.endsWith("pwconv1"))!;
   assert.equal(pw1.getConfig().activation, "gelu");
-  x.dispose();
+  assert.equal(pw1.getClassName(), "Dense");
+  tf.dispose([x, labels]);
   model.dispose();
 });
 

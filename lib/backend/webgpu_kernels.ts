@@ -12,9 +12,9 @@
  *   the last axis: the mean, then the centered variance (two passes, as PyTorch), in one
  *   thread per row. The TF.js ops take 7 kernels (Mean, Sub, Square, Mean, Add, Rsqrt,
  *   Mul).
- * - {@link useWebGpuGelu}: the model's own GELU activations (in its Dense layers) run on
- *   webgpu as {@link webGpuGelu}, differentiable: one dispatch forward, one for the
- *   gradient, where TF.js takes 5 and about 10.
+ * - {@link webGpuGeluTrainable}: {@link webGpuGelu}, differentiable: one dispatch forward, one
+ *   for the gradient, where TF.js takes 5 and about 10 (the model's GELU activations on
+ *   webgpu: ./webgpu_layers.ts).
  * - {@link webGpuLayerNorm}: LayerNorm with its affine, differentiable (the model's
  *   LayerNorm layer on webgpu: training, feature maps): one dispatch forward where the
  *   TF.js ops take 9; backward five, where TF.js's autodiff of those ops takes about 20:
@@ -482,39 +482,3 @@ function webGpuGeluTrainable_(x: tf.Tensor): tf.Tensor {
  * the gradient (`tf.profile` lists it as "webGpuGeluTrainable__op" around its kernels).
  */
 export const webGpuGeluTrainable: typeof webGpuGeluTrainable_ = tf.op({ webGpuGeluTrainable_ });
-
-/** What Dense layers call their activation with (tfjs-layers' `Activation`, structurally). */
-interface ActivationLike {
-  apply(x: tf.Tensor, axis?: number): tf.Tensor;
-  getClassName(): string;
-  getConfig(): tf.serialization.ConfigDict;
-}
-
-/** The "gelu" activation that runs {@link webGpuGeluTrainable} on webgpu, `stock` elsewhere. */
-class GeluOnWebGpu implements ActivationLike {
-  constructor(readonly stock: ActivationLike) {}
-  apply(x: tf.Tensor, axis?: number): tf.Tensor {
-    return tf.getBackend() === "webgpu" ? webGpuGeluTrainable(x) : this.stock.apply(x, axis);
-  }
-  /** Saved as TF.js's own (`"gelu"`): models save and load as before. */
-  getClassName(): string {
-    return this.stock.getClassName();
-  }
-  getConfig(): tf.serialization.ConfigDict {
-    return this.stock.getConfig();
-  }
-}
-
-/**
- * Lets the layers' exact-GELU activations (TF.js's `"gelu"`) run as
- * {@link webGpuGeluTrainable} whenever the webgpu backend is active; on other backends, and
- * in saved models, they stay TF.js's own. Idempotent.
- */
-export function useWebGpuGelu(layers: readonly tf.layers.Layer[]): void {
-  for (const layer of layers) {
-    const holder = layer as unknown as { activation?: ActivationLike };
-    const act = holder.activation;
-    if (!act || act instanceof GeluOnWebGpu || act.getClassName() !== "gelu") continue;
-    holder.activation = new GeluOnWebGpu(act);
-  }
-}

@@ -34,7 +34,7 @@ import { inferencePool } from "./pool.ts";
 import { KernelEngine } from "./engine/engine.ts";
 import { EnginePlan, EngineUnsupported, type WeightArrays } from "./engine/run.ts";
 import { checkWebGpuLimits } from "../backend/webgpu_limits.ts";
-import { useWebGpuGelu } from "../backend/webgpu_kernels.ts";
+import { useWebGpuLayers } from "../backend/webgpu_layers.ts";
 
 /**
  * Backends on which {@link ConvNeXtModel.predict} takes the optimized path: the kernel
@@ -112,7 +112,7 @@ export class ConvNeXtModel extends tf.LayersModel {
   /** As `tf.model(args)`; the GELUs then run as one kernel each on webgpu. */
   constructor(args: ConstructorParameters<typeof tf.LayersModel>[0]) {
     super(args);
-    useWebGpuGelu(this.layers);
+    useWebGpuLayers(this.layers);
   }
 
   /**

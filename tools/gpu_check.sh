@@ -48,9 +48,13 @@ deno task bench --backend wasm --path optimized --model convnext_tiny --size "$S
 
 step "training, webgpu"
 # --json: the JSON line on stdout; the progress goes to a log, shown when the run fails.
+# --profile: then the kernels that took the most time in one step (what to speed up next;
+# times only where the adapter offers timestamp queries, the call counts always).
 train_log=$(mktemp)
 deno task bench:train --backend webgpu --model convnext_tiny --size "$SIZE" \
-  --batch "$TRAIN_BATCH" --steps 3 --json 2>"$train_log" || { tail -n 5 "$train_log"; status=1; }
+  --batch "$TRAIN_BATCH" --steps 3 --json --profile 2>"$train_log" ||
+  { tail -n 5 "$train_log"; status=1; }
+sed -n '/^profiled step/,$p' "$train_log"
 rm -f "$train_log"
 
 step "core scaling: wasm inference (kernel engine, batch 16) and engine training (batch 16)"

@@ -39,8 +39,8 @@ import { useWebGpuLayers } from "../backend/webgpu_layers.ts";
 /**
  * Backends on which {@link ConvNeXtModel.predict} takes the optimized path: the kernel
  * engine on wasm and cpu; on webgpu the plan as GPU ops (six dispatches per block, with the
- * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against about 12 on the
- * Layers graph).
+ * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against 8 on the Layers
+ * graph with ../backend/webgpu_layers.ts).
  */
 export const FAST_BACKENDS = ["wasm", "cpu", "webgpu"] as const;
 

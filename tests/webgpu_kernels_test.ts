@@ -131,7 +131,7 @@ Deno.test("webgpu GELU op: value and gradient equal the cpu backend's autodiff",
   });
 });
 
-Deno.test("a model's layers on webgpu: GELU in one kernel, Dense without transposes, saved as TF.js's", async () => {
+Deno.test("a model's layers on webgpu: GELU in one kernel, Dense and depthwise fused, saved as TF.js's", async () => {
   await onWebGpu();
   const model = createConvNeXt(
     { kind: "isotropic", depth: 2, dim: 16, layerScaleInit: 0.5 },
@@ -152,11 +152,18 @@ Deno.test("a model's layers on webgpu: GELU in one kernel, Dense without transpo
   assert.equal(count("ConvnextGeluErf"), 2);
   assert.equal(count("ConvnextGeluGrad"), 2);
   for (const stock of ["Erf", "Transpose"]) assert.equal(count(stock), 0, stock);
-  // Forward: two pointwise layers a block and the head, each one product with its bias.
+  // Forward: two pointwise layers a block and the head, each one product with its bias; the
+  // depthwise conv with its bias.
   assert.equal(count("_FusedMatMul"), 2 * 2 + 1);
+  assert.equal(count("FusedDepthwiseConv2D"), 2);
+  assert.equal(count("DepthwiseConv2dNative"), 0);
   const pw1 = model.layers.find((l) => l.name.endsWith("pwconv1"))!;
   assert.equal(pw1.getConfig().activation, "gelu");
   assert.equal(pw1.getClassName(), "Dense");
+  assert.equal(
+    model.layers.find((l) => l.name.endsWith("dwconv"))!.getClassName(),
+    "DepthwiseConv2D",
+  );
   tf.dispose([x, labels]);
   model.dispose();
 });

@@ -55,6 +55,7 @@ export const WEBGPU_TRAINING_KERNELS = [
   "Exp",
   "Floor",
   "FusedConv2D",
+  "FusedDepthwiseConv2D",
   "Identity",
   "Log",
   "Max",

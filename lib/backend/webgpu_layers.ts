@@ -11,6 +11,8 @@
  *   transposes the 2-D kernel with an identity permutation first (a copy of the kernel on
  *   webgpu, and its gradient another) and adds the bias of a layer whose activation it cannot
  *   fuse (GELU) as a separate op: per ConvNeXt block 3 dispatches fewer forward, 3 backward.
+ * - DepthwiseConv2D layers (NHWC, no dilation) run with their bias fused into the convolution,
+ *   where tfjs-layers adds it as a separate op: one dispatch fewer forward.
  *
  * The model's LayerNorm layer (lib/model/layers.ts) takes `webGpuLayerNorm` itself.
  *
@@ -41,56 +43,102 @@ class GeluOnWebGpu implements ActivationLike {
   }
 }
 
-/** What {@link denseRows} reads of a tfjs-layers Dense layer (structurally). */
-interface DenseLike {
-  kernel?: { read(): tf.Tensor };
-  bias?: { read(): tf.Tensor } | null;
-  activation?: ActivationLike;
+/** What the wrappers below read of a tfjs-layers layer (structurally). */
+interface LayerLike {
   call(inputs: tf.Tensor | tf.Tensor[], kwargs: Record<string, unknown>): tf.Tensor | tf.Tensor[];
   invokeCallHook(inputs: tf.Tensor | tf.Tensor[], kwargs: Record<string, unknown>): void;
 }
 
-/** Marks a Dense layer whose `call` {@link useWebGpuLayers} has wrapped. */
-const WRAPPED = Symbol("convnext-tfjs webgpu dense");
-
-/**
- * Dense on `x` (rank >= 3) as tfjs-layers computes it, in fewer dispatches: the rows of `x`
- * times the kernel with the bias fused in, then the activation, reshaped back.
- */
-function denseRows(layer: DenseLike, x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const kernel = layer.kernel!.read() as tf.Tensor2D;
-    const rows = tf.reshape(x, [-1, x.shape[x.rank - 1]]) as tf.Tensor2D;
-    let y: tf.Tensor = tf.fused.matMul({ a: rows, b: kernel, bias: layer.bias?.read() });
-    const activation = layer.activation;
-    if (activation && activation.getClassName() !== "linear") y = activation.apply(y);
-    return tf.reshape(y, [...x.shape.slice(0, -1), kernel.shape[1]]);
-  });
+/** A tfjs-layers Dense layer (structurally). */
+interface DenseLike extends LayerLike {
+  kernel?: { read(): tf.Tensor };
+  bias?: { read(): tf.Tensor } | null;
+  activation?: ActivationLike;
 }
 
-/** Wraps a Dense layer's `call`: {@link denseRows} on webgpu for inputs of rank >= 3. */
-function wrapDense(layer: DenseLike): void {
+/** A tfjs-layers DepthwiseConv2D layer (structurally). */
+interface DepthwiseLike extends LayerLike {
+  depthwiseKernel?: { read(): tf.Tensor };
+  bias?: { read(): tf.Tensor } | null;
+  activation?: ActivationLike;
+  strides: number[];
+  padding: "valid" | "same";
+  dataFormat: string;
+  dilationRate: number[] | number;
+}
+
+/** Marks a layer whose `call` {@link wrapCall} has wrapped. */
+const WRAPPED = Symbol("convnext-tfjs webgpu call");
+
+/**
+ * Wraps a layer's `call`: on webgpu, `fast(x)` of its one input, unless `fast` returns
+ * undefined (a case it does not take), when the layer's own `call` runs.
+ */
+function wrapCall(layer: LayerLike, fast: (x: tf.Tensor) => tf.Tensor | undefined): void {
   const holder = layer as unknown as Record<symbol, boolean>;
   if (holder[WRAPPED]) return;
   holder[WRAPPED] = true;
   const stock = layer.call.bind(layer);
   layer.call = (inputs, kwargs) => {
     const x = Array.isArray(inputs) && inputs.length === 1 ? inputs[0] : inputs;
-    if (
-      tf.getBackend() !== "webgpu" || Array.isArray(x) || x.rank < 3 ||
-      layer.kernel?.read().rank !== 2
-    ) {
-      return stock(inputs, kwargs);
+    const y = tf.getBackend() === "webgpu" && !Array.isArray(x)
+      ? tf.tidy(() => fast(x))
+      : undefined;
+    if (y) {
+      layer.invokeCallHook(inputs, kwargs);
+      return y;
     }
-    layer.invokeCallHook(inputs, kwargs);
-    return denseRows(layer, x);
+    return stock(inputs, kwargs);
   };
+}
+
+/** The layer's activation on `y`, skipping a linear one (as tfjs-layers computes it). */
+function activate(activation: ActivationLike | undefined, y: tf.Tensor): tf.Tensor {
+  return activation && activation.getClassName() !== "linear" ? activation.apply(y) : y;
+}
+
+/**
+ * Dense on `x` (rank >= 3) as tfjs-layers computes it, in fewer dispatches: the rows of `x`
+ * times the kernel with the bias fused in, then the activation, reshaped back.
+ */
+function denseRows(layer: DenseLike, x: tf.Tensor): tf.Tensor | undefined {
+  const kernel = layer.kernel?.read();
+  if (x.rank < 3 || kernel?.rank !== 2) return undefined;
+  const rows = tf.reshape(x, [-1, x.shape[x.rank - 1]]) as tf.Tensor2D;
+  const bias = layer.bias?.read();
+  const y = tf.fused.matMul({ a: rows, b: kernel as tf.Tensor2D, bias });
+  const shape = [...x.shape.slice(0, -1), kernel.shape[1]] as number[];
+  return tf.reshape(activate(layer.activation, y), shape);
+}
+
+/**
+ * DepthwiseConv2D on an NHWC `x` as tfjs-layers computes it, with the bias fused into the
+ * convolution (tfjs-layers adds it as a separate op).
+ */
+function depthwiseWithBias(layer: DepthwiseLike, x: tf.Tensor): tf.Tensor | undefined {
+  const filter = layer.depthwiseKernel?.read();
+  const dilation = [layer.dilationRate].flat();
+  if (
+    x.rank !== 4 || filter?.rank !== 4 || layer.dataFormat !== "channelsLast" ||
+    dilation.some((d) => d !== 1)
+  ) {
+    return undefined;
+  }
+  const y = tf.fused.depthwiseConv2d({
+    x: x as tf.Tensor4D,
+    filter: filter as tf.Tensor4D,
+    strides: layer.strides as [number, number],
+    pad: layer.padding,
+    dataFormat: "NHWC",
+    bias: layer.bias?.read(),
+  });
+  return activate(layer.activation, y);
 }
 
 /**
  * Lets `layers` run on this project's webgpu kernels whenever the webgpu backend is active
  * (see the module doc): GELU activations as one kernel each way, Dense layers on feature maps
- * as one fused matrix product. On other backends, and in saved models, they stay TF.js's own.
+ * as one fused matrix product, depthwise convolutions with their bias fused. On other backends, and in saved models, they stay TF.js's own.
  * Idempotent.
  *
  * @example
@@ -109,6 +157,10 @@ export function useWebGpuLayers(layers: readonly tf.layers.Layer[]): void {
     if (act && !(act instanceof GeluOnWebGpu) && act.getClassName() === "gelu") {
       holder.activation = new GeluOnWebGpu(act);
     }
-    if (layer.getClassName() === "Dense") wrapDense(layer as unknown as DenseLike);
+    const like = layer as unknown as DenseLike & DepthwiseLike;
+    if (layer.getClassName() === "Dense") wrapCall(like, (x) => denseRows(like, x));
+    if (layer.getClassName() === "DepthwiseConv2D") {
+      wrapCall(like, (x) => depthwiseWithBias(like, x));
+    }
   }
 }

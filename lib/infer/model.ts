@@ -39,7 +39,7 @@ import { useWebGpuLayers } from "../backend/webgpu_layers.ts";
 /**
  * Backends on which {@link ConvNeXtModel.predict} takes the optimized path: the kernel
  * engine on wasm and cpu; on webgpu the plan as GPU ops (six dispatches per block, with the
- * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against 8 on the Layers
+ * one-dispatch GELU and LayerNorm of ../backend/webgpu_kernels.ts, against 7 on the Layers
  * graph with ../backend/webgpu_layers.ts).
  */
 export const FAST_BACKENDS = ["wasm", "cpu", "webgpu"] as const;

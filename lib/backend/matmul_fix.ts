@@ -58,6 +58,32 @@ function activate(
 }
 
 /**
+ * Whether out^T = op(b)^T op(a)^T, transposed back, moves less data than transposing the
+ * flagged operands. Both ways cost data movement on top of the same multiply-adds: a
+ * transpose that moves the innermost axis (about 12 ns per element on wasm) for each operand
+ * that is not in place, and the packing of the right operand, which the wasm matmul redoes
+ * for every new tensor (about 14 ns per element). The swapped way transposes the unflagged
+ * operands and the output, and packs op(a)^T; it needs a plain product (no bias or
+ * activation to apply after it), which the caller checks.
+ */
+function swapPays(a: tf.TensorInfo, b: tf.TensorInfo, tA: boolean, tB: boolean): boolean {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const m = tA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const k = tA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const n = tB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const batchA = batchSize(a);
+  const batchB = batchSize(b);
+  const sizeA = k * m * batchA;
+  const sizeB = k * n * batchB;
+  const direct = TRANSPOSE_COST * ((tA ? sizeA : 0) + (tB ? sizeB : 0)) + PACK_COST * sizeB;
+  const swapped = TRANSPOSE_COST *
+      ((tA ? 0 : sizeA) + (tB ? 0 : sizeB) + m * n * Math.max(batchA, batchB)) +
+    PACK_COST * sizeA;
+  return swapped < direct;
+}
+
+/**
  * Wrap a matmul kernelFunc (`BatchMatMul` or `_FusedMatMul`: inputs `a`, `b`, ...;
  * attrs `transposeA`, `transposeB`, ...) so that it transposes flagged operands with the
  * backend's Transpose kernel and calls `original` without flags.
@@ -107,25 +133,10 @@ export function explicitTransposeMatMul(
       const flags = { transposeA: false, transposeB: false };
       const ra = inputs.a.shape.length;
       const rb = inputs.b.shape.length;
-      const m = tA ? inputs.a.shape[ra - 1] : inputs.a.shape[ra - 2];
-      const k = tA ? inputs.a.shape[ra - 2] : inputs.a.shape[ra - 1];
-      const n = tB ? inputs.b.shape[rb - 2] : inputs.b.shape[rb - 1];
-      // Both ways cost data movement on top of the same multiply-adds: a transpose that
-      // moves the innermost axis (about 12 ns per element on wasm) for each operand that is
-      // not in place, and the packing of the right operand, which the wasm matmul redoes
-      // for every new tensor (about 14 ns per element). Either transpose the flagged
-      // operands, or compute out^T = op(b)^T op(a)^T (transposing the unflagged operands,
-      // packing op(a)^T) and transpose it; the latter needs a plain product (no bias or
-      // activation to apply after it).
       const plain = bias == null && prelu == null &&
         (attrs.activation == null || attrs.activation === "linear");
-      const sizeA = k * m * batchA;
-      const sizeB = k * n * batchB;
-      const direct = TRANSPOSE_COST * ((tA ? sizeA : 0) + (tB ? sizeB : 0)) + PACK_COST * sizeB;
-      const swapped = TRANSPOSE_COST *
-          ((tA ? 0 : sizeA) + (tB ? 0 : sizeB) + m * n * Math.max(batchA, batchB)) +
-        PACK_COST * sizeA;
-      if (plain && swapped < direct) {
+      if (plain && swapPays(inputs.a, inputs.b, tA, tB)) {
+        // out^T = op(b)^T op(a)^T, transposed back.
         const bT = tB ? inputs.b : scope.transpose(inputs.b, swapLastTwo(rb));
         const aT = tA ? inputs.a : scope.transpose(inputs.a, swapLastTwo(ra));
         const outT = scope.adopt(

@@ -255,6 +255,70 @@ export type BlockRunner = (
   weights: FoldedWeights,
 ) => tf.Tensor;
 
+/** One step of a plan on tensors; `read` gives the slots' tensors. One flat switch. */
+function runStep(
+  step: Plan["steps"][number],
+  weights: FoldedWeights,
+  read: (slot: number) => tf.Tensor,
+  runBlock: BlockRunner | undefined,
+): tf.Tensor {
+  let out: tf.Tensor;
+  switch (step.op) {
+    case "block":
+      // A GRN block needs whole images: never split by the runner (rows, hidden units).
+      out = runBlock && !step.grn
+        ? runBlock(read(step.input) as tf.Tensor4D, step, weights)
+        : blockOnSlab(read(step.input) as tf.Tensor4D, weights, step, half(step), half(step));
+      break;
+    case "conv":
+    case "depthwise": {
+      // Same arguments; only the kernel differs.
+      const conv = step.op === "conv" ? tf.fused.conv2d : tf.fused.depthwiseConv2d;
+      out = conv({
+        x: read(step.input) as tf.Tensor4D,
+        filter: get(weights, `${step.prefix}/kernel`) as tf.Tensor4D,
+        strides: step.strides,
+        pad: step.padding,
+        bias: step.bias ? get(weights, `${step.prefix}/bias`) : undefined,
+      });
+      out = activate(out, step.activation);
+      break;
+    }
+    case "layerNorm":
+      out = on2d(read(step.input), (x2) =>
+        tf.add(
+          tf.mul(normalize(x2, step.epsilon), get(weights, `${step.prefix}/gamma`)),
+          get(weights, `${step.prefix}/beta`),
+        ));
+      break;
+    case "dense":
+      out = on2d(read(step.input), (x2) =>
+        tf.fused.matMul({
+          a: x2,
+          b: get(weights, `${step.prefix}/kernel`) as tf.Tensor2D,
+          bias: step.bias ? get(weights, `${step.prefix}/bias`) : undefined,
+        }));
+      out = activate(out, step.activation);
+      break;
+    case "scale":
+      out = tf.mul(read(step.input), get(weights, `${step.prefix}/gamma`));
+      break;
+    case "avgPool":
+      out = tf.mean(read(step.input), [1, 2]);
+      break;
+    case "maxPool":
+      out = tf.max(read(step.input), [1, 2]);
+      break;
+    case "add":
+      out = step.inputs.map(read).reduce((a, b) => tf.add(a, b));
+      break;
+    case "identity":
+      out = tf.clone(read(step.input));
+      break;
+  }
+  return out;
+}
+
 /**
  * Run `plan` on `input` (`[batch, h, w, channels]`) with `weights` from `foldWeights`;
  * `runBlock`, when given, runs the fused blocks instead of {@link blockOnSlab}.
@@ -294,66 +358,9 @@ export function executePlan(
       if (!t) throw new Error(`executePlan: slot ${s} is empty`);
       return t;
     };
-    const run = (step: Plan["steps"][number]): tf.Tensor => {
-      let out: tf.Tensor;
-      switch (step.op) {
-        case "block":
-          // A GRN block needs whole images: never split by the runner (rows, hidden units).
-          out = runBlock && !step.grn
-            ? runBlock(read(step.input) as tf.Tensor4D, step, weights)
-            : blockOnSlab(read(step.input) as tf.Tensor4D, weights, step, half(step), half(step));
-          break;
-        case "conv":
-        case "depthwise": {
-          // Same arguments; only the kernel differs.
-          const conv = step.op === "conv" ? tf.fused.conv2d : tf.fused.depthwiseConv2d;
-          out = conv({
-            x: read(step.input) as tf.Tensor4D,
-            filter: get(weights, `${step.prefix}/kernel`) as tf.Tensor4D,
-            strides: step.strides,
-            pad: step.padding,
-            bias: step.bias ? get(weights, `${step.prefix}/bias`) : undefined,
-          });
-          out = activate(out, step.activation);
-          break;
-        }
-        case "layerNorm":
-          out = on2d(read(step.input), (x2) =>
-            tf.add(
-              tf.mul(normalize(x2, step.epsilon), get(weights, `${step.prefix}/gamma`)),
-              get(weights, `${step.prefix}/beta`),
-            ));
-          break;
-        case "dense":
-          out = on2d(read(step.input), (x2) =>
-            tf.fused.matMul({
-              a: x2,
-              b: get(weights, `${step.prefix}/kernel`) as tf.Tensor2D,
-              bias: step.bias ? get(weights, `${step.prefix}/bias`) : undefined,
-            }));
-          out = activate(out, step.activation);
-          break;
-        case "scale":
-          out = tf.mul(read(step.input), get(weights, `${step.prefix}/gamma`));
-          break;
-        case "avgPool":
-          out = tf.mean(read(step.input), [1, 2]);
-          break;
-        case "maxPool":
-          out = tf.max(read(step.input), [1, 2]);
-          break;
-        case "add":
-          out = step.inputs.map(read).reduce((a, b) => tf.add(a, b));
-          break;
-        case "identity":
-          out = tf.clone(read(step.input));
-          break;
-      }
-      return out;
-    };
     plan.steps.forEach((step, i) => {
       // A tidy per step frees the step's temporaries at once, not at the end of the plan.
-      slots[step.output] = tf.tidy(() => run(step));
+      slots[step.output] = tf.tidy(() => runStep(step, weights, read, runBlock));
       // Free what no later step reads (never the caller's input).
       const reads = step.op === "add" ? step.inputs : [step.input];
       for (const s of reads) {

@@ -44,6 +44,62 @@ interface HeaderEntry {
   end: number;
 }
 
+/** A header entry checked against the format and the data's size (`bad` throws). */
+function headerEntry(
+  name: string,
+  raw: unknown,
+  dataSize: number,
+  bad: (msg: string) => never,
+): HeaderEntry {
+  const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  const dtype = DTYPES[String(e?.dtype)];
+  if (!dtype) bad(`tensor ${quote(name)} has unsupported dtype ${JSON.stringify(e?.dtype)}`);
+  const shape = e.shape;
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    bad(`tensor ${quote(name)} has a bad shape ${JSON.stringify(shape)}`);
+  }
+  const off = e.data_offsets;
+  if (
+    !Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d)) ||
+    off[0] < 0 || off[1] < off[0] || off[1] > dataSize
+  ) {
+    bad(
+      `tensor ${quote(name)} has bad data_offsets ${
+        JSON.stringify(off)
+      } (data is ${dataSize} bytes; truncated?)`,
+    );
+  }
+  const numel = (shape as number[]).reduce((a, b) => a * b, 1);
+  const [begin, end] = off as number[];
+  if (end - begin !== numel * DTYPE_SIZE[dtype]) {
+    bad(
+      `tensor ${quote(name)} spans ${end - begin} bytes, expected ${numel * DTYPE_SIZE[dtype]}`,
+    );
+  }
+  return { dtype, shape: shape as number[], begin, end };
+}
+
+/**
+ * Each byte belongs to one tensor at most: overlapping ranges would let a small file decode
+ * the same bytes many times over (and no writer produces them).
+ */
+function checkNoOverlap(entries: Map<string, HeaderEntry>, bad: (msg: string) => never): void {
+  const byBegin = [...entries].filter(([, e]) => e.end > e.begin).sort((a, b) =>
+    a[1].begin - b[1].begin
+  );
+  for (let i = 1; i < byBegin.length; i++) {
+    const [prevName, prev] = byBegin[i - 1];
+    const [name, e] = byBegin[i];
+    if (e.begin < prev.end) {
+      bad(
+        `tensor ${quote(name)} (bytes ${e.begin}..${e.end}) overlaps tensor ${
+          quote(prevName)
+        } (bytes ${prev.begin}..${prev.end})`,
+      );
+    }
+  }
+}
+
 /**
  * Reads a safetensors file (a path, read tensor by tensor, or its bytes) into a
  * {@link StateDict}, every tensor as float32.
@@ -83,50 +139,9 @@ export async function readSafetensors(source: string | Uint8Array): Promise<Stat
     const dataSize = src.size - dataStart;
     const entries = new Map<string, HeaderEntry>();
     for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
-      if (name === "__metadata__") continue;
-      const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      const dtype = DTYPES[String(e?.dtype)];
-      if (!dtype) bad(`tensor ${quote(name)} has unsupported dtype ${JSON.stringify(e?.dtype)}`);
-      const shape = e.shape;
-      if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-        bad(`tensor ${quote(name)} has a bad shape ${JSON.stringify(shape)}`);
-      }
-      const off = e.data_offsets;
-      if (
-        !Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d)) ||
-        off[0] < 0 || off[1] < off[0] || off[1] > dataSize
-      ) {
-        bad(
-          `tensor ${quote(name)} has bad data_offsets ${
-            JSON.stringify(off)
-          } (data is ${dataSize} bytes; truncated?)`,
-        );
-      }
-      const numel = (shape as number[]).reduce((a, b) => a * b, 1);
-      const [begin, end] = off as number[];
-      if (end - begin !== numel * DTYPE_SIZE[dtype]) {
-        bad(
-          `tensor ${quote(name)} spans ${end - begin} bytes, expected ${numel * DTYPE_SIZE[dtype]}`,
-        );
-      }
-      entries.set(name, { dtype, shape: shape as number[], begin, end });
+      if (name !== "__metadata__") entries.set(name, headerEntry(name, raw, dataSize, bad));
     }
-    // Each byte belongs to one tensor at most: overlapping ranges would let a small file
-    // decode the same bytes many times over (and no writer produces them).
-    const byBegin = [...entries].filter(([, e]) => e.end > e.begin).sort((a, b) =>
-      a[1].begin - b[1].begin
-    );
-    for (let i = 1; i < byBegin.length; i++) {
-      const [prevName, prev] = byBegin[i - 1];
-      const [name, e] = byBegin[i];
-      if (e.begin < prev.end) {
-        bad(
-          `tensor ${quote(name)} (bytes ${e.begin}..${e.end}) overlaps tensor ${
-            quote(prevName)
-          } (bytes ${prev.begin}..${prev.end})`,
-        );
-      }
-    }
+    checkNoOverlap(entries, bad);
     const out: StateDict = new Map();
     for (const [name, e] of entries) {
       const bytes = await src.read(dataStart + e.begin, e.end - e.begin);

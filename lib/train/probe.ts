@@ -78,6 +78,45 @@ export interface ExtractOptions {
   onProgress?: (done: number) => void;
 }
 
+/** A sample's cache key: the model's, the file's absolute path and its modification time. */
+async function featureKey(modelKey: string, path: string): Promise<string> {
+  let mtime = "?";
+  try {
+    mtime = String((await Deno.stat(path)).mtime?.getTime() ?? "?");
+  } catch {
+    // Unreadable: the loader reports it.
+  }
+  return sha256Hex(modelKey, "\0", resolve(path), "\0", mtime).slice(0, 32);
+}
+
+/**
+ * The features cached under `key`, in memory or else in `dir` (then kept in memory too),
+ * counted in `stats`; null when neither has them.
+ */
+async function cachedFeature(
+  key: string,
+  dir: string | undefined,
+  dim: number,
+  stats: FeatureStats,
+): Promise<Float32Array | null> {
+  const inMemory = memoryCache.get(key);
+  if (inMemory) {
+    stats.memoryHits++;
+    return inMemory;
+  }
+  if (!dir) return null;
+  try {
+    const bytes = await Deno.readFile(join(dir, `${key}.f32`));
+    if (bytes.byteLength !== dim * 4) return null;
+    const f = new Float32Array(bytes.buffer, bytes.byteOffset, dim).slice();
+    memoryCache.set(key, f);
+    stats.diskHits++;
+    return f;
+  } catch {
+    return null; // not cached yet
+  }
+}
+
 /**
  * Pooled embeddings of `samples` from `model`'s `head_norm` output, from the caches when
  * possible; the rest are loaded with the eval transform and run through the backbone.
@@ -129,30 +168,9 @@ export async function extractFeatures(
   const missing: number[] = [];
   let done = 0;
   for (const [i, s] of samples.entries()) {
-    let mtime = "?";
-    try {
-      mtime = String((await Deno.stat(s.path)).mtime?.getTime() ?? "?");
-    } catch {
-      // Unreadable: the loader reports it below.
-    }
-    const key = sha256Hex(modelKey, "\0", resolve(s.path), "\0", mtime).slice(0, 32);
+    const key = await featureKey(modelKey, s.path);
     keys.push(key);
-    const inMemory = memoryCache.get(key);
-    if (inMemory) {
-      features[i] = inMemory;
-      stats.memoryHits++;
-    } else if (dir) {
-      try {
-        const bytes = await Deno.readFile(join(dir, `${key}.f32`));
-        if (bytes.byteLength === dim * 4) {
-          features[i] = new Float32Array(bytes.buffer, bytes.byteOffset, dim).slice();
-          memoryCache.set(key, features[i]!);
-          stats.diskHits++;
-        }
-      } catch {
-        // Not cached yet.
-      }
-    }
+    features[i] = await cachedFeature(key, dir, dim, stats);
     if (features[i]) options.onProgress?.(++done);
     else missing.push(i);
   }

@@ -236,6 +236,84 @@ export function depthwiseBackpropFilter(backendName: string): tf.KernelFunc {
   };
 }
 
+/** The sizes of a filter gradient: batch, output size, kernel, strides and channels. */
+interface FilterGradDims {
+  n: number;
+  ho: number;
+  wo: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  cin: number;
+  cout: number;
+}
+
+/**
+ * dW [K, Cout] of a patchify conv (kernel == stride) from the padded-and-cropped `xp` and
+ * `dy2` [P, Cout]: patch row i of every window is a contiguous slab of x viewed as
+ * [N*Ho, kh, Wo*kw*Cin], so dW^T[:, row i] = dy^T [Cout, P] x slab_i [P, kw*Cin]. (Avoids a
+ * 6-D transpose, which wasm does slowly.)
+ */
+function patchifyFilterGrad(
+  scope: KernelScope,
+  xp: tf.TensorInfo,
+  dy2: tf.TensorInfo,
+  { n, ho, wo, kh, kw, cin, cout }: FilterGradDims,
+): tf.TensorInfo {
+  const p = n * ho * wo;
+  const dyT = scope.reshape(scope.transpose(dy2, [1, 0]), [1, cout, p]);
+  const r = scope.reshape(xp, [n * ho, kh, wo * kw * cin]);
+  const rows: tf.TensorInfo[] = [];
+  for (let i = 0; i < kh; i++) {
+    const slab = kh === 1 ? r : scope.run("Slice", { x: r }, {
+      begin: [0, i, 0],
+      size: [n * ho, 1, wo * kw * cin],
+    });
+    rows.push(scope.reshape(
+      scope.run("BatchMatMul", { a: dyT, b: scope.reshape(slab, [1, p, kw * cin]) }, {
+        transposeA: false,
+        transposeB: false,
+      }),
+      [cout, kw * cin],
+    ));
+  }
+  const gT = rows.length === 1 ? rows[0] : scope.run("Concat", rows, { axis: 1 });
+  return scope.transpose(gT, [1, 0]);
+}
+
+/** dW [K, Cout] of any conv: one strided slice of `xp` per filter tap (im2col), one matmul. */
+function im2colFilterGrad(
+  scope: KernelScope,
+  xp: tf.TensorInfo,
+  dy2: tf.TensorInfo,
+  { n, ho, wo, kh, kw, sh, sw, cin, cout }: FilterGradDims,
+): tf.TensorInfo {
+  const p = n * ho * wo;
+  const k = kh * kw * cin;
+  const taps: tf.TensorInfo[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      taps.push(scope.run("StridedSlice", { x: xp }, {
+        begin: [0, i, j, 0],
+        end: [n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin],
+        strides: [1, sh, sw, 1],
+        beginMask: 0,
+        endMask: 0,
+        ellipsisMask: 0,
+        newAxisMask: 0,
+        shrinkAxisMask: 0,
+      }));
+    }
+  }
+  const patches = taps.length === 1 ? taps[0] : scope.run("Concat", taps, { axis: 3 });
+  const patchesT = scope.transpose(scope.reshape(patches, [p, k]), [1, 0]);
+  return scope.run("BatchMatMul", {
+    a: scope.reshape(patchesT, [1, k, p]),
+    b: scope.reshape(dy2, [1, p, cout]),
+  }, { transposeA: false, transposeB: false });
+}
+
 /**
  * Gradient of a (dense) 2-D convolution with respect to its filter:
  * dW[K, Cout] = patches[P, K]^T dy[P, Cout] with P = N*Ho*Wo, K = kh*kw*Cin.
@@ -272,59 +350,17 @@ export function conv2DBackpropFilter(backendName: string): tf.KernelFunc {
       );
     }
     const p = n * ho * wo;
-    const k = kh * kw * cin;
     const needH = (ho - 1) * sh + kh;
     const needW = (wo - 1) * sw + kw;
     const scope = new KernelScope(backend, backendName);
     try {
       const xp = padCropSpatial(scope, x, [info.padInfo.top, info.padInfo.left], [needH, needW]);
       const dy2 = scope.reshape(dy, [p, cout]);
-      let dW: tf.TensorInfo; // [K, Cout], rows ordered (i, j, cin) as the HWIO filter
-      if (kh === sh && kw === sw) {
-        // Patch row i of every window is a contiguous slab of x viewed as
-        // [N*Ho, kh, Wo*kw*Cin]: dW^T[:, row i] = dy^T [Cout, P] x slab_i [P, kw*Cin].
-        // (Avoids a 6-D transpose, which wasm does slowly.)
-        const dyT = scope.reshape(scope.transpose(dy2, [1, 0]), [1, cout, p]);
-        const r = scope.reshape(xp, [n * ho, kh, wo * kw * cin]);
-        const rows: tf.TensorInfo[] = [];
-        for (let i = 0; i < kh; i++) {
-          const slab = kh === 1 ? r : scope.run("Slice", { x: r }, {
-            begin: [0, i, 0],
-            size: [n * ho, 1, wo * kw * cin],
-          });
-          rows.push(scope.reshape(
-            scope.run("BatchMatMul", { a: dyT, b: scope.reshape(slab, [1, p, kw * cin]) }, {
-              transposeA: false,
-              transposeB: false,
-            }),
-            [cout, kw * cin],
-          ));
-        }
-        const gT = rows.length === 1 ? rows[0] : scope.run("Concat", rows, { axis: 1 });
-        dW = scope.transpose(gT, [1, 0]);
-      } else {
-        const taps: tf.TensorInfo[] = [];
-        for (let i = 0; i < kh; i++) {
-          for (let j = 0; j < kw; j++) {
-            taps.push(scope.run("StridedSlice", { x: xp }, {
-              begin: [0, i, j, 0],
-              end: [n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin],
-              strides: [1, sh, sw, 1],
-              beginMask: 0,
-              endMask: 0,
-              ellipsisMask: 0,
-              newAxisMask: 0,
-              shrinkAxisMask: 0,
-            }));
-          }
-        }
-        const patches = taps.length === 1 ? taps[0] : scope.run("Concat", taps, { axis: 3 });
-        const patchesT = scope.transpose(scope.reshape(patches, [p, k]), [1, 0]);
-        dW = scope.run("BatchMatMul", {
-          a: scope.reshape(patchesT, [1, k, p]),
-          b: scope.reshape(dy2, [1, p, cout]),
-        }, { transposeA: false, transposeB: false });
-      }
+      const dims = { n, ho, wo, kh, kw, sh, sw, cin, cout };
+      // [K, Cout], rows ordered (i, j, cin) as the HWIO filter
+      const dW = kh === sh && kw === sw
+        ? patchifyFilterGrad(scope, xp, dy2, dims)
+        : im2colFilterGrad(scope, xp, dy2, dims);
       return scope.finish(scope.reshape(dW, [kh, kw, cin, cout]));
     } catch (e) {
       scope.disposeAll();

@@ -19,6 +19,7 @@ const COMMANDS = [
   "finetune",
   "demo",
   "bench",
+  "bench:dispatch",
   "bench:kernels",
   "bench:train",
   "models",

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short check of a machine with a GPU: which WebGPU adapter Deno gets, parity of the
 # webgpu backend (the WebGPU tests: logits against the cpu backend and PyTorch fixtures,
-# gradients against cpu), inference and training speed on webgpu, wasm on every core for
-# comparison, and how the wasm kernel engine scales with threads (inference and training).
+# gradients against cpu), inference and training speed and the cost of a dispatch on webgpu,
+# wasm on every core for comparison, and how the wasm kernel engine scales with threads
+# (inference and training).
 # Prints the numbers; paste them with the card's name into the README.
 #
 #   bash tools/gpu_check.sh                  # real sizes: convnext_tiny at 224
@@ -41,6 +42,9 @@ deno test -A tests/webgpu_test.ts tests/webgpu_kernels_test.ts tests/webgpu_grad
 step "inference, webgpu (the stock TF.js graph, then the optimized plan as GPU ops)"
 deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE" \
   --batch "$BATCHES" --iters 5 --json || status=1
+
+step "dispatch cost on webgpu (host time per kernel dispatch)"
+deno task bench:dispatch --json || status=1
 
 step "inference, wasm on every core (the kernel engine)"
 deno task bench --backend wasm --path optimized --model convnext_tiny --size "$SIZE" \

@@ -109,7 +109,10 @@ export class ConvNeXtModel extends tf.LayersModel {
   /** Its own class name (TF.js's `LayersModel` is `"Model"`), as registered and saved. */
   static override className = "ConvNeXtModel";
 
-  /** As `tf.model(args)`; the GELUs then run as one kernel each on webgpu. */
+  /**
+   * As `tf.model(args)`; on webgpu the layers then run on this project's kernels
+   * (../backend/webgpu_layers.ts).
+   */
   constructor(args: ConstructorParameters<typeof tf.LayersModel>[0]) {
     super(args);
     useWebGpuLayers(this.layers);

@@ -10,9 +10,9 @@
  * 1e-6 relative 2-norm, at most 1e-4 elementwise) on every trainable variable of small
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
  * {@link installWebGpuTrainingKernels} replaces nothing and registers only this project's
- * GELU and LayerNorm kernels (./webgpu_kernels.ts: the model's GELUs and LayerNorms run on
- * them on webgpu, one dispatch each where TF.js ops take five and nine): it checks that the kernels a training step runs
- * are registered for "webgpu" (a missing one would otherwise surface as "kernel not
+ * kernels (./webgpu_kernels.ts: GELU and LayerNorm, one dispatch each where TF.js ops take
+ * five and nine, and AdamW's and the EMA's updates): it checks that the kernels a training
+ * step runs are registered for "webgpu" (a missing one would otherwise surface as "kernel not
  * registered" deep inside `fit()`) and names the import that registers them.
  *
  * The backend-generic gradients of ./conv_grads.ts, which wasm needs, are no fallback here
@@ -105,7 +105,7 @@ export interface WebGpuTrainingInstall {
  * ```
  */
 export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {
-  registerWebGpuKernels(); // this project's GELU and LayerNorm kernels (./webgpu_kernels.ts)
+  registerWebGpuKernels(); // this project's kernels (./webgpu_kernels.ts)
   const missing = WEBGPU_TRAINING_KERNELS.filter((name) => tf.getKernel(name, BACKEND) == null);
   if (missing.length > 0) {
     throw new Error(

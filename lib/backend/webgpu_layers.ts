@@ -1,6 +1,6 @@
 /**
  * The model's layers on the webgpu backend, in this project's kernels and without TF.js's
- * detours (issue #12, the fast formulation on a GPU). {@link useWebGpuLayers} changes two
+ * detours (issue #12, the fast formulation on a GPU). {@link useWebGpuLayers} changes three
  * things of a model's layers, at run time only and only while the webgpu backend is active;
  * on other backends, and in saved models, they are TF.js's own:
  *
@@ -138,8 +138,8 @@ function depthwiseWithBias(layer: DepthwiseLike, x: tf.Tensor): tf.Tensor | unde
 /**
  * Lets `layers` run on this project's webgpu kernels whenever the webgpu backend is active
  * (see the module doc): GELU activations as one kernel each way, Dense layers on feature maps
- * as one fused matrix product, depthwise convolutions with their bias fused. On other backends, and in saved models, they stay TF.js's own.
- * Idempotent.
+ * as one fused matrix product, depthwise convolutions with their bias fused. On other
+ * backends, and in saved models, they stay TF.js's own. Idempotent.
  *
  * @example
  * ```ts

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { BlockStep, Plan, PlanStep } from "../plan.ts";
+import type { BlockStep, DenseStep, LayerNormStep, Plan, PlanStep, SpatialStep } from "../plan.ts";
 import { type EngineOptions, KernelEngine } from "./engine.ts";
 
 /** A folded weight as plain values (see ../fold.ts for the keys). */
@@ -172,6 +172,20 @@ export interface EngineHooks {
   layerNorm?(job: LayerNormJob): void;
 }
 
+/** Folded weight `key`; a missing one is a broken weights file, not an unsupported step. */
+function weightOf(weights: WeightArrays, key: string): WeightArray {
+  const w = weights[key];
+  if (!w) throw new Error(`EnginePlan: missing folded weight ${key}`);
+  return w;
+}
+
+/** Throws {@link EngineUnsupported} naming the step (so the caller can say what fell back). */
+function unsupported(step: PlanStep, why: string): never {
+  throw new EngineUnsupported(
+    `step ${step.op}${"prefix" in step ? ` ${step.prefix}` : ""}: ${why}`,
+  );
+}
+
 /**
  * A plan with its weights loaded into an engine. `ConvNeXtModel` (../model.ts) builds one
  * from a compiled plan and its folded weights read into Float32Arrays, then calls
@@ -221,99 +235,111 @@ export class EnginePlan {
 
   /** Validate one step; returns the loader that puts its weights into the engine. */
   private check(step: PlanStep, weights: WeightArrays): () => EngineStep {
-    const get = (key: string): WeightArray => {
-      const w = weights[key];
-      if (!w) throw new Error(`EnginePlan: missing folded weight ${key}`);
-      return w;
-    };
-    const no = (why: string): never => {
-      throw new EngineUnsupported(
-        `step ${step.op}${"prefix" in step ? ` ${step.prefix}` : ""}: ${why}`,
-      );
-    };
     switch (step.op) {
-      case "block": {
-        const p = step.prefix;
-        const [c, hidden] = get(`${p}/w1`).shape;
-        if (c % 4 !== 0) no(`${c} channels (the kernels need a multiple of 4)`);
-        if (hidden !== 4 * c) no(`hidden width ${hidden} (the kernels need 4 x ${c})`);
-        if (step.kernelSize % 2 !== 1) no(`even kernel size ${step.kernelSize}`);
-        return () => ({
-          op: "block",
-          k: step.kernelSize,
-          c,
-          eps: step.epsilon,
-          dww: this.upload(get(`${p}/dw_kernel`)),
-          dwb: this.upload(get(`${p}/dw_bias`)),
-          w1: this.pack(get(`${p}/w1`), c, hidden),
-          b1: this.upload(get(`${p}/b1`)),
-          w2: this.pack(get(`${p}/w2`), hidden, c),
-          b2: this.upload(get(`${p}/b2`)),
-          ...(step.grn
-            ? {
-              grn: {
-                gamma: this.upload(get(`${p}/grn_gamma`)),
-                eps: step.grn.epsilon,
-                desc: this.upload({ data: new Float32Array(4), shape: [4] }),
-              },
-            }
-            : {}),
-        });
-      }
-      case "conv": {
-        const kernel = get(`${step.prefix}/kernel`);
-        const [kh, kw, cin, cout] = kernel.shape;
-        const [sh, sw] = step.strides;
-        const patchify = kh === kw && sh === kh && sw === kw &&
-          (step.padding === "valid" || kh === 1);
-        if (!patchify) no(`${kh}x${kw} kernel at strides ${sh}x${sw}, padding ${step.padding}`);
-        if (step.activation !== "linear" && step.activation !== "gelu") {
-          no(`activation ${step.activation}`);
-        }
-        return () => ({
-          op: "conv",
-          s: kh,
-          cin,
-          cout,
-          w: this.pack(kernel, kh * kw * cin, cout),
-          b: step.bias ? this.upload(get(`${step.prefix}/bias`)) : 0,
-          gelu: step.activation === "gelu",
-        });
-      }
-      case "dense": {
-        const kernel = get(`${step.prefix}/kernel`);
-        const [cin, cout] = kernel.shape;
-        if (step.activation !== "linear" && step.activation !== "gelu") {
-          no(`activation ${step.activation}`);
-        }
-        return () => ({
-          op: "dense",
-          cin,
-          cout,
-          w: this.pack(kernel, cin, cout),
-          b: step.bias ? this.upload(get(`${step.prefix}/bias`)) : 0,
-          gelu: step.activation === "gelu",
-        });
-      }
-      case "layerNorm": {
-        const gamma = get(`${step.prefix}/gamma`);
-        const c = gamma.shape[0];
-        if (c % 4 !== 0) no(`${c} channels (the kernels need a multiple of 4)`);
-        return () => ({
-          op: "layerNorm",
-          c,
-          eps: step.epsilon,
-          gamma: this.upload(gamma),
-          beta: this.upload(get(`${step.prefix}/beta`)),
-        });
-      }
+      case "block":
+        return this.checkBlock(step, weights);
+      case "conv":
+        return this.checkConv(step, weights);
+      case "dense":
+        return this.checkDense(step, weights);
+      case "layerNorm":
+        return this.checkLayerNorm(step, weights);
       case "avgPool":
         return () => ({ op: "avgPool" });
       case "identity":
         return () => ({ op: "identity" });
       default:
-        return no("not a kernel of the engine");
+        return unsupported(step, "not a kernel of the engine");
     }
+  }
+
+  /**
+   * A block step: the kernels tile channels by 4 and assume the 4x hidden width and a
+   * centred (odd) depthwise kernel.
+   */
+  private checkBlock(step: BlockStep, weights: WeightArrays): () => EngineStep {
+    const get = (key: string) => weightOf(weights, key);
+    const p = step.prefix;
+    const [c, hidden] = get(`${p}/w1`).shape;
+    if (c % 4 !== 0) unsupported(step, `${c} channels (the kernels need a multiple of 4)`);
+    if (hidden !== 4 * c) unsupported(step, `hidden width ${hidden} (the kernels need 4 x ${c})`);
+    if (step.kernelSize % 2 !== 1) unsupported(step, `even kernel size ${step.kernelSize}`);
+    return () => ({
+      op: "block",
+      k: step.kernelSize,
+      c,
+      eps: step.epsilon,
+      dww: this.upload(get(`${p}/dw_kernel`)),
+      dwb: this.upload(get(`${p}/dw_bias`)),
+      w1: this.pack(get(`${p}/w1`), c, hidden),
+      b1: this.upload(get(`${p}/b1`)),
+      w2: this.pack(get(`${p}/w2`), hidden, c),
+      b2: this.upload(get(`${p}/b2`)),
+      ...(step.grn
+        ? {
+          grn: {
+            gamma: this.upload(get(`${p}/grn_gamma`)),
+            eps: step.grn.epsilon,
+            desc: this.upload({ data: new Float32Array(4), shape: [4] }),
+          },
+        }
+        : {}),
+    });
+  }
+
+  /** A conv step: only patchify convs (kernel = stride, no padding) run as one matmul. */
+  private checkConv(step: SpatialStep, weights: WeightArrays): () => EngineStep {
+    const kernel = weightOf(weights, `${step.prefix}/kernel`);
+    const [kh, kw, cin, cout] = kernel.shape;
+    const [sh, sw] = step.strides;
+    const patchify = kh === kw && sh === kh && sw === kw &&
+      (step.padding === "valid" || kh === 1);
+    if (!patchify) {
+      unsupported(step, `${kh}x${kw} kernel at strides ${sh}x${sw}, padding ${step.padding}`);
+    }
+    if (step.activation !== "linear" && step.activation !== "gelu") {
+      unsupported(step, `activation ${step.activation}`);
+    }
+    return () => ({
+      op: "conv",
+      s: kh,
+      cin,
+      cout,
+      w: this.pack(kernel, kh * kw * cin, cout),
+      b: step.bias ? this.upload(weightOf(weights, `${step.prefix}/bias`)) : 0,
+      gelu: step.activation === "gelu",
+    });
+  }
+
+  /** A dense step: the matmul kernel fuses only GELU after the bias. */
+  private checkDense(step: DenseStep, weights: WeightArrays): () => EngineStep {
+    const kernel = weightOf(weights, `${step.prefix}/kernel`);
+    const [cin, cout] = kernel.shape;
+    if (step.activation !== "linear" && step.activation !== "gelu") {
+      unsupported(step, `activation ${step.activation}`);
+    }
+    return () => ({
+      op: "dense",
+      cin,
+      cout,
+      w: this.pack(kernel, cin, cout),
+      b: step.bias ? this.upload(weightOf(weights, `${step.prefix}/bias`)) : 0,
+      gelu: step.activation === "gelu",
+    });
+  }
+
+  /** A LayerNorm step: the kernel tiles channels by 4. */
+  private checkLayerNorm(step: LayerNormStep, weights: WeightArrays): () => EngineStep {
+    const gamma = weightOf(weights, `${step.prefix}/gamma`);
+    const c = gamma.shape[0];
+    if (c % 4 !== 0) unsupported(step, `${c} channels (the kernels need a multiple of 4)`);
+    return () => ({
+      op: "layerNorm",
+      c,
+      eps: step.epsilon,
+      gamma: this.upload(gamma),
+      beta: this.upload(weightOf(weights, `${step.prefix}/beta`)),
+    });
   }
 
   /**

@@ -250,7 +250,7 @@ export class ParallelGradients {
     if (x.rank !== 4) {
       throw new Error(`ParallelGradients: x must be [n, h, w, c], got [${x.shape}]`);
     }
-    const [n, h, w, c] = x.shape as [number, number, number, number];
+    const n = x.shape[0];
     if (labels.length !== n) {
       throw new Error(`ParallelGradients: ${labels.length} labels for ${n} images`);
     }
@@ -268,17 +268,11 @@ export class ParallelGradients {
       for (let k = 0; k < shares.length - 1; k++) {
         const worker = this.workers[k];
         const m = shares[k];
-        const floats = m * h * w * c;
-        worker.reserve(floats + m);
-        const part = tf.slice(x, [start, 0, 0, 0], [m, -1, -1, -1]);
-        worker.input.set(part.dataSync() as Float32Array);
-        part.dispose();
-        for (let i = 0; i < m; i++) worker.input[floats + i] = labels[start + i];
-        [m, h, w, c].forEach((d, i) => Atomics.store(worker.ctrl, TCTRL.SHAPE + i, d));
-        Atomics.store(worker.ctrl, TCTRL.SEED, hashSeed(seed, k) | 0);
-        worker.scalars[TSCALAR.SMOOTHING] = smoothing;
-        worker.scalars[TSCALAR.SCALE] = scale * m / n;
-        worker.post(TOP.GRADS);
+        this.postShare(worker, x, labels, start, m, {
+          smoothing,
+          scale: scale * m / n,
+          seed: hashSeed(seed, k),
+        });
         busy.push({ worker, n: m });
         start += m;
       }
@@ -298,22 +292,7 @@ export class ParallelGradients {
         correct += worker.scalars[TSCALAR.CORRECT];
       }
       const t4 = performance.now();
-      // Sum in parameter order; each worker's gradients lie back to back in its buffer.
-      let offset = 0;
-      for (const p of this.params) {
-        const size = p.variable.size;
-        const parts = [grads.get(p.name)!];
-        for (const { worker } of busy) {
-          parts.push(
-            tf.tensor(worker.grads.subarray(offset, offset + size), p.variable.shape, "float32"),
-          );
-        }
-        offset += size;
-        if (parts.length > 1) {
-          grads.set(p.name, tf.addN(parts));
-          tf.dispose(parts);
-        }
-      }
+      this.addWorkerGradients(grads, busy.map((b) => b.worker));
       busy.length = 0;
       const t5 = performance.now();
       this.timings = { publish: t1 - t0, post: t2 - t1, own: t3 - t2, wait: t4 - t3, sum: t5 - t4 };
@@ -323,6 +302,49 @@ export class ParallelGradients {
         try {
           worker.wait();
         } catch { /* already failing */ }
+      }
+    }
+  }
+
+  /** Hand images `[start, start + m)` of `x` and their labels to `worker` and start it. */
+  private postShare(
+    worker: TrainWorker,
+    x: tf.Tensor,
+    labels: Int32Array,
+    start: number,
+    m: number,
+    options: { smoothing: number; scale: number; seed: number },
+  ): void {
+    const [, h, w, c] = x.shape;
+    const floats = m * h * w * c;
+    worker.reserve(floats + m);
+    const part = tf.slice(x, [start, 0, 0, 0], [m, -1, -1, -1]);
+    worker.input.set(part.dataSync() as Float32Array);
+    part.dispose();
+    for (let i = 0; i < m; i++) worker.input[floats + i] = labels[start + i];
+    [m, h, w, c].forEach((d, i) => Atomics.store(worker.ctrl, TCTRL.SHAPE + i, d));
+    Atomics.store(worker.ctrl, TCTRL.SEED, options.seed | 0);
+    worker.scalars[TSCALAR.SMOOTHING] = options.smoothing;
+    worker.scalars[TSCALAR.SCALE] = options.scale;
+    worker.post(TOP.GRADS);
+  }
+
+  /** Add the finished `workers`' gradients into `grads` (the main thread's, by name). */
+  private addWorkerGradients(grads: Map<string, tf.Tensor>, workers: TrainWorker[]): void {
+    // Parameter order; each worker's gradients lie back to back in its buffer.
+    let offset = 0;
+    for (const p of this.params) {
+      const size = p.variable.size;
+      const parts = [grads.get(p.name)!];
+      for (const worker of workers) {
+        parts.push(
+          tf.tensor(worker.grads.subarray(offset, offset + size), p.variable.shape, "float32"),
+        );
+      }
+      offset += size;
+      if (parts.length > 1) {
+        grads.set(p.name, tf.addN(parts));
+        tf.dispose(parts);
       }
     }
   }

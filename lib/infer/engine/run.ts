@@ -659,134 +659,26 @@ export class EnginePlan {
     hooks: EngineHooks = {},
   ): { data: Float32Array<ArrayBuffer>; shape: number[] } {
     const { plan, engine } = this;
-    const k = engine.kernels;
     if (shape.length !== 4 || size(shape) !== input.length) {
       throw new Error(
         `EnginePlan.run: expected [n, h, w, c] input, got ${JSON.stringify(shape)} ` +
           `for ${input.length} values`,
       );
     }
+    const buffers = new RunBuffers(engine);
     const slots: (Buffer | undefined)[] = [];
-    const live = new Set<number>();
-    const alloc = (s: number[]): Buffer => {
-      const ptr = engine.alloc(size(s));
-      live.add(ptr);
-      return { ptr, shape: s };
-    };
-    const release = (b: Buffer) => {
-      if (live.delete(b.ptr)) engine.free(b.ptr);
-    };
-    // The conv (on its patches) and dense steps: `m` rows of `kk` values times the step's
-    // packed weights, into `out`.
-    const matmul = (
-      a: number,
-      m: number,
-      kk: number,
-      l: { w: number; b: number; cout: number; gelu: boolean },
-      out: number,
-    ) => {
-      const job: GemmJob = {
-        a,
-        lda: kk,
-        m,
-        k: kk,
-        b: l.w,
-        n: l.cout,
-        bias: l.b,
-        c: out,
-        ldc: l.cout,
-        mode: l.gelu ? 1 : 0,
-      };
-      if (hooks.gemm) hooks.gemm(job);
-      else this.gemm(job);
-    };
     try {
-      const x0 = alloc(shape);
+      const x0 = buffers.alloc(shape);
       engine.write(x0.ptr, input);
       slots[plan.input] = x0;
       plan.steps.forEach((step, i) => {
-        const read = (s: number): Buffer => {
-          const b = slots[s];
-          if (!b) throw new Error(`EnginePlan.run: slot ${s} is empty`);
-          return b;
-        };
-        const l = this.steps[i];
-        const x = read("input" in step ? step.input : -1);
-        let out: Buffer;
-        switch (l.op) {
-          case "block": {
-            const [n, h, w, c] = x.shape;
-            if (c !== l.c) {
-              throw new Error(`EnginePlan.run: block ${i}: ${c} channels, expected ${l.c}`);
-            }
-            out = alloc(x.shape);
-            if (l.grn) this.grnBlock(i, step as BlockStep, x.ptr, [n, h, w, c], out.ptr, hooks);
-            else if (hooks.block) hooks.block(i, step as BlockStep, x.ptr, x.shape, out.ptr);
-            else this.blockOnSlab(i, x.ptr, [n, h, w, c], (l.k - 1) / 2, (l.k - 1) / 2, out.ptr);
-            break;
-          }
-          case "conv": {
-            const [n, h, w, c] = x.shape;
-            if (c !== l.cin) {
-              throw new Error(`EnginePlan.run: conv ${i}: ${c} channels, expected ${l.cin}`);
-            }
-            const oh = Math.floor(h / l.s), ow = Math.floor(w / l.s);
-            out = alloc([n, oh, ow, l.cout]);
-            const kk = l.s * l.s * l.cin;
-            let a = x;
-            if (l.s > 1) {
-              a = alloc([n * oh * ow, kk]);
-              k.patchify(x.ptr, n, h, w, c, l.s, a.ptr);
-            }
-            matmul(a.ptr, n * oh * ow, kk, l, out.ptr);
-            if (a !== x) release(a);
-            break;
-          }
-          case "dense": {
-            const c = x.shape[x.shape.length - 1];
-            if (c !== l.cin) {
-              throw new Error(`EnginePlan.run: dense ${i}: ${c} inputs, expected ${l.cin}`);
-            }
-            const m = size(x.shape) / c;
-            out = alloc([...x.shape.slice(0, -1), l.cout]);
-            matmul(x.ptr, m, c, l, out.ptr);
-            break;
-          }
-          case "layerNorm": {
-            const c = x.shape[x.shape.length - 1];
-            if (c !== l.c) {
-              throw new Error(`EnginePlan.run: LayerNorm ${i}: ${c} channels, expected ${l.c}`);
-            }
-            out = alloc(x.shape);
-            const job: LayerNormJob = {
-              x: x.ptr,
-              m: size(x.shape) / c,
-              c,
-              eps: l.eps,
-              gamma: l.gamma,
-              beta: l.beta,
-              out: out.ptr,
-            };
-            if (hooks.layerNorm) hooks.layerNorm(job);
-            else this.layerNorm(job);
-            break;
-          }
-          case "avgPool": {
-            const [n, h, w, c] = x.shape;
-            out = alloc([n, c]);
-            k.avg_pool(x.ptr, n, h * w, c, out.ptr);
-            break;
-          }
-          case "identity": {
-            out = alloc(x.shape);
-            engine.write(out.ptr, engine.view(x.ptr, size(x.shape)));
-            break;
-          }
-        }
-        slots[step.output] = out;
+        const x = slots["input" in step ? step.input : -1];
+        if (!x) throw new Error(`EnginePlan.run: step ${i}'s input slot is empty`);
+        slots[step.output] = this.runStep(i, step, x, buffers, hooks);
+        // Free each slot after its last reader, so a run holds a few activations at a time.
         for (const s of "inputs" in step ? step.inputs : [step.input]) {
           if (plan.lastUse[s] === i && s !== plan.output) {
-            release(slots[s]!);
+            buffers.release(slots[s]!);
             slots[s] = undefined;
           }
         }
@@ -794,7 +686,158 @@ export class EnginePlan {
       const result = slots[plan.output]!;
       return { data: engine.read(result.ptr, size(result.shape)), shape: result.shape };
     } finally {
-      for (const p of live) engine.free(p);
+      buffers.freeAll();
     }
+  }
+
+  /** Step `i` of the plan on `x`, into a new buffer of `buffers`. */
+  private runStep(
+    i: number,
+    step: PlanStep,
+    x: Buffer,
+    buffers: RunBuffers,
+    hooks: EngineHooks,
+  ): Buffer {
+    const l = this.steps[i];
+    switch (l.op) {
+      case "block":
+        return this.runBlock(i, l, step as BlockStep, x, buffers, hooks);
+      case "conv":
+        return this.runConv(i, l, x, buffers, hooks);
+      case "dense": {
+        const c = channelsOf(x, l.cin, `dense ${i}`, "inputs");
+        const out = buffers.alloc([...x.shape.slice(0, -1), l.cout]);
+        this.runMatmul(x.ptr, size(x.shape) / c, c, l, out.ptr, hooks);
+        return out;
+      }
+      case "layerNorm": {
+        const c = channelsOf(x, l.c, `LayerNorm ${i}`, "channels");
+        const out = buffers.alloc(x.shape);
+        const { eps, gamma, beta } = l;
+        const job: LayerNormJob = {
+          x: x.ptr,
+          m: size(x.shape) / c,
+          c,
+          eps,
+          gamma,
+          beta,
+          out: out.ptr,
+        };
+        if (hooks.layerNorm) hooks.layerNorm(job);
+        else this.layerNorm(job);
+        return out;
+      }
+      case "avgPool": {
+        const [n, h, w, c] = x.shape;
+        const out = buffers.alloc([n, c]);
+        this.engine.kernels.avg_pool(x.ptr, n, h * w, c, out.ptr);
+        return out;
+      }
+      case "identity": {
+        const out = buffers.alloc(x.shape);
+        this.engine.write(out.ptr, this.engine.view(x.ptr, size(x.shape)));
+        return out;
+      }
+    }
+  }
+
+  /** A ConvNeXt block: GRN blocks in two passes, others by `hooks.block` or on this thread. */
+  private runBlock(
+    i: number,
+    l: Extract<EngineStep, { op: "block" }>,
+    step: BlockStep,
+    x: Buffer,
+    buffers: RunBuffers,
+    hooks: EngineHooks,
+  ): Buffer {
+    channelsOf(x, l.c, `block ${i}`, "channels");
+    const out = buffers.alloc(x.shape);
+    const pad = (l.k - 1) / 2;
+    if (l.grn) this.grnBlock(i, step, x.ptr, x.shape, out.ptr, hooks);
+    else if (hooks.block) hooks.block(i, step, x.ptr, x.shape, out.ptr);
+    else this.blockOnSlab(i, x.ptr, x.shape, pad, pad, out.ptr);
+    return out;
+  }
+
+  /** A stride-s s x s conv (the stem, a downsampling layer): a matmul on its patches. */
+  private runConv(
+    i: number,
+    l: Extract<EngineStep, { op: "conv" }>,
+    x: Buffer,
+    buffers: RunBuffers,
+    hooks: EngineHooks,
+  ): Buffer {
+    const [n, h, w, c] = x.shape;
+    channelsOf(x, l.cin, `conv ${i}`, "channels");
+    const oh = Math.floor(h / l.s), ow = Math.floor(w / l.s);
+    const out = buffers.alloc([n, oh, ow, l.cout]);
+    const kk = l.s * l.s * l.cin;
+    if (l.s === 1) {
+      this.runMatmul(x.ptr, n * oh * ow, kk, l, out.ptr, hooks);
+      return out;
+    }
+    const patches = buffers.alloc([n * oh * ow, kk]);
+    this.engine.kernels.patchify(x.ptr, n, h, w, c, l.s, patches.ptr);
+    this.runMatmul(patches.ptr, n * oh * ow, kk, l, out.ptr, hooks);
+    buffers.release(patches);
+    return out;
+  }
+
+  /** `m` rows of `kk` values at `a` times a conv or dense step's packed weights, into `out`. */
+  private runMatmul(
+    a: number,
+    m: number,
+    kk: number,
+    l: { w: number; b: number; cout: number; gelu: boolean },
+    out: number,
+    hooks: EngineHooks,
+  ): void {
+    const job: GemmJob = {
+      a,
+      lda: kk,
+      m,
+      k: kk,
+      b: l.w,
+      n: l.cout,
+      bias: l.b,
+      c: out,
+      ldc: l.cout,
+      mode: l.gelu ? 1 : 0,
+    };
+    if (hooks.gemm) hooks.gemm(job);
+    else this.gemm(job);
+  }
+}
+
+/** `x`'s last dimension, checked against the `expected` count of a step (named by `what`). */
+function channelsOf(x: Buffer, expected: number, what: string, unit: string): number {
+  const c = x.shape[x.shape.length - 1];
+  if (c !== expected) {
+    throw new Error(`EnginePlan.run: ${what}: ${c} ${unit}, expected ${expected}`);
+  }
+  return c;
+}
+
+/** The engine buffers of one {@link EnginePlan.run}: all freed at its end, even on error. */
+class RunBuffers {
+  private readonly live = new Set<number>();
+  constructor(private readonly engine: KernelEngine) {}
+
+  /** A new buffer of `shape`'s size (float32 values). */
+  alloc(shape: number[]): Buffer {
+    const ptr = this.engine.alloc(size(shape));
+    this.live.add(ptr);
+    return { ptr, shape };
+  }
+
+  /** Free `b` now (once: a buffer already freed is left alone). */
+  release(b: Buffer): void {
+    if (this.live.delete(b.ptr)) this.engine.free(b.ptr);
+  }
+
+  /** Free every buffer still held. */
+  freeAll(): void {
+    for (const p of this.live) this.engine.free(p);
+    this.live.clear();
   }
 }

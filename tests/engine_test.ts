@@ -116,43 +116,10 @@ for (const relaxed of builds) {
       for (const [padTop, padBottom] of [[half, half], [0, 1], [1, 0]]) {
         const orow = rows + padTop + padBottom - 2 * half;
         if (orow <= 0) continue;
-        const want = new Float64Array(n * orow * w * c);
-        for (let img = 0; img < n; img++) {
-          for (let oy = 0; oy < orow; oy++) {
-            for (let ox = 0; ox < w; ox++) {
-              const y = new Float64Array(c);
-              for (let ch = 0; ch < c; ch++) {
-                let s = dwb[ch];
-                for (let ky = 0; ky < k; ky++) {
-                  const iy = oy + ky - padTop;
-                  if (iy < 0 || iy >= rows) continue;
-                  for (let kx = 0; kx < k; kx++) {
-                    const ix = ox + kx - half;
-                    if (ix < 0 || ix >= w) continue;
-                    s += x[((img * rows + iy) * w + ix) * c + ch] * dww[(ky * k + kx) * c + ch];
-                  }
-                }
-                y[ch] = s;
-              }
-              const mean = y.reduce((a, b) => a + b, 0) / c;
-              const v = y.reduce((a, b) => a + (b - mean) ** 2, 0) / c;
-              const z = y.map((t) => (t - mean) / Math.sqrt(v + eps));
-              const h = new Float64Array(hidden);
-              for (let j = 0; j < hidden; j++) {
-                let s = b1[j];
-                for (let q = 0; q < c; q++) s += z[q] * w1[q * hidden + j];
-                h[j] = gelu(s);
-              }
-              const resRow = oy + half - padTop;
-              for (let ch = 0; ch < c; ch++) {
-                let s = b2[ch];
-                for (let j = 0; j < hidden; j++) s += h[j] * w2[j * c + ch];
-                want[((img * orow + oy) * w + ox) * c + ch] = s +
-                  x[((img * rows + resRow) * w + ox) * c + ch];
-              }
-            }
-          }
-        }
+        const want = blockReference(
+          { x, n, rows, w, c, k, padTop, padBottom },
+          { dww, dwb, w1, b1, w2, b2, eps },
+        );
         const px = e.upload(x), out = e.alloc(want.length);
         const tile = 8; // several tiles per image, and a remainder
         const scratch = e.alloc(e.kernels.block_scratch(rows + padTop + padBottom, w, c, k, tile));
@@ -181,6 +148,63 @@ for (const relaxed of builds) {
       }
     }
   });
+}
+
+/** A ConvNeXt block in float64 by its definition, on a band of `rows` rows with padding. */
+function blockReference(
+  m: {
+    x: Float32Array;
+    n: number;
+    rows: number;
+    w: number;
+    c: number;
+    k: number;
+    padTop: number;
+    padBottom: number;
+  },
+  p: Record<"dww" | "dwb" | "w1" | "b1" | "w2" | "b2", Float32Array> & { eps: number },
+): Float64Array {
+  const { x, n, rows, w, c, k, padTop, padBottom } = m;
+  const half = (k - 1) / 2, hidden = 4 * c;
+  const orow = rows + padTop + padBottom - 2 * half;
+  const want = new Float64Array(n * orow * w * c);
+  for (let img = 0; img < n; img++) {
+    for (let oy = 0; oy < orow; oy++) {
+      for (let ox = 0; ox < w; ox++) {
+        const y = new Float64Array(c);
+        for (let ch = 0; ch < c; ch++) {
+          let s = p.dwb[ch];
+          for (let ky = 0; ky < k; ky++) {
+            const iy = oy + ky - padTop;
+            if (iy < 0 || iy >= rows) continue;
+            for (let kx = 0; kx < k; kx++) {
+              const ix = ox + kx - half;
+              if (ix < 0 || ix >= w) continue;
+              s += x[((img * rows + iy) * w + ix) * c + ch] * p.dww[(ky * k + kx) * c + ch];
+            }
+          }
+          y[ch] = s;
+        }
+        const mean = y.reduce((a, b) => a + b, 0) / c;
+        const v = y.reduce((a, b) => a + (b - mean) ** 2, 0) / c;
+        const z = y.map((t) => (t - mean) / Math.sqrt(v + p.eps));
+        const h = new Float64Array(hidden);
+        for (let j = 0; j < hidden; j++) {
+          let s = p.b1[j];
+          for (let q = 0; q < c; q++) s += z[q] * p.w1[q * hidden + j];
+          h[j] = gelu(s);
+        }
+        const resRow = oy + half - padTop;
+        for (let ch = 0; ch < c; ch++) {
+          let s = p.b2[ch];
+          for (let j = 0; j < hidden; j++) s += h[j] * p.w2[j * c + ch];
+          want[((img * orow + oy) * w + ox) * c + ch] = s +
+            x[((img * rows + resRow) * w + ox) * c + ch];
+        }
+      }
+    }
+  }
+  return want;
 }
 
 Deno.test("layer_norm, patchify and avg_pool equal their definitions", () => {

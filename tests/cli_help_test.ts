@@ -20,6 +20,7 @@ const COMMANDS = [
   "demo",
   "bench",
   "bench:dispatch",
+  "bench:webgpu-kernels",
   "bench:kernels",
   "bench:train",
   "models",

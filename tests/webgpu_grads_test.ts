@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../lib/backend/select.ts";
+import { stockFilterGradKernel } from "../lib/backend/webgpu_filter_grads.ts";
 import {
   installWebGpuTrainingKernels,
   WEBGPU_TRAINING_KERNELS,
@@ -97,14 +98,19 @@ const CONV_CASES: {
   { x: [2, 9, 8, 3], k: [3, 3], cout: 5, strides: 1, pad: "same" },
 ];
 
-Deno.test("installWebGpuTrainingKernels: webgpu 4.22 lacks nothing; idempotent", async () => {
+Deno.test("installWebGpuTrainingKernels: webgpu 4.22 lacks nothing; filter gradients split; idempotent", async () => {
   await useWebGpu();
   assert.ok(webGpuTrainingKernelsReady());
   const before = WEBGPU_TRAINING_KERNELS.map((name) => tf.getKernel(name, "webgpu")!.kernelFunc);
   const again = installWebGpuTrainingKernels();
   assert.deepEqual(again.added, []);
-  assert.deepEqual(again.unchanged, [...WEBGPU_TRAINING_KERNELS]);
-  // tfjs-backend-webgpu's own kernels stay registered (none replaced).
+  assert.deepEqual(again.replaced, []); // the first call (useWebGpu) replaced them
+  const split = ["Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter"];
+  assert.deepEqual(again.unchanged, WEBGPU_TRAINING_KERNELS.filter((n) => !split.includes(n)));
+  for (const name of split) {
+    assert.notEqual(tf.getKernel(name, "webgpu")!.kernelFunc, stockFilterGradKernel(name as never));
+  }
+  // Registrations stay as they are on a second call.
   assert.deepEqual(
     WEBGPU_TRAINING_KERNELS.map((name) => tf.getKernel(name, "webgpu")!.kernelFunc),
     before,

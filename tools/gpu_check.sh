@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One short check of a machine with a GPU: which WebGPU adapter Deno gets, parity of the
 # webgpu backend (the WebGPU tests: logits against the cpu backend and PyTorch fixtures,
-# gradients against cpu), inference and training speed and the cost of a dispatch on webgpu,
-# wasm on every core for comparison, and how the wasm kernel engine scales with threads
-# (inference and training).
+# gradients against cpu), inference and training speed, the cost of a dispatch and this
+# project's filter-gradient kernels against TF.js's on webgpu, wasm on every core for
+# comparison, and how the wasm kernel engine scales with threads (inference and training).
 # Prints the numbers; paste them with the card's name into the README.
 #
 #   bash tools/gpu_check.sh                  # real sizes: convnext_tiny at 224
@@ -37,7 +37,8 @@ console.log(JSON.stringify({ vendor, architecture, device, description,
   maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize }));' || status=1
 
 step "parity: the WebGPU tests"
-deno test -A tests/webgpu_test.ts tests/webgpu_kernels_test.ts tests/webgpu_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
+deno test -A tests/webgpu_test.ts tests/webgpu_kernels_test.ts tests/webgpu_grads_test.ts \
+  tests/webgpu_filter_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
 
 step "inference, webgpu (the stock TF.js graph, then the optimized plan as GPU ops)"
 deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE" \
@@ -45,6 +46,9 @@ deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE
 
 step "dispatch cost on webgpu (host time per kernel dispatch)"
 deno task bench:dispatch --json || status=1
+
+step "filter gradients on webgpu: split reductions against TF.js's kernels (batch 32)"
+deno task bench:webgpu-kernels --size "$SIZE" --batch "$TRAIN_BATCH" --iters 3 --json || status=1
 
 step "inference, wasm on every core (the kernel engine)"
 deno task bench --backend wasm --path optimized --model convnext_tiny --size "$SIZE" \

@@ -9,11 +9,13 @@
  * flags), and tests/webgpu_grads_test.ts measures them equal to the cpu backend's (about
  * 1e-6 relative 2-norm, at most 1e-4 elementwise) on every trainable variable of small
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
- * {@link installWebGpuTrainingKernels} replaces nothing and registers only this project's
- * kernels (./webgpu_kernels.ts: GELU and LayerNorm, one dispatch each where TF.js ops take
- * five and nine, and AdamW's and the EMA's updates): it checks that the kernels a training
- * step runs are registered for "webgpu" (a missing one would otherwise surface as "kernel not
- * registered" deep inside `fit()`) and names the import that registers them.
+ * {@link installWebGpuTrainingKernels} adds none; it registers this project's kernels
+ * (./webgpu_kernels.ts: GELU and LayerNorm, one dispatch each where TF.js ops take five and
+ * nine, and AdamW's and the EMA's updates), replaces the two filter gradients with split
+ * reductions for speed (./webgpu_filter_grads.ts: TF.js sums each filter value over the
+ * whole batch in one invocation), and checks that the kernels a training step runs are
+ * registered for "webgpu" (a missing one would otherwise surface as "kernel not registered"
+ * deep inside `fit()`), naming the import that registers them.
  *
  * The backend-generic gradients of ./conv_grads.ts, which wasm needs, are no fallback here
  * as they stand: their depthwise ones call `DepthwiseConv2dNative` without a `dataFormat`
@@ -32,6 +34,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
+import { installWebGpuFilterGrads, WEBGPU_FILTER_GRAD_KERNELS } from "./webgpu_filter_grads.ts";
 import { registerWebGpuKernels, WEBGPU_OWN_KERNELS } from "./webgpu_kernels.ts";
 
 const BACKEND = "webgpu";
@@ -79,6 +82,11 @@ export const WEBGPU_TRAINING_KERNELS = [
 export interface WebGpuTrainingInstall {
   /** Backend kernels added now: always empty with tfjs-backend-webgpu 4.22 (it lacks none). */
   added: string[];
+  /**
+   * Backend kernels replaced by this call (./webgpu_filter_grads.ts: the two filter
+   * gradients; empty when an earlier call did it).
+   */
+  replaced: string[];
   /** Kernels checked and left as the backend registered them. */
   unchanged: string[];
 }
@@ -87,13 +95,14 @@ export interface WebGpuTrainingInstall {
  * Make sure the webgpu backend can run a ConvNeXt training step: check that every kernel
  * of {@link WEBGPU_TRAINING_KERNELS} is registered for "webgpu", after registering this
  * project's own (./webgpu_kernels.ts). tfjs-backend-webgpu 4.22 lacks none and gets none
- * wrong for ConvNeXt, so none of its kernels is added or replaced (see the module doc);
- * the call is the webgpu counterpart of `installWasmTrainingKernels` for
- * callers that switch on the backend, and affects no other backend. Idempotent. Works
- * before or after `tf.setBackend("webgpu")`, but only after the backend's module
- * (`@tensorflow/tfjs-backend-webgpu`) was imported, which registers its kernels.
+ * wrong for ConvNeXt, so none is added; its two filter gradients are replaced by faster ones
+ * (./webgpu_filter_grads.ts; see the module doc). The call is the webgpu counterpart of
+ * `installWasmTrainingKernels` for callers that switch on the backend, and affects no other
+ * backend. Idempotent. Works before or after `tf.setBackend("webgpu")`, but only after the
+ * backend's module (`@tensorflow/tfjs-backend-webgpu`) was imported, which registers its
+ * kernels.
  *
- * @returns the kernels checked (`unchanged`) and added (none).
+ * @returns the kernels added (none), replaced and checked (`unchanged`).
  * @throws Error naming the missing kernels when they are not registered for "webgpu" (the
  *   backend module was not imported).
  * @example
@@ -113,7 +122,13 @@ export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {
         `import "@tensorflow/tfjs-backend-webgpu" (or selectBackend("webgpu")) first`,
     );
   }
-  return { added: [], unchanged: [...WEBGPU_TRAINING_KERNELS] };
+  const replaced = installWebGpuFilterGrads();
+  const split = WEBGPU_FILTER_GRAD_KERNELS as readonly string[];
+  return {
+    added: [],
+    replaced,
+    unchanged: WEBGPU_TRAINING_KERNELS.filter((name) => !split.includes(name)),
+  };
 }
 
 /** True when every kernel a ConvNeXt training step runs is registered for "webgpu". */

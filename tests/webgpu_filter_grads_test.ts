@@ -1,0 +1,254 @@
+// The filter gradients of lib/backend/webgpu_filter_grads.ts (split reductions on webgpu)
+// against their definition in float64, with several chunks, partial chunks, padding, strides
+// and odd channel counts; and the cases left to the backend's own kernels.
+//
+// Runs on whatever adapter Deno finds (CI: Mesa's software Vulkan driver). Without an
+// adapter every test FAILS (no silent skip).
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
+import { selectBackend } from "../lib/backend/select.ts";
+import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import {
+  chunkRows,
+  filterGradGeometry,
+  installWebGpuFilterGrads,
+  stockFilterGradKernel,
+  WEBGPU_FILTER_GRAD_KERNELS,
+} from "../lib/backend/webgpu_filter_grads.ts";
+
+quietHeadlessVulkan();
+
+async function onWebGpu(): Promise<WebGPUBackend> {
+  if (!await navigator.gpu?.requestAdapter()) {
+    throw new Error("no WebGPU adapter: apt-get install mesa-vulkan-drivers");
+  }
+  assert.equal(await selectBackend("webgpu"), "webgpu");
+  return tf.backend() as unknown as WebGPUBackend;
+}
+
+/** Deterministic values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  let s = seed;
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1103515245 + 12345) % 2 ** 31;
+    return s / 2 ** 31 * 2 - 1;
+  });
+}
+
+interface Case {
+  name: string;
+  kernel: typeof WEBGPU_FILTER_GRAD_KERNELS[number];
+  x: [number, number, number, number];
+  filter: [number, number, number, number];
+  strides: number;
+  pad: "same" | "valid";
+  dilations?: number;
+}
+
+/**
+ * The filter gradient by its definition, in float64: sum over images and output pixels of
+ * the input under each tap times the output gradient (depthwise: channel c with output
+ * channels c * m + q).
+ */
+function reference(c: Case, x: Float32Array, dy: Float32Array, dyShape: number[]): Float64Array {
+  const [n, h, w, cin] = c.x, [kh, kw, , mult] = c.filter;
+  const [, oh, ow, cout] = dyShape;
+  const d = c.dilations ?? 1, depthwise = c.kernel !== "Conv2DBackpropFilter";
+  // TF.js's "same" padding: the total split with the smaller half on top/left.
+  const padOf = (size: number, out: number, k: number) =>
+    c.pad === "valid" ? 0 : Math.floor(
+      Math.max((out - 1) * c.strides + (k - 1) * d + 1 - size, 0) / 2,
+    );
+  const pt = padOf(h, oh, kh), pl = padOf(w, ow, kw);
+  const out = new Float64Array(kh * kw * cin * mult);
+  for (let b = 0; b < n; b++) {
+    for (let y = 0; y < oh; y++) {
+      for (let xo = 0; xo < ow; xo++) {
+        for (let ky = 0; ky < kh; ky++) {
+          for (let kx = 0; kx < kw; kx++) {
+            const iy = y * c.strides + ky * d - pt, ix = xo * c.strides + kx * d - pl;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+            for (let ci = 0; ci < cin; ci++) {
+              const xv = x[((b * h + iy) * w + ix) * cin + ci];
+              for (let q = 0; q < mult; q++) {
+                const co = depthwise ? ci * mult + q : q;
+                out[((ky * kw + kx) * cin + ci) * mult + q] += xv *
+                  dy[((b * oh + y) * ow + xo) * cout + co];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** Runs `c`'s kernel on webgpu and returns its result and the float64 reference. */
+async function runCase(c: Case, seed: number) {
+  const xs = values(c.x.reduce((a, b) => a * b), seed);
+  const x = tf.tensor4d(xs, c.x);
+  const depthwise = c.kernel !== "Conv2DBackpropFilter";
+  const dilations = c.dilations ?? 1;
+  // The output gradient's shape: the forward conv's output on the cpu-side shapes.
+  const info = tf.backend_util.computeConv2DInfo(
+    c.x,
+    c.filter,
+    c.strides,
+    dilations,
+    c.pad,
+    undefined,
+    depthwise,
+  );
+  const dyShape = [c.x[0], info.outHeight, info.outWidth, info.outChannels];
+  const dys = values(dyShape.reduce((a, b) => a * b), seed + 1);
+  const dy = tf.tensor(dys, dyShape);
+  const attrs = { strides: c.strides, pad: c.pad, filterShape: c.filter, dilations };
+  const got = tf.engine().runKernel(c.kernel, { x, dy }, attrs) as tf.Tensor;
+  const values32 = await got.data() as Float32Array;
+  tf.dispose([x, dy, got]);
+  return { got: values32, want: reference(c, xs, dys, dyShape) };
+}
+
+function maxRelative(got: Float32Array, want: Float64Array): number {
+  const scale = Math.max(...want.map(Math.abs), 1e-30);
+  let worst = 0;
+  got.forEach((g, i) => worst = Math.max(worst, Math.abs(g - want[i]) / scale));
+  return worst;
+}
+
+/** Names of the shaders the backend compiled so far (its pipeline cache's keys). */
+function compiledShaders(backend: WebGPUBackend): string[] {
+  return Object.keys(
+    (backend as unknown as { pipelineCache: Record<string, unknown> })
+      .pipelineCache,
+  );
+}
+
+const SPLIT_CASES: Case[] = [
+  // A ConvNeXt block's 7x7: "same", odd channels; 4 x 37 output rows of 8 pixels make five
+  // chunks of 32 rows, the last one of 20.
+  {
+    name: "depthwise 7x7 same, 5 chunks",
+    kernel: "DepthwiseConv2dNativeBackpropFilter",
+    x: [4, 37, 8, 5],
+    filter: [7, 7, 5, 1],
+    strides: 1,
+    pad: "same",
+  },
+  {
+    name: "depthwise 3x3 valid, stride 2",
+    kernel: "DepthwiseConv2dNativeBackpropFilter",
+    x: [3, 9, 7, 4],
+    filter: [3, 3, 4, 1],
+    strides: 2,
+    pad: "valid",
+  },
+  // The stem (4x4, stride 4) and a downsampling layer (2x2, stride 2): patchify convs.
+  {
+    name: "conv 4x4 stride 4 (stem)",
+    kernel: "Conv2DBackpropFilter",
+    x: [2, 16, 12, 3],
+    filter: [4, 4, 3, 8],
+    strides: 4,
+    pad: "valid",
+  },
+  {
+    name: "conv 2x2 stride 2 (downsampling), 3 chunks",
+    kernel: "Conv2DBackpropFilter",
+    x: [5, 62, 6, 6],
+    filter: [2, 2, 6, 12],
+    strides: 2,
+    pad: "valid",
+  },
+  {
+    name: "conv 3x3 same",
+    kernel: "Conv2DBackpropFilter",
+    x: [2, 6, 5, 3],
+    filter: [3, 3, 3, 7],
+    strides: 1,
+    pad: "same",
+  },
+];
+
+for (const c of SPLIT_CASES) {
+  Deno.test(`webgpu filter gradient, split reduction: ${c.name}, against float64`, async () => {
+    const backend = await onWebGpu();
+    installWebGpuFilterGrads();
+    const key = c.kernel === "Conv2DBackpropFilter"
+      ? "convnext_conv_filter_partials"
+      : "convnext_depthwise_filter_partials";
+    const { got, want } = await runCase(c, 7);
+    const err = maxRelative(got, want);
+    assert.ok(err < 1e-6, `${c.name}: max error ${err} of the largest value`);
+    assert.ok(compiledShaders(backend).some((k) => k.includes(key)), `${key} did not run`);
+  });
+}
+
+Deno.test("webgpu filter gradients: chunks of ~256 output pixels, fewer when partial sums would not fit", () => {
+  const g = filterGradGeometry([32, 56, 56, 96], {
+    strides: 1,
+    pad: "same",
+    filterShape: [7, 7, 96, 1],
+  }, true)!;
+  assert.equal(chunkRows(g), 5); // ceil(256 / 56) rows: 359 chunks of 4,704 filter values
+  // 4,096 images of 7x7 at 768 channels: 28,672 rows, at most 445 chunks of 37,632 values.
+  const big = filterGradGeometry([4096, 7, 7, 768], {
+    strides: 1,
+    pad: "same",
+    filterShape: [7, 7, 768, 1],
+  }, true)!;
+  assert.equal(chunkRows(big), Math.ceil(4096 * 7 / Math.floor(16 * 2 ** 20 / (49 * 768))));
+  // Dilation, a channel multiplier and channels-first data are left to the backend.
+  const attrs = { strides: 1, pad: "same" as const, filterShape: [3, 3, 4, 1] as const };
+  assert.equal(
+    filterGradGeometry([1, 8, 8, 4], { ...attrs, dilations: 2 } as never, true),
+    undefined,
+  );
+  assert.equal(
+    filterGradGeometry([1, 8, 8, 4], { ...attrs, filterShape: [3, 3, 4, 2] } as never, true),
+    undefined,
+  );
+  assert.equal(
+    filterGradGeometry(
+      [1, 8, 8, 4],
+      { ...attrs, filterShape: [3, 3, 4, 4], dataFormat: "NCHW" } as never,
+      false,
+    ),
+    undefined,
+  );
+});
+
+Deno.test("webgpu filter gradients: a channel multiplier runs the backend's kernel, right", async () => {
+  await onWebGpu();
+  installWebGpuFilterGrads();
+  for (
+    const c of [
+      {
+        name: "depthwise multiplier 2",
+        kernel: "DepthwiseConv2dNativeBackpropFilter",
+        x: [2, 7, 6, 3],
+        filter: [3, 3, 3, 2],
+        strides: 1,
+        pad: "valid",
+      },
+    ] as Case[]
+  ) {
+    const { got, want } = await runCase(c, 11);
+    const err = maxRelative(got, want);
+    assert.ok(err < 1e-6, `${c.name}: max error ${err} of the largest value`);
+  }
+});
+
+Deno.test("installWebGpuFilterGrads: replaces both kernels once; the stock ones stay reachable", async () => {
+  await onWebGpu();
+  installWebGpuFilterGrads();
+  assert.deepEqual(installWebGpuFilterGrads(), []);
+  for (const name of WEBGPU_FILTER_GRAD_KERNELS) {
+    const current = tf.getKernel(name, "webgpu")!.kernelFunc;
+    const stock = stockFilterGradKernel(name);
+    assert.notEqual(current, stock);
+    assert.equal(stockFilterGradKernel(name), stock);
+  }
+});

@@ -1,0 +1,163 @@
+/**
+ * `deno task bench:webgpu-kernels`: this project's webgpu kernels against the TF.js kernels
+ * they replace, at convnext_tiny's shapes: the filter gradients of the stem, the depthwise
+ * 7x7 convs of each stage and the downsampling layers (lib/backend/webgpu_filter_grads.ts,
+ * split reductions, against tfjs-backend-webgpu's one invocation per filter value).
+ *
+ *   deno task bench:webgpu-kernels [--batch 32] [--size 224] [--iters 5] [--json]
+ *
+ * Prints one line per kernel, shape and formulation (`--json`: `{"backend","adapter","kernel",
+ * "x","filter","formulation","ms"}`), the best of --iters calls, each timed to its result's
+ * read, after one untimed call (compiling the shader), with the machine and adapter first.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { selectBackend, webGpuAdapterInfo } from "../lib/backend/select.ts";
+import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import {
+  installWebGpuFilterGrads,
+  stockFilterGradKernel,
+  type WEBGPU_FILTER_GRAD_KERNELS,
+} from "../lib/backend/webgpu_filter_grads.ts";
+import { machineLine } from "../lib/util/machine.ts";
+import { command, type CommandHelp, type Fail, failer, positiveInt } from "./cli.ts";
+
+const HELP: CommandHelp = {
+  name: "bench:webgpu-kernels",
+  synopsis: "[flags]",
+  about: `
+This project's webgpu kernels against the TF.js kernels they replace, at convnext_tiny's shapes
+for --batch images of --size pixels: the filter gradients of the stem, of each stage's depthwise
+7x7 conv and of the downsampling layers, as split reductions ("split") and as tfjs-backend-webgpu
+computes them ("stock"). Each figure is the best of --iters calls timed to the read of the
+result, after one untimed call that compiles the shader.`,
+  flags: {
+    batch: { value: "N", help: "images", default: "32" },
+    size: { value: "PX", help: "input side in pixels (a multiple of 32)", default: "224" },
+    iters: { value: "N", help: "timed calls per kernel and formulation", default: "5" },
+    json: {
+      help: "JSON lines: {backend, adapter, kernel, x, filter, formulation, ms}",
+    },
+  },
+  env: [],
+  examples: [
+    "deno task bench:webgpu-kernels",
+    "deno task bench:webgpu-kernels --batch 2 --size 64 --iters 2   # a quick run",
+  ],
+};
+
+type FilterKernel = typeof WEBGPU_FILTER_GRAD_KERNELS[number];
+
+/** One filter gradient to time: the conv's input, filter and stride ("same" for depthwise). */
+interface Case {
+  kernel: FilterKernel;
+  x: [number, number, number, number];
+  filter: [number, number, number, number];
+  strides: number;
+  pad: "same" | "valid";
+}
+
+/** convnext_tiny's filter gradients at `batch` x `size`: stem, 4 depthwise, 3 downsampling. */
+function tinyCases(batch: number, size: number): Case[] {
+  const widths = [96, 192, 384, 768];
+  const cases: Case[] = [{
+    kernel: "Conv2DBackpropFilter",
+    x: [batch, size, size, 3],
+    filter: [4, 4, 3, 96],
+    strides: 4,
+    pad: "valid",
+  }];
+  widths.forEach((c, s) => {
+    const side = size / 4 / 2 ** s;
+    cases.push({
+      kernel: "DepthwiseConv2dNativeBackpropFilter",
+      x: [batch, side, side, c],
+      filter: [7, 7, c, 1],
+      strides: 1,
+      pad: "same",
+    });
+    if (s < 3) {
+      cases.push({
+        kernel: "Conv2DBackpropFilter",
+        x: [batch, side, side, c],
+        filter: [2, 2, c, 2 * c],
+        strides: 2,
+        pad: "valid",
+      });
+    }
+  });
+  return cases;
+}
+
+/** Best milliseconds of `iters` calls of `kernelFunc` on `c`, each to its result's read. */
+async function time(c: Case, kernelFunc: tf.KernelFunc, iters: number): Promise<number> {
+  const x = tf.randomNormal(c.x);
+  const depthwise = c.kernel !== "Conv2DBackpropFilter";
+  const info = tf.backend_util.computeConv2DInfo(
+    c.x,
+    c.filter,
+    c.strides,
+    1,
+    c.pad,
+    undefined,
+    depthwise,
+  );
+  const dy = tf.randomNormal([c.x[0], info.outHeight, info.outWidth, info.outChannels]);
+  await Promise.all([x.data(), dy.data()]); // on the GPU before timing
+  const backend = tf.backend();
+  const attrs = {
+    strides: c.strides,
+    pad: c.pad,
+    filterShape: c.filter,
+    dilations: 1,
+    dataFormat: "NHWC",
+  };
+  const call = async () => {
+    const start = performance.now();
+    const info = kernelFunc({ inputs: { x, dy }, backend, attrs }) as tf.TensorInfo;
+    const out = tf.engine().makeTensorFromTensorInfo(info);
+    await out.data();
+    out.dispose();
+    return performance.now() - start;
+  };
+  await call();
+  let best = Infinity;
+  for (let i = 0; i < iters; i++) best = Math.min(best, await call());
+  tf.dispose([x, dy]);
+  return best;
+}
+
+if (import.meta.main) {
+  const fail: Fail = failer("bench:webgpu-kernels");
+  const { values, positionals } = command(HELP, {
+    batch: { type: "string" },
+    size: { type: "string" },
+    iters: { type: "string" },
+    json: { type: "boolean", default: false },
+  }, fail);
+  if (positionals.length > 0) fail(`unexpected argument "${positionals[0]}"`);
+  const batch = positiveInt(values.batch, "--batch", 32, fail);
+  const size = positiveInt(values.size, "--size", 224, fail);
+  if (size % 32 !== 0) fail(`--size must be a multiple of 32, got ${size}`);
+  const iters = positiveInt(values.iters, "--iters", 5, fail);
+  quietHeadlessVulkan();
+  await selectBackend("webgpu");
+  installWebGpuFilterGrads();
+  const adapter = webGpuAdapterInfo();
+  const log = values.json ? console.error : console.log;
+  log(`machine: ${machineLine()}`);
+  log(`adapter: ${adapter?.description || adapter?.vendor || "?"}`);
+  for (const c of tinyCases(batch, size)) {
+    const formulations: [string, tf.KernelFunc][] = [
+      ["stock", stockFilterGradKernel(c.kernel)],
+      ["split", tf.getKernel(c.kernel, "webgpu")!.kernelFunc],
+    ];
+    for (const [formulation, f] of formulations) {
+      const ms = Math.round(await time(c, f, iters) * 100) / 100;
+      const line = { backend: "webgpu", adapter, kernel: c.kernel, x: c.x, filter: c.filter };
+      if (values.json) console.log(JSON.stringify({ ...line, formulation, ms }));
+      else console.log(`${c.kernel} x [${c.x}] filter [${c.filter}]: ${formulation} ${ms} ms`);
+    }
+  }
+}

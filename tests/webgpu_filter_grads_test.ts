@@ -1,6 +1,7 @@
-// The filter gradients of lib/backend/webgpu_filter_grads.ts (split reductions on webgpu)
-// against their definition in float64, with several chunks, partial chunks, padding, strides
-// and odd channel counts; and the cases left to the backend's own kernels.
+// The filter gradients of lib/backend/webgpu_filter_grads.ts on webgpu (split reductions, and
+// matrix products for patchify convs) against their definition in float64, with several
+// chunks, partial chunks, padding, strides, odd channel counts and inputs the conv does not
+// cover whole; and the cases left to the backend's own kernels.
 //
 // Runs on whatever adapter Deno finds (CI: Mesa's software Vulkan driver). Without an
 // adapter every test FAILS (no silent skip).
@@ -155,9 +156,9 @@ const SPLIT_CASES: Case[] = [
     pad: "valid",
   },
   {
-    name: "conv 2x2 stride 2 (downsampling), 3 chunks",
+    name: "conv 2x2 stride 2 (downsampling), an odd width left out",
     kernel: "Conv2DBackpropFilter",
-    x: [5, 62, 6, 6],
+    x: [5, 62, 7, 6],
     filter: [2, 2, 6, 12],
     strides: 2,
     pad: "valid",
@@ -172,17 +173,42 @@ const SPLIT_CASES: Case[] = [
   },
 ];
 
+/** Calls of the webgpu backend's `name` kernel while `f` runs (through a wrapper). */
+async function countCalls<T>(name: string, f: () => Promise<T>): Promise<[T, number]> {
+  const config = tf.getKernel(name, "webgpu")!;
+  let calls = 0;
+  tf.unregisterKernel(name, "webgpu");
+  tf.registerKernel({
+    ...config,
+    kernelFunc: (args) => (calls++, config.kernelFunc(args)),
+  });
+  try {
+    return [await f(), calls];
+  } finally {
+    tf.unregisterKernel(name, "webgpu");
+    tf.registerKernel(config);
+  }
+}
+
 for (const c of SPLIT_CASES) {
-  Deno.test(`webgpu filter gradient, split reduction: ${c.name}, against float64`, async () => {
+  // Patchify convs (filter = stride, no padding) take a matrix product, the rest the split.
+  const patchify = c.kernel === "Conv2DBackpropFilter" && c.filter[0] === c.strides &&
+    c.pad === "valid";
+  const how = patchify ? "matrix product" : "split reduction";
+  Deno.test(`webgpu filter gradient, ${how}: ${c.name}, against float64`, async () => {
     const backend = await onWebGpu();
     installWebGpuFilterGrads();
-    const key = c.kernel === "Conv2DBackpropFilter"
-      ? "convnext_conv_filter_partials"
-      : "convnext_depthwise_filter_partials";
-    const { got, want } = await runCase(c, 7);
+    const [{ got, want }, products] = await countCalls("BatchMatMul", () => runCase(c, 7));
     const err = maxRelative(got, want);
     assert.ok(err < 1e-6, `${c.name}: max error ${err} of the largest value`);
-    assert.ok(compiledShaders(backend).some((k) => k.includes(key)), `${key} did not run`);
+    if (patchify) assert.equal(products, 1, "one matrix product");
+    else {
+      const key = c.kernel === "Conv2DBackpropFilter"
+        ? "convnext_conv_filter_partials"
+        : "convnext_depthwise_filter_partials";
+      assert.equal(products, 0);
+      assert.ok(compiledShaders(backend).some((k) => k.includes(key)), `${key} did not run`);
+    }
   });
 }
 

@@ -1,8 +1,9 @@
 /**
  * `deno task bench:webgpu-kernels`: this project's webgpu kernels against the TF.js kernels
  * they replace, at convnext_tiny's shapes: the filter gradients of the stem, the depthwise
- * 7x7 convs of each stage and the downsampling layers (lib/backend/webgpu_filter_grads.ts,
- * split reductions, against tfjs-backend-webgpu's one invocation per filter value).
+ * 7x7 convs of each stage and the downsampling layers (lib/backend/webgpu_filter_grads.ts:
+ * matrix products and split reductions, against tfjs-backend-webgpu's one invocation per
+ * filter value).
  *
  *   deno task bench:webgpu-kernels [--batch 32] [--size 224] [--iters 5] [--json]
  *
@@ -29,8 +30,9 @@ const HELP: CommandHelp = {
   about: `
 This project's webgpu kernels against the TF.js kernels they replace, at convnext_tiny's shapes
 for --batch images of --size pixels: the filter gradients of the stem, of each stage's depthwise
-7x7 conv and of the downsampling layers, as split reductions ("split") and as tfjs-backend-webgpu
-computes them ("stock"). Each figure is the best of --iters calls timed to the read of the
+7x7 conv and of the downsampling layers, as lib/backend/webgpu_filter_grads.ts computes them
+("ours": a matrix product for the stem and downsampling, a split reduction for the depthwise
+convs) and as tfjs-backend-webgpu does ("stock"). Each figure is the best of --iters calls timed to the read of the
 result, after one untimed call that compiles the shader.`,
   flags: {
     batch: { value: "N", help: "images", default: "32" },
@@ -151,7 +153,7 @@ if (import.meta.main) {
   for (const c of tinyCases(batch, size)) {
     const formulations: [string, tf.KernelFunc][] = [
       ["stock", stockFilterGradKernel(c.kernel)],
-      ["split", tf.getKernel(c.kernel, "webgpu")!.kernelFunc],
+      ["ours", tf.getKernel(c.kernel, "webgpu")!.kernelFunc],
     ];
     for (const [formulation, f] of formulations) {
       const ms = Math.round(await time(c, f, iters) * 100) / 100;

@@ -1,5 +1,5 @@
 /**
- * The filter gradients of convolutions on webgpu as split reductions (issue #12, the fast
+ * The filter gradients of convolutions on webgpu, reformulated for a GPU (issue #12, the fast
  * formulation on a GPU): `Conv2DBackpropFilter` (ConvNeXt's stem and downsampling layers)
  * and `DepthwiseConv2dNativeBackpropFilter` (every block's 7x7 depthwise conv).
  *
@@ -7,15 +7,20 @@
  * over every image and output pixel in turn: for convnext_tiny's first stage at batch 32,
  * 4,704 invocations (74 workgroups, about one per compute unit of a large GPU) each run
  * 100,352 iterations in sequence, and the stem's filter gradient likewise (4,608 values).
- * Here the images' output rows are cut into chunks of about 256 output pixels: a first pass
- * (one invocation per chunk and filter value) sums each chunk, a second (one per filter value)
- * adds the chunks' sums. Two dispatches instead of one, with hundreds of times the
- * invocations, each a few hundred iterations long; the same products, summed in float32 in
- * another order (within 1e-6 relative of the stock kernel and the cpu backend: tested).
  *
- * Cases it does not take run the backend's own kernel, as before: dilation, a depthwise
- * channel multiplier other than 1, channels-first data, and an input too large for its
- * partial sums (`maxStorageBufferBindingSize`).
+ * - Patchify convs (filter size = stride, no padding: the stem and the downsampling layers)
+ *   take one matrix product, {@link runPatchifyFilterGrad}: the input's patches (a transpose)
+ *   transposed times the output gradient, on TF.js's tiled matmul.
+ * - Other convs, the depthwise ones included, take a split reduction, {@link runFilterGrad}:
+ *   the images' output rows are cut into chunks of about 256 output pixels; a first pass (one
+ *   invocation per chunk and filter value) sums each chunk, a second (one per filter value)
+ *   adds the chunks' sums. Two dispatches instead of one, with hundreds of times the
+ *   invocations, each a few hundred iterations long.
+ *
+ * Both sum the same products in float32 in another order (within 1e-6 of float64: tested).
+ * Cases neither takes run the backend's own kernel, as before: dilation, a depthwise channel
+ * multiplier other than 1, channels-first data, and an input too large for the partial sums
+ * (`maxStorageBufferBindingSize`).
  *
  * @module
  */
@@ -230,6 +235,69 @@ export function runFilterGrad(
   }
 }
 
+/** Runs the webgpu backend's kernel `name` (registered by tfjs-backend-webgpu). */
+function backendKernel(
+  backend: WebGPUBackend,
+  name: string,
+  inputs: Record<string, tf.TensorInfo>,
+  attrs: Record<string, unknown>,
+): tf.TensorInfo {
+  const kernelFunc = tf.getKernel(name, "webgpu")!.kernelFunc;
+  return kernelFunc({ inputs, backend, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
+}
+
+/**
+ * True for a "patchify" conv (filter size = stride, no padding: the stem and the
+ * downsampling layers), whose filter gradient {@link runPatchifyFilterGrad} computes.
+ */
+export function isPatchify(g: FilterGradGeometry): boolean {
+  return !g.depthwise && g.kh === g.strideH && g.kw === g.strideW && g.padTop === 0 &&
+    g.padLeft === 0;
+}
+
+/**
+ * The filter gradient of a patchify conv as one matrix product: the input's patches (rows of
+ * kh x kw x cin values, one per output pixel; a transpose of the input) transposed, times
+ * the output gradient's rows. Three dispatches (transpose, product, and a slice when the
+ * conv leaves input rows or columns out), TF.js's tiled matrix product doing the sums.
+ */
+export function runPatchifyFilterGrad(
+  backend: WebGPUBackend,
+  x: tf.TensorInfo,
+  dy: tf.TensorInfo,
+  g: FilterGradGeometry,
+): tf.TensorInfo {
+  const { n, outH, outW, cin, cout, kh, kw } = g;
+  const pixels = n * outH * outW;
+  const temps: tf.TensorInfo[] = [];
+  const keep = (t: tf.TensorInfo) => (temps.push(t), t);
+  try {
+    let covered = x;
+    if (g.inH !== outH * kh || g.inW !== outW * kw) {
+      covered = keep(backendKernel(backend, "Slice", { x }, {
+        begin: [0, 0, 0, 0],
+        size: [n, outH * kh, outW * kw, cin],
+      }));
+    }
+    // [n, outH, ky, outW, kx * cin] -> [n, outH, outW, ky, kx * cin]: one patch per row.
+    const rows = keep(backendKernel(backend, "Reshape", { x: covered }, {
+      shape: [n * outH, kh, outW, kw * cin],
+    }));
+    const patches = keep(backendKernel(backend, "Transpose", { x: rows }, { perm: [0, 2, 1, 3] }));
+    const a = keep(backendKernel(backend, "Reshape", { x: patches }, {
+      shape: [1, pixels, kh * kw * cin],
+    }));
+    const b = keep(backendKernel(backend, "Reshape", { x: dy }, { shape: [1, pixels, cout] }));
+    const product = keep(backendKernel(backend, "BatchMatMul", { a, b }, {
+      transposeA: true,
+      transposeB: false,
+    }));
+    return backendKernel(backend, "Reshape", { x: product }, { shape: [kh, kw, cin, cout] });
+  } finally {
+    for (const t of temps) backend.disposeData(t.dataId);
+  }
+}
+
 /** Attributes of both kernels (TF.js's `Conv2DBackpropFilterAttrs` and depthwise's). */
 interface FilterGradAttrs {
   strides: number | [number, number];
@@ -240,7 +308,7 @@ interface FilterGradAttrs {
   dilations?: number | [number, number];
 }
 
-/** The geometry of a kernel call, or undefined for a case the split reduction leaves alone. */
+/** The geometry of a kernel call, or undefined for a case this module leaves alone. */
 export function filterGradGeometry(
   xShape: number[],
   attrs: FilterGradAttrs,
@@ -278,9 +346,9 @@ export function filterGradGeometry(
 }
 
 /** Marks the kernel functions this module registered. */
-const SPLIT = Symbol("convnext-tfjs split filter gradient");
+const SPLIT = Symbol("convnext-tfjs filter gradient");
 
-/** `original` (the backend's kernel), with the cases {@link filterGradGeometry} takes split. */
+/** `original` (the backend's kernel), with the cases {@link filterGradGeometry} takes ours. */
 function splitFilterGradKernel(original: tf.KernelFunc, depthwise: boolean): tf.KernelFunc {
   const split = ((args: Parameters<tf.KernelFunc>[0]) => {
     const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
@@ -289,8 +357,10 @@ function splitFilterGradKernel(original: tf.KernelFunc, depthwise: boolean): tf.
       ? filterGradGeometry(x.shape, attrs, depthwise)
       : undefined;
     const rows = geometry ? chunkRows(geometry) : 0;
+    const backend = args.backend as WebGPUBackend;
+    if (geometry && isPatchify(geometry)) return runPatchifyFilterGrad(backend, x, dy, geometry);
     if (!geometry || rows === 0) return original(args);
-    return runFilterGrad(args.backend as WebGPUBackend, x, dy, geometry, rows);
+    return runFilterGrad(backend, x, dy, geometry, rows);
   }) as tf.KernelFunc & { [SPLIT]?: tf.KernelFunc };
   split[SPLIT] = original;
   return split;
@@ -298,7 +368,7 @@ function splitFilterGradKernel(original: tf.KernelFunc, depthwise: boolean): tf.
 
 /**
  * Replaces the webgpu backend's `Conv2DBackpropFilter` and `DepthwiseConv2dNativeBackpropFilter`
- * with the split reductions of this module (see the module doc). Idempotent; needs the
+ * with this module's formulations (see the module doc). Idempotent; needs the
  * backend's module imported (it registers the kernels replaced).
  *
  * @returns the kernel names replaced by this call (empty when already done).

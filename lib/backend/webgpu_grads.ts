@@ -11,9 +11,10 @@
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
  * {@link installWebGpuTrainingKernels} adds none; it registers this project's kernels
  * (./webgpu_kernels.ts: GELU and LayerNorm, one dispatch each where TF.js ops take five and
- * nine, and AdamW's and the EMA's updates), replaces the two filter gradients with split
- * reductions for speed (./webgpu_filter_grads.ts: TF.js sums each filter value over the
- * whole batch in one invocation), and checks that the kernels a training step runs are
+ * nine, and AdamW's and the EMA's updates), replaces the two filter gradients for speed
+ * (./webgpu_filter_grads.ts: TF.js sums each filter value over the whole batch in one
+ * invocation; ours are matrix products and split reductions), and checks that the kernels a
+ * training step runs are
  * registered for "webgpu" (a missing one would otherwise surface as "kernel not registered"
  * deep inside `fit()`), naming the import that registers them.
  *

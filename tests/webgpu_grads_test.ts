@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../lib/backend/select.ts";
-import { stockFilterGradKernel } from "../lib/backend/webgpu_filter_grads.ts";
+import { stockConvGradKernel, WEBGPU_CONV_GRAD_KERNELS } from "../lib/backend/webgpu_conv_grads.ts";
 import {
   installWebGpuTrainingKernels,
   WEBGPU_TRAINING_KERNELS,
@@ -98,17 +98,17 @@ const CONV_CASES: {
   { x: [2, 9, 8, 3], k: [3, 3], cout: 5, strides: 1, pad: "same" },
 ];
 
-Deno.test("installWebGpuTrainingKernels: webgpu 4.22 lacks nothing; filter gradients split; idempotent", async () => {
+Deno.test("installWebGpuTrainingKernels: webgpu 4.22 lacks nothing; conv gradients ours; idempotent", async () => {
   await useWebGpu();
   assert.ok(webGpuTrainingKernelsReady());
   const before = WEBGPU_TRAINING_KERNELS.map((name) => tf.getKernel(name, "webgpu")!.kernelFunc);
   const again = installWebGpuTrainingKernels();
   assert.deepEqual(again.added, []);
   assert.deepEqual(again.replaced, []); // the first call (useWebGpu) replaced them
-  const split = ["Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter"];
-  assert.deepEqual(again.unchanged, WEBGPU_TRAINING_KERNELS.filter((n) => !split.includes(n)));
-  for (const name of split) {
-    assert.notEqual(tf.getKernel(name, "webgpu")!.kernelFunc, stockFilterGradKernel(name as never));
+  const ours: readonly string[] = WEBGPU_CONV_GRAD_KERNELS;
+  assert.deepEqual(again.unchanged, WEBGPU_TRAINING_KERNELS.filter((n) => !ours.includes(n)));
+  for (const name of WEBGPU_CONV_GRAD_KERNELS) {
+    assert.notEqual(tf.getKernel(name, "webgpu")!.kernelFunc, stockConvGradKernel(name));
   }
   // Registrations stay as they are on a second call.
   assert.deepEqual(

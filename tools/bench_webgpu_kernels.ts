@@ -1,9 +1,8 @@
 /**
  * `deno task bench:webgpu-kernels`: this project's webgpu kernels against the TF.js kernels
- * they replace, at convnext_tiny's shapes: the filter gradients of the stem, the depthwise
- * 7x7 convs of each stage and the downsampling layers (lib/backend/webgpu_filter_grads.ts:
- * matrix products and split reductions, against tfjs-backend-webgpu's one invocation per
- * filter value).
+ * they replace, at convnext_tiny's shapes: the convolutions' filter and input gradients of the
+ * stem, the depthwise 7x7 convs of each stage and the downsampling layers
+ * (lib/backend/webgpu_conv_grads.ts, against tfjs-backend-webgpu's own kernels).
  *
  *   deno task bench:webgpu-kernels [--batch 32] [--size 224] [--iters 5] [--json]
  *
@@ -17,10 +16,10 @@ import * as tf from "@tensorflow/tfjs";
 import { selectBackend, webGpuAdapterInfo } from "../lib/backend/select.ts";
 import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import {
-  installWebGpuFilterGrads,
-  stockFilterGradKernel,
-  type WEBGPU_FILTER_GRAD_KERNELS,
-} from "../lib/backend/webgpu_filter_grads.ts";
+  type ConvGradKernel,
+  installWebGpuConvGrads,
+  stockConvGradKernel,
+} from "../lib/backend/webgpu_conv_grads.ts";
 import { machineLine } from "../lib/util/machine.ts";
 import { command, type CommandHelp, type Fail, failer, positiveInt } from "./cli.ts";
 
@@ -30,9 +29,10 @@ const HELP: CommandHelp = {
   about: `
 This project's webgpu kernels against the TF.js kernels they replace, at convnext_tiny's shapes
 for --batch images of --size pixels: the filter gradients of the stem, of each stage's depthwise
-7x7 conv and of the downsampling layers, as lib/backend/webgpu_filter_grads.ts computes them
-("ours": a matrix product for the stem and downsampling, a split reduction for the depthwise
-convs) and as tfjs-backend-webgpu does ("stock"). Each figure is the best of --iters calls timed to the read of the
+7x7 conv and of the downsampling layers, and the input gradients of the last two, as
+lib/backend/webgpu_conv_grads.ts computes them ("ours": matrix products for the stem and
+downsampling, a split reduction for the depthwise filter, a forward conv for its input) and as
+tfjs-backend-webgpu does ("stock"). Each figure is the best of --iters calls timed to the read of the
 result, after one untimed call that compiles the shader.`,
   flags: {
     batch: { value: "N", help: "images", default: "32" },
@@ -49,20 +49,21 @@ result, after one untimed call that compiles the shader.`,
   ],
 };
 
-type FilterKernel = typeof WEBGPU_FILTER_GRAD_KERNELS[number];
-
-/** One filter gradient to time: the conv's input, filter and stride ("same" for depthwise). */
+/** One convolution gradient to time: the conv's input, filter, stride and padding. */
 interface Case {
-  kernel: FilterKernel;
+  kernel: ConvGradKernel;
   x: [number, number, number, number];
   filter: [number, number, number, number];
   strides: number;
   pad: "same" | "valid";
 }
 
-/** convnext_tiny's filter gradients at `batch` x `size`: stem, 4 depthwise, 3 downsampling. */
+/**
+ * convnext_tiny's convolution gradients at `batch` x `size`: the filter gradients of the
+ * stem, and for each stage of the depthwise 7x7 and the downsampling layer after it, with
+ * their input gradients (the stem's input, the image, needs none).
+ */
 function tinyCases(batch: number, size: number): Case[] {
-  const widths = [96, 192, 384, 768];
   const cases: Case[] = [{
     kernel: "Conv2DBackpropFilter",
     x: [batch, size, size, 3],
@@ -70,23 +71,19 @@ function tinyCases(batch: number, size: number): Case[] {
     strides: 4,
     pad: "valid",
   }];
-  widths.forEach((c, s) => {
-    const side = size / 4 / 2 ** s;
-    cases.push({
-      kernel: "DepthwiseConv2dNativeBackpropFilter",
-      x: [batch, side, side, c],
-      filter: [7, 7, c, 1],
-      strides: 1,
-      pad: "same",
-    });
-    if (s < 3) {
-      cases.push({
-        kernel: "Conv2DBackpropFilter",
-        x: [batch, side, side, c],
-        filter: [2, 2, c, 2 * c],
-        strides: 2,
-        pad: "valid",
-      });
+  [96, 192, 384, 768].forEach((c, s) => {
+    const x: Case["x"] = [batch, size / 4 / 2 ** s, size / 4 / 2 ** s, c];
+    for (
+      const kernel of [
+        "DepthwiseConv2dNativeBackpropFilter",
+        "DepthwiseConv2dNativeBackpropInput",
+      ] as const
+    ) {
+      cases.push({ kernel, x, filter: [7, 7, c, 1], strides: 1, pad: "same" });
+    }
+    if (s === 3) return;
+    for (const kernel of ["Conv2DBackpropFilter", "Conv2DBackpropInput"] as const) {
+      cases.push({ kernel, x, filter: [2, 2, c, 2 * c], strides: 2, pad: "valid" });
     }
   });
   return cases;
@@ -94,8 +91,6 @@ function tinyCases(batch: number, size: number): Case[] {
 
 /** Best milliseconds of `iters` calls of `kernelFunc` on `c`, each to its result's read. */
 async function time(c: Case, kernelFunc: tf.KernelFunc, iters: number): Promise<number> {
-  const x = tf.randomNormal(c.x);
-  const depthwise = c.kernel !== "Conv2DBackpropFilter";
   const info = tf.backend_util.computeConv2DInfo(
     c.x,
     c.filter,
@@ -103,21 +98,25 @@ async function time(c: Case, kernelFunc: tf.KernelFunc, iters: number): Promise<
     1,
     c.pad,
     undefined,
-    depthwise,
+    c.kernel.startsWith("Depthwise"),
   );
   const dy = tf.randomNormal([c.x[0], info.outHeight, info.outWidth, info.outChannels]);
-  await Promise.all([x.data(), dy.data()]); // on the GPU before timing
+  // Filter gradients read the input, input gradients the filter.
+  const input = c.kernel.endsWith("Input");
+  const other = tf.randomNormal(input ? c.filter : c.x);
+  await Promise.all([other.data(), dy.data()]); // on the GPU before timing
   const backend = tf.backend();
+  const inputs = input ? { dy, filter: other } : { x: other, dy };
   const attrs = {
     strides: c.strides,
     pad: c.pad,
-    filterShape: c.filter,
     dilations: 1,
     dataFormat: "NHWC",
+    ...(input ? { inputShape: c.x } : { filterShape: c.filter }),
   };
   const call = async () => {
     const start = performance.now();
-    const info = kernelFunc({ inputs: { x, dy }, backend, attrs }) as tf.TensorInfo;
+    const info = kernelFunc({ inputs, backend, attrs }) as tf.TensorInfo;
     const out = tf.engine().makeTensorFromTensorInfo(info);
     await out.data();
     out.dispose();
@@ -126,7 +125,7 @@ async function time(c: Case, kernelFunc: tf.KernelFunc, iters: number): Promise<
   await call();
   let best = Infinity;
   for (let i = 0; i < iters; i++) best = Math.min(best, await call());
-  tf.dispose([x, dy]);
+  tf.dispose([other, dy]);
   return best;
 }
 
@@ -145,14 +144,14 @@ if (import.meta.main) {
   const iters = positiveInt(values.iters, "--iters", 5, fail);
   quietHeadlessVulkan();
   await selectBackend("webgpu");
-  installWebGpuFilterGrads();
+  installWebGpuConvGrads();
   const adapter = webGpuAdapterInfo();
   const log = values.json ? console.error : console.log;
   log(`machine: ${machineLine()}`);
   log(`adapter: ${adapter?.description || adapter?.vendor || "?"}`);
   for (const c of tinyCases(batch, size)) {
     const formulations: [string, tf.KernelFunc][] = [
-      ["stock", stockFilterGradKernel(c.kernel)],
+      ["stock", stockConvGradKernel(c.kernel)],
       ["ours", tf.getKernel(c.kernel, "webgpu")!.kernelFunc],
     ];
     for (const [formulation, f] of formulations) {

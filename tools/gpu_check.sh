@@ -38,7 +38,7 @@ console.log(JSON.stringify({ vendor, architecture, device, description,
 
 step "parity: the WebGPU tests"
 deno test -A tests/webgpu_test.ts tests/webgpu_kernels_test.ts tests/webgpu_grads_test.ts \
-  tests/webgpu_filter_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
+  tests/webgpu_conv_grads_test.ts 2>&1 | grep -E "passed|FAILED|error" || status=1
 
 step "inference, webgpu (the stock TF.js graph, then the optimized plan as GPU ops)"
 deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE" \

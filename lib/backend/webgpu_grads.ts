@@ -11,12 +11,12 @@
  * hierarchical and isotropic ConvNeXts, with layer scale and with seeded drop path. So
  * {@link installWebGpuTrainingKernels} adds none; it registers this project's kernels
  * (./webgpu_kernels.ts: GELU and LayerNorm, one dispatch each where TF.js ops take five and
- * nine, and AdamW's and the EMA's updates), replaces the two filter gradients for speed
- * (./webgpu_filter_grads.ts: TF.js sums each filter value over the whole batch in one
- * invocation; ours are matrix products and split reductions), and checks that the kernels a
- * training step runs are
- * registered for "webgpu" (a missing one would otherwise surface as "kernel not registered"
- * deep inside `fit()`), naming the import that registers them.
+ * nine, and AdamW's and the EMA's updates), replaces the convolutions' gradients for speed
+ * (./webgpu_conv_grads.ts: TF.js sums each filter value over the whole batch in one
+ * invocation; ours are matrix products, split reductions and a forward depthwise conv), and
+ * checks that the kernels a training step runs are registered for "webgpu" (a missing one
+ * would otherwise surface as "kernel not registered" deep inside `fit()`), naming the import
+ * that registers them.
  *
  * The backend-generic gradients of ./conv_grads.ts, which wasm needs, are no fallback here
  * as they stand: their depthwise ones call `DepthwiseConv2dNative` without a `dataFormat`
@@ -35,7 +35,7 @@
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
-import { installWebGpuFilterGrads, WEBGPU_FILTER_GRAD_KERNELS } from "./webgpu_filter_grads.ts";
+import { installWebGpuConvGrads, WEBGPU_CONV_GRAD_KERNELS } from "./webgpu_conv_grads.ts";
 import { registerWebGpuKernels, WEBGPU_OWN_KERNELS } from "./webgpu_kernels.ts";
 
 const BACKEND = "webgpu";
@@ -84,8 +84,8 @@ export interface WebGpuTrainingInstall {
   /** Backend kernels added now: always empty with tfjs-backend-webgpu 4.22 (it lacks none). */
   added: string[];
   /**
-   * Backend kernels replaced by this call (./webgpu_filter_grads.ts: the two filter
-   * gradients; empty when an earlier call did it).
+   * Backend kernels replaced by this call (./webgpu_conv_grads.ts: the convolutions'
+   * filter and input gradients; empty when an earlier call did it).
    */
   replaced: string[];
   /** Kernels checked and left as the backend registered them. */
@@ -96,8 +96,8 @@ export interface WebGpuTrainingInstall {
  * Make sure the webgpu backend can run a ConvNeXt training step: check that every kernel
  * of {@link WEBGPU_TRAINING_KERNELS} is registered for "webgpu", after registering this
  * project's own (./webgpu_kernels.ts). tfjs-backend-webgpu 4.22 lacks none and gets none
- * wrong for ConvNeXt, so none is added; its two filter gradients are replaced by faster ones
- * (./webgpu_filter_grads.ts; see the module doc). The call is the webgpu counterpart of
+ * wrong for ConvNeXt, so none is added; its convolution gradients are replaced by faster ones
+ * (./webgpu_conv_grads.ts; see the module doc). The call is the webgpu counterpart of
  * `installWasmTrainingKernels` for callers that switch on the backend, and affects no other
  * backend. Idempotent. Works before or after `tf.setBackend("webgpu")`, but only after the
  * backend's module (`@tensorflow/tfjs-backend-webgpu`) was imported, which registers its
@@ -123,12 +123,12 @@ export function installWebGpuTrainingKernels(): WebGpuTrainingInstall {
         `import "@tensorflow/tfjs-backend-webgpu" (or selectBackend("webgpu")) first`,
     );
   }
-  const replaced = installWebGpuFilterGrads();
-  const split = WEBGPU_FILTER_GRAD_KERNELS as readonly string[];
+  const replaced = installWebGpuConvGrads();
+  const ours = WEBGPU_CONV_GRAD_KERNELS as readonly string[];
   return {
     added: [],
     replaced,
-    unchanged: WEBGPU_TRAINING_KERNELS.filter((name) => !split.includes(name)),
+    unchanged: WEBGPU_TRAINING_KERNELS.filter((name) => !ours.includes(name)),
   };
 }
 

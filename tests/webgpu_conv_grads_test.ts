@@ -1,7 +1,8 @@
-// The filter gradients of lib/backend/webgpu_filter_grads.ts on webgpu (split reductions, and
-// matrix products for patchify convs) against their definition in float64, with several
-// chunks, partial chunks, padding, strides, odd channel counts and inputs the conv does not
-// cover whole; and the cases left to the backend's own kernels.
+// The convolution gradients of lib/backend/webgpu_conv_grads.ts on webgpu (matrix products for
+// patchify convs, split reductions, a forward depthwise conv) against their definition in
+// float64, with several chunks, partial chunks, padding, strides, odd channel counts and inputs
+// the conv does not cover whole, each checked to take its path; and cases left to the
+// backend's own kernels.
 //
 // Runs on whatever adapter Deno finds (CI: Mesa's software Vulkan driver). Without an
 // adapter every test FAILS (no silent skip).
@@ -13,10 +14,10 @@ import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
 import {
   chunkRows,
   filterGradGeometry,
-  installWebGpuFilterGrads,
-  stockFilterGradKernel,
-  WEBGPU_FILTER_GRAD_KERNELS,
-} from "../lib/backend/webgpu_filter_grads.ts";
+  installWebGpuConvGrads,
+  stockConvGradKernel,
+  WEBGPU_CONV_GRAD_KERNELS,
+} from "../lib/backend/webgpu_conv_grads.ts";
 
 quietHeadlessVulkan();
 
@@ -39,43 +40,56 @@ function values(n: number, seed: number): Float32Array {
 
 interface Case {
   name: string;
-  kernel: typeof WEBGPU_FILTER_GRAD_KERNELS[number];
+  kernel: typeof WEBGPU_CONV_GRAD_KERNELS[number];
   x: [number, number, number, number];
   filter: [number, number, number, number];
   strides: number;
   pad: "same" | "valid";
   dilations?: number;
+  /**
+   * How ours computes it: a matrix product, a split reduction, a forward depthwise conv, or
+   * the backend's own kernel.
+   */
+  path: "product" | "split" | "forward" | "stock";
 }
 
 /**
- * The filter gradient by its definition, in float64: sum over images and output pixels of
- * the input under each tap times the output gradient (depthwise: channel c with output
- * channels c * m + q).
+ * Both gradients by their definition, in float64: over images, output pixels and filter taps,
+ * the filter's gradient sums input times output gradient, the input's filter times output
+ * gradient (depthwise: channel c with output channels c * m + q).
  */
-function reference(c: Case, x: Float32Array, dy: Float32Array, dyShape: number[]): Float64Array {
-  const [n, h, w, cin] = c.x, [kh, kw, , mult] = c.filter;
+function references(
+  c: Case,
+  x: Float32Array,
+  dy: Float32Array,
+  w: Float32Array,
+  dyShape: number[],
+) {
+  const [n, h, wd, cin] = c.x, [kh, kw, , mult] = c.filter;
   const [, oh, ow, cout] = dyShape;
-  const d = c.dilations ?? 1, depthwise = c.kernel !== "Conv2DBackpropFilter";
+  const d = c.dilations ?? 1, depthwise = c.kernel.startsWith("Depthwise");
   // TF.js's "same" padding: the total split with the smaller half on top/left.
   const padOf = (size: number, out: number, k: number) =>
     c.pad === "valid" ? 0 : Math.floor(
       Math.max((out - 1) * c.strides + (k - 1) * d + 1 - size, 0) / 2,
     );
-  const pt = padOf(h, oh, kh), pl = padOf(w, ow, kw);
-  const out = new Float64Array(kh * kw * cin * mult);
+  const pt = padOf(h, oh, kh), pl = padOf(wd, ow, kw);
+  const filter = new Float64Array(kh * kw * cin * mult), input = new Float64Array(x.length);
   for (let b = 0; b < n; b++) {
     for (let y = 0; y < oh; y++) {
       for (let xo = 0; xo < ow; xo++) {
         for (let ky = 0; ky < kh; ky++) {
           for (let kx = 0; kx < kw; kx++) {
             const iy = y * c.strides + ky * d - pt, ix = xo * c.strides + kx * d - pl;
-            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
             for (let ci = 0; ci < cin; ci++) {
-              const xv = x[((b * h + iy) * w + ix) * cin + ci];
+              const at = ((b * h + iy) * wd + ix) * cin + ci;
               for (let q = 0; q < mult; q++) {
                 const co = depthwise ? ci * mult + q : q;
-                out[((ky * kw + kx) * cin + ci) * mult + q] += xv *
-                  dy[((b * oh + y) * ow + xo) * cout + co];
+                const f = ((ky * kw + kx) * cin + ci) * mult + q;
+                const g = dy[((b * oh + y) * ow + xo) * cout + co];
+                filter[f] += x[at] * g;
+                input[at] += w[f] * g;
               }
             }
           }
@@ -83,16 +97,14 @@ function reference(c: Case, x: Float32Array, dy: Float32Array, dyShape: number[]
       }
     }
   }
-  return out;
+  return { filter, input };
 }
 
 /** Runs `c`'s kernel on webgpu and returns its result and the float64 reference. */
 async function runCase(c: Case, seed: number) {
-  const xs = values(c.x.reduce((a, b) => a * b), seed);
-  const x = tf.tensor4d(xs, c.x);
-  const depthwise = c.kernel !== "Conv2DBackpropFilter";
+  const size = (shape: number[]) => shape.reduce((a, b) => a * b);
   const dilations = c.dilations ?? 1;
-  // The output gradient's shape: the forward conv's output on the cpu-side shapes.
+  // The output gradient's shape: the forward conv's output.
   const info = tf.backend_util.computeConv2DInfo(
     c.x,
     c.filter,
@@ -100,16 +112,25 @@ async function runCase(c: Case, seed: number) {
     dilations,
     c.pad,
     undefined,
-    depthwise,
+    c.kernel.startsWith("Depthwise"),
   );
   const dyShape = [c.x[0], info.outHeight, info.outWidth, info.outChannels];
-  const dys = values(dyShape.reduce((a, b) => a * b), seed + 1);
-  const dy = tf.tensor(dys, dyShape);
-  const attrs = { strides: c.strides, pad: c.pad, filterShape: c.filter, dilations };
-  const got = tf.engine().runKernel(c.kernel, { x, dy }, attrs) as tf.Tensor;
+  const xs = values(size(c.x), seed), dys = values(size(dyShape), seed + 1);
+  const ws = values(size(c.filter), seed + 2);
+  const [x, dy, filter] = [tf.tensor(xs, c.x), tf.tensor(dys, dyShape), tf.tensor(ws, c.filter)];
+  const attrs = { strides: c.strides, pad: c.pad, dilations, dataFormat: "NHWC" };
+  const input = c.kernel.endsWith("Input");
+  const got =
+    (input
+      ? tf.engine().runKernel(c.kernel, { dy, filter }, { ...attrs, inputShape: c.x })
+      : tf.engine().runKernel(c.kernel, { x, dy }, {
+        ...attrs,
+        filterShape: c.filter,
+      })) as tf.Tensor;
   const values32 = await got.data() as Float32Array;
-  tf.dispose([x, dy, got]);
-  return { got: values32, want: reference(c, xs, dys, dyShape) };
+  tf.dispose([x, dy, filter, got]);
+  const want = references(c, xs, dys, ws, dyShape);
+  return { got: values32, want: input ? want.input : want.filter };
 }
 
 function maxRelative(got: Float32Array, want: Float64Array): number {
@@ -127,7 +148,7 @@ function compiledShaders(backend: WebGPUBackend): string[] {
   );
 }
 
-const SPLIT_CASES: Case[] = [
+const CASES: Case[] = [
   // A ConvNeXt block's 7x7: "same", odd channels; 4 x 37 output rows of 8 pixels make five
   // chunks of 32 rows, the last one of 20.
   {
@@ -137,6 +158,7 @@ const SPLIT_CASES: Case[] = [
     filter: [7, 7, 5, 1],
     strides: 1,
     pad: "same",
+    path: "split",
   },
   {
     name: "depthwise 3x3 valid, stride 2",
@@ -145,6 +167,7 @@ const SPLIT_CASES: Case[] = [
     filter: [3, 3, 4, 1],
     strides: 2,
     pad: "valid",
+    path: "split",
   },
   // The stem (4x4, stride 4) and a downsampling layer (2x2, stride 2): patchify convs.
   {
@@ -154,6 +177,7 @@ const SPLIT_CASES: Case[] = [
     filter: [4, 4, 3, 8],
     strides: 4,
     pad: "valid",
+    path: "product",
   },
   {
     name: "conv 2x2 stride 2 (downsampling), an odd width left out",
@@ -162,6 +186,7 @@ const SPLIT_CASES: Case[] = [
     filter: [2, 2, 6, 12],
     strides: 2,
     pad: "valid",
+    path: "product",
   },
   {
     name: "conv 3x3 same",
@@ -170,43 +195,91 @@ const SPLIT_CASES: Case[] = [
     filter: [3, 3, 3, 7],
     strides: 1,
     pad: "same",
+    path: "split",
+  },
+  // Input gradients: the stem and a downsampling layer (an odd row and column the conv left
+  // out get zeros), the 7x7 and 3x3 depthwise "same"; strided depthwise is the backend's.
+  {
+    name: "conv 4x4 stride 4 (stem)",
+    kernel: "Conv2DBackpropInput",
+    x: [2, 16, 12, 3],
+    filter: [4, 4, 3, 8],
+    strides: 4,
+    pad: "valid",
+    path: "product",
+  },
+  {
+    name: "conv 2x2 stride 2, an odd row and column left out",
+    kernel: "Conv2DBackpropInput",
+    x: [3, 9, 11, 6],
+    filter: [2, 2, 6, 12],
+    strides: 2,
+    pad: "valid",
+    path: "product",
+  },
+  {
+    name: "depthwise 7x7 same",
+    kernel: "DepthwiseConv2dNativeBackpropInput",
+    x: [2, 9, 13, 5],
+    filter: [7, 7, 5, 1],
+    strides: 1,
+    pad: "same",
+    path: "forward",
+  },
+  {
+    name: "depthwise 3x3 same, 8 channels",
+    kernel: "DepthwiseConv2dNativeBackpropInput",
+    x: [3, 5, 4, 8],
+    filter: [3, 3, 8, 1],
+    strides: 1,
+    pad: "same",
+    path: "forward",
+  },
+  {
+    name: "depthwise 3x3 valid, stride 2",
+    kernel: "DepthwiseConv2dNativeBackpropInput",
+    x: [3, 9, 7, 4],
+    filter: [3, 3, 4, 1],
+    strides: 2,
+    pad: "valid",
+    path: "stock",
   },
 ];
 
-/** Calls of the webgpu backend's `name` kernel while `f` runs (through a wrapper). */
-async function countCalls<T>(name: string, f: () => Promise<T>): Promise<[T, number]> {
-  const config = tf.getKernel(name, "webgpu")!;
-  let calls = 0;
-  tf.unregisterKernel(name, "webgpu");
-  tf.registerKernel({
-    ...config,
-    kernelFunc: (args) => (calls++, config.kernelFunc(args)),
+/** Calls of each of the webgpu backend's kernels `names` while `f` runs (through wrappers). */
+async function countCalls<T>(names: string[], f: () => Promise<T>): Promise<[T, number[]]> {
+  const configs = names.map((name) => tf.getKernel(name, "webgpu")!);
+  const calls = names.map(() => 0);
+  configs.forEach((config, i) => {
+    tf.unregisterKernel(config.kernelName, "webgpu");
+    tf.registerKernel({ ...config, kernelFunc: (args) => (calls[i]++, config.kernelFunc(args)) });
   });
   try {
     return [await f(), calls];
   } finally {
-    tf.unregisterKernel(name, "webgpu");
-    tf.registerKernel(config);
+    for (const config of configs) {
+      tf.unregisterKernel(config.kernelName, "webgpu");
+      tf.registerKernel(config);
+    }
   }
 }
 
-for (const c of SPLIT_CASES) {
-  // Patchify convs (filter = stride, no padding) take a matrix product, the rest the split.
-  const patchify = c.kernel === "Conv2DBackpropFilter" && c.filter[0] === c.strides &&
-    c.pad === "valid";
-  const how = patchify ? "matrix product" : "split reduction";
-  Deno.test(`webgpu filter gradient, ${how}: ${c.name}, against float64`, async () => {
+for (const c of CASES) {
+  Deno.test(`webgpu ${c.kernel}, ${c.path}: ${c.name}, against float64`, async () => {
     const backend = await onWebGpu();
-    installWebGpuFilterGrads();
-    const [{ got, want }, products] = await countCalls("BatchMatMul", () => runCase(c, 7));
+    installWebGpuConvGrads();
+    const [{ got, want }, [products, forwards]] = await countCalls(
+      ["BatchMatMul", "DepthwiseConv2dNative"],
+      () => runCase(c, 7),
+    );
     const err = maxRelative(got, want);
     assert.ok(err < 1e-6, `${c.name}: max error ${err} of the largest value`);
-    if (patchify) assert.equal(products, 1, "one matrix product");
-    else {
+    assert.equal(products, c.path === "product" ? 1 : 0, "matrix products");
+    assert.equal(forwards, c.path === "forward" ? 1 : 0, "forward depthwise convs");
+    if (c.path === "split") {
       const key = c.kernel === "Conv2DBackpropFilter"
         ? "convnext_conv_filter_partials"
         : "convnext_depthwise_filter_partials";
-      assert.equal(products, 0);
       assert.ok(compiledShaders(backend).some((k) => k.includes(key)), `${key} did not run`);
     }
   });
@@ -248,7 +321,7 @@ Deno.test("webgpu filter gradients: chunks of ~256 output pixels, fewer when par
 
 Deno.test("webgpu filter gradients: a channel multiplier runs the backend's kernel, right", async () => {
   await onWebGpu();
-  installWebGpuFilterGrads();
+  installWebGpuConvGrads();
   for (
     const c of [
       {
@@ -258,6 +331,7 @@ Deno.test("webgpu filter gradients: a channel multiplier runs the backend's kern
         filter: [3, 3, 3, 2],
         strides: 1,
         pad: "valid",
+        path: "stock",
       },
     ] as Case[]
   ) {
@@ -267,14 +341,14 @@ Deno.test("webgpu filter gradients: a channel multiplier runs the backend's kern
   }
 });
 
-Deno.test("installWebGpuFilterGrads: replaces both kernels once; the stock ones stay reachable", async () => {
+Deno.test("installWebGpuConvGrads: replaces the four kernels once; the stock ones stay reachable", async () => {
   await onWebGpu();
-  installWebGpuFilterGrads();
-  assert.deepEqual(installWebGpuFilterGrads(), []);
-  for (const name of WEBGPU_FILTER_GRAD_KERNELS) {
+  installWebGpuConvGrads();
+  assert.deepEqual(installWebGpuConvGrads(), []);
+  for (const name of WEBGPU_CONV_GRAD_KERNELS) {
     const current = tf.getKernel(name, "webgpu")!.kernelFunc;
-    const stock = stockFilterGradKernel(name);
+    const stock = stockConvGradKernel(name);
     assert.notEqual(current, stock);
-    assert.equal(stockFilterGradKernel(name), stock);
+    assert.equal(stockConvGradKernel(name), stock);
   }
 });

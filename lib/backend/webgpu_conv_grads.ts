@@ -1,25 +1,34 @@
 /**
- * The filter gradients of convolutions on webgpu, reformulated for a GPU (issue #12, the fast
- * formulation on a GPU): `Conv2DBackpropFilter` (ConvNeXt's stem and downsampling layers)
- * and `DepthwiseConv2dNativeBackpropFilter` (every block's 7x7 depthwise conv).
+ * The gradients of convolutions on webgpu, reformulated for a GPU (issue #12, the fast
+ * formulation on a GPU): filter and input gradients of `Conv2D` (ConvNeXt's stem and
+ * downsampling layers) and of `DepthwiseConv2dNative` (every block's 7x7 depthwise conv).
  *
- * tfjs-backend-webgpu 4.22 computes each with one invocation per filter value, which sums
- * over every image and output pixel in turn: for convnext_tiny's first stage at batch 32,
- * 4,704 invocations (74 workgroups, about one per compute unit of a large GPU) each run
- * 100,352 iterations in sequence, and the stem's filter gradient likewise (4,608 values).
+ * tfjs-backend-webgpu 4.22 computes a filter gradient with one invocation per filter value,
+ * which sums over every image and output pixel in turn: for convnext_tiny's first stage at
+ * batch 32, 4,704 invocations (74 workgroups, about one per compute unit of a large GPU) each
+ * run 100,352 iterations in sequence, and the stem's likewise (4,608 values). Its input
+ * gradients are parallel but plain: an invocation per input value, which divides and tests a
+ * fraction per filter tap (depthwise) or multiplies through every output channel
+ * (`WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE`, on by default).
  *
  * - Patchify convs (filter size = stride, no padding: the stem and the downsampling layers)
- *   take one matrix product, {@link runPatchifyFilterGrad}: the input's patches (a transpose)
- *   transposed times the output gradient, on TF.js's tiled matmul.
- * - Other convs, the depthwise ones included, take a split reduction, {@link runFilterGrad}:
- *   the images' output rows are cut into chunks of about 256 output pixels; a first pass (one
- *   invocation per chunk and filter value) sums each chunk, a second (one per filter value)
- *   adds the chunks' sums. Two dispatches instead of one, with hundreds of times the
- *   invocations, each a few hundred iterations long.
+ *   take one matrix product each way, on TF.js's tiled matmul: the filter gradient as the
+ *   input's patches (a transpose) transposed times the output gradient
+ *   ({@link runPatchifyFilterGrad}), the input gradient as the output gradient times the
+ *   filter transposed, the patches transposed back ({@link runPatchifyInputGrad}).
+ * - A "same" stride-1 depthwise conv's input gradient is the output gradient convolved with
+ *   the filter turned by 180 degrees, on the backend's forward depthwise kernel
+ *   ({@link runDepthwiseInputGrad}).
+ * - Other filter gradients, the depthwise ones included, take a split reduction
+ *   ({@link runFilterGrad}): the images' output rows are cut into chunks of about 256 output
+ *   pixels; a first pass (one invocation per chunk and filter value) sums each chunk, a second
+ *   (one per filter value) adds the chunks' sums. Two dispatches instead of one, with hundreds
+ *   of times the invocations, each a few hundred iterations long.
  *
- * Both sum the same products in float32 in another order (within 1e-6 of float64: tested).
- * Cases neither takes run the backend's own kernel, as before: dilation, a depthwise channel
- * multiplier other than 1, channels-first data, and an input too large for the partial sums
+ * All sum the same products in float32 in another order (within 1e-6 of float64: tested).
+ * Cases none takes run the backend's own kernel, as before: dilation, a depthwise channel
+ * multiplier other than 1, channels-first data, other input gradients (strided depthwise,
+ * padded convs), and filter gradients too large for the partial sums
  * (`maxStorageBufferBindingSize`).
  *
  * @module
@@ -27,11 +36,16 @@
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
 
-/** The kernels {@link installWebGpuFilterGrads} replaces for "webgpu". */
-export const WEBGPU_FILTER_GRAD_KERNELS = [
+/** The kernels {@link installWebGpuConvGrads} replaces for "webgpu". */
+export const WEBGPU_CONV_GRAD_KERNELS = [
   "Conv2DBackpropFilter",
   "DepthwiseConv2dNativeBackpropFilter",
+  "Conv2DBackpropInput",
+  "DepthwiseConv2dNativeBackpropInput",
 ] as const;
+
+/** One of {@link WEBGPU_CONV_GRAD_KERNELS}. */
+export type ConvGradKernel = typeof WEBGPU_CONV_GRAD_KERNELS[number];
 
 /** Output pixels each invocation of the first pass sums (whole rows of them: at least one). */
 const CHUNK_PIXELS = 256;
@@ -345,59 +359,154 @@ export function filterGradGeometry(
   };
 }
 
-/** Marks the kernel functions this module registered. */
-const SPLIT = Symbol("convnext-tfjs filter gradient");
-
-/** `original` (the backend's kernel), with the cases {@link filterGradGeometry} takes ours. */
-function splitFilterGradKernel(original: tf.KernelFunc, depthwise: boolean): tf.KernelFunc {
-  const split = ((args: Parameters<tf.KernelFunc>[0]) => {
-    const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-    const attrs = args.attrs as unknown as FilterGradAttrs;
-    const geometry = x.dtype === "float32" && dy.dtype === "float32"
-      ? filterGradGeometry(x.shape, attrs, depthwise)
-      : undefined;
-    const rows = geometry ? chunkRows(geometry) : 0;
-    const backend = args.backend as WebGPUBackend;
-    if (geometry && isPatchify(geometry)) return runPatchifyFilterGrad(backend, x, dy, geometry);
-    if (!geometry || rows === 0) return original(args);
-    return runFilterGrad(backend, x, dy, geometry, rows);
-  }) as tf.KernelFunc & { [SPLIT]?: tf.KernelFunc };
-  split[SPLIT] = original;
-  return split;
+/**
+ * The input gradient of a patchify conv as one matrix product: the output gradient's rows
+ * times the filter (as a matrix, transposed) give each output pixel's patch of input
+ * gradients, which a transpose puts back in place; input rows or columns the conv left out
+ * get zeros.
+ */
+export function runPatchifyInputGrad(
+  backend: WebGPUBackend,
+  dy: tf.TensorInfo,
+  filter: tf.TensorInfo,
+  g: FilterGradGeometry,
+): tf.TensorInfo {
+  const { n, outH, outW, cin, cout, kh, kw } = g;
+  const temps: tf.TensorInfo[] = [];
+  const keep = (t: tf.TensorInfo) => (temps.push(t), t);
+  try {
+    const a = keep(
+      backendKernel(backend, "Reshape", { x: dy }, { shape: [1, n * outH * outW, cout] }),
+    );
+    const b = keep(
+      backendKernel(backend, "Reshape", { x: filter }, { shape: [1, kh * kw * cin, cout] }),
+    );
+    const patches = keep(backendKernel(backend, "BatchMatMul", { a, b }, {
+      transposeA: false,
+      transposeB: true,
+    }));
+    // [n, outH, outW, ky, kx * cin] -> [n, outH, ky, outW, kx * cin]: the map's rows.
+    const rows = keep(backendKernel(backend, "Reshape", { x: patches }, {
+      shape: [n * outH, outW, kh, kw * cin],
+    }));
+    const placed = keep(backendKernel(backend, "Transpose", { x: rows }, { perm: [0, 2, 1, 3] }));
+    const shape = [n, outH * kh, outW * kw, cin];
+    if (g.inH === shape[1] && g.inW === shape[2]) {
+      return backendKernel(backend, "Reshape", { x: placed }, { shape });
+    }
+    const map = keep(backendKernel(backend, "Reshape", { x: placed }, { shape }));
+    return backendKernel(backend, "PadV2", { x: map }, {
+      paddings: [[0, 0], [0, g.inH - shape[1]], [0, g.inW - shape[2]], [0, 0]],
+      constantValue: 0,
+    });
+  } finally {
+    for (const t of temps) backend.disposeData(t.dataId);
+  }
 }
 
 /**
- * Replaces the webgpu backend's `Conv2DBackpropFilter` and `DepthwiseConv2dNativeBackpropFilter`
- * with this module's formulations (see the module doc). Idempotent; needs the
- * backend's module imported (it registers the kernels replaced).
+ * True for a depthwise conv whose input gradient is itself a depthwise conv ("same", odd
+ * filter, stride 1, no dilation, multiplier 1: every ConvNeXt block's 7x7).
+ */
+export function isSymmetricDepthwise(g: FilterGradGeometry): boolean {
+  return g.depthwise && g.strideH === 1 && g.strideW === 1 && g.kh % 2 === 1 &&
+    g.kw % 2 === 1 && g.padTop === (g.kh - 1) / 2 && g.padLeft === (g.kw - 1) / 2 &&
+    g.outH === g.inH && g.outW === g.inW;
+}
+
+/**
+ * The input gradient of a "same" stride-1 depthwise conv: the output gradient convolved
+ * with the filter turned by 180 degrees, on the backend's forward depthwise kernel (which
+ * reads four channels at a time; its backprop kernel divides and tests a fraction per tap).
+ */
+export function runDepthwiseInputGrad(
+  backend: WebGPUBackend,
+  dy: tf.TensorInfo,
+  filter: tf.TensorInfo,
+): tf.TensorInfo {
+  const turned = backendKernel(backend, "Reverse", { x: filter }, { dims: [0, 1] });
+  try {
+    return backendKernel(backend, "DepthwiseConv2dNative", { x: dy, filter: turned }, {
+      strides: 1,
+      pad: "same",
+      dilations: 1,
+      dataFormat: "NHWC",
+    });
+  } finally {
+    backend.disposeData(turned.dataId);
+  }
+}
+
+/** Marks the kernel functions this module registered: the backend's own kernel. */
+const STOCK = Symbol("convnext-tfjs stock conv gradient");
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+/** The float32 geometry of a call, or undefined for a case this module leaves alone. */
+function geometryOf(args: KernelArgs, input: boolean, depthwise: boolean) {
+  const inputs = args.inputs as Record<string, tf.TensorInfo>;
+  if (Object.values(inputs).some((t) => t.dtype !== "float32")) return undefined;
+  const attrs = args.attrs as unknown as FilterGradAttrs & { inputShape?: number[] };
+  // Input gradients: the input's shape is an attribute, the filter an input.
+  const shape = input ? attrs.inputShape! : inputs.x.shape;
+  const filterShape = input ? inputs.filter.shape : attrs.filterShape;
+  return filterGradGeometry(shape, {
+    ...attrs,
+    filterShape: filterShape as [number, number, number, number],
+  }, depthwise);
+}
+
+/** Ours for the cases we take, else `original`: by kernel (see the module doc). */
+function ourKernel(name: ConvGradKernel, original: tf.KernelFunc): tf.KernelFunc {
+  const depthwise = name.startsWith("Depthwise");
+  const input = name.endsWith("Input");
+  return (args: KernelArgs) => {
+    const backend = args.backend as WebGPUBackend;
+    const { x, dy, filter } = args.inputs as Record<string, tf.TensorInfo>;
+    const g = geometryOf(args, input, depthwise);
+    if (!g) return original(args);
+    if (input) {
+      if (isPatchify(g)) return runPatchifyInputGrad(backend, dy, filter, g);
+      if (isSymmetricDepthwise(g)) return runDepthwiseInputGrad(backend, dy, filter);
+      return original(args);
+    }
+    if (isPatchify(g)) return runPatchifyFilterGrad(backend, x, dy, g);
+    const rows = chunkRows(g);
+    return rows === 0 ? original(args) : runFilterGrad(backend, x, dy, g, rows);
+  };
+}
+
+/**
+ * Replaces the webgpu backend's convolution gradients ({@link WEBGPU_CONV_GRAD_KERNELS})
+ * with this module's formulations (see the module doc). Idempotent; needs the backend's
+ * module imported (it registers the kernels replaced).
  *
  * @returns the kernel names replaced by this call (empty when already done).
  * @throws Error naming a kernel that is not registered for "webgpu".
  */
-export function installWebGpuFilterGrads(): string[] {
+export function installWebGpuConvGrads(): string[] {
   const replaced: string[] = [];
-  for (const name of WEBGPU_FILTER_GRAD_KERNELS) {
+  for (const name of WEBGPU_CONV_GRAD_KERNELS) {
     const config = tf.getKernel(name, "webgpu");
     if (config == null) {
-      throw new Error(`installWebGpuFilterGrads: no ${name} kernel registered for "webgpu"`);
+      throw new Error(`installWebGpuConvGrads: no ${name} kernel registered for "webgpu"`);
     }
-    if ((config.kernelFunc as { [SPLIT]?: tf.KernelFunc })[SPLIT]) continue;
+    if ((config.kernelFunc as { [STOCK]?: tf.KernelFunc })[STOCK]) continue;
+    const ours = ourKernel(name, config.kernelFunc) as tf.KernelFunc & {
+      [STOCK]?: tf.KernelFunc;
+    };
+    ours[STOCK] = config.kernelFunc;
     tf.unregisterKernel(name, "webgpu");
-    tf.registerKernel({
-      ...config,
-      kernelFunc: splitFilterGradKernel(config.kernelFunc, name !== "Conv2DBackpropFilter"),
-    });
+    tf.registerKernel({ ...config, kernelFunc: ours });
     replaced.push(name);
   }
   return replaced;
 }
 
 /** The webgpu backend's own kernel behind `name` (for tests and benchmarks). */
-export function stockFilterGradKernel(
-  name: typeof WEBGPU_FILTER_GRAD_KERNELS[number],
-): tf.KernelFunc {
+export function stockConvGradKernel(name: ConvGradKernel): tf.KernelFunc {
   const config = tf.getKernel(name, "webgpu");
-  if (config == null) throw new Error(`stockFilterGradKernel: no ${name} kernel for "webgpu"`);
-  const f = config.kernelFunc as tf.KernelFunc & { [SPLIT]?: tf.KernelFunc };
-  return f[SPLIT] ?? f;
+  if (config == null) throw new Error(`stockConvGradKernel: no ${name} kernel for "webgpu"`);
+  const f = config.kernelFunc as tf.KernelFunc & { [STOCK]?: tf.KernelFunc };
+  return f[STOCK] ?? f;
 }

@@ -2,12 +2,13 @@
  * `deno task bench:webgpu-kernels`: this project's webgpu kernels against the TF.js kernels
  * they replace, at convnext_tiny's shapes: the convolutions' filter and input gradients of the
  * stem, the depthwise 7x7 convs of each stage and the downsampling layers
- * (lib/backend/webgpu_conv_grads.ts, against tfjs-backend-webgpu's own kernels).
+ * (lib/backend/webgpu_conv_grads.ts, against tfjs-backend-webgpu's own kernels); then the
+ * pointwise layers' weight gradients, TF.js's matmul against a split-K candidate.
  *
  *   deno task bench:webgpu-kernels [--batch 32] [--size 224] [--iters 5] [--json]
  *
  * Prints one line per kernel, shape and formulation (`--json`: `{"backend","adapter","kernel",
- * "x","filter","formulation","ms"}`), the best of --iters calls, each timed to its result's
+ * "x","filter" (or "m","k","n"),"formulation","ms"}`), the best of --iters calls, each timed to its result's
  * read, after one untimed call (compiling the shader), with the machine and adapter first.
  *
  * @module
@@ -32,14 +33,16 @@ for --batch images of --size pixels: the filter gradients of the stem, of each s
 7x7 conv and of the downsampling layers, and the input gradients of the last two, as
 lib/backend/webgpu_conv_grads.ts computes them ("ours": matrix products for the stem and
 downsampling, a split reduction for the depthwise filter, a forward conv for its input) and as
-tfjs-backend-webgpu does ("stock"). Each figure is the best of --iters calls timed to the read of the
+tfjs-backend-webgpu does ("stock"); then the pointwise layers' weight gradients (a^T b over the
+batch's pixels) as TF.js runs them and split over the pixels into batched products ("split-k
+P", a candidate not in use yet). Each figure is the best of --iters calls timed to the read of the
 result, after one untimed call that compiles the shader.`,
   flags: {
     batch: { value: "N", help: "images", default: "32" },
     size: { value: "PX", help: "input side in pixels (a multiple of 32)", default: "224" },
     iters: { value: "N", help: "timed calls per kernel and formulation", default: "5" },
     json: {
-      help: "JSON lines: {backend, adapter, kernel, x, filter, formulation, ms}",
+      help: "JSON lines: {backend, adapter, kernel, x, filter (or m, k, n), formulation, ms}",
     },
   },
   env: [],
@@ -129,6 +132,40 @@ async function time(c: Case, kernelFunc: tf.KernelFunc, iters: number): Promise<
   return best;
 }
 
+/** Best milliseconds of `iters` runs of `f`, each to its result's read (after one untimed). */
+async function timeOp(f: () => tf.Tensor, iters: number): Promise<number> {
+  let best = Infinity;
+  for (let i = 0; i <= iters; i++) {
+    const start = performance.now();
+    const out = f();
+    await out.data();
+    out.dispose();
+    if (i > 0) best = Math.min(best, performance.now() - start);
+  }
+  return best;
+}
+
+/**
+ * A pointwise layer's weight gradient, `a^T b` over the batch's pixels (`m` rows: a few
+ * output tiles, a long inner dimension), as TF.js runs it ("stock") and split over the rows
+ * in `slices` batched products then summed ("split-k"): a candidate, not in use yet, that
+ * gives a large GPU more workgroups (TF.js splits K only for at most 8 output tiles).
+ */
+async function weightGradient(m: number, k: number, n: number, iters: number) {
+  // At least 1024 rows a slice: split K, not the work into crumbs.
+  const slices = [16, 8, 4, 2].find((p) => m % p === 0 && m / p >= 1024) ?? 1;
+  const [a, b] = [tf.randomNormal([m, k]), tf.randomNormal([m, n])];
+  await Promise.all([a.data(), b.data()]);
+  const stock = await timeOp(() => tf.matMul(a, b, true, false), iters);
+  const sliced = () => {
+    const [as, bs] = [a.reshape([slices, m / slices, k]), b.reshape([slices, m / slices, n])];
+    return tf.sum(tf.matMul(as, bs, true, false), 0);
+  };
+  const split = slices === 1 ? undefined : await timeOp(() => tf.tidy(sliced), iters);
+  tf.dispose([a, b]);
+  return { slices, stock, split };
+}
+
 if (import.meta.main) {
   const fail: Fail = failer("bench:webgpu-kernels");
   const { values, positionals } = command(HELP, {
@@ -159,6 +196,26 @@ if (import.meta.main) {
       const line = { backend: "webgpu", adapter, kernel: c.kernel, x: c.x, filter: c.filter };
       if (values.json) console.log(JSON.stringify({ ...line, formulation, ms }));
       else console.log(`${c.kernel} x [${c.x}] filter [${c.filter}]: ${formulation} ${ms} ms`);
+    }
+  }
+  // The pointwise layers' weight gradients of stages 1 and 2 ([c, 4c] and [4c, c] over the
+  // pixels: 36 and 144 output tiles of 32 x 32; the later stages have hundreds).
+  for (const [s, c] of [96, 192].entries()) {
+    const m = batch * (size / 4 / 2 ** s) ** 2;
+    for (const [k, n] of [[c, 4 * c], [4 * c, c]]) {
+      const { slices, stock, split } = await weightGradient(m, k, n, iters);
+      const rows: [string, number | undefined][] = [["stock", stock], [`split-k ${slices}`, split]];
+      for (const [formulation, ms] of rows) {
+        if (ms === undefined) continue; // too few rows to split
+        const line = { backend: "webgpu", adapter, kernel: "BatchMatMul a^T b", m, k, n };
+        const rounded = Math.round(ms * 100) / 100;
+        const shapes = `[${m}, ${k}]^T [${m}, ${n}]`;
+        console.log(
+          values.json
+            ? JSON.stringify({ ...line, formulation, ms: rounded })
+            : `weight gradient ${shapes}: ${formulation} ${rounded} ms`,
+        );
+      }
     }
   }
 }

@@ -35,6 +35,7 @@
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
+import { flatProgram, runProgram, type WebGpuProgram } from "./webgpu_kernels.ts";
 
 /** The kernels {@link installWebGpuConvGrads} replaces for "webgpu". */
 export const WEBGPU_CONV_GRAD_KERNELS = [
@@ -51,7 +52,6 @@ export type ConvGradKernel = typeof WEBGPU_CONV_GRAD_KERNELS[number];
 const CHUNK_PIXELS = 256;
 /** Partial sums at the most (floats): 64 MB, half the default storage binding limit. */
 const MAX_PARTIALS = 16 * 1024 * 1024;
-const WORKGROUP = 64;
 
 /** A convolution's geometry as both passes need it (NHWC, no dilation). */
 export interface FilterGradGeometry {
@@ -90,19 +90,6 @@ export function chunkRows(g: FilterGradGeometry): number {
   const fitting = Math.floor(MAX_PARTIALS / filterSize(g));
   if (fitting < 1) return 0;
   return Math.max(Math.ceil(CHUNK_PIXELS / g.outW), Math.ceil(rows / fitting), 1);
-}
-
-/** The WGSL fields of tfjs-backend-webgpu's `WebGPUProgram` these programs use. */
-interface Program {
-  variableNames: string[];
-  outputShape: number[];
-  dispatchLayout: { x: number[] };
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number];
-  shaderKey: string;
-  size: boolean;
-  uniforms: string;
-  getUserCode(): string;
 }
 
 const GEOMETRY_UNIFORMS = "inH : i32, inW : i32, cin : i32, outH : i32, outW : i32, " +
@@ -165,29 +152,22 @@ fn main(index : i32) {
   }
 }`;
 
-function flatProgram(
+/** A program of one invocation per value of `outputShape`, with TF.js's `size` uniform. */
+function program(
   variableNames: string[],
   outputShape: number[],
   shaderKey: string,
   uniforms: string,
   code: string,
-): Program {
-  const size = outputShape.reduce((a, b) => a * b, 1);
+): WebGpuProgram {
+  const count = outputShape.reduce((a, b) => a * b, 1);
   return {
+    ...flatProgram(outputShape, count, shaderKey, code),
     variableNames,
-    outputShape,
-    dispatchLayout: { x: outputShape.map((_, i) => i) },
-    // runWebGPUProgram reshapes a dispatch beyond the adapter's per-dimension limit.
-    dispatch: [Math.ceil(size / WORKGROUP), 1, 1],
-    workgroupSize: [WORKGROUP, 1, 1],
-    shaderKey,
     size: true,
     uniforms,
-    getUserCode: () => code,
   };
 }
-
-type RunProgram = Parameters<WebGPUBackend["runWebGPUProgram"]>;
 
 /**
  * The filter gradient of a convolution of `x` whose output gradient is `dy`, in two
@@ -203,16 +183,16 @@ export function runFilterGrad(
   const filter = filterSize(g);
   const chunks = Math.ceil(g.n * g.outH / rows);
   const kind = g.depthwise ? "depthwise" : "conv";
-  const partials = backend.runWebGPUProgram(
-    flatProgram(
+  const partials = runProgram(
+    backend,
+    program(
       ["x", "dy"],
       [chunks, filter],
       `convnext_${kind}_filter_partials`,
       GEOMETRY_UNIFORMS,
       partialsCode(g.depthwise),
-    ) as unknown as RunProgram[0],
+    ),
     [x, dy],
-    "float32",
     [
       g.inH,
       g.inW,
@@ -232,16 +212,16 @@ export function runFilterGrad(
   );
   try {
     const shape = g.depthwise ? [g.kh, g.kw, g.cin, 1] : [g.kh, g.kw, g.cin, g.cout];
-    return backend.runWebGPUProgram(
-      flatProgram(
+    return runProgram(
+      backend,
+      program(
         ["partials"],
         shape,
         "convnext_filter_partials_sum",
         "chunks : i32, filterSize : i32,",
         SUM_CODE,
-      ) as unknown as RunProgram[0],
+      ),
       [partials],
-      "float32",
       [{ type: "int32", data: [chunks] }, { type: "int32", data: [filter] }],
     );
   } finally {

@@ -83,8 +83,8 @@ fn erfXla(v : f32) -> f32 {
   return p * x / q;
 }`;
 
-/** The fields of tfjs-backend-webgpu's `WebGPUProgram` these kernels use. */
-interface Program {
+/** The fields of tfjs-backend-webgpu's `WebGPUProgram` this project's programs use. */
+export interface WebGpuProgram {
   variableNames: string[];
   outputShape: number[];
   dispatchLayout: { x: number[] };
@@ -97,12 +97,12 @@ interface Program {
 }
 
 /** A flat program: one invocation per `count` (elements or rows) of `outputShape`. */
-function flatProgram(
+export function flatProgram(
   outputShape: number[],
   count: number,
   shaderKey: string,
   code: string,
-): Program {
+): WebGpuProgram {
   return {
     variableNames: ["A"],
     outputShape,
@@ -115,6 +115,18 @@ function flatProgram(
   };
 }
 
+/** Runs `program` on `inputs` (bound in its `variableNames` order) with `uniforms`. */
+export function runProgram(
+  backend: WebGPUBackend,
+  program: WebGpuProgram,
+  inputs: tf.TensorInfo[],
+  uniforms: { type: "int32" | "float32"; data: number[] }[],
+): tf.TensorInfo {
+  // Our programs are structurally TF.js's WebGPUProgram, whose class the package does not export.
+  type TfjsProgram = Parameters<WebGPUBackend["runWebGPUProgram"]>[0];
+  return backend.runWebGPUProgram(program as unknown as TfjsProgram, inputs, "float32", uniforms);
+}
+
 /**
  * An elementwise program over `shape`: `value` (WGSL) computes the output at `index` from
  * `v = A[index]` (and the other inputs, indexed alike) and the f32 `uniforms`.
@@ -125,7 +137,7 @@ function elementwiseProgram(
   inputs: string[],
   value: string,
   uniforms: readonly string[] = [],
-): Program {
+): WebGpuProgram {
   const size = shape.reduce((a, b) => a * b, 1);
   return {
     ...flatProgram(
@@ -217,7 +229,7 @@ const ROW_INPUTS = {
 type RowKernel = keyof typeof ROW_OUTPUTS;
 
 /** A program of one thread per row of `shape` (rows x the last axis). */
-function rowProgram(kernel: RowKernel, shape: number[]): Program {
+function rowProgram(kernel: RowKernel, shape: number[]): WebGpuProgram {
   const cols = shape[shape.length - 1];
   const rows = shape.reduce((a, b) => a * b, 1) / cols;
   return {
@@ -245,10 +257,10 @@ function registerRowKernel(kernel: RowKernel, inputNames: string[]): void {
     kernelFunc: ({ inputs, backend, attrs }) => {
       const x = inputs[inputNames[0]] as tf.TensorInfo;
       const cols = x.shape[x.shape.length - 1];
-      return (backend as WebGPUBackend).runWebGPUProgram(
-        rowProgram(kernel, x.shape) as unknown as Parameters<WebGPUBackend["runWebGPUProgram"]>[0],
+      return runProgram(
+        backend as WebGPUBackend,
+        rowProgram(kernel, x.shape),
         inputNames.map((n) => inputs[n] as tf.TensorInfo),
-        "float32",
         [
           { type: "int32", data: [x.shape.reduce((a, b) => a * b, 1) / cols] },
           { type: "int32", data: [cols] },
@@ -279,12 +291,10 @@ function registerElementwiseKernel(
     kernelFunc: ({ inputs, backend, attrs }) => {
       const x = inputs[inputNames[0]] as tf.TensorInfo;
       const values = attrs as Record<string, number>;
-      return (backend as WebGPUBackend).runWebGPUProgram(
-        elementwiseProgram(x.shape, shaderKey, variables, value, uniforms) as unknown as Parameters<
-          WebGPUBackend["runWebGPUProgram"]
-        >[0],
+      return runProgram(
+        backend as WebGPUBackend,
+        elementwiseProgram(x.shape, shaderKey, variables, value, uniforms),
         inputNames.map((n) => inputs[n] as tf.TensorInfo),
-        "float32",
         uniforms.map((u) => ({ type: "float32", data: [values[u]] })),
       );
     },

@@ -242,7 +242,8 @@ function backendKernel(
 
 /**
  * True for a "patchify" conv (filter size = stride, no padding: the stem and the
- * downsampling layers), whose filter gradient {@link runPatchifyFilterGrad} computes.
+ * downsampling layers), whose gradients {@link runPatchifyFilterGrad} and
+ * {@link runPatchifyInputGrad} compute.
  */
 export function isPatchify(g: FilterGradGeometry): boolean {
   return !g.depthwise && g.kh === g.strideH && g.kw === g.strideW && g.padTop === 0 &&
@@ -292,7 +293,10 @@ export function runPatchifyFilterGrad(
   }
 }
 
-/** Attributes of both kernels (TF.js's `Conv2DBackpropFilterAttrs` and depthwise's). */
+/**
+ * Attributes of the filter gradients (TF.js's `Conv2DBackpropFilterAttrs` and depthwise's);
+ * the input gradients' are the same with `inputShape` for `filterShape`.
+ */
 interface FilterGradAttrs {
   strides: number | [number, number];
   pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
@@ -341,9 +345,9 @@ export function filterGradGeometry(
 
 /**
  * The input gradient of a patchify conv as one matrix product: the output gradient's rows
- * times the filter (as a matrix, transposed) give each output pixel's patch of input
- * gradients, which a transpose puts back in place; input rows or columns the conv left out
- * get zeros.
+ * times the filter (as a matrix, transposed by its own small dispatch: TF.js's product with
+ * `transposeB` is slower) give each output pixel's patch of input gradients, which a
+ * transpose puts back in place; input rows or columns the conv left out get zeros.
  */
 export function runPatchifyInputGrad(
   backend: WebGPUBackend,
@@ -358,12 +362,16 @@ export function runPatchifyInputGrad(
     const a = keep(
       backendKernel(backend, "Reshape", { x: dy }, { shape: [1, n * outH * outW, cout] }),
     );
+    const w = keep(
+      backendKernel(backend, "Reshape", { x: filter }, { shape: [kh * kw * cin, cout] }),
+    );
+    const wt = keep(backendKernel(backend, "Transpose", { x: w }, { perm: [1, 0] }));
     const b = keep(
-      backendKernel(backend, "Reshape", { x: filter }, { shape: [1, kh * kw * cin, cout] }),
+      backendKernel(backend, "Reshape", { x: wt }, { shape: [1, cout, kh * kw * cin] }),
     );
     const patches = keep(backendKernel(backend, "BatchMatMul", { a, b }, {
       transposeA: false,
-      transposeB: true,
+      transposeB: false,
     }));
     // [n, outH, outW, ky, kx * cin] -> [n, outH, ky, outW, kx * cin]: the map's rows.
     const rows = keep(backendKernel(backend, "Reshape", { x: patches }, {

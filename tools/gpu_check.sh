@@ -2,8 +2,9 @@
 # One short check of a machine with a GPU: which WebGPU adapter Deno gets, parity of the
 # webgpu backend (the WebGPU tests: logits against the cpu backend and PyTorch fixtures,
 # gradients against cpu), inference and training speed, the cost of a dispatch and this
-# project's filter-gradient kernels against TF.js's on webgpu, wasm on every core for
-# comparison, and how the wasm kernel engine scales with threads (inference and training).
+# project's convolution-gradient kernels against TF.js's on webgpu (and a split-K candidate for
+# the weight gradients), wasm on every core for comparison, and how the wasm kernel engine
+# scales with threads (inference and training).
 # Prints the numbers; paste them with the card's name into the README.
 #
 #   bash tools/gpu_check.sh                  # real sizes: convnext_tiny at 224
@@ -47,7 +48,7 @@ deno task bench --backend webgpu --path both --model convnext_tiny --size "$SIZE
 step "dispatch cost on webgpu (host time per kernel dispatch)"
 deno task bench:dispatch --json || status=1
 
-step "filter gradients on webgpu: split reductions against TF.js's kernels (batch 32)"
+step "convolution gradients and weight-gradient matmuls on webgpu: ours against TF.js's"
 deno task bench:webgpu-kernels --size "$SIZE" --batch "$TRAIN_BATCH" --iters 3 --json || status=1
 
 step "inference, wasm on every core (the kernel engine)"

@@ -149,10 +149,12 @@ export function depthwiseBackpropInput(backendName: string): tf.KernelFunc {
       }
       const flipped = scope.run("Reverse", { x: filter }, { dims: [0, 1] });
       const f = scope.reshape(flipped, [kh, kw, c * m, 1]);
+      // dataFormat: webgpu's kernel rejects a call without it (wasm's ignores it).
       let dx = scope.run("DepthwiseConv2dNative", { x: input, filter: f }, {
         strides: [1, 1],
         pad,
         dilations: [dh, dw],
+        dataFormat: "NHWC",
       });
       if (m > 1) {
         dx = scope.run("Sum", { x: scope.reshape(dx, [n, h, w, c, m]) }, {

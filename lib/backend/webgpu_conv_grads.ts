@@ -17,8 +17,9 @@
  *   ({@link runPatchifyFilterGrad}), the input gradient as the output gradient times the
  *   filter transposed, the patches transposed back ({@link runPatchifyInputGrad}).
  * - A "same" stride-1 depthwise conv's input gradient is the output gradient convolved with
- *   the filter turned by 180 degrees, on the backend's forward depthwise kernel
- *   ({@link runDepthwiseInputGrad}).
+ *   the filter turned by 180 degrees, on the backend's forward depthwise kernel (which reads
+ *   four channels at a time; its backprop kernel divides and tests a fraction per tap): the
+ *   wasm backend's generic `depthwiseBackpropInput` (./conv_grads.ts), run on webgpu.
  * - Other filter gradients, the depthwise ones included, take a split reduction
  *   ({@link runFilterGrad}): the images' output rows are cut into chunks of about 256 output
  *   pixels; a first pass (one invocation per chunk and filter value) sums each chunk, a second
@@ -35,6 +36,8 @@
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
+import { depthwiseBackpropInput } from "./conv_grads.ts";
+import { KernelScope, padCropSpatial } from "./kernel_scope.ts";
 import { flatProgram, runProgram, type WebGpuProgram } from "./webgpu_kernels.ts";
 
 /** The kernels {@link installWebGpuConvGrads} replaces for "webgpu". */
@@ -229,17 +232,6 @@ export function runFilterGrad(
   }
 }
 
-/** Runs the webgpu backend's kernel `name` (registered by tfjs-backend-webgpu). */
-function backendKernel(
-  backend: WebGPUBackend,
-  name: string,
-  inputs: Record<string, tf.TensorInfo>,
-  attrs: Record<string, unknown>,
-): tf.TensorInfo {
-  const kernelFunc = tf.getKernel(name, "webgpu")!.kernelFunc;
-  return kernelFunc({ inputs, backend, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
-}
-
 /**
  * True for a "patchify" conv (filter size = stride, no padding: the stem and the
  * downsampling layers), whose gradients {@link runPatchifyFilterGrad} and
@@ -264,32 +256,21 @@ export function runPatchifyFilterGrad(
 ): tf.TensorInfo {
   const { n, outH, outW, cin, cout, kh, kw } = g;
   const pixels = n * outH * outW;
-  const temps: tf.TensorInfo[] = [];
-  const keep = (t: tf.TensorInfo) => (temps.push(t), t);
+  const scope = new KernelScope(backend, "webgpu");
   try {
-    let covered = x;
-    if (g.inH !== outH * kh || g.inW !== outW * kw) {
-      covered = keep(backendKernel(backend, "Slice", { x }, {
-        begin: [0, 0, 0, 0],
-        size: [n, outH * kh, outW * kw, cin],
-      }));
-    }
+    // The rows and columns the patches cover (a slice when the conv leaves some out).
+    const covered = padCropSpatial(scope, x, [0, 0], [outH * kh, outW * kw]);
     // [n, outH, ky, outW, kx * cin] -> [n, outH, outW, ky, kx * cin]: one patch per row.
-    const rows = keep(backendKernel(backend, "Reshape", { x: covered }, {
-      shape: [n * outH, kh, outW, kw * cin],
-    }));
-    const patches = keep(backendKernel(backend, "Transpose", { x: rows }, { perm: [0, 2, 1, 3] }));
-    const a = keep(backendKernel(backend, "Reshape", { x: patches }, {
-      shape: [1, pixels, kh * kw * cin],
-    }));
-    const b = keep(backendKernel(backend, "Reshape", { x: dy }, { shape: [1, pixels, cout] }));
-    const product = keep(backendKernel(backend, "BatchMatMul", { a, b }, {
-      transposeA: true,
-      transposeB: false,
-    }));
-    return backendKernel(backend, "Reshape", { x: product }, { shape: [kh, kw, cin, cout] });
-  } finally {
-    for (const t of temps) backend.disposeData(t.dataId);
+    const rows = scope.reshape(covered, [n * outH, kh, outW, kw * cin]);
+    const patches = scope.transpose(rows, [0, 2, 1, 3]);
+    const product = scope.run("BatchMatMul", {
+      a: scope.reshape(patches, [1, pixels, kh * kw * cin]),
+      b: scope.reshape(dy, [1, pixels, cout]),
+    }, { transposeA: true, transposeB: false });
+    return scope.finish(scope.reshape(product, [kh, kw, cin, cout]));
+  } catch (e) {
+    scope.disposeAll();
+    throw e;
   }
 }
 
@@ -356,39 +337,21 @@ export function runPatchifyInputGrad(
   g: FilterGradGeometry,
 ): tf.TensorInfo {
   const { n, outH, outW, cin, cout, kh, kw } = g;
-  const temps: tf.TensorInfo[] = [];
-  const keep = (t: tf.TensorInfo) => (temps.push(t), t);
+  const scope = new KernelScope(backend, "webgpu");
   try {
-    const a = keep(
-      backendKernel(backend, "Reshape", { x: dy }, { shape: [1, n * outH * outW, cout] }),
-    );
-    const w = keep(
-      backendKernel(backend, "Reshape", { x: filter }, { shape: [kh * kw * cin, cout] }),
-    );
-    const wt = keep(backendKernel(backend, "Transpose", { x: w }, { perm: [1, 0] }));
-    const b = keep(
-      backendKernel(backend, "Reshape", { x: wt }, { shape: [1, cout, kh * kw * cin] }),
-    );
-    const patches = keep(backendKernel(backend, "BatchMatMul", { a, b }, {
-      transposeA: false,
-      transposeB: false,
-    }));
+    const w = scope.reshape(filter, [kh * kw * cin, cout]);
+    const patches = scope.run("BatchMatMul", {
+      a: scope.reshape(dy, [1, n * outH * outW, cout]),
+      b: scope.reshape(scope.transpose(w, [1, 0]), [1, cout, kh * kw * cin]),
+    }, { transposeA: false, transposeB: false });
     // [n, outH, outW, ky, kx * cin] -> [n, outH, ky, outW, kx * cin]: the map's rows.
-    const rows = keep(backendKernel(backend, "Reshape", { x: patches }, {
-      shape: [n * outH, outW, kh, kw * cin],
-    }));
-    const placed = keep(backendKernel(backend, "Transpose", { x: rows }, { perm: [0, 2, 1, 3] }));
-    const shape = [n, outH * kh, outW * kw, cin];
-    if (g.inH === shape[1] && g.inW === shape[2]) {
-      return backendKernel(backend, "Reshape", { x: placed }, { shape });
-    }
-    const map = keep(backendKernel(backend, "Reshape", { x: placed }, { shape }));
-    return backendKernel(backend, "PadV2", { x: map }, {
-      paddings: [[0, 0], [0, g.inH - shape[1]], [0, g.inW - shape[2]], [0, 0]],
-      constantValue: 0,
-    });
-  } finally {
-    for (const t of temps) backend.disposeData(t.dataId);
+    const rows = scope.reshape(patches, [n * outH, outW, kh, kw * cin]);
+    const map = scope.reshape(scope.transpose(rows, [0, 2, 1, 3]), [n, outH * kh, outW * kw, cin]);
+    // Zeros for the input rows and columns the conv left out.
+    return scope.finish(padCropSpatial(scope, map, [0, 0], [g.inH, g.inW]));
+  } catch (e) {
+    scope.disposeAll();
+    throw e;
   }
 }
 
@@ -400,29 +363,6 @@ export function isSymmetricDepthwise(g: FilterGradGeometry): boolean {
   return g.depthwise && g.strideH === 1 && g.strideW === 1 && g.kh % 2 === 1 &&
     g.kw % 2 === 1 && g.padTop === (g.kh - 1) / 2 && g.padLeft === (g.kw - 1) / 2 &&
     g.outH === g.inH && g.outW === g.inW;
-}
-
-/**
- * The input gradient of a "same" stride-1 depthwise conv: the output gradient convolved
- * with the filter turned by 180 degrees, on the backend's forward depthwise kernel (which
- * reads four channels at a time; its backprop kernel divides and tests a fraction per tap).
- */
-export function runDepthwiseInputGrad(
-  backend: WebGPUBackend,
-  dy: tf.TensorInfo,
-  filter: tf.TensorInfo,
-): tf.TensorInfo {
-  const turned = backendKernel(backend, "Reverse", { x: filter }, { dims: [0, 1] });
-  try {
-    return backendKernel(backend, "DepthwiseConv2dNative", { x: dy, filter: turned }, {
-      strides: 1,
-      pad: "same",
-      dilations: 1,
-      dataFormat: "NHWC",
-    });
-  } finally {
-    backend.disposeData(turned.dataId);
-  }
 }
 
 /** Marks the kernel functions this module registered: the backend's own kernel. */
@@ -448,6 +388,8 @@ function geometryOf(args: KernelArgs, input: boolean, depthwise: boolean) {
 function ourKernel(name: ConvGradKernel, original: tf.KernelFunc): tf.KernelFunc {
   const depthwise = name.startsWith("Depthwise");
   const input = name.endsWith("Input");
+  // The wasm backend's generic one (./conv_grads.ts): the flipped filter's forward conv.
+  const depthwiseInput = depthwiseBackpropInput("webgpu");
   return (args: KernelArgs) => {
     const backend = args.backend as WebGPUBackend;
     const { x, dy, filter } = args.inputs as Record<string, tf.TensorInfo>;
@@ -455,7 +397,7 @@ function ourKernel(name: ConvGradKernel, original: tf.KernelFunc): tf.KernelFunc
     if (!g) return original(args);
     if (input) {
       if (isPatchify(g)) return runPatchifyInputGrad(backend, dy, filter, g);
-      if (isSymmetricDepthwise(g)) return runDepthwiseInputGrad(backend, dy, filter);
+      if (isSymmetricDepthwise(g)) return depthwiseInput(args) as tf.TensorInfo;
       return original(args);
     }
     if (isPatchify(g)) return runPatchifyFilterGrad(backend, x, dy, g);

@@ -18,10 +18,11 @@
  * would otherwise surface as "kernel not registered" deep inside `fit()`), naming the import
  * that registers them.
  *
- * The backend-generic gradients of ./conv_grads.ts, which wasm needs, are no fallback here
- * as they stand: their depthwise ones call `DepthwiseConv2dNative` without a `dataFormat`
+ * Of the backend-generic gradients of ./conv_grads.ts, which wasm needs, webgpu uses one:
+ * the depthwise input gradient (./webgpu_conv_grads.ts runs it for ConvNeXt's 7x7). The
+ * depthwise filter gradient there calls `DepthwiseConv2dNative` without a `dataFormat`
  * attribute, which wasm ignores and webgpu's kernel rejects ("Unknown dataFormat
- * undefined").
+ * undefined"); ./webgpu_conv_grads.ts has its own.
  *
  * What training on webgpu does need, and is not a kernel: no synchronous reads. The
  * backend's `readSync` copies through `OffscreenCanvas.getContext("2d")` (tfjs PR #7576,

@@ -189,6 +189,15 @@ const CASES: Case[] = [
     path: "product",
   },
   {
+    name: "conv 4x4 stride 4 same, padding on every side",
+    kernel: "Conv2DBackpropFilter",
+    x: [2, 14, 13, 3],
+    filter: [4, 4, 3, 8],
+    strides: 4,
+    pad: "same",
+    path: "product",
+  },
+  {
     name: "conv 3x3 same",
     kernel: "Conv2DBackpropFilter",
     x: [2, 6, 5, 3],
@@ -198,7 +207,7 @@ const CASES: Case[] = [
     path: "split",
   },
   // Input gradients: the stem and a downsampling layer (an odd row and column the conv left
-  // out get zeros), the 7x7 and 3x3 depthwise "same"; strided depthwise is the backend's.
+  // out get zeros; padding), the 7x7 and 3x3 depthwise "same"; strided depthwise is the backend's.
   {
     name: "conv 4x4 stride 4 (stem)",
     kernel: "Conv2DBackpropInput",
@@ -215,6 +224,15 @@ const CASES: Case[] = [
     filter: [2, 2, 6, 12],
     strides: 2,
     pad: "valid",
+    path: "product",
+  },
+  {
+    name: "conv 4x4 stride 4 same, padding on every side",
+    kernel: "Conv2DBackpropInput",
+    x: [2, 14, 13, 3],
+    filter: [4, 4, 3, 8],
+    strides: 4,
+    pad: "same",
     path: "product",
   },
   {

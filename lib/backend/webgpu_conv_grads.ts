@@ -11,11 +11,11 @@
  * fraction per filter tap (depthwise) or multiplies through every output channel
  * (`WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE`, on by default).
  *
- * - Patchify convs (filter size = stride, no padding: the stem and the downsampling layers)
- *   take one matrix product each way, on TF.js's tiled matmul: the filter gradient as the
- *   input's patches (a transpose) transposed times the output gradient
- *   ({@link runPatchifyFilterGrad}), the input gradient as the output gradient times the
- *   filter transposed, the patches transposed back ({@link runPatchifyInputGrad}).
+ * - Patchify convs (filter size = stride: the stem and the downsampling layers) take one
+ *   matrix product each way, on TF.js's tiled matmul: the filter gradient as the input's
+ *   patches (a transpose) transposed times the output gradient, the input gradient as the
+ *   output gradient times the filter transposed, the patches transposed back (the wasm
+ *   backend's generic kernels, ./conv_grads.ts, run on webgpu).
  * - A "same" stride-1 depthwise conv's input gradient is the output gradient convolved with
  *   the filter turned by 180 degrees, on the backend's forward depthwise kernel (which reads
  *   four channels at a time; its backprop kernel divides and tests a fraction per tap): the
@@ -29,15 +29,18 @@
  * All sum the same products in float32 in another order (within 1e-6 of float64: tested).
  * Cases none takes run the backend's own kernel, as before: dilation, a depthwise channel
  * multiplier other than 1, channels-first data, other input gradients (strided depthwise,
- * padded convs), and filter gradients too large for the partial sums
+ * convs whose windows overlap), and filter gradients too large for the partial sums
  * (`maxStorageBufferBindingSize`).
  *
  * @module
  */
 import * as tf from "npm:@tensorflow/tfjs@4.22.0";
 import type { WebGPUBackend } from "npm:@tensorflow/tfjs-backend-webgpu@4.22.0";
-import { depthwiseBackpropInput } from "./conv_grads.ts";
-import { KernelScope, padCropSpatial } from "./kernel_scope.ts";
+import {
+  conv2DBackpropFilter,
+  depthwiseBackpropInput,
+  patchifyConv2DBackpropInput,
+} from "./conv_grads.ts";
 import { flatProgram, runProgram, type WebGpuProgram } from "./webgpu_kernels.ts";
 
 /** The kernels {@link installWebGpuConvGrads} replaces for "webgpu". */
@@ -233,45 +236,11 @@ export function runFilterGrad(
 }
 
 /**
- * True for a "patchify" conv (filter size = stride, no padding: the stem and the
- * downsampling layers), whose gradients {@link runPatchifyFilterGrad} and
- * {@link runPatchifyInputGrad} compute.
+ * True for a "patchify" conv (filter size = stride: the stem and the downsampling layers),
+ * whose gradients are one matrix product each (./conv_grads.ts).
  */
 export function isPatchify(g: FilterGradGeometry): boolean {
-  return !g.depthwise && g.kh === g.strideH && g.kw === g.strideW && g.padTop === 0 &&
-    g.padLeft === 0;
-}
-
-/**
- * The filter gradient of a patchify conv as one matrix product: the input's patches (rows of
- * kh x kw x cin values, one per output pixel; a transpose of the input) transposed, times
- * the output gradient's rows. Three dispatches (transpose, product, and a slice when the
- * conv leaves input rows or columns out), TF.js's tiled matrix product doing the sums.
- */
-export function runPatchifyFilterGrad(
-  backend: WebGPUBackend,
-  x: tf.TensorInfo,
-  dy: tf.TensorInfo,
-  g: FilterGradGeometry,
-): tf.TensorInfo {
-  const { n, outH, outW, cin, cout, kh, kw } = g;
-  const pixels = n * outH * outW;
-  const scope = new KernelScope(backend, "webgpu");
-  try {
-    // The rows and columns the patches cover (a slice when the conv leaves some out).
-    const covered = padCropSpatial(scope, x, [0, 0], [outH * kh, outW * kw]);
-    // [n, outH, ky, outW, kx * cin] -> [n, outH, outW, ky, kx * cin]: one patch per row.
-    const rows = scope.reshape(covered, [n * outH, kh, outW, kw * cin]);
-    const patches = scope.transpose(rows, [0, 2, 1, 3]);
-    const product = scope.run("BatchMatMul", {
-      a: scope.reshape(patches, [1, pixels, kh * kw * cin]),
-      b: scope.reshape(dy, [1, pixels, cout]),
-    }, { transposeA: true, transposeB: false });
-    return scope.finish(scope.reshape(product, [kh, kw, cin, cout]));
-  } catch (e) {
-    scope.disposeAll();
-    throw e;
-  }
+  return !g.depthwise && g.kh === g.strideH && g.kw === g.strideW;
 }
 
 /**
@@ -325,37 +294,6 @@ export function filterGradGeometry(
 }
 
 /**
- * The input gradient of a patchify conv as one matrix product: the output gradient's rows
- * times the filter (as a matrix, transposed by its own small dispatch: TF.js's product with
- * `transposeB` is slower) give each output pixel's patch of input gradients, which a
- * transpose puts back in place; input rows or columns the conv left out get zeros.
- */
-export function runPatchifyInputGrad(
-  backend: WebGPUBackend,
-  dy: tf.TensorInfo,
-  filter: tf.TensorInfo,
-  g: FilterGradGeometry,
-): tf.TensorInfo {
-  const { n, outH, outW, cin, cout, kh, kw } = g;
-  const scope = new KernelScope(backend, "webgpu");
-  try {
-    const w = scope.reshape(filter, [kh * kw * cin, cout]);
-    const patches = scope.run("BatchMatMul", {
-      a: scope.reshape(dy, [1, n * outH * outW, cout]),
-      b: scope.reshape(scope.transpose(w, [1, 0]), [1, cout, kh * kw * cin]),
-    }, { transposeA: false, transposeB: false });
-    // [n, outH, outW, ky, kx * cin] -> [n, outH, ky, outW, kx * cin]: the map's rows.
-    const rows = scope.reshape(patches, [n * outH, outW, kh, kw * cin]);
-    const map = scope.reshape(scope.transpose(rows, [0, 2, 1, 3]), [n, outH * kh, outW * kw, cin]);
-    // Zeros for the input rows and columns the conv left out.
-    return scope.finish(padCropSpatial(scope, map, [0, 0], [g.inH, g.inW]));
-  } catch (e) {
-    scope.disposeAll();
-    throw e;
-  }
-}
-
-/**
  * True for a depthwise conv whose input gradient is itself a depthwise conv ("same", odd
  * filter, stride 1, no dilation, multiplier 1: every ConvNeXt block's 7x7).
  */
@@ -388,21 +326,25 @@ function geometryOf(args: KernelArgs, input: boolean, depthwise: boolean) {
 function ourKernel(name: ConvGradKernel, original: tf.KernelFunc): tf.KernelFunc {
   const depthwise = name.startsWith("Depthwise");
   const input = name.endsWith("Input");
-  // The wasm backend's generic one (./conv_grads.ts): the flipped filter's forward conv.
+  // The generic ones (./conv_grads.ts, the wasm backend's too): for patchify convs one
+  // matrix product each way, for the depthwise input gradient the flipped filter's forward
+  // conv.
+  const patchifyFilter = conv2DBackpropFilter("webgpu");
+  const patchifyInput = patchifyConv2DBackpropInput(original, "webgpu");
   const depthwiseInput = depthwiseBackpropInput("webgpu");
   return (args: KernelArgs) => {
-    const backend = args.backend as WebGPUBackend;
-    const { x, dy, filter } = args.inputs as Record<string, tf.TensorInfo>;
     const g = geometryOf(args, input, depthwise);
     if (!g) return original(args);
     if (input) {
-      if (isPatchify(g)) return runPatchifyInputGrad(backend, dy, filter, g);
+      if (isPatchify(g)) return patchifyInput(args) as tf.TensorInfo;
       if (isSymmetricDepthwise(g)) return depthwiseInput(args) as tf.TensorInfo;
       return original(args);
     }
-    if (isPatchify(g)) return runPatchifyFilterGrad(backend, x, dy, g);
+    if (isPatchify(g)) return patchifyFilter(args) as tf.TensorInfo;
     const rows = chunkRows(g);
-    return rows === 0 ? original(args) : runFilterGrad(backend, x, dy, g, rows);
+    if (rows === 0) return original(args);
+    const { x, dy } = args.inputs as Record<string, tf.TensorInfo>;
+    return runFilterGrad(args.backend as WebGPUBackend, x, dy, g, rows);
   };
 }
 

@@ -13,7 +13,8 @@
  * `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT`, or of a Kubernetes Indexed Job,
  * `JOB_COMPLETION_INDEX`/`CONVNEXT_SHARD_COUNT`; see lib/eval/shard.ts); `--limit N` the
  * first N of those. With `--out`, progress is saved in `<out>.partial.json` and the same
- * command continues an interrupted run (Ctrl-C saves and stops). Unreadable images are reported and left out of the count.
+ * command continues an interrupted run (Ctrl-C saves and stops). Unreadable images are
+ * reported and left out of the count.
  *
  * @module
  */

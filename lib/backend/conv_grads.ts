@@ -255,12 +255,12 @@ interface FilterGradDims {
 }
 
 /**
- * dW [1, K, Cout] of a patchify conv (kernel == stride) from the padded-and-cropped `xp` and
- * `dy2` [P, Cout]: the windows do not overlap, so the patches are `xp` with one transpose
- * ([n, ho, kh, wo, kw * cin] to [n, ho, wo, kh, kw * cin], one patch per row), and dW is
- * patches^T dy in one matmul. (On wasm as fast as or 1.2-1.9x faster than a matmul per
- * filter row, the formulation this replaced; on webgpu one large product is what the GPU
- * needs: see ./webgpu_conv_grads.ts.)
+ * dW [K, Cout] (as a [1, K, Cout] product) of a patchify conv (kernel == stride) from the
+ * padded-and-cropped `xp` and `dy2` [P, Cout]: the windows do not overlap, so the patches are
+ * `xp` with one transpose ([n, ho, kh, wo, kw * cin] to [n, ho, wo, kh, kw * cin], one patch
+ * per row), and dW is patches^T dy in one matmul. (On wasm 1.2-1.9x faster than a matmul per
+ * filter row, the formulation this replaced, at convnext_tiny's shapes; on webgpu one large
+ * product is what the GPU needs: see ./webgpu_conv_grads.ts.)
  */
 function patchifyFilterGrad(
   scope: KernelScope,

@@ -29,8 +29,8 @@
  * All sum the same products in float32 in another order (within 1e-6 of float64: tested).
  * Cases none takes run the backend's own kernel, as before: dilation, a depthwise channel
  * multiplier other than 1, channels-first data, other input gradients (strided depthwise,
- * convs whose windows overlap), and filter gradients too large for the partial sums
- * (`maxStorageBufferBindingSize`).
+ * convs whose filter size is not their stride), and filter gradients too large for the
+ * partial sums (`maxStorageBufferBindingSize`).
  *
  * @module
  */

@@ -7,10 +7,13 @@ Why not stock nbclient: the Deno kernel publishes some IOPub messages (an
 those outputs are silently lost in a fraction of runs (measured: see
 stock_baseline.py and README.md). This runner drives jupyter_client directly
 and files every IOPub message under the cell whose request it answers
-(`parent_header.msg_id`) whenever it arrives, so a late output of one cell
-lands in that cell even while the next cell runs; after the last cell it
-keeps draining IOPub until the channel has been quiet for a grace period
-(bounded).
+(`parent_header.msg_id`) whenever it arrives. The kernel (Deno 2.9,
+cli/js/jupyter_kernel.js `publishIopub`) stamps a message with the request it
+is handling when it *publishes* it, not when the cell wrote it: a late
+output of one cell sent once the next request has arrived is stamped with
+the next cell's id. So after each cell the runner waits until IOPub has been
+quiet for a short while before sending the next request, and after the last
+cell until it has been quiet for a grace period (both bounded).
 
 Usage (normally through `deno task notebooks`, which installs the kernelspec):
 
@@ -38,6 +41,9 @@ DEFAULT_CELL_TIMEOUT = 1800.0
 DEFAULT_GRACE = 0.5
 # Never wait longer than this after idle, even if unrelated messages keep coming.
 MAX_GRACE = 5.0
+# Between cells, IOPub quiet for this long means the cell's late outputs are in (they come
+# within milliseconds of its idle once the kernel's REPL thread is free).
+CELL_GRACE = 0.1
 STARTUP_TIMEOUT = 120.0
 
 
@@ -183,13 +189,16 @@ class NotebookRunner:
                     continue
                 try:
                     self._execute(kc, km, collector, index, cell)
+                    # Before the next request: the kernel would stamp this cell's late
+                    # outputs with the next cell's id (see the module doc).
+                    self._drain(kc, collector, CELL_GRACE)
                 except CellError as err:
                     failure = f"{self.path}: cell {index + 1} failed: {err}"
                     break
                 except CellTimeout as err:
                     failure = f"{self.path}: cell {index + 1} timed out: {err}"
                     break
-            self._drain(kc, collector)
+            self._drain(kc, collector, self.grace)
             if failure is None:
                 failure = self._first_error(nb)
         finally:
@@ -223,9 +232,7 @@ class NotebookRunner:
         """Runs one cell until its execute_reply and its `idle` status have both arrived.
 
         Outputs that the kernel publishes after `idle` are not waited for here:
-        they carry this cell's msg_id as parent, so the collector files them
-        under this cell whenever they arrive (during later cells or the final
-        drain). That keeps cells fast without a per-cell quiet period.
+        `_drain` does that before the next cell.
         """
         msg_id = kc.execute(cell.source, store_history=True, allow_stdin=False, stop_on_error=True)
         collector.register(msg_id, index)
@@ -264,7 +271,7 @@ class NotebookRunner:
             content = reply["content"]
             raise CellError(describe_error(content.get("ename", "Error"), content.get("evalue", "")))
 
-    def _drain(self, kc, collector):
+    def _drain(self, kc, collector, grace):
         """Reads IOPub until it has been quiet for `grace` s (at most MAX_GRACE s).
 
         This is the fix for the Deno kernel publishing outputs after `idle`.
@@ -273,10 +280,10 @@ class NotebookRunner:
         last = started
         while True:
             now = time.monotonic()
-            if now - last >= self.grace or now - started >= MAX_GRACE:
+            if now - last >= grace or now - started >= MAX_GRACE:
                 return
             try:
-                msg = kc.get_iopub_msg(timeout=max(0.01, min(self.grace - (now - last), MAX_GRACE - (now - started))))
+                msg = kc.get_iopub_msg(timeout=max(0.01, min(grace - (now - last), MAX_GRACE - (now - started))))
             except queue.Empty:
                 continue
             if collector.handle(msg) is not None:

@@ -207,7 +207,8 @@ const CASES: Case[] = [
     path: "split",
   },
   // Input gradients: the stem and a downsampling layer (an odd row and column the conv left
-  // out get zeros; padding), the 7x7 and 3x3 depthwise "same"; strided depthwise is the backend's.
+  // out get zeros), a padded patchify conv, the 7x7 and 3x3 depthwise "same"; strided
+  // depthwise is the backend's.
   {
     name: "conv 4x4 stride 4 (stem)",
     kernel: "Conv2DBackpropInput",

@@ -18,9 +18,9 @@
  * would otherwise surface as "kernel not registered" deep inside `fit()`), naming the import
  * that registers them.
  *
- * Of the backend-generic gradients of ./conv_grads.ts, which wasm needs, webgpu uses one:
- * the depthwise input gradient (./webgpu_conv_grads.ts runs it for ConvNeXt's 7x7). The
- * depthwise filter gradient there calls `DepthwiseConv2dNative` without a `dataFormat`
+ * Of the backend-generic gradients of ./conv_grads.ts, which wasm needs, webgpu uses three
+ * (./webgpu_conv_grads.ts runs them): the patchify convs' filter and input gradients and the
+ * depthwise input gradient of ConvNeXt's 7x7. The depthwise filter gradient there calls `DepthwiseConv2dNative` without a `dataFormat`
  * attribute, which wasm ignores and webgpu's kernel rejects ("Unknown dataFormat
  * undefined"); ./webgpu_conv_grads.ts has its own.
  *

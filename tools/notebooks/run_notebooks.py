@@ -41,8 +41,9 @@ DEFAULT_CELL_TIMEOUT = 1800.0
 DEFAULT_GRACE = 0.5
 # Never wait longer than this after idle, even if unrelated messages keep coming.
 MAX_GRACE = 5.0
-# Between cells, IOPub quiet for this long means the cell's late outputs are in (they come
-# within milliseconds of its idle once the kernel's REPL thread is free).
+# Between cells, IOPub quiet for this long is taken to mean the cell's late outputs are in:
+# the kernel's REPL thread is idle then, so nothing should hold them back (an assumption, not
+# a measured bound).
 CELL_GRACE = 0.1
 STARTUP_TIMEOUT = 120.0
 

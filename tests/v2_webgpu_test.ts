@@ -7,13 +7,14 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { maxAbsDiff } from "./numeric_helpers.ts";
 import { selectBackend } from "../lib/backend/select.ts";
-import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import { quietHeadlessVulkan, useVulkanOnLinux } from "../lib/backend/webgpu_compat.ts";
 import { createConvNeXt } from "../lib/model/convnext.ts";
 import { GlobalResponseNorm } from "../lib/model/layers.ts";
 import { remapStateDict } from "../lib/weights/remap.ts";
 import { readStateDict } from "../lib/weights/state_dict.ts";
 
 quietHeadlessVulkan();
+useVulkanOnLinux(); // before this module's first adapter request, as the library's requests do
 Deno.env.delete("CONVNEXT_BACKEND");
 
 const DIR = new URL("./fixtures/v2/", import.meta.url);

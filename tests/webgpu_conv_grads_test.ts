@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import { selectBackend } from "../lib/backend/select.ts";
-import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import { quietHeadlessVulkan, useVulkanOnLinux } from "../lib/backend/webgpu_compat.ts";
 import {
   chunkRows,
   filterGradGeometry,
@@ -20,6 +20,7 @@ import {
 } from "../lib/backend/webgpu_conv_grads.ts";
 
 quietHeadlessVulkan();
+useVulkanOnLinux(); // before this module's first adapter request, as the library's requests do
 
 async function onWebGpu(): Promise<WebGPUBackend> {
   if (!await navigator.gpu?.requestAdapter()) {

@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { createConvNeXt } from "../lib/mod.ts";
 import { selectBackend } from "../lib/backend/select.ts";
-import { quietHeadlessVulkan } from "../lib/backend/webgpu_compat.ts";
+import { quietHeadlessVulkan, useVulkanOnLinux } from "../lib/backend/webgpu_compat.ts";
 import {
   webGpuAdamWUpdate,
   webGpuGelu,
@@ -21,6 +21,7 @@ import { AdamW, type AdamWParam } from "../lib/train/optimizer.ts";
 import { ModelEma } from "../lib/train/ema.ts";
 
 quietHeadlessVulkan();
+useVulkanOnLinux(); // before this module's first adapter request, as the library's requests do
 
 async function onWebGpu(): Promise<void> {
   if (!await navigator.gpu?.requestAdapter()) {

@@ -21,6 +21,7 @@ import { selectBackend, webGpuAdapterInfo } from "../lib/backend/select.ts";
 import {
   describeAdapter,
   quietHeadlessVulkan,
+  useVulkanOnLinux,
   webGpuDeviceDescriptor,
 } from "../lib/backend/webgpu_compat.ts";
 import {
@@ -32,6 +33,7 @@ import { remapStateDict } from "../lib/weights/remap.ts";
 import { readStateDict } from "../lib/weights/state_dict.ts";
 
 quietHeadlessVulkan();
+useVulkanOnLinux(); // before this module's first adapter request, as the library's requests do
 Deno.env.delete("CONVNEXT_BACKEND");
 
 const NO_ADAPTER =
@@ -248,6 +250,74 @@ Deno.test("compat: a private XDG_RUNTIME_DIR quiets the Vulkan loader's complain
     }
   }
   assert.doesNotMatch(await run(true), /XDG_RUNTIME_DIR/);
+});
+
+Deno.test({
+  name:
+    "compat: on Linux only wgpu's Vulkan backend starts, so libEGL (a double free at exit) stays out",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    requireAdapter();
+    const dir = await Deno.makeTempDir();
+    try {
+      // A fresh process each: Deno picks the backends once, at an isolate's first request. The
+      // child reports the variable and waits; its libraries are read here, from /proc.
+      const script = `${dir}/probe.ts`;
+      await Deno.writeTextFile(
+        script,
+        `import { requestWebGpuAdapter } from ${
+          JSON.stringify(import.meta.resolve("../lib/backend/webgpu_compat.ts"))
+        };
+        await requestWebGpuAdapter();
+        let backend = null;
+        try { backend = Deno.env.get("DENO_WEBGPU_BACKEND") ?? null; } catch { backend = "?"; }
+        console.log(JSON.stringify(backend));
+        await Deno.stdin.read(new Uint8Array(1));`,
+      );
+      const probe = async (permissions: string[], backend?: string) => {
+        const env = Deno.env.toObject();
+        delete env.DENO_WEBGPU_BACKEND;
+        if (backend !== undefined) env.DENO_WEBGPU_BACKEND = backend;
+        const child = new Deno.Command(Deno.execPath(), {
+          args: ["run", "--no-check", "--no-prompt", ...permissions, script],
+          env,
+          clearEnv: true,
+          stdin: "piped",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        const errors = new Response(child.stderr).text();
+        const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const first = await reader.read();
+        const maps = first.done ? "" : await Deno.readTextFile(`/proc/${child.pid}/maps`);
+        await child.stdin.close();
+        while (!(await reader.read()).done) { /* drain */ }
+        const { code } = await child.status;
+        assert.equal(code, 0, await errors);
+        return {
+          backend: JSON.parse(first.value ?? "undefined"),
+          egl: /libEGL[.]so/.test(maps),
+          vulkan: /libvulkan[.]so/.test(maps),
+        };
+      };
+      // Unset: the library restricts Deno to Vulkan, and libEGL is never loaded.
+      assert.deepEqual(await probe(["-A"]), { backend: "vulkan", egl: false, vulkan: true });
+      // The user's own choice stands, and it shows what the default avoids: GL loads libEGL.
+      assert.deepEqual(await probe(["-A"], "vulkan,gl"), {
+        backend: "vulkan,gl",
+        egl: true,
+        vulkan: true,
+      });
+      // Without permission for the variable nothing changes (and nothing prompts).
+      assert.deepEqual(await probe(["--allow-read", "--allow-env=HOME"]), {
+        backend: "?",
+        egl: true,
+        vulkan: true,
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 const PATHS = ["stock", "optimized"] as const;

@@ -33,6 +33,9 @@
  *   Linux: printed by libwayland-client when the Vulkan loader probes for a display
  *   (https://github.com/KhronosGroup/Vulkan-Tools/issues/721); harmless.
  *   {@link quietHeadlessVulkan} (opt-in: tests, benchmarks) points it at a private temp dir.
+ * - A double free at exit when wgpu's GL backend was started. REPRODUCED (core dumps of
+ *   `deno test` aborting after every test had passed): see {@link useVulkanOnLinux}, which
+ *   {@link requestWebGpuAdapter} calls before each request.
  *
  * Each of these has a test in tests/webgpu_test.ts.
  *
@@ -104,14 +107,48 @@ function lowPowerRequested(): boolean {
   }
 }
 
+/** Deno's list of wgpu backends to start (read once per isolate, at its first adapter request). */
+const WGPU_BACKENDS_VAR = "DENO_WEBGPU_BACKEND";
+
 /**
- * The high-performance adapter, or {@link WebGpuUnavailable}.
+ * On Linux, unless `DENO_WEBGPU_BACKEND` is set, sets it to "vulkan" so that Deno starts only
+ * wgpu's Vulkan backend, not also its GL one. Why: the GL backend loads libglvnd's libEGL, whose
+ * exit-time destructor (`__eglFini`) frees the EGL state of every thread that used EGL, while a
+ * thread exiting at the same moment frees its own (libglvnd's `OnThreadDestroyed`): a double
+ * free. `deno test` runs each test module on a pool thread that is shut down while the exit
+ * handlers run, so a test process that asked for an adapter aborted now and then after all its
+ * tests had passed ("free(): invalid pointer", "double free or corruption"; exit status 134).
+ * Workers are exposed the same way; a plain `deno run` asks on the main thread, which runs no
+ * thread-exit destructors. Vulkan is what wgpu uses on Linux anyway (Mesa's drivers, lavapipe
+ * included, and NVIDIA's); a machine with GL drivers only can set
+ * `DENO_WEBGPU_BACKEND=vulkan,gl` itself.
+ *
+ * Deno reads the variable when an isolate first asks for an adapter, so this must run before
+ * that: {@link requestWebGpuAdapter} calls it. Without permission to read and write that one
+ * variable it changes nothing (and never prompts).
+ *
+ * @returns the value set, or undefined when nothing was changed.
+ */
+export function useVulkanOnLinux(): string | undefined {
+  if (Deno.build.os !== "linux") return undefined;
+  const permission = Deno.permissions.querySync({ name: "env", variable: WGPU_BACKENDS_VAR });
+  if (permission.state !== "granted" || Deno.env.get(WGPU_BACKENDS_VAR) !== undefined) {
+    return undefined;
+  }
+  Deno.env.set(WGPU_BACKENDS_VAR, "vulkan");
+  return "vulkan";
+}
+
+/**
+ * The high-performance adapter, or {@link WebGpuUnavailable}. On Linux, Deno is first
+ * restricted to wgpu's Vulkan backend ({@link useVulkanOnLinux}).
  *
  * @param requestAdapter where to ask (default `navigator.gpu.requestAdapter`).
  */
 export async function requestWebGpuAdapter(requestAdapter?: RequestAdapter): Promise<GPUAdapter> {
   const request = requestAdapter ?? defaultRequestAdapter();
   if (!request) throw new WebGpuUnavailable("this runtime has no navigator.gpu");
+  useVulkanOnLinux();
   const adapter = await request({
     powerPreference: lowPowerRequested() ? "low-power" : "high-performance",
   });

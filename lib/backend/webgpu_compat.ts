@@ -32,7 +32,8 @@
  * - "error: XDG_RUNTIME_DIR is invalid or not set in the environment." REPRODUCED on headless
  *   Linux: printed by libwayland-client when the Vulkan loader probes for a display
  *   (https://github.com/KhronosGroup/Vulkan-Tools/issues/721); harmless.
- *   {@link quietHeadlessVulkan} (opt-in: tests, benchmarks) points it at a private temp dir.
+ *   {@link quietHeadlessVulkan} (called by ./select.ts before it asks for an adapter, and by
+ *   tests and benchmarks) points it at a private temp dir.
  * - A double free at exit when wgpu's GL backend was started. REPRODUCED (core dumps of
  *   `deno test` aborting after every test had passed): see {@link useVulkanOnLinux}, which
  *   {@link requestWebGpuAdapter} calls before each request.
@@ -258,8 +259,9 @@ export async function registerWebGpuBackend(requestAdapter?: RequestAdapter): Pr
  * On Linux without `XDG_RUNTIME_DIR`, points it at a private dir (one per user under the temp
  * dir, reused by every process, so that none is left behind per run), which keeps
  * libwayland-client from printing "error: XDG_RUNTIME_DIR is invalid or not set" (harmless)
- * when the Vulkan loader starts. Call it before the first adapter request. Opt-in (tests and
- * benchmarks), since it changes the environment that child processes inherit.
+ * when the Vulkan loader starts. Call it before the first adapter request: backend selection
+ * (./select.ts) does, tests and benchmarks do. Not done on import, since it changes the
+ * environment that child processes inherit.
  *
  * @returns the directory set, or undefined when nothing was changed.
  */

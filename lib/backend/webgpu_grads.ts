@@ -20,9 +20,9 @@
  *
  * Of the backend-generic gradients of ./conv_grads.ts, which wasm needs, webgpu uses three
  * (./webgpu_conv_grads.ts runs them): the patchify convs' filter and input gradients and the
- * depthwise input gradient of ConvNeXt's 7x7. The depthwise filter gradient there calls `DepthwiseConv2dNative` without a `dataFormat`
- * attribute, which wasm ignores and webgpu's kernel rejects ("Unknown dataFormat
- * undefined"); ./webgpu_conv_grads.ts has its own.
+ * depthwise input gradient of ConvNeXt's 7x7. The depthwise filter gradient there calls
+ * `DepthwiseConv2dNative` without a `dataFormat` attribute, which wasm ignores and webgpu's
+ * kernel rejects ("Unknown dataFormat undefined"); ./webgpu_conv_grads.ts has its own.
  *
  * What training on webgpu does need, and is not a kernel: no synchronous reads. The
  * backend's `readSync` copies through `OffscreenCanvas.getContext("2d")` (tfjs PR #7576,
